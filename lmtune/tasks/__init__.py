@@ -1,0 +1,30 @@
+"""One module per task. Each says how to read and tokenize its data, which head to build, how to
+compute its metrics and how to turn outputs into user-facing predictions; the loop knows none of it.
+
+A task module provides:
+  METRICS                                   names it reports (for train.metric)
+  GREATER_IS_BETTER                         metric name -> bool
+  AUTO_MODEL                                the transformers Auto class of its head
+  load_data(cfg) -> TaskData                read, check, split and describe the examples
+  prepare(rows, tokenizer, cfg, labels)     tokenized features (dicts of lists)
+  build_model(path, cfg, labels)            the pretrained body with the task head
+  collator(tokenizer)                       batch collation with dynamic padding
+  compute_metrics(logits, references, labels) -> dict
+  decode(logits, labels) -> list[dict]      user-facing predictions
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ..errors import LmtuneError
+
+TASKS = ("classification",)
+
+
+def get_task(name: str) -> ModuleType:
+    if name == "classification":
+        from . import classification
+
+        return classification
+    raise LmtuneError(f"task: unknown task {name!r}; expected one of {', '.join(TASKS)}")

@@ -1,0 +1,169 @@
+"""Text classification (sentiment, topic, NLI with text pairs): one label per text or text pair."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from ..data.readers import Table, read_table
+from ..data.split import stratified_split
+from ..errors import LmtuneError
+from .common import TaskData, tokenize_texts
+
+METRICS = (
+    "accuracy",
+    "f1_macro",
+    "f1_micro",
+    "precision_macro",
+    "recall_macro",
+    "precision_micro",
+    "recall_micro",
+    "loss",
+)
+GREATER_IS_BETTER = {m: m != "loss" for m in METRICS}
+AUTO_MODEL = "AutoModelForSequenceClassification"
+
+
+def _label_order(values: list[str]) -> list[str]:
+    unique = set(values)
+    try:
+        return sorted(unique, key=lambda v: int(v))
+    except ValueError:
+        return sorted(unique)
+
+
+def _check_rows(table: Table, cfg: Any, *, need_label: bool) -> None:
+    d = cfg.data
+    table.require_columns(d.text_column, d.text_pair_column, d.label_column if need_label else None)
+    for i, row in enumerate(table.rows):
+        for col in (d.text_column, d.text_pair_column):
+            if col is not None and not isinstance(row.get(col), str):
+                raise LmtuneError(f"{table.where(i)}: column {col!r} must hold text, found {row.get(col)!r}")
+        if need_label:
+            label = row.get(d.label_column)
+            if label is None or label == "" or isinstance(label, (list, dict)):
+                raise LmtuneError(f"{table.where(i)}: no label in column {d.label_column!r}")
+            row[d.label_column] = str(label)
+
+
+def _subset(table: Table, indices: list[int]) -> Table:
+    return Table(table.path, table.columns, [table.rows[i] for i in indices], [table.lines[i] for i in indices])
+
+
+def check_labels(table: Table, label_column: str, labels: list[str], *, where: str) -> None:
+    known = set(labels)
+    for i, row in enumerate(table.rows):
+        if row[label_column] not in known:
+            raise LmtuneError(
+                f"{table.where(i)}: label {row[label_column]!r} never appears in {where}; "
+                f"known labels: {', '.join(labels)}"
+            )
+
+
+def load_data(cfg: Any) -> TaskData:
+    d = cfg.data
+    train = read_table(d.train, d.format)
+    _check_rows(train, cfg, need_label=True)
+    notes = []
+    if d.validation:
+        validation = read_table(d.validation, d.format)
+        _check_rows(validation, cfg, need_label=True)
+    else:
+        values = [r[d.label_column] for r in train.rows]
+        tr, va = stratified_split(values, d.validation_size, cfg.train.seed, source=str(d.train))
+        train, validation = _subset(train, tr), _subset(train, va)
+        notes.append(
+            f"no validation file: held out {len(va)} of {len(tr) + len(va)} training examples "
+            f"(stratified, seed {cfg.train.seed})"
+        )
+    labels = _label_order([r[d.label_column] for r in train.rows])
+    if len(labels) < 2:
+        raise LmtuneError(f"{d.train}: only one label ({labels[0]!r}); classification needs at least two")
+    check_labels(validation, d.label_column, labels, where="the training data")
+    test = None
+    if d.test:
+        test = read_table(d.test, d.format)
+        _check_rows(test, cfg, need_label=True)
+        check_labels(test, d.label_column, labels, where="the training data")
+    counts = Counter(r[d.label_column] for r in train.rows)
+    notes.append("train labels: " + ", ".join(f"{label} {counts[label]}" for label in labels))
+    return TaskData(train, validation, test, labels, notes)
+
+
+def texts_of(table: Table, cfg: Any) -> tuple[list[str], list[str] | None]:
+    d = cfg.data
+    texts = [r[d.text_column] for r in table.rows]
+    pairs = [r[d.text_pair_column] for r in table.rows] if d.text_pair_column else None
+    return texts, pairs
+
+
+def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """Tokenized features, one dict per example, and how many inputs were truncated."""
+    texts, pairs = texts_of(table, cfg)
+    enc, truncated = tokenize_texts(tokenizer, texts, pairs, cfg.data.max_length)
+    label_ids = {label: i for i, label in enumerate(labels)}
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    features = []
+    for i, row in enumerate(table.rows):
+        f = {k: enc[k][i] for k in keys}
+        label = row.get(cfg.data.label_column)
+        if label is not None:
+            f["labels"] = label_ids[label]
+        features.append(f)
+    return features, truncated
+
+
+def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
+    from ..models import load_pretrained
+
+    return load_pretrained(
+        AUTO_MODEL,
+        path,
+        dropout=cfg.train.dropout,
+        attn_implementation=attn_implementation,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+
+
+def collator(tokenizer: Any) -> Any:
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)
+
+
+def compute_metrics(logits: np.ndarray, references: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, classification_report, precision_recall_fscore_support
+
+    predictions = logits.argmax(-1)
+    ids = list(range(len(labels)))
+    out: dict[str, Any] = {"accuracy": float(accuracy_score(references, predictions))}
+    for avg in ("macro", "micro"):
+        p, r, f, _ = precision_recall_fscore_support(
+            references, predictions, labels=ids, average=avg, zero_division=0
+        )
+        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
+    report = classification_report(
+        references, predictions, labels=ids, target_names=labels, output_dict=True, zero_division=0
+    )
+    out["per_class"] = {
+        label: {k: (round(float(v), 4) if k != "support" else int(v)) for k, v in report[label].items()}
+        for label in labels
+    }
+    return out
+
+
+def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    shifted = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+    return [
+        {
+            "label": labels[int(p.argmax())],
+            "score": round(float(p.max()), 6),
+            "probabilities": {label: round(float(x), 6) for label, x in zip(labels, p)},
+        }
+        for p in probs
+    ]

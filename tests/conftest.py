@@ -1,0 +1,95 @@
+"""Shared test fixtures: tiny randomly initialised models built from a config (milliseconds on CPU)
+and small labelled data sets written on the fly."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+WORDS = {
+    "positive": "good great fine lovely superb happy wonderful nice excellent brilliant".split(),
+    "negative": "bad awful poor boring sad terrible dull ugly worst horrible".split(),
+    "neutral": "the a movie film plot story actor scene it was is very really quite".split(),
+}
+
+
+def build_tiny_bert(path: Path, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """A 2-layer, width-32 BERT with a word-level WordPiece vocabulary, saved as a HF folder."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws})
+    ids = {w: i for i, w in enumerate(vocab)}
+    backend = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+    )
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+def write_sentiment(path: Path, n: int, seed: int = 0) -> Path:
+    """A separable toy sentiment set: each text mixes neutral words with words of its label."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(n):
+            label = "positive" if i % 2 else "negative"
+            words = rng.sample(WORDS["neutral"], rng.randint(2, 6)) + rng.sample(WORDS[label], rng.randint(1, 3))
+            rng.shuffle(words)
+            w.writerow([" ".join(words), label])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("toy-data")
+    return {
+        "train": write_sentiment(d / "train.csv", 96, seed=1),
+        "validation": write_sentiment(d / "validation.csv", 32, seed=2),
+        "test": write_sentiment(d / "test.csv", 32, seed=3),
+    }
+
+
+def tiny_config(model: Path, data: dict[str, Path], out: Path, **train: object) -> dict:
+    """A run config dict for the tiny model; `train` overrides train.* keys."""
+    return {
+        "model": str(model),
+        "output_dir": str(out),
+        "data": {"train": str(data["train"]), "validation": str(data["validation"])},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_steps": 2, **train},
+    }

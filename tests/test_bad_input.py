@@ -1,0 +1,293 @@
+"""Bad user input: `lmtune` prints one `lmtune: error: ...` line per problem to stderr, exits with 2,
+shows no traceback and writes nothing (no run folder for a config or data error).
+
+The CLI runs in-process through `lmtune.cli.main` (fast); one test runs `python -m lmtune` as a
+subprocess to check the real exit status. No test trains: every error comes before training, and
+config validation reads only the config of the bundled `minilm-l6` model.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmtune.cli import main
+
+PREFIX = "lmtune: error: "
+
+GOOD_CSV = "text,label\ngood movie,positive\nbad movie,negative\nnice film,positive\nawful plot,negative\n"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory (the cwd) with a good training file `train.csv`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.csv").write_text(GOOD_CSV, encoding="utf-8")
+    return tmp_path
+
+
+def write_config(
+    root: Path,
+    *,
+    train: str = "train.csv",
+    model: str = "minilm-l6",
+    output_dir: str | None = "out",
+    data_extra: str = "",
+    extra: str = "",
+    name: str = "cfg.yaml",
+) -> str:
+    """Write a YAML config with relative paths; return its (relative) file name."""
+    text = f"model: {model}\n"
+    if output_dir is not None:
+        text += f"output_dir: {output_dir}\n"
+    text += f"data:\n  train: {train}\n{data_extra}{extra}"
+    (root / name).write_text(text, encoding="utf-8")
+    return name
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root` with the bytes of each file (None for folders)."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def expect_error(capsys: pytest.CaptureFixture[str], root: Path, *argv: str) -> list[str]:
+    """Run `lmtune argv`; assert the bad-input contract; return the problems (prefix removed)."""
+    before = snapshot(root)
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 2, f"exit code {code}; stderr:\n{err}"
+    assert "Traceback" not in err
+    assert out == ""
+    lines = err.splitlines()
+    assert lines, "no error message"
+    assert all(line.startswith(PREFIX) for line in lines), err
+    assert snapshot(root) == before, "bad input must not write anything"
+    return [line[len(PREFIX):] for line in lines]
+
+
+def one(problems: list[str]) -> str:
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+# ---------------------------------------------------------------- data files
+
+
+def test_missing_data_file_names_the_key(ws, capsys):
+    # No output_dir: the default run folder (runs/cfg) must not be created either.
+    cfg = write_config(ws, train="missing.csv", output_dir=None)
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert msg.startswith("data.train:")
+    assert "missing.csv" in msg and "not found" in msg
+    assert not (ws / "runs").exists()
+
+
+def test_row_with_wrong_number_of_fields_names_file_and_line(ws, capsys):
+    (ws / "bad.csv").write_text("text,label\ngood,positive\nbad,negative\nworse,negative,extra\nok,positive\n")
+    cfg = write_config(ws, train="bad.csv")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert "bad.csv:4:" in msg
+    assert "expected 2 fields" in msg and "found 3" in msg
+    assert not (ws / "out").exists()
+
+
+def test_line_numbers_count_physical_lines_after_a_multiline_field(ws, capsys):
+    (ws / "bad.csv").write_text('text,label\n"two\nlines",positive\nok,negative\nworse,negative,extra\n')
+    cfg = write_config(ws, train="bad.csv")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert "bad.csv:5:" in msg
+
+
+def test_non_utf8_file_names_file_and_line(ws, capsys):
+    (ws / "latin.csv").write_bytes(b"text,label\ngood,positive\n\xff\xfe bad,negative\n")
+    cfg = write_config(ws, train="latin.csv")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert "latin.csv:3:" in msg
+    assert "UTF-8" in msg
+    assert not (ws / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "header, missing",
+    [("sentence,label", "text"), ("text,sentiment", "label")],
+    ids=["no-text-column", "no-label-column"],
+)
+def test_missing_column_lists_the_columns_that_exist(ws, capsys, header, missing):
+    (ws / "cols.csv").write_text(f"{header}\ngood,positive\nbad,negative\n")
+    cfg = write_config(ws, train="cols.csv")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert "cols.csv" in msg
+    assert f"no column {missing!r}" in msg
+    for column in header.split(","):
+        assert column in msg.split("columns are:")[1]
+    assert not (ws / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [("text,label\n", "no examples"), ("", "empty")],
+    ids=["header-only", "zero-bytes"],
+)
+def test_empty_data_set(ws, capsys, content, expected):
+    (ws / "empty.csv").write_text(content)
+    cfg = write_config(ws, train="empty.csv")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert "empty.csv" in msg and expected in msg
+    assert not (ws / "out").exists()
+
+
+def test_validation_label_unseen_in_training(ws, capsys):
+    (ws / "val.csv").write_text("text,label\nfine film,positive\nmeh,neutral\n")
+    cfg = write_config(ws, data_extra="  validation: val.csv\n")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert "val.csv:3:" in msg
+    assert "'neutral'" in msg
+    assert "negative" in msg and "positive" in msg  # the known labels
+    assert not (ws / "out").exists()
+
+
+# ---------------------------------------------------------------- the config
+
+
+@pytest.mark.parametrize(
+    "config_text, typo, suggestion",
+    [
+        ("model: minilm-l6\noutput_dir: out\ndata:\n  train: train.csv\ntrain:\n  lrr: 0.001\n", "train.lrr", "train.lr"),
+        ("modle: minilm-l6\noutput_dir: out\ndata:\n  train: train.csv\n", "modle", "model"),
+    ],
+    ids=["nested", "top-level"],
+)
+def test_typo_in_key_suggests_the_right_one(ws, capsys, config_text, typo, suggestion):
+    (ws / "cfg.yaml").write_text(config_text)
+    problems = expect_error(capsys, ws, "train", "cfg.yaml")
+    hits = [p for p in problems if p.startswith(f"{typo}:")]
+    assert len(hits) == 1, problems
+    assert f"did you mean '{suggestion}'" in hits[0]
+    assert not (ws / "out").exists()
+
+
+def test_negative_learning_rate(ws, capsys):
+    cfg = write_config(ws, extra="train:\n  lr: -1\n")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert msg.startswith("train.lr:")
+    assert "-1" in msg
+    assert not (ws / "out").exists()
+
+
+def test_several_problems_are_reported_in_one_run(ws, capsys):
+    cfg = write_config(ws, extra='train:\n  lrr: 0.1\n  lr: -1\n  epochs: "three"\n')
+    problems = expect_error(capsys, ws, "train", cfg)
+    assert len(problems) >= 3, problems
+    assert any(p.startswith("train.lrr:") and "train.lr'" in p for p in problems)
+    assert any(p.startswith("train.lr:") for p in problems)
+    assert any(p.startswith("train.epochs:") and "three" in p for p in problems)
+    assert not (ws / "out").exists()
+
+
+def test_unknown_model_lists_the_known_names(ws, capsys):
+    cfg = write_config(ws, model="bert-huge")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert msg.startswith("model:")
+    assert "bert-huge" in msg
+    assert "minilm-l6" in msg and "smollm2-135m" in msg
+    assert not (ws / "out").exists()
+
+
+def test_freeze_more_layers_than_the_model_has(ws, capsys):
+    cfg = write_config(ws, extra="strategy:\n  name: partial\n  freeze_layers: 99\n")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert msg.startswith("strategy.freeze_layers:")
+    assert "99" in msg and "6 layers" in msg
+    assert not (ws / "out").exists()
+
+
+def test_unknown_strategy_name(ws, capsys):
+    cfg = write_config(ws, extra="strategy:\n  name: bitfit\n")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert msg.startswith("strategy.name:")
+    assert "'bitfit'" in msg
+    assert all(name in msg for name in ("full", "partial", "adaptive", "lora", "gradual"))
+    assert not (ws / "out").exists()
+
+
+def test_override_without_equals_sign(ws, capsys):
+    cfg = write_config(ws)
+    msg = one(expect_error(capsys, ws, "train", cfg, "train.lr"))
+    assert "train.lr" in msg and "key=value" in msg
+    assert not (ws / "out").exists()
+
+
+def test_invalid_yaml_names_the_line(ws, capsys):
+    (ws / "cfg.yaml").write_text("model: minilm-l6\noutput_dir: out\ndata:\n  train: [train.csv\n  x: : y\n")
+    msg = one(expect_error(capsys, ws, "train", "cfg.yaml"))
+    assert "cfg.yaml" in msg and "invalid YAML" in msg
+    assert "line 5" in msg
+    assert not (ws / "out").exists()
+
+
+# ---------------------------------------------------------------- run folders
+
+
+@pytest.mark.parametrize(
+    "existing, mentions",
+    [("metrics.json", ["finished", "--overwrite"]), ("config.yaml", ["unfinished", "--resume", "--overwrite"])],
+    ids=["finished-run", "unfinished-run"],
+)
+def test_existing_run_folder_needs_resume_or_overwrite(ws, capsys, existing, mentions):
+    out = ws / "out"
+    out.mkdir()
+    (out / existing).write_text('{"validation": {"accuracy": 0.5}}\n')
+    cfg = write_config(ws)
+    msg = one(expect_error(capsys, ws, "train", cfg))  # also checks the folder is unchanged
+    assert "out" in msg
+    for word in mentions:
+        assert word in msg
+    assert (out / existing).read_text() == '{"validation": {"accuracy": 0.5}}\n'
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+@pytest.mark.parametrize("kind", ["empty-folder", "missing-folder", "unfinished-run"])
+def test_eval_and_predict_need_a_run_folder(ws, capsys, command, kind):
+    run_dir = ws / "notarun"
+    if kind != "missing-folder":
+        run_dir.mkdir()
+    if kind == "unfinished-run":
+        (run_dir / "config.yaml").write_text("model: minilm-l6\n")
+    msg = one(expect_error(capsys, ws, command, "notarun", "train.csv"))
+    assert "notarun" in msg
+    if kind == "unfinished-run":
+        assert "--resume" in msg
+    else:
+        assert "not a run folder" in msg
+
+
+# ---------------------------------------------------------------- the real process
+
+
+def test_subprocess_exit_status_and_no_traceback(tmp_path):
+    (tmp_path / "bad.csv").write_text("text,label\ngood,positive\nbad,negative\nworse,negative,extra\n")
+    cfg = write_config(tmp_path, train="bad.csv")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmtune", "train", cfg],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(PREFIX) and "bad.csv:4:" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,71 @@
+"""The typed config: defaults, overrides, YAML number forms, and errors that list every problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmtune.config import apply_overrides, load_config, validate, yaml_load
+from lmtune.errors import LmtuneError
+
+
+def _raw(tmp_path, **data):
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\na,x\nb,y\n")
+    return {"model": "minilm-l6", "output_dir": str(tmp_path / "run"), "data": {"train": str(train), **data}}
+
+
+def test_defaults_and_strategy_union(tmp_path):
+    cfg = validate(_raw(tmp_path))
+    assert cfg.strategy.name == "full"
+    assert cfg.train.lr == 5e-5 and cfg.train.batch_size == 32 and cfg.data.validation is None
+    raw = _raw(tmp_path)
+    raw["strategy"] = {"name": "adaptive", "decay": 0.5}
+    assert validate(raw).strategy.decay == 0.5
+
+
+def test_learning_rates_in_exponent_form_are_numbers():
+    assert yaml_load("lr: 1e-4")["lr"] == pytest.approx(1e-4)
+    assert yaml_load("lr: 3E-5")["lr"] == pytest.approx(3e-5)
+    assert yaml_load("name: e5")["name"] == "e5"
+
+
+def test_overrides_set_nested_keys_with_types():
+    raw = apply_overrides({"train": {"lr": 1.0}}, ["train.lr=2e-5", "train.epochs=4", "data.test=null", "strategy.name=full"])
+    assert raw == {"train": {"lr": 2e-5, "epochs": 4}, "data": {"test": None}, "strategy": {"name": "full"}}
+    with pytest.raises(LmtuneError, match="dotted.key=value"):
+        apply_overrides({}, ["train.lr"])
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    raw = _raw(tmp_path)
+    raw["train"] = {"lrr": 1e-4, "epochs": "three", "batch_size": 0}
+    raw["strategy"] = {"name": "partial", "freeze_layer": 2}
+    with pytest.raises(LmtuneError) as e:
+        validate(raw)
+    problems = "\n".join(e.value.problems)
+    assert "train.lrr: unknown key (did you mean 'train.lr'?)" in problems
+    assert "train.epochs" in problems and "train.batch_size" in problems
+    assert "strategy.freeze_layer: unknown key (did you mean 'strategy.freeze_layers'?)" in problems
+    # the missing freeze_layers is the typo above, so it is not reported twice
+    assert "strategy.freeze_layers: required key is missing" not in problems
+    assert len(e.value.problems) == 4
+
+
+def test_semantic_checks(tmp_path):
+    raw = _raw(tmp_path, validation=str(tmp_path / "missing.csv"))
+    raw["train"] = {"metric": "bleu"}
+    raw["strategy"] = {"name": "partial", "freeze_layers": 7}
+    with pytest.raises(LmtuneError) as e:
+        validate(raw)
+    problems = "\n".join(e.value.problems)
+    assert "data.validation: file not found" in problems
+    assert "train.metric: 'bleu' is not reported" in problems
+    assert "strategy.freeze_layers: 7 is more than the 6 layers of minilm-l6" in problems
+
+
+def test_load_config_defaults_output_dir_to_config_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\n")
+    (tmp_path / "my-run.yaml").write_text("model: minilm-l6\ndata:\n  train: train.csv\n")
+    cfg = load_config(tmp_path / "my-run.yaml", ["train.seed=7"])
+    assert cfg.output_dir == "runs/my-run" and cfg.train.seed == 7

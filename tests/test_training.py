@@ -1,0 +1,117 @@
+"""The training run on a tiny model: run folder contents, history, splits, labels, pairs, early stopping."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+import lmtune
+from lmtune.predict import Predictor
+
+from .conftest import WORDS, tiny_config
+
+
+def test_run_folder_holds_everything(tiny_bert, toy_data, tmp_path):
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=6, lr=3e-3, dropout=0.0)
+    cfg["data"]["test"] = str(toy_data["test"])
+    result = lmtune.train(cfg, progress=False)
+    run = tmp_path / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["lr"] == 3e-3 and saved["strategy"] == {"name": "full"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"validation", "test", "train"}
+    assert metrics["validation"]["accuracy"] >= 0.9  # the toy set is separable
+    assert metrics["test"]["accuracy"] >= 0.9
+    data = json.loads((run / "data.json").read_text())
+    assert data["labels"] == ["negative", "positive"] and len(data["files"]["train"]["sha256"]) == 64
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    logs = [h for h in history if "loss" in h]
+    evals = [h for h in history if "eval" in h]
+    assert [e["epoch"] for e in evals] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert all({"step", "epoch", "loss", "lr", "samples_per_second"} <= set(h) for h in logs)
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    # the saved model is plain transformers with the user's label names
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    preds = lmtune.load(run).predict(["good great superb", "awful terrible bad"])
+    assert [p["label"] for p in preds] == ["positive", "negative"]
+    assert abs(sum(preds[0]["probabilities"].values()) - 1) < 1e-4
+
+
+def test_best_checkpoint_is_the_final_model(tiny_bert, toy_data, tmp_path):
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=3, eval_steps=3, metric="loss")
+    result = lmtune.train(cfg, progress=False)
+    evals = [h for h in result.history if "eval" in h]
+    best = min(evals, key=lambda e: e["eval"]["loss"])
+    assert result.best_step == best["step"]
+    assert result.metrics["validation"]["loss"] == pytest.approx(best["eval"]["loss"], abs=1e-5)
+
+
+def test_early_stopping(tiny_bert, toy_data, tmp_path):
+    # a learning rate of 0 never improves the loss after the first evaluation
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=10, lr=1e-12, eval_steps=2,
+                      metric="loss", early_stopping_patience=2, warmup_ratio=0.0)
+    result = lmtune.train(cfg, progress=False)
+    assert result.stopped_early
+    assert result.metrics["train"]["steps"] < 10 * 12
+
+
+def test_stratified_split_without_validation(tiny_bert, toy_data, tmp_path):
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", max_steps=2, epochs=1)
+    cfg["data"]["validation"] = None
+    cfg["data"]["validation_size"] = 0.25
+    lmtune.train(cfg, progress=False)
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["examples"] == {"train": 72, "validation": 24, "test": 0}
+    assert any("stratified" in n for n in data["notes"])
+
+
+def _write(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t" if str(path).endswith(".tsv") else ",")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_integer_labels_and_text_pairs_from_tsv(tiny_bert, tmp_path):
+    rows = []
+    for i in range(40):
+        same = i % 2
+        a = WORDS["positive"][i % 10]
+        b = a if same else WORDS["negative"][i % 10]
+        rows.append((f"the {a}", f"a {b}", same))
+    train = _write(tmp_path / "train.tsv", ["premise", "hypothesis", "label"], rows[:32])
+    val = _write(tmp_path / "val.tsv", ["premise", "hypothesis", "label"], rows[32:])
+    cfg = {
+        "model": str(tiny_bert),
+        "output_dir": str(tmp_path / "run"),
+        "data": {"train": str(train), "validation": str(val), "text_column": "premise",
+                 "text_pair_column": "hypothesis"},
+        "train": {"epochs": 1, "batch_size": 8, "precision": "fp32"},
+    }
+    lmtune.train(cfg, progress=False)
+    p = Predictor.from_run(tmp_path / "run")
+    assert p.labels == ["0", "1"] and p.text_pair_column == "hypothesis"
+    out = p.predict(["the good"], ["a good"])
+    assert out[0]["label"] in {"0", "1"}
+
+
+def test_group_by_length_sees_every_example_each_epoch(tiny_bert, toy_data, tmp_path):
+    result = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=2), progress=False)
+    assert result.metrics["train"]["samples"] == 2 * 96
+
+
+def test_runs_with_different_precisions_in_one_process(tiny_bert, toy_data, tmp_path):
+    from lmtune.training import bf16_available
+
+    first = "bf16" if bf16_available() else "fp32"
+    a = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "a", max_steps=2, precision=first), progress=False)
+    b = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "b", max_steps=2, precision="fp32"), progress=False)
+    assert json.loads((a.output_dir / "run.json").read_text())["mixed_precision"] == ("bf16" if first == "bf16" else "no")
+    assert json.loads((b.output_dir / "run.json").read_text())["mixed_precision"] == "no"
