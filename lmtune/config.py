@@ -27,12 +27,12 @@ class DataConfig(Section):
     """Where the examples are and which columns hold what. Relative paths are relative to the
     current directory."""
 
-    train: str = Field(description="training file (.csv, .tsv, .jsonl or .json list of objects)")
+    train: str = Field(description="training file (.csv, .tsv, .jsonl, .json list of objects; .txt for text)")
     validation: str | None = Field(
         None, description="validation file; when omitted, a seeded stratified split of train is used"
     )
     test: str | None = Field(None, description="optional test file, evaluated once with the best model")
-    format: Literal["auto", "csv", "tsv", "jsonl", "json"] = Field(
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "txt"] = Field(
         "auto", description="file format; auto goes by the file extension"
     )
     text_column: str = Field("text", description="column with the input text")
@@ -42,6 +42,26 @@ class DataConfig(Section):
         0.1, gt=0, lt=1, description="share of train held out when no validation file is given"
     )
     max_length: int = Field(256, ge=8, le=65536, description="longer inputs are truncated (and counted)")
+    # causal_lm
+    shape: Literal["auto", "text", "instruction", "chat"] = Field(
+        "auto", description="causal_lm data: plain text, instruction rows or chats; auto looks at the columns"
+    )
+    instruction_column: str = Field("instruction", description="instruction rows: the instruction")
+    input_column: str = Field("input", description="instruction rows: optional extra input")
+    response_column: str = Field("output", description="instruction rows: the response to learn")
+    messages_column: str = Field("messages", description="chat rows: list of {role, content} (or ShareGPT conversations)")
+    prompt_template: str | None = Field(
+        None, description="instruction prompt from columns, e.g. 'Summarize:\\n{dialogue}' (default: instruction + input)"
+    )
+    train_on_prompt: bool = Field(False, description="also train on prompt tokens (default: responses only)")
+    packing: bool = Field(False, description="pack examples into full rows without cross-attention")
+
+
+class EvalConfig(Section):
+    """Generation metrics (causal_lm with references): greedy outputs on some validation rows."""
+
+    generate_rows: int = Field(16, ge=0, description="validation rows to generate for (ROUGE, BLEU, chrF); 0: none")
+    max_new_tokens: int = Field(64, ge=1, description="new tokens per generation")
 
 
 class FullStrategy(Section):
@@ -127,7 +147,9 @@ class TrainConfig(Section):
     )
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null: each epoch")
     log_steps: int = Field(10, ge=1, description="log loss and speed every N steps")
-    metric: str = Field("accuracy", description="validation metric that picks the best checkpoint")
+    metric: str | None = Field(
+        None, description="validation metric that picks the best checkpoint; default: the task's (accuracy, loss)"
+    )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many evaluations without improvement"
     )
@@ -137,11 +159,12 @@ class RunConfig(Section):
     """One fine-tuning run."""
 
     model: str = Field(description="short name (lmtune models), a Hugging Face folder or a .gguf file")
-    task: Literal["classification"] = Field("classification", description="what to fine-tune for")
+    task: Literal["classification", "causal_lm"] = Field("classification", description="what to fine-tune for")
     output_dir: str | None = Field(None, description="run folder; default runs/<config name>")
     data: DataConfig
     strategy: Strategy = Field(default_factory=FullStrategy)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -314,6 +337,8 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
             if path is not None and not Path(path).is_file():
                 problems.append(f"data.{key}: file not found: {path}")
     task = get_task(cfg.task)
+    if cfg.train.metric is None:
+        cfg.train.metric = task.METRICS[0]
     if cfg.train.metric not in task.METRICS:
         problems.append(
             f"train.metric: {cfg.train.metric!r} is not reported by task {cfg.task}; "

@@ -92,7 +92,7 @@ class Predictor:
     def logits(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         features = self._features(texts, pairs)
         sampler = EpochBatchSampler([len(f["input_ids"]) for f in features], self.batch_size, seed=0, shuffle=False)
-        collate = self.task.collator(self.tokenizer)
+        collate = self.task.collator(self.tokenizer, None)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for batch_ids in sampler:
             batch = collate([features[i] for i in batch_ids]).to(self.accelerator.device)
@@ -140,9 +140,9 @@ class Predictor:
                 )
             refs.append(label_ids[label])
         logits = self.logits(texts, pairs)
-        metrics = self.task.compute_metrics(logits, np.array(refs), self.labels)
-        loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.tensor(refs))
-        metrics["loss"] = float(loss)
+        loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.tensor(refs), reduction="none")
+        outputs = {"logits": logits, "references": np.array(refs), "loss": loss.numpy()}
+        metrics = self.task.compute_metrics(outputs, self.labels)
         metrics["examples"] = len(refs)
         return metrics
 

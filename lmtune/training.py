@@ -53,6 +53,7 @@ class LoopState:
     history_lines: int = 0
     train_seconds: float = 0.0
     train_samples: int = 0
+    train_tokens: int = 0  # real (non-padding) tokens
 
 
 def log(message: str) -> None:
@@ -94,6 +95,11 @@ def make_accelerator(precision: str) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
+    import logging
+
+    # accelerate warns at every checkpoint of a model with tied weights (an LM head that shares the
+    # embedding matrix) that it saved the shared tensor once: expected, and restored on load.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(mixed_precision=mixed_precision(precision))
@@ -111,34 +117,28 @@ def _loader(features: list[dict[str, Any]], sampler: EpochBatchSampler, collate:
 
 
 @torch.no_grad()
-def evaluate(model: Any, loader: torch.utils.data.DataLoader, accelerator: Any) -> tuple[float, np.ndarray, np.ndarray]:
-    """Loss, logits and labels over a whole data set, gathered from every process, in data order."""
+def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, accelerator: Any) -> dict[str, np.ndarray]:
+    """The task's per-example eval outputs over a whole data set, gathered from every process,
+    in data order."""
     model.eval()
-    total, count = torch.zeros((), dtype=torch.float64), 0
-    logits, labels = [], []
+    parts: dict[str, list[np.ndarray]] = {}
     for batch in loader:
-        out = model(**batch)
-        n = batch["labels"].shape[0]
-        total += out.loss.detach().double().cpu() * n
-        count += n
-        lg, lb = accelerator.gather_for_metrics((out.logits.float(), batch["labels"]))
-        logits.append(lg.cpu().numpy())
-        labels.append(lb.cpu().numpy())
-    sums = accelerator.reduce(torch.tensor([total.item(), count], device=accelerator.device), "sum")
+        batch.pop("num_tokens", None)
+        with accelerator.autocast():
+            out = task.eval_step(model, batch)
+        for key, value in accelerator.gather_for_metrics(out).items():
+            parts.setdefault(key, []).append(value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
     model.train()
+    outputs = {key: np.concatenate(values) for key, values in parts.items()}
     order = [i for b in loader.batch_sampler.batches() for i in b] if hasattr(loader.batch_sampler, "batches") else None
-    lg, lb = np.concatenate(logits), np.concatenate(labels)
-    if order is not None and len(order) == len(lg):
+    if order is not None and all(len(v) == len(order) for v in outputs.values()):
         inverse = np.argsort(order)
-        lg, lb = lg[inverse], lb[inverse]
-    return float(sums[0] / max(sums[1], 1)), lg, lb
+        outputs = {key: value[inverse] for key, value in outputs.items()}
+    return outputs
 
 
 def eval_metrics(task: Any, model: Any, loader: Any, accelerator: Any, labels: list[str]) -> dict[str, Any]:
-    loss, logits, refs = evaluate(model, loader, accelerator)
-    metrics = task.compute_metrics(logits, refs, labels)
-    metrics["loss"] = loss
-    return metrics
+    return task.compute_metrics(evaluate(task, model, loader, accelerator), labels)
 
 
 def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int]) -> dict[str, Any]:
@@ -213,7 +213,7 @@ def train(
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
     optimizer = torch.optim.AdamW(plan.groups, lr=t.lr, **fused)
 
-    collate = task.collator(tokenizer)
+    collate = task.collator(tokenizer, cfg)
     train_sampler = EpochBatchSampler(lengths["train"], t.batch_size, seed=t.seed, group_by_length=t.group_by_length)
     eval_bs = t.eval_batch_size or 2 * t.batch_size
     loaders = {
@@ -258,7 +258,7 @@ def train(
         cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, plan.update, train_loader,
         train_sampler, loaders["validation"], state, total_steps, on_evaluate, progress,
     )
-    return finish(cfg, task, data.labels, run, accelerator, model, tokenizer, loaders, state, stopped_early)
+    return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early)
 
 
 def fit(
@@ -287,7 +287,8 @@ def fit(
     greater = task.GREATER_IS_BETTER[t.metric]
     accum = t.gradient_accumulation_steps
     bar = tqdm(total=total_steps, initial=state.step, disable=not (main and progress), unit="step", dynamic_ncols=True)
-    window_loss, window_batches, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+    window_loss, window_batches, window_samples, window_tokens = 0.0, 0, 0, 0
+    window_start = time.perf_counter()
     model.train()
     update_strategy(state.step, state.epoch)  # a resumed run: what trained at the checkpoint
 
@@ -306,14 +307,18 @@ def fit(
         tick = time.perf_counter()
         for micro, batch in enumerate(loader, start=state.batches_in_epoch):
             sync = (micro + 1) % accum == 0 or micro + 1 == n_micro
+            tokens = batch.pop("num_tokens", None)
             with accelerator.no_sync(model) if not sync else _nothing():
                 loss = model(**batch).loss
                 accelerator.backward(loss / accum)
             n = batch["input_ids"].shape[0] * accelerator.num_processes
+            n_tokens = int(tokens if tokens is not None else batch["attention_mask"].sum()) * accelerator.num_processes
             window_loss += loss.item()
             window_batches += 1
             window_samples += n
+            window_tokens += n_tokens
             state.train_samples += n
+            state.train_tokens += n_tokens
             if not sync:
                 continue
             if t.max_grad_norm:
@@ -329,17 +334,19 @@ def fit(
             bar.update(1)
 
             if state.step % t.log_steps == 0 or state.step == total_steps:
-                speed = window_samples / max(now - window_start, 1e-9)
+                elapsed = max(now - window_start, 1e-9)
                 record = {
                     "step": state.step,
                     "epoch": round(epoch + (micro + 1) / n_micro, 4),
                     "loss": round(window_loss / window_batches, 6),
                     "lr": scheduler.get_last_lr()[0],
-                    "samples_per_second": round(speed, 2),
+                    "samples_per_second": round(window_samples / elapsed, 2),
+                    "tokens_per_second": round(window_tokens / elapsed, 1),
                 }
                 log_record(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{speed:.1f}")
-                window_loss, window_batches, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+                bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
+                window_loss, window_batches, window_samples, window_tokens = 0.0, 0, 0, 0
+                window_start = time.perf_counter()
 
             end_of_epoch = micro + 1 == n_micro
             due = state.step % t.eval_steps == 0 if t.eval_steps else end_of_epoch
@@ -423,7 +430,7 @@ def save_checkpoint(accelerator: Any, run: RunDir, state: LoopState) -> None:
 def finish(
     cfg: RunConfig,
     task: Any,
-    labels: list[str],
+    data: Any,
     run: RunDir,
     accelerator: Any,
     model: Any,
@@ -435,17 +442,22 @@ def finish(
     """Put the best model in model/, evaluate it on validation and test, write metrics.json."""
     if run.best.is_dir():
         models.load_saved_weights(accelerator.unwrap_model(model), run.best)
+    labels = data.labels
     save_model(accelerator, model, run.model, tokenizer)
     if accelerator.is_main_process:
         write_json_atomic(run.model / "lmtune.json", {"task": cfg.task, "labels": labels, "model": cfg.model})
     metrics: dict[str, Any] = {}
     for name, loader in loaders.items():
         metrics[name] = eval_metrics(task, model, loader, accelerator, labels)
+    metrics["validation"].update(task.extra_metrics(model, tokenizer, data, cfg, accelerator))
+    seconds = max(state.train_seconds, 1e-9)
     metrics["train"] = {
         "steps": state.step,
         "samples": state.train_samples,
+        "tokens": state.train_tokens,
         "seconds": round(state.train_seconds, 2),
-        "samples_per_second": round(state.train_samples / max(state.train_seconds, 1e-9), 2),
+        "samples_per_second": round(state.train_samples / seconds, 2),
+        "tokens_per_second": round(state.train_tokens / seconds, 1),
         "best_step": state.best_step,
         "stopped_early": stopped_early,
     }

@@ -93,3 +93,47 @@ def tiny_config(model: Path, data: dict[str, Path], out: Path, **train: object) 
         "data": {"train": str(data["train"]), "validation": str(data["validation"])},
         "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_steps": 2, **train},
     }
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LM_WORDS = (
+    "the a bike chain shop opens at nine closes six fix flat tire price is twelve euro hello hi what when "
+    "how much does cost do you rent bikes yes no we on tuesday saturday sunday closed thanks please "
+    "summarize translate ein das fahrrad ist rot blue red green house cat dog runs sits user assistant system"
+).split()
+
+
+def build_tiny_llama(path: Path, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """A 2-layer, width-32 Llama with a word-level tokenizer and a ChatML chat template."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    special = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    vocab = {w: i for i, w in enumerate(special + sorted(set(LM_WORDS)) + [":", ".", "?", ",", "!"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<pad>",
+        bos_token="<|im_start|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=vocab["<pad>"], eos_token_id=vocab["<|im_end|>"], bos_token_id=vocab["<|im_start|>"],
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -8,8 +8,10 @@ A task module provides:
   load_data(cfg) -> TaskData                read, check, split and describe the examples
   prepare(rows, tokenizer, cfg, labels)     tokenized features (dicts of lists)
   build_model(path, cfg, labels)            the pretrained body with the task head
-  collator(tokenizer)                       batch collation with dynamic padding
-  compute_metrics(logits, references, labels) -> dict
+  collator(tokenizer, cfg)                  batch collation with dynamic padding
+  eval_step(model, batch) -> dict           per-example tensors for the metrics
+  compute_metrics(outputs, labels) -> dict  metrics from the gathered eval_step outputs
+  extra_metrics(model, tokenizer, data, cfg, accelerator) -> dict   e.g. generation metrics
   decode(logits, labels) -> list[dict]      user-facing predictions
 """
 
@@ -19,7 +21,7 @@ from types import ModuleType
 
 from ..errors import LmtuneError
 
-TASKS = ("classification",)
+TASKS = ("classification", "causal_lm")
 
 
 def get_task(name: str) -> ModuleType:
@@ -27,4 +29,8 @@ def get_task(name: str) -> ModuleType:
         from . import classification
 
         return classification
+    if name == "causal_lm":
+        from . import causal_lm
+
+        return causal_lm
     raise LmtuneError(f"task: unknown task {name!r}; expected one of {', '.join(TASKS)}")

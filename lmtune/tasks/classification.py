@@ -129,15 +129,31 @@ def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str
     )
 
 
-def collator(tokenizer: Any) -> Any:
+def collator(tokenizer: Any, cfg: Any = None) -> Any:
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer)
 
 
-def compute_metrics(logits: np.ndarray, references: np.ndarray, labels: list[str]) -> dict[str, Any]:
+def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    import torch.nn.functional as F
+
+    logits = model(**batch).logits.float()
+    return {
+        "logits": logits,
+        "references": batch["labels"],
+        "loss": F.cross_entropy(logits, batch["labels"], reduction="none"),
+    }
+
+
+def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, accelerator: Any) -> dict[str, Any]:
+    return {}
+
+
+def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str]) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, classification_report, precision_recall_fscore_support
 
+    logits, references = outputs["logits"], outputs["references"]
     predictions = logits.argmax(-1)
     ids = list(range(len(labels)))
     out: dict[str, Any] = {"accuracy": float(accuracy_score(references, predictions))}
@@ -153,6 +169,8 @@ def compute_metrics(logits: np.ndarray, references: np.ndarray, labels: list[str
         label: {k: (round(float(v), 4) if k != "support" else int(v)) for k, v in report[label].items()}
         for label in labels
     }
+    if "loss" in outputs:
+        out["loss"] = float(np.mean(outputs["loss"]))
     return out
 
 
