@@ -1,4 +1,4 @@
-"""The `lmtune` command: train | eval | predict | export | models | keys."""
+"""The `lmtune` command: train | eval | predict | generate | export | data | models | keys."""
 
 from __future__ import annotations
 
@@ -45,16 +45,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import Predictor
-
-    predictor = Predictor.from_run(args.run_dir)
-    _, texts, pairs = predictor.read_inputs(args.input_file)
-    predictions = predictor.predict(texts, pairs)
-    lines = []
-    for i, (text, pred) in enumerate(zip(texts, predictions)):
-        row = {"text": text, **({"text_pair": pairs[i]} if pairs else {}), **pred}
-        lines.append(json.dumps(row, ensure_ascii=False))
+def _write_lines(lines: list[str], args: argparse.Namespace) -> None:
     if args.output:
         out = Path(args.output)
         if out.exists() and not args.overwrite:
@@ -66,6 +57,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(lines)} predictions to {out}", file=sys.stderr)
     else:
         print("\n".join(lines))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import Generator
+
+    gen = Generator.load(args.target)
+    gen.generate(gen.prompt(args.prompt, raw=args.raw), max_new_tokens=args.max_new_tokens,
+                 temperature=args.temperature, top_p=args.top_p, stream=True)
+    return 0
+
+
+def _predict_generations(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .generation import Generator
+    from .tasks.causal_lm import read_texts
+
+    table = read_texts(args.input_file, "auto")
+    gen = Generator.load(args.run_dir)
+    template = args.prompt_template.replace("\\n", "\n").replace("\\t", "\t") if args.prompt_template else None
+    prompts = [gen.row_prompt(row, table.where(i), template) for i, row in enumerate(table.rows)]
+    lines = []
+    for prompt, reference in tqdm(prompts, disable=None, unit="row", file=sys.stderr):
+        text = gen.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+        row = {"prompt": prompt, "generation": text, **({"reference": reference} if reference is not None else {})}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    _write_lines(lines, args)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .generation import is_generative
+    from .predict import Predictor
+
+    if is_generative(args.run_dir):
+        return _predict_generations(args)
+    predictor = Predictor.from_run(args.run_dir)
+    _, texts, pairs = predictor.read_inputs(args.input_file)
+    predictions = predictor.predict(texts, pairs)
+    lines = []
+    for i, (text, pred) in enumerate(zip(texts, predictions)):
+        row = {"text": text, **({"text_pair": pairs[i]} if pairs else {}), **pred}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    _write_lines(lines, args)
     return 0
 
 
@@ -74,6 +109,37 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export(args.run_dir, args.output, merge=args.merge, overwrite=args.overwrite)
     print(f"wrote a plain transformers model to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_data_preview(args: argparse.Namespace) -> int:
+    from . import models
+    from .config import load_config
+    from .data.readers import Table
+    from .tasks import get_task
+    from .tasks.causal_lm import show_mask
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.task != "causal_lm":
+        raise LmtuneError(f"data preview shows the loss mask of causal_lm data; {args.config} has task {cfg.task}")
+    task = get_task(cfg.task)
+    data = task.load_data(cfg)
+    tokenizer = models.load_tokenizer(models.resolve(cfg.model))
+    t = data.train
+    first = Table(t.path, t.columns, t.rows[: args.n], t.lines[: args.n])
+    unpacked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"packing": False})})
+    features, truncated = task.prepare(first, tokenizer, unpacked, [], data.shape)
+    color = sys.stdout.isatty()
+    legend = "trained tokens in green" if color else "trained tokens in [[double brackets]]"
+    print(f"{t.path}: data shape {data.shape}; {legend}\n")
+    for i, f in enumerate(features):
+        trained = sum(x != -100 for x in f["labels"])
+        where = f"line {first.lines[i]}" if data.shape != "text" and i < len(first.lines) else f"block {i + 1}"
+        print(f"--- example {i + 1} ({where}): {len(f['input_ids'])} tokens, {trained} trained")
+        print(show_mask(f, tokenizer, color=color))
+        print()
+    if truncated:
+        print(f"{truncated} of these examples were truncated to data.max_length={cfg.data.max_length}")
     return 0
 
 
@@ -101,6 +167,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+
+
 class Parser(argparse.ArgumentParser):
     """Usage errors in the same one-line form as every other error (exit status 2)."""
 
@@ -125,12 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data_file")
     e.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="predict for each input row (one JSON line each)")
-    pr.add_argument("run_dir")
+    pr = sub.add_parser("predict", help="predict (or generate) for each input row, one JSON line each")
+    pr.add_argument("run_dir", help="a run folder, or for generation also a model name or folder")
     pr.add_argument("input_file", help=".txt (one text per line), .csv, .tsv, .jsonl or .json")
     pr.add_argument("-o", "--output", help="write JSON lines here instead of stdout")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    pr.add_argument("--prompt-template", help="generation: prompt from columns, e.g. 'Summarize:\\n{dialogue}'")
+    _generation_flags(pr)
     pr.set_defaults(func=cmd_predict)
+
+    g = sub.add_parser("generate", help="generate from one prompt, streamed to the terminal")
+    g.add_argument("target", help="a run folder, a model name (lmtune models) or a model folder")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
+    _generation_flags(g)
+    g.set_defaults(func=cmd_generate)
 
     x = sub.add_parser("export", help="write a run's model as a plain transformers folder")
     x.add_argument("run_dir")
@@ -138,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--merge", action="store_true", help="merge LoRA adapters into the base weights")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     x.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("data", help="look at data as lmtune will train on it")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    dp = dsub.add_parser("preview", help="the first examples of a causal_lm config with the trained tokens marked")
+    dp.add_argument("config")
+    dp.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    dp.add_argument("-n", type=int, default=3, help="how many examples")
+    dp.set_defaults(func=cmd_data_preview)
 
     m = sub.add_parser("models", help="list the bundled models")
     m.add_argument("--json", action="store_true")
@@ -155,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come before or after flags (`train c.yaml --overwrite a.b=1`), which plain
     # argparse cannot take for a positional list: collect the leftover key=value words here.
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
+    if hasattr(args, "overrides"):
         args.overrides += [x for x in extra if not x.startswith("-")]
         extra = [x for x in extra if x.startswith("-")]
     if extra:

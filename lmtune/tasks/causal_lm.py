@@ -402,3 +402,17 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, accelerator: 
 
 def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
     raise LmtuneError("causal_lm models generate text: use lmtune generate or lmtune predict")
+
+
+def show_mask(feature: dict[str, Any], tokenizer: Any, *, color: bool) -> str:
+    """The example's text with the trained tokens marked: green in a terminal, [[...]] otherwise."""
+    ids, labels = feature["input_ids"], feature["labels"]
+    out, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or (labels[i] != IGNORE) != (labels[start] != IGNORE):
+            text = tokenizer.decode(ids[start:i])
+            if labels[start] != IGNORE:
+                text = f"\033[1;32m{text}\033[0m" if color else f"[[{text}]]"
+            out.append(text)
+            start = i
+    return "".join(out)

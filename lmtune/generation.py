@@ -1,0 +1,116 @@
+"""Text generation with a fine-tuned run or a base model: one prompt (streamed), or one generation
+per row of a file (chat messages, instruction fields or a prompt template)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import models
+from .config import RunConfig
+from .errors import LmtuneError
+from .tasks import causal_lm
+
+
+def _run_config(path: Path) -> RunConfig | None:
+    if (path / "config.yaml").is_file() and (path / "model").is_dir():
+        return RunConfig.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
+    return None
+
+
+def is_generative(target: str) -> bool:
+    """Whether a run folder or model is a text generator (as opposed to a classifier)."""
+    path = Path(target)
+    cfg = _run_config(path)
+    if cfg is not None:
+        return cfg.task == "causal_lm"
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        return json.loads((path / "adapter_config.json").read_text()).get("task_type") == "CAUSAL_LM"
+    source = models.source_of(target)
+    if source.suffix == ".gguf":
+        return True
+    config = json.loads((source / "config.json").read_text())
+    return any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
+
+
+class Generator:
+    """A causal LM with its tokenizer, ready to generate."""
+
+    def __init__(self, model_dir: Path, cfg: RunConfig | None) -> None:
+        import torch
+
+        self.cfg = cfg
+        self.tokenizer = models.load_tokenizer(model_dir)
+        adapter = model_dir / "adapter_config.json"
+        if adapter.is_file():
+            from peft import PeftModel
+
+            base = json.loads(adapter.read_text())["base_model_name_or_path"]
+            if not Path(base).exists():
+                raise LmtuneError(f"{adapter}: the base model {base} is not there any more")
+            self.model = PeftModel.from_pretrained(models.load_pretrained(causal_lm.AUTO_MODEL, base), model_dir)
+        else:
+            self.model = models.load_pretrained(causal_lm.AUTO_MODEL, model_dir)
+        self.model.config.use_cache = True
+        self.model.eval()
+        self.dtype = torch.float32
+
+    @classmethod
+    def load(cls, target: str) -> "Generator":
+        path = Path(target)
+        cfg = _run_config(path)
+        if cfg is not None:
+            return cls(path / "model", cfg)
+        if not path.exists() and target not in models.BUNDLED:
+            models.source_of(target)  # raises the unknown-model error
+        return cls(models.resolve(target), None)
+
+    def prompt(self, text: str, *, raw: bool = False) -> str:
+        """A user message in the model's chat format (or the text itself with raw=True or when the
+        tokenizer has no chat template)."""
+        if raw or not getattr(self.tokenizer, "chat_template", None):
+            return text
+        return causal_lm.prompt_text([{"role": "user", "content": text}], self.tokenizer)
+
+    def generate(self, prompt: str, *, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                 stream: bool = False) -> str:
+        streamer = None
+        if stream:
+            from transformers import TextStreamer
+
+            streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        return causal_lm.generate_text(
+            self.model, self.tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, streamer=streamer,
+        )
+
+    def row_prompt(self, row: dict[str, Any], where: str, template: str | None) -> tuple[str, str | None]:
+        """(prompt, reference) for a row: chat messages up to the last assistant turn, a prompt
+        template over the row's columns, instruction fields, or a text column (continued as is)."""
+        if "messages" in row or "conversations" in row:
+            cfg = self.cfg or RunConfig.model_validate({"model": "x", "data": {"train": "x"}})
+            messages = causal_lm.messages_of(row, where, cfg, need_answer=False)
+            reference = None
+            if messages[-1]["role"] == "assistant":
+                reference = messages.pop()["content"]
+            return causal_lm.prompt_text(messages, self.tokenizer), reference
+        d = self.cfg.data if self.cfg else None
+        template = template or (d.prompt_template if d else None)
+        response_column = d.response_column if d else "output"
+        if template is None and "instruction" in row:
+            template = "{instruction}" + ("\n\n{input}" if str(row.get("input") or "").strip() else "")
+        if template is not None:
+            fields = causal_lm._template_fields(template)
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise LmtuneError(f"{where}: the prompt template names column {missing[0]!r}, which the row does not have")
+            text = template.format(**{k: "" if v is None else v for k, v in row.items()})
+            reference = row.get(response_column)
+            return self.prompt(text), reference if isinstance(reference, str) else None
+        for column in ("prompt", "text"):
+            if isinstance(row.get(column), str):
+                return row[column], None
+        raise LmtuneError(f"{where}: no messages, instruction, prompt or text column, and no --prompt-template")
