@@ -38,6 +38,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/classification.py
+	$(PY) benchmarks/causal_lm.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

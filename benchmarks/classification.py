@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, report, run_child, table  # noqa: E402
 
-SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
+SST2 = SHARED / "sst2"
 COMMON = {"batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.06, "max_length": 128}
 
 
@@ -38,10 +35,6 @@ def write_subset(src: Path, dst: Path, rows: int | None) -> None:
             if rows is not None and i >= rows:
                 break
             writer.writerow(row)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_lmtune(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) -> dict:
@@ -61,8 +54,8 @@ def run_lmtune(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) -
         progress=False,
     )
     m = result.metrics
-    return {"samples_per_second": m["train"]["samples_per_second"], "train_seconds": m["train"]["seconds"],
-            "accuracy": m["validation"]["accuracy"]}
+    return {"speed": m["train"]["samples_per_second"], "train_seconds": m["train"]["seconds"],
+            "quality": m["validation"]["accuracy"]}
 
 
 def run_trainer(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) -> dict:
@@ -96,15 +89,12 @@ def run_trainer(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) 
     seconds = time.perf_counter() - start
     pred = trainer.predict(ds["validation"])
     accuracy = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
-    return {"samples_per_second": epochs * len(ds["train"]) / seconds, "train_seconds": seconds,
-            "accuracy": accuracy}
+    return {"speed": epochs * len(ds["train"]) / seconds, "train_seconds": seconds, "quality": accuracy}
 
 
 def child(args: argparse.Namespace) -> None:
     fn = run_lmtune if args.child == "lmtune" else run_trainer
-    result = fn(args.train_csv, args.dev_csv, args.epochs, args.seed, args.out)
-    result["peak_rss_mb"] = peak_rss_mb()
-    print("RESULT " + json.dumps(result), flush=True)
+    report(fn(args.train_csv, args.dev_csv, args.epochs, args.seed, args.out))
 
 
 def main() -> int:
@@ -135,30 +125,14 @@ def main() -> int:
         write_subset(SST2 / "dev.tsv", Path(dev_csv), args.dev_rows)
         for seed in seeds:
             for side in ("trainer", "lmtune"):
-                cmd = [sys.executable, __file__, "--child", side, "--train-csv", train_csv, "--dev-csv", dev_csv,
-                       "--out", f"{tmp}/{side}-{seed}", "--epochs", str(args.epochs), "--seed", str(seed)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-                if proc.returncode != 0 or line is None:
-                    print(proc.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"{side} run failed (exit {proc.returncode})")
-                r = json.loads(line[len("RESULT "):])
+                r = run_child(__file__, ["--child", side, "--train-csv", train_csv, "--dev-csv", dev_csv,
+                                         "--out", f"{tmp}/{side}-{seed}", "--epochs", str(args.epochs),
+                                         "--seed", str(seed)])
                 results[side].append(r)
-                print(f"seed {seed} {side:8s} {r['samples_per_second']:8.1f} samples/s  "
-                      f"{r['peak_rss_mb']:7.0f} MB peak RSS  accuracy {r['accuracy']:.4f}", flush=True)
-
-    def mean(side: str, key: str) -> float:
-        return sum(r[key] for r in results[side]) / len(results[side])
-
-    print(f"\nMiniLM-L6 on SST-2 ({args.rows} train rows, {args.epochs} epoch(s), batch {COMMON['batch_size']}, "
-          f"bf16, {len(seeds)} seed(s), {os.cpu_count()} CPU cores)")
-    print(f"{'':10s} {'samples/s':>10s} {'peak RSS MB':>12s} {'val accuracy':>13s}")
-    for side in ("trainer", "lmtune"):
-        print(f"{side:10s} {mean(side, 'samples_per_second'):10.1f} {mean(side, 'peak_rss_mb'):12.0f} "
-              f"{mean(side, 'accuracy'):13.4f}")
-    print(f"{'ratio':10s} {mean('lmtune', 'samples_per_second') / mean('trainer', 'samples_per_second'):9.2f}x "
-          f"{mean('lmtune', 'peak_rss_mb') / mean('trainer', 'peak_rss_mb'):11.2f}x "
-          f"{mean('lmtune', 'accuracy') - mean('trainer', 'accuracy'):+13.4f}")
+                print(f"seed {seed} {side:8s} {r['speed']:8.1f} samples/s  "
+                      f"{r['peak_rss_mb']:7.0f} MB peak RSS  accuracy {r['quality']:.4f}", flush=True)
+    table(f"MiniLM-L6 on SST-2 ({args.rows} train rows, {args.epochs} epoch(s), batch {COMMON['batch_size']}, "
+          f"bf16, {len(seeds)} seed(s), {os.cpu_count()} CPU cores)", results, "samples/s", "val accuracy", "higher")
     return 0
 
 

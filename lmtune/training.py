@@ -213,7 +213,7 @@ def train(
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
     optimizer = torch.optim.AdamW(plan.groups, lr=t.lr, **fused)
 
-    collate = task.collator(tokenizer, cfg)
+    collate = task.collator(tokenizer, cfg, model)
     train_sampler = EpochBatchSampler(lengths["train"], t.batch_size, seed=t.seed, group_by_length=t.group_by_length)
     eval_bs = t.eval_batch_size or 2 * t.batch_size
     loaders = {

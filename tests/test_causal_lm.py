@@ -114,6 +114,27 @@ def test_packed_loss_equals_unpacked_loss(tiny_llama, tmp_path, attention):
             torch.testing.assert_close(packed_logits[a:b], alone, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_trained_logits_only_gives_the_same_loss(tiny_llama, tmp_path, packing):
+    """The LM head runs only where a trained token is predicted; loss and eval sums are unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    features, tok = _features(tiny_llama, tmp_path, CHATS * 2, packing=packing, max_length=128)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    model.config.use_cache = False
+    full = causal_lm.Collator(tok.pad_token_id)(features)
+    sliced = causal_lm.collator(tok, None, model)(features)
+    assert "logits_to_keep" in sliced and "logits_to_keep" not in full
+    full.pop("num_tokens"), sliced.pop("num_tokens")
+    assert _loss(model, sliced) == pytest.approx(_loss(model, full), abs=1e-5)
+    with torch.no_grad():
+        a, b = causal_lm.eval_step(model, full), causal_lm.eval_step(model, sliced)
+    torch.testing.assert_close(a["loss_sum"], b["loss_sum"], atol=1e-4, rtol=1e-5)
+    assert torch.equal(a["tokens"], b["tokens"])
+    with torch.no_grad():  # fewer logits were computed
+        assert model(**{k: v for k, v in sliced.items() if k != "labels"}).logits.shape[0] == int(sliced["logits_to_keep"].sum())
+
+
 def test_chat_training_lowers_the_loss_and_generates(tiny_llama, tmp_path, capsys):
     train = _jsonl(tmp_path / "chat.jsonl", CHATS * 8)
     result = lmtune.train(_cfg(tiny_llama, tmp_path, train, packing=True), progress=False)

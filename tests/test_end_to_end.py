@@ -102,3 +102,23 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.gguf" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_chat_sft_on_smollm2_lowers_the_loss_and_generates(tmp_path, capsys):
+    """A few steps of LoRA SFT on the bundled SmolLM2 and the shop chats the repo ships."""
+    common = ["--no-progress", "eval.generate_rows=2", "eval.max_new_tokens=16", "train.batch_size=4",
+              "data.max_length=256"]
+    base = tmp_path / "base"
+    assert main(["train", str(ROOT / "examples/chat_sft.yaml"), f"output_dir={base}", "train.max_steps=1",
+                 "train.lr=1e-12", *common]) == 0
+    tuned = tmp_path / "tuned"
+    assert main(["train", str(ROOT / "examples/chat_sft.yaml"), f"output_dir={tuned}", "train.max_steps=8",
+                 "train.lr=1e-3", *common]) == 0
+    before = json.loads((base / "metrics.json").read_text())["validation"]
+    after = json.loads((tuned / "metrics.json").read_text())["validation"]
+    assert after["loss"] < before["loss"] - 0.05
+    assert {"rouge1", "rougeL", "bleu", "chrf"} <= set(after)
+    assert (tuned / "model" / "adapter_config.json").is_file()
+    capsys.readouterr()
+    assert main(["generate", str(tuned), "--prompt", "When are you open?", "--max-new-tokens", "12"]) == 0
+    assert len(capsys.readouterr().out.strip()) > 0

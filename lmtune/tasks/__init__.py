@@ -8,7 +8,7 @@ A task module provides:
   load_data(cfg) -> TaskData                read, check, split and describe the examples
   prepare(rows, tokenizer, cfg, labels)     tokenized features (dicts of lists)
   build_model(path, cfg, labels)            the pretrained body with the task head
-  collator(tokenizer, cfg)                  batch collation with dynamic padding
+  collator(tokenizer, cfg, model)           batch collation with dynamic padding
   eval_step(model, batch) -> dict           per-example tensors for the metrics
   compute_metrics(outputs, labels) -> dict  metrics from the gathered eval_step outputs
   extra_metrics(model, tokenizer, data, cfg, accelerator) -> dict   e.g. generation metrics

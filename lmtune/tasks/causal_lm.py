@@ -305,18 +305,25 @@ def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str
 
 class Collator:
     """Pads input ids with the pad token and labels with IGNORE. Packed rows carry position ids
-    and no attention mask (transformers derives the per-example mask from the position ids)."""
+    and no attention mask (transformers derives the per-example mask from the position ids).
 
-    def __init__(self, pad_id: int) -> None:
+    With `trained_logits_only`, the batch also says which positions predict a trained token
+    (`logits_to_keep`, a boolean mask) and their targets (`shift_labels`): the model then runs its
+    LM head (vocabulary-sized, the largest matrix product of a small model) and the loss only
+    there, not on prompt and padding positions. The loss is the same mean over trained tokens."""
+
+    def __init__(self, pad_id: int, trained_logits_only: bool = False) -> None:
         self.pad_id = pad_id
+        self.trained_logits_only = trained_logits_only
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         width = max(len(f["input_ids"]) for f in features)
+        labels = torch.tensor([f["labels"] + [IGNORE] * (width - len(f["labels"])) for f in features])
         batch: dict[str, Any] = {
             "input_ids": torch.tensor([f["input_ids"] + [self.pad_id] * (width - len(f["input_ids"])) for f in features]),
-            "labels": torch.tensor([f["labels"] + [IGNORE] * (width - len(f["labels"])) for f in features]),
+            "labels": labels,
             "num_tokens": torch.tensor(sum(len(f["input_ids"]) for f in features)),
         }
         if "position_ids" in features[0]:
@@ -327,11 +334,20 @@ class Collator:
             batch["attention_mask"] = torch.tensor(
                 [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features]
             )
+        if self.trained_logits_only:
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != IGNORE
+            batch["logits_to_keep"] = keep
+            batch["shift_labels"] = labels[:, 1:][keep[:, :-1]]
         return batch
 
 
-def collator(tokenizer: Any, cfg: Any = None) -> Collator:
-    return Collator(tokenizer.pad_token_id)
+def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    supported = base is not None and "logits_to_keep" in inspect.signature(base.forward).parameters
+    return Collator(tokenizer.pad_token_id, trained_logits_only=supported)
 
 
 def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
@@ -340,11 +356,18 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
 
     labels = batch["labels"]
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    sums = []
-    for i in range(logits.shape[0]):  # one row at a time: a float copy of all logits is large
-        sums.append(F.cross_entropy(logits[i, :-1].float(), labels[i, 1:], ignore_index=IGNORE, reduction="sum"))
-    return {"loss_sum": torch.stack(sums), "tokens": (labels[:, 1:] != IGNORE).sum(1)}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}
+    if "logits_to_keep" not in inputs:  # one row at a time: a float copy of all logits is large
+        logits = model(**inputs).logits
+        sums = [F.cross_entropy(logits[i, :-1].float(), labels[i, 1:], ignore_index=IGNORE, reduction="sum")
+                for i in range(logits.shape[0])]
+        return {"loss_sum": torch.stack(sums), "tokens": (labels[:, 1:] != IGNORE).sum(1)}
+    keep = inputs["logits_to_keep"]
+    logits = model(**inputs).logits  # (trained positions, vocabulary)
+    losses = F.cross_entropy(logits.float(), batch["shift_labels"], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    sums = torch.zeros(keep.shape[0], dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)
+    return {"loss_sum": sums, "tokens": keep.sum(1)}
 
 
 def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str]) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str
     )
 
 
-def collator(tokenizer: Any, cfg: Any = None) -> Any:
+def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Any:
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer)

@@ -1,0 +1,174 @@
+"""Speed, memory and quality of lmtune against a plain transformers.Trainer for causal LM
+fine-tuning of the bundled SmolLM2-135M, full and LoRA, in one run.
+
+Data: SAMSum dialogues with their summaries (../shared/data/samsum, 20 to 200 words each), rendered
+with the model's chat template as "Summarize the dialogue:\\n<dialogue>" -> "<summary>". Both sides
+train on every token (the Trainer with DataCollatorForLanguageModeling, lmtune with
+data.train_on_prompt), bf16 on, same learning rate, warmup, epochs and batch size (8 dialogues):
+the Trainer's batches are random and padded to their longest dialogue; lmtune's are grouped by
+length (or, with --packing, rows of 512 tokens that hold several dialogues without attention
+across them, 2 rows a step). Speed is real (non-padding) tokens per second of training; quality is
+the token-weighted loss on held-out dialogues, computed by one function for both sides.
+
+    python benchmarks/causal_lm.py [--train-rows 320] [--val-rows 64] [--strategies full,lora] [--packing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, report, run_child, table  # noqa: E402
+
+SAMSUM = SHARED / "samsum" / "val.csv"
+TEMPLATE = "Summarize the dialogue:\n{dialogue}"
+COMMON = {"epochs": 1, "max_length": 512, "warmup_ratio": 0.05, "seed": 42}
+LR = {"full": 5e-5, "lora": 5e-4}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+
+
+def write_data(tmp: str, train_rows: int, val_rows: int) -> tuple[str, str]:
+    with open(SAMSUM, encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if 20 <= len((r["dialogue"] + " " + r["summary"]).split()) <= 200]
+    rows = [{"dialogue": r["dialogue"].replace("\r\n", "\n").strip(), "summary": r["summary"].strip()} for r in rows]
+    paths = []
+    for name, part in (("train", rows[:train_rows]), ("val", rows[train_rows : train_rows + val_rows])):
+        path = f"{tmp}/{name}.jsonl"
+        Path(path).write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def rendered(path: str, tokenizer) -> list[str]:
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": TEMPLATE.format(**r)}, {"role": "assistant", "content": r["summary"]}],
+            tokenize=False,
+        )
+        for r in rows
+    ]
+
+
+def heldout_loss(model, tokenizer, texts: list[str]) -> float:
+    """Token-weighted cross-entropy over all tokens of the held-out texts (bf16 autocast)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=COMMON["max_length"],
+                            return_tensors="pt")["input_ids"]
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            total += float(F.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            count += ids.shape[1] - 1
+    return total / count
+
+
+def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool) -> dict:
+    import lmtune
+    from lmtune.generation import Generator
+
+    strat = {"name": "lora", **LORA} if strategy == "lora" else {"name": "full"}
+    result = lmtune.train(
+        {
+            "model": "smollm2-135m",
+            "task": "causal_lm",
+            "output_dir": out,
+            "data": {"train": train, "validation": val, "prompt_template": TEMPLATE, "response_column": "summary",
+                     "train_on_prompt": True, "packing": packing, "max_length": COMMON["max_length"]},
+            "strategy": strat,
+            "train": {"epochs": COMMON["epochs"], "batch_size": 2 if packing else 8, "lr": LR[strategy],
+                      "weight_decay": 0.0,
+                      "warmup_ratio": COMMON["warmup_ratio"], "seed": COMMON["seed"], "precision": "bf16",
+                      "log_steps": 10},
+            "eval": {"generate_rows": 0},
+        },
+        overwrite=True,
+        progress=False,
+    )
+    gen = Generator.load(out)
+    return {"speed": result.metrics["train"]["tokens_per_second"], "train_seconds": result.metrics["train"]["seconds"],
+            "quality": heldout_loss(gen.model, gen.tokenizer, rendered(val, gen.tokenizer))}
+
+
+def run_trainer(strategy: str, train: str, val: str, out: str, packing: bool) -> dict:
+    from datasets import Dataset
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
+                              TrainingArguments)
+    from transformers.utils import logging
+
+    from lmtune.models import resolve
+
+    logging.set_verbosity_error()
+    path = resolve("smollm2-135m")
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    ds = Dataset.from_dict({"text": rendered(train, tok)})
+    ds = ds.map(lambda b: tok(b["text"], add_special_tokens=False, truncation=True, max_length=COMMON["max_length"]),
+                batched=True, remove_columns=["text"])
+    real_tokens = sum(len(ids) for ids in ds["input_ids"])
+    model = AutoModelForCausalLM.from_pretrained(path)
+    if strategy == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    steps = COMMON["epochs"] * -(-len(ds) // 8)
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=8, num_train_epochs=COMMON["epochs"], learning_rate=LR[strategy],
+        weight_decay=0.0, warmup_steps=round(COMMON["warmup_ratio"] * steps), lr_scheduler_type="linear", bf16=True,
+        use_cpu=True, seed=COMMON["seed"], save_strategy="no", eval_strategy="no", report_to="none",
+        logging_steps=10, disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds,
+                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return {"speed": COMMON["epochs"] * real_tokens / seconds, "train_seconds": seconds,
+            "quality": heldout_loss(trainer.model, tok, rendered(val, tok))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-rows", type=int, default=320)
+    p.add_argument("--val-rows", type=int, default=64)
+    p.add_argument("--strategies", default="full,lora")
+    p.add_argument("--packing", action="store_true", help="lmtune packs dialogues into 512-token rows")
+    p.add_argument("--child", nargs=5, metavar=("SIDE", "STRATEGY", "TRAIN", "VAL", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        side, strategy, train, val, out = args.child
+        report((run_lmtune if side == "lmtune" else run_trainer)(strategy, train, val, out, args.packing))
+        return 0
+    if not SAMSUM.is_file():
+        print(f"skipped: {SAMSUM} not found (the SAMSum file lives in ../shared/data/samsum beside the repo)")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        train, val = write_data(tmp, args.train_rows, args.val_rows)
+        for strategy in args.strategies.split(","):
+            results: dict[str, list[dict]] = {"trainer": [], "lmtune": []}
+            for side in ("trainer", "lmtune"):
+                r = run_child(__file__, ["--child", side, strategy, train, val, f"{tmp}/{side}-{strategy}",
+                                         *(["--packing"] if args.packing else [])])
+                results[side].append(r)
+                print(f"{strategy:5s} {side:8s} {r['speed']:8.1f} tokens/s  {r['peak_rss_mb']:7.0f} MB peak RSS  "
+                      f"held-out loss {r['quality']:.4f}  ({r['train_seconds']:.0f} s)", flush=True)
+            table(f"SmolLM2-135M {strategy} on SAMSum ({args.train_rows} dialogues, {COMMON['epochs']} epoch, bf16, "
+                  f"{os.cpu_count()} CPU cores)", results, "tokens/s", "held-out loss", "lower")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
