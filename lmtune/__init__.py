@@ -11,14 +11,19 @@ from .errors import LmtuneError
 
 if TYPE_CHECKING:
     from .config import RunConfig
+    from .generation import Generator
     from .predict import Predictor
     from .training import RunResult
 
 
-def load(run_dir: str) -> "Predictor":
-    """Load a finished run (or any saved model folder) for prediction: `lmtune.load(d).predict([...])`."""
+def load(run_dir: str) -> "Predictor | Generator":
+    """Load a finished run (or a saved model folder, or a bundled model name for generation):
+    a classifier gives `.predict(["text", ...])`, a causal LM `.generate(prompt)`."""
+    from .generation import Generator, is_generative
     from .predict import Predictor
 
+    if is_generative(run_dir):
+        return Generator.load(run_dir)
     return Predictor.from_run(run_dir)
 
 

@@ -27,8 +27,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .generation import Generator, is_generative
     from .predict import Predictor
 
+    if is_generative(args.run_dir):
+        _print_json(Generator.load(args.run_dir).evaluate_file(args.data_file))
+        return 0
     predictor = Predictor.from_run(args.run_dir)
     metrics = predictor.evaluate_file(args.data_file)
     per_class = metrics.pop("per_class", None)

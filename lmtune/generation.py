@@ -114,3 +114,36 @@ class Generator:
             if isinstance(row.get(column), str):
                 return row[column], None
         raise LmtuneError(f"{where}: no messages, instruction, prompt or text column, and no --prompt-template")
+
+    def evaluate_file(self, path: str) -> dict[str, Any]:
+        """Loss, perplexity and (for instructions and chats) generation metrics on a file shaped
+        like the run's training data."""
+        import torch
+
+        from .tasks.common import TaskData
+
+        if self.cfg is None:
+            raise LmtuneError("evaluating a generative model needs its run folder (for the data columns and template)")
+        table = causal_lm.read_texts(path, "auto")
+        shape = causal_lm.detect_shape(table, self.cfg)
+        causal_lm._check_table(table, shape, self.cfg)
+        unpacked = self.cfg.model_copy(update={"data": self.cfg.data.model_copy(update={"packing": False})})
+        features, truncated = causal_lm.prepare(table, self.tokenizer, unpacked, [], shape)
+        collate = causal_lm.collator(self.tokenizer, self.cfg, self.model)
+        parts: dict[str, list[Any]] = {"loss_sum": [], "tokens": []}
+        with torch.no_grad():
+            for start in range(0, len(features), 8):
+                batch = collate(features[start : start + 8])
+                batch.pop("num_tokens")
+                out = causal_lm.eval_step(self.model, batch)
+                for key in parts:
+                    parts[key].append(out[key].float().numpy())
+        import numpy as np
+
+        metrics = causal_lm.compute_metrics({k: np.concatenate(v) for k, v in parts.items()}, [])
+        data = TaskData(table, table, None, [], [])
+        data.shape = shape  # type: ignore[attr-defined]
+        metrics.update(causal_lm.extra_metrics(self.model, self.tokenizer, data, self.cfg))
+        metrics["examples"] = len(table)
+        metrics["truncated"] = truncated
+        return metrics

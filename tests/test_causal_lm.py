@@ -146,6 +146,17 @@ def test_chat_training_lowers_the_loss_and_generates(tiny_llama, tmp_path, capsy
     assert result.metrics["train"]["tokens_per_second"] > 0
     assert main(["generate", str(tmp_path / "run"), "--prompt", "what does a flat fix cost ?", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.strip()
+    # eval on a file gives the same loss as the run's own validation
+    assert main(["eval", str(tmp_path / "run"), str(train)]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["loss"] == pytest.approx(metrics["loss"], rel=1e-4)
+    assert evaluated["examples"] == len(CHATS) * 8
+    # predict generates for each row, with the reference beside it
+    out = tmp_path / "gen.jsonl"
+    assert main(["predict", str(tmp_path / "run"), str(train), "-o", str(out), "--max-new-tokens", "3"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(CHATS) * 8 and all("generation" in r and "reference" in r for r in rows)
+    assert isinstance(lmtune.load(str(tmp_path / "run")).generate("hi", max_new_tokens=2), str)
 
 
 def test_plain_text_is_cut_into_blocks(tiny_llama, tmp_path):
@@ -174,6 +185,11 @@ def test_lora_changes_only_adapters_and_merges_to_the_same_logits(tiny_llama, tm
     assert adapter and all("lora_" in k for k in adapter)
     assert any(float(v.abs().sum()) > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero
     gen = Generator.load(str(result.output_dir))
+    trained_base = {k: v for k, v in gen.model.get_base_model().state_dict().items() if "lora_" not in k}
+    original = load_file(str(tiny_llama / "model.safetensors"))
+    for name, weight in original.items():  # the base weights did not move
+        key = name.replace(".weight", ".base_layer.weight") if name.replace(".weight", ".base_layer.weight") in trained_base else name
+        assert torch.equal(trained_base[key], weight), name
     merged_dir = export(result.output_dir, tmp_path / "merged", merge=True)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)

@@ -5,13 +5,14 @@ A task module provides:
   METRICS                                   names it reports (for train.metric)
   GREATER_IS_BETTER                         metric name -> bool
   AUTO_MODEL                                the transformers Auto class of its head
+  EAGER_MAX_LENGTH                          on CPU, eager attention up to this p90 input length
   load_data(cfg) -> TaskData                read, check, split and describe the examples
   prepare(rows, tokenizer, cfg, labels)     tokenized features (dicts of lists)
   build_model(path, cfg, labels)            the pretrained body with the task head
   collator(tokenizer, cfg, model)           batch collation with dynamic padding
   eval_step(model, batch) -> dict           per-example tensors for the metrics
   compute_metrics(outputs, labels) -> dict  metrics from the gathered eval_step outputs
-  extra_metrics(model, tokenizer, data, cfg, accelerator) -> dict   e.g. generation metrics
+  extra_metrics(model, tokenizer, data, cfg) -> dict   e.g. generation metrics
   decode(logits, labels) -> list[dict]      user-facing predictions
 """
 
