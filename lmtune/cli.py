@@ -102,7 +102,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictions = predictor.predict(texts, pairs)
     lines = []
     for i, (text, pred) in enumerate(zip(texts, predictions)):
-        row = {"text": text, **({"text_pair": pairs[i]} if pairs else {}), **pred}
+        if isinstance(pred, dict):
+            row = {"text": text, **({"text_pair": pairs[i]} if pairs else {}), **pred}
+        elif isinstance(text, list):  # token_classification on tokens: one tag per token
+            row = {"tokens": text, "tags": pred}
+        else:  # token_classification on a raw text: its entities
+            row = {"text": text, "entities": pred}
         lines.append(json.dumps(row, ensure_ascii=False))
     _write_lines(lines, args)
     return 0
@@ -203,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="predict (or generate) for each input row, one JSON line each")
     pr.add_argument("run_dir", help="a run folder, or for generation also a model name or folder")
-    pr.add_argument("input_file", help=".txt (one text per line), .csv, .tsv, .jsonl or .json")
+    pr.add_argument(
+        "input_file", help=".txt (one text per line), .csv, .tsv, .jsonl or .json; token_classification also .conll or tokens rows"
+    )
     pr.add_argument("-o", "--output", help="write JSON lines here instead of stdout")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     pr.add_argument("--prompt-template", help="generation: prompt from columns, e.g. 'Summarize:\\n{dialogue}'")

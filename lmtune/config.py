@@ -27,13 +27,15 @@ class DataConfig(Section):
     """Where the examples are and which columns hold what. Relative paths are relative to the
     current directory."""
 
-    train: str = Field(description="training file (.csv, .tsv, .jsonl, .json list of objects; .txt for text)")
+    train: str = Field(
+        description="training file (.csv, .tsv, .jsonl, .json list of objects; .txt for text; .conll for token_classification)"
+    )
     validation: str | None = Field(
         None, description="validation file; when omitted, a seeded stratified split of train is used"
     )
     test: str | None = Field(None, description="optional test file, evaluated once with the best model")
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "txt"] = Field(
-        "auto", description="file format; auto goes by the file extension"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "txt", "conll"] = Field(
+        "auto", description="file format; auto goes by the file extension (token_classification: .conll and .txt are CoNLL)"
     )
     text_column: str = Field("text", description="column with the input text")
     text_pair_column: str | None = Field(None, description="second text column for pair tasks (NLI, similarity)")
@@ -55,6 +57,21 @@ class DataConfig(Section):
     )
     train_on_prompt: bool = Field(False, description="also train on prompt tokens (default: responses only)")
     packing: bool = Field(False, description="pack examples into full rows without cross-attention")
+    # token_classification
+    tag_column_index: int = Field(
+        -1, description="CoNLL files: the column with the tag (0 is the token; -1: the last, as in CoNLL-2003)"
+    )
+    tokens_column: str = Field("tokens", description="token_classification JSON rows: the list of tokens")
+    tags_column: str = Field("tags", description="token_classification JSON rows: the list of tags, one per token")
+    tag_scheme: Literal["IOB1", "IOB2", "BIOES"] = Field(
+        "IOB2", description="tag scheme for entity metrics (seqeval; strict for IOB2 and BIOES) and entity spans"
+    )
+    label_all_subwords: bool = Field(
+        False, description="train on every subword of a word (continuations as I-), not only the first"
+    )
+    doc_stride: int = Field(
+        32, ge=0, description="sentences longer than max_length are cut into windows overlapping by this many tokens"
+    )
 
 
 class EvalConfig(Section):
@@ -148,7 +165,8 @@ class TrainConfig(Section):
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null: each epoch")
     log_steps: int = Field(10, ge=1, description="log loss and speed every N steps")
     metric: str | None = Field(
-        None, description="validation metric that picks the best checkpoint; default: the task's (accuracy, loss)"
+        None,
+        description="validation metric that picks the best checkpoint; default: the task's (accuracy, loss, f1)",
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many evaluations without improvement"
@@ -159,7 +177,9 @@ class RunConfig(Section):
     """One fine-tuning run."""
 
     model: str = Field(description="short name (lmtune models), a Hugging Face folder or a .gguf file")
-    task: Literal["classification", "causal_lm"] = Field("classification", description="what to fine-tune for")
+    task: Literal["classification", "causal_lm", "token_classification"] = Field(
+        "classification", description="what to fine-tune for (token_classification: named entities, tags per word)"
+    )
     output_dir: str | None = Field(None, description="run folder; default runs/<config name>")
     data: DataConfig
     strategy: Strategy = Field(default_factory=FullStrategy)
@@ -337,6 +357,8 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
             if path is not None and not Path(path).is_file():
                 problems.append(f"data.{key}: file not found: {path}")
     task = get_task(cfg.task)
+    if cfg.task == "token_classification" and cfg.data.tag_column_index == 0:
+        problems.append("data.tag_column_index: 0 is the token column; the tag is in another column (-1: the last)")
     if cfg.train.metric is None:
         cfg.train.metric = task.METRICS[0]
     if cfg.train.metric not in task.METRICS:

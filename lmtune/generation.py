@@ -29,6 +29,9 @@ def is_generative(target: str) -> bool:
         return cfg.task == "causal_lm"
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         return json.loads((path / "adapter_config.json").read_text()).get("task_type") == "CAUSAL_LM"
+    is_model = target in models.BUNDLED or (path / "config.json").is_file() or (path.is_file() and path.suffix == ".gguf")
+    if not is_model:
+        return False  # not a model: the run-folder reader says what is wrong with it
     source = models.source_of(target)
     if source.suffix == ".gguf":
         return True
@@ -135,12 +138,12 @@ class Generator:
             for start in range(0, len(features), 8):
                 batch = collate(features[start : start + 8])
                 batch.pop("num_tokens")
-                out = causal_lm.eval_step(self.model, batch)
+                out = causal_lm.eval_step(self.model, batch, self.cfg)
                 for key in parts:
                     parts[key].append(out[key].float().numpy())
         import numpy as np
 
-        metrics = causal_lm.compute_metrics({k: np.concatenate(v) for k, v in parts.items()}, [])
+        metrics = causal_lm.compute_metrics({k: np.concatenate(v) for k, v in parts.items()}, [], self.cfg)
         data = TaskData(table, table, None, [], [])
         data.shape = shape  # type: ignore[attr-defined]
         metrics.update(causal_lm.extra_metrics(self.model, self.tokenizer, data, self.cfg))

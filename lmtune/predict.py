@@ -52,6 +52,20 @@ def load_model(model_dir: Path, task: Any, cfg: RunConfig | None) -> Any:
     return PeftModel.from_pretrained(task.build_model(base, cfg, labels), model_dir)
 
 
+def _task_of(model_dir: Path) -> str:
+    """The task of a model folder without a run config: token_classification when lmtune.json or
+    the architecture says so, else classification."""
+    info = model_dir / "lmtune.json"
+    if info.is_file() and json.loads(info.read_text()).get("task") == "token_classification":
+        return "token_classification"
+    config = model_dir / "config.json"
+    if config.is_file():
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if any(a.endswith("ForTokenClassification") for a in architectures):
+            return "token_classification"
+    return "classification"
+
+
 class Predictor:
     """A fine-tuned model with its tokenizer, labels and the run's data settings."""
 
@@ -59,7 +73,8 @@ class Predictor:
         from .training import make_accelerator
 
         self.model_dir = model_dir
-        self.task_name = cfg.task if cfg else "classification"
+        self.cfg = cfg
+        self.task_name = cfg.task if cfg else _task_of(model_dir)
         self.task = get_task(self.task_name)
         self.tokenizer = models.load_tokenizer(model_dir)
         self.model = load_model(model_dir, self.task, cfg)
@@ -69,6 +84,11 @@ class Predictor:
         else:
             id2label = self.model.config.id2label
             self.labels = [id2label[i] for i in range(len(id2label))]
+        if self.task_name == "token_classification":
+            from .config import DataConfig
+
+            # the run's data settings, or the defaults for a bare model folder
+            self.data = cfg.data if cfg else DataConfig.model_construct(train="", tag_scheme=self.task.scheme_of(self.labels))
         self.text_column = cfg.data.text_column if cfg else "text"
         self.text_pair_column = cfg.data.text_pair_column if cfg else None
         self.label_column = cfg.data.label_column if cfg else "label"
@@ -101,16 +121,93 @@ class Predictor:
             out[batch_ids] = logits.float().cpu().numpy()
         return out
 
-    def predict(self, texts: list[str] | str, pairs: list[str] | None = None) -> list[dict[str, Any]]:
-        """Predictions for raw texts (and optional second texts of a pair), in input order."""
+    def predict(self, texts: list[str] | str, pairs: list[str] | None = None) -> list[Any]:
+        """Predictions for raw texts (and optional second texts of a pair), in input order.
+
+        Token classification: for each raw text, its entities [{text, type, start, end, score}]
+        with character offsets into the text; for each list of tokens, one tag per token."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
             return []
+        if self.task_name == "token_classification":
+            return self._predict_words(list(texts))
         return self.task.decode(self.logits(list(texts), pairs), self.labels)
 
-    def read_inputs(self, path: str | Path) -> tuple[Table, list[str], list[str] | None]:
+    # ------------------------------------------------------------ token classification
+
+    @torch.no_grad()
+    def _window_probabilities(self, features: list[dict[str, Any]]) -> list[np.ndarray]:
+        """Tag probabilities [tokens, tags] of each window, unpadded."""
+        sampler = EpochBatchSampler([len(f["input_ids"]) for f in features], self.batch_size, seed=0, shuffle=False)
+        collate = self.task.collator(self.tokenizer, None)
+        out: list[np.ndarray] = [np.zeros(0)] * len(features)
+        for batch_ids in sampler:
+            batch = collate([features[i] for i in batch_ids]).to(self.accelerator.device)
+            with self.accelerator.autocast():
+                logits = self.model(**batch).logits
+            probs = torch.softmax(logits.float(), -1).cpu().numpy()
+            width = probs.shape[1]
+            for row, i in zip(probs, batch_ids):
+                n = len(features[i]["input_ids"])
+                out[i] = row[:n] if self.tokenizer.padding_side == "right" else row[width - n :]
+        return out
+
+    def _predict_words(self, inputs: list[Any]) -> list[Any]:
+        for i, x in enumerate(inputs):
+            if not isinstance(x, str) and not (isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x)):
+                raise LmtuneError(f"input {i + 1}: expected a text or a list of tokens (strings), got {str(x)[:80]}")
+        out: list[Any] = [[] if isinstance(x, (list, tuple)) and not x else None for x in inputs]
+        for split in (False, True):
+            which = [i for i, x in enumerate(inputs) if isinstance(x, str) != split and out[i] is None]
+            if not which:
+                continue
+            group = [list(inputs[i]) if split else inputs[i] for i in which]
+            wins, _, encoding, _ = self.task.windows(
+                self.tokenizer, group, self.data.max_length, self.data.doc_stride, split_into_words=split
+            )
+            probs = self._window_probabilities([w.features for w in wins])
+            for i, pred in zip(which, self.task.decode(probs, self.labels, wins, group, encoding)):
+                out[i] = pred
+        return out
+
+    def _evaluate_words(self, path: Path) -> dict[str, Any]:
+        from types import SimpleNamespace
+
+        known = path.suffix.lower() in (*self.task.CONLL_SUFFIXES, ".jsonl", ".json")
+        table = self.task.read_sentences(path, self.data.model_copy(update={"format": "auto"}) if known else self.data)
+        self.task.check_tags(table, self.data.tag_scheme, self.labels, where="the model's tags")
+        cfg = SimpleNamespace(data=self.data)
+        features, _ = self.task.prepare(table, self.tokenizer, cfg, self.labels)
+        collate = self.task.collator(self.tokenizer, cfg, self.model)
+        sampler = EpochBatchSampler([len(f["input_ids"]) for f in features], self.batch_size, seed=0, shuffle=False)
+        parts: dict[str, list[np.ndarray]] = {}
+        with torch.no_grad():
+            for batch_ids in sampler:
+                batch = collate([features[i] for i in batch_ids]).to(self.accelerator.device)
+                with self.accelerator.autocast():
+                    out = self.task.eval_step(self.model, batch, cfg)
+                for key, value in out.items():
+                    parts.setdefault(key, []).append(value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
+        metrics = self.task.compute_metrics({k: np.concatenate(v) for k, v in parts.items()}, self.labels, cfg)
+        metrics["examples"] = len(table)
+        return metrics
+
+    # ------------------------------------------------------------ input files
+
+    def read_inputs(self, path: str | Path) -> tuple[Table, list[Any], list[str] | None]:
         path = Path(path)
+        if self.task_name == "token_classification" and path.suffix.lower() != ".txt":
+            # CoNLL (tags, if any, ignored) or rows with a list of tokens (or a text column)
+            if self.task.is_conll(path, "auto"):
+                table = self.task.read_sentences(path, self.data, tags=False)
+                return table, [r["tokens"] for r in table.rows], None
+            table = read_table(path)
+            if self.data.tokens_column in table.columns:
+                table = self.task.read_sentences(path, self.data.model_copy(update={"format": "auto"}), tags=False)
+                return table, [r["tokens"] for r in table.rows], None
+            table.require_columns(self.text_column)
+            return table, [str(r[self.text_column]) for r in table.rows], None
         if path.suffix.lower() == ".txt":
             from .data.readers import _text
 
@@ -128,6 +225,8 @@ class Predictor:
 
     def evaluate_file(self, path: str | Path) -> dict[str, Any]:
         """Task metrics on a labelled file (same columns as training)."""
+        if self.task_name == "token_classification":
+            return self._evaluate_words(Path(path))
         table, texts, pairs = self.read_inputs(path)
         table.require_columns(self.label_column)
         label_ids = {label: i for i, label in enumerate(self.labels)}

@@ -119,7 +119,7 @@ def _loader(features: list[dict[str, Any]], sampler: EpochBatchSampler, collate:
 
 
 @torch.no_grad()
-def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, accelerator: Any) -> dict[str, np.ndarray]:
+def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, accelerator: Any, cfg: RunConfig) -> dict[str, np.ndarray]:
     """The task's per-example eval outputs over a whole data set, gathered from every process,
     in data order."""
     model.eval()
@@ -127,7 +127,7 @@ def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, acceler
     for batch in loader:
         batch.pop("num_tokens", None)
         with accelerator.autocast():
-            out = task.eval_step(model, batch)
+            out = task.eval_step(model, batch, cfg)
         for key, value in accelerator.gather_for_metrics(out).items():
             parts.setdefault(key, []).append(value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
     model.train()
@@ -139,8 +139,8 @@ def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, acceler
     return outputs
 
 
-def eval_metrics(task: Any, model: Any, loader: Any, accelerator: Any, labels: list[str]) -> dict[str, Any]:
-    return task.compute_metrics(evaluate(task, model, loader, accelerator), labels)
+def eval_metrics(task: Any, model: Any, loader: Any, accelerator: Any, labels: list[str], cfg: RunConfig) -> dict[str, Any]:
+    return task.compute_metrics(evaluate(task, model, loader, accelerator, cfg), labels, cfg)
 
 
 def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int]) -> dict[str, Any]:
@@ -355,7 +355,7 @@ def fit(
             last = state.step >= total_steps
             stop = False
             if due or last:
-                metrics = eval_metrics(task, model, val_loader, accelerator, labels)
+                metrics = eval_metrics(task, model, val_loader, accelerator, labels, cfg)
                 value = metrics[t.metric]
                 improved = _is_better(value, state.best_metric, greater)
                 if improved:
@@ -450,7 +450,7 @@ def finish(
         write_json_atomic(run.model / "lmtune.json", {"task": cfg.task, "labels": labels, "model": cfg.model})
     metrics: dict[str, Any] = {}
     for name, loader in loaders.items():
-        metrics[name] = eval_metrics(task, model, loader, accelerator, labels)
+        metrics[name] = eval_metrics(task, model, loader, accelerator, labels, cfg)
     with accelerator.autocast():
         metrics["validation"].update(task.extra_metrics(accelerator.unwrap_model(model), tokenizer, data, cfg))
     seconds = max(state.train_seconds, 1e-9)

@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 import yaml
 
 import lmtune
@@ -115,3 +116,19 @@ def test_runs_with_different_precisions_in_one_process(tiny_bert, toy_data, tmp_
     b = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "b", max_steps=2, precision="fp32"), progress=False)
     assert json.loads((a.output_dir / "run.json").read_text())["mixed_precision"] == ("bf16" if first == "bf16" else "no")
     assert json.loads((b.output_dir / "run.json").read_text())["mixed_precision"] == "no"
+
+
+def test_gradient_accumulation_matches_the_bigger_batch(tiny_bert, toy_data, tmp_path):
+    """2 micro-batches of 8 accumulated = 1 batch of 16: same examples per step (no length
+    grouping), same mean loss, so the same weights."""
+    from safetensors.torch import load_file
+
+    common = dict(epochs=1, dropout=0.0, group_by_length=False, max_steps=4, warmup_ratio=0.0)
+    big = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "big", batch_size=16, **common), progress=False)
+    acc = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "acc", batch_size=8,
+                                   gradient_accumulation_steps=2, **common), progress=False)
+    assert big.metrics["train"]["steps"] == acc.metrics["train"]["steps"] == 4
+    a = load_file(str(big.output_dir / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(acc.output_dir / "checkpoints" / "last" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=2e-6, rtol=1e-4, msg=name)

@@ -1,4 +1,5 @@
-"""Read CSV, TSV, JSONL and JSON (a list of objects) into rows, with the line each row came from.
+"""Read CSV, TSV, JSONL and JSON (a list of objects) into rows, with the line each row came from
+(CoNLL column files: see conll.py).
 
 Every problem names the file and line: a row with the wrong number of fields, bytes that are not
 UTF-8, a JSON line that does not parse, a file with no rows.
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..errors import LmtuneError
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "tsv"}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "tsv", ".conll": "conll"}
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -136,6 +137,10 @@ def read_table(path: str | Path, fmt: str = "auto") -> Table:
         table = _read_jsonl(path, text)
     elif fmt == "json":
         table = _read_json(path, text)
+    elif fmt == "conll":
+        from .conll import read_conll
+
+        table = read_conll(path)
     else:
         raise LmtuneError(f"{path}: unknown format {fmt!r}")
     if not table.rows:

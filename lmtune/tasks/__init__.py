@@ -10,10 +10,11 @@ A task module provides:
   prepare(rows, tokenizer, cfg, labels)     tokenized features (dicts of lists)
   build_model(path, cfg, labels)            the pretrained body with the task head
   collator(tokenizer, cfg, model)           batch collation with dynamic padding
-  eval_step(model, batch) -> dict           per-example tensors for the metrics
-  compute_metrics(outputs, labels) -> dict  metrics from the gathered eval_step outputs
+  eval_step(model, batch, cfg) -> dict      per-example tensors for the metrics (same width in every batch)
+  compute_metrics(outputs, labels, cfg)     metrics from the gathered eval_step outputs
   extra_metrics(model, tokenizer, data, cfg) -> dict   e.g. generation metrics
   decode(logits, labels) -> list[dict]      user-facing predictions
+                                            (token_classification: see its module and predict.py)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from types import ModuleType
 
 from ..errors import LmtuneError
 
-TASKS = ("classification", "causal_lm")
+TASKS = ("classification", "causal_lm", "token_classification")
 
 
 def get_task(name: str) -> ModuleType:
@@ -34,4 +35,8 @@ def get_task(name: str) -> ModuleType:
         from . import causal_lm
 
         return causal_lm
+    if name == "token_classification":
+        from . import token_classification
+
+        return token_classification
     raise LmtuneError(f"task: unknown task {name!r}; expected one of {', '.join(TASKS)}")

@@ -352,7 +352,7 @@ def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
     return Collator(tokenizer.pad_token_id, trained_logits_only=supported)
 
 
-def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     """Summed token loss and trained-token count per row (the loss is token-weighted over a set)."""
     import torch
     import torch.nn.functional as F
@@ -377,7 +377,7 @@ def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     return {"loss_sum": sums, "tokens": keep.sum(1)}
 
 
-def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str]) -> dict[str, Any]:
+def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None) -> dict[str, Any]:
     tokens = float(outputs["tokens"].sum())
     loss = float(outputs["loss_sum"].sum()) / max(tokens, 1.0)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens)}

@@ -137,7 +137,7 @@ def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Any:
     return DataCollatorWithPadding(tokenizer)
 
 
-def eval_step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     import torch.nn.functional as F
 
     logits = model(**batch).logits.float()
@@ -152,7 +152,7 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, 
     return {}
 
 
-def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str]) -> dict[str, Any]:
+def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, classification_report, precision_recall_fscore_support
 
     logits, references = outputs["logits"], outputs["references"]
