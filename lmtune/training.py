@@ -7,6 +7,7 @@ task-specific (data, head, metrics) comes from the task module; what is strategy
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -310,7 +311,7 @@ def fit(
         for micro, batch in enumerate(loader, start=state.batches_in_epoch):
             sync = (micro + 1) % accum == 0 or micro + 1 == n_micro
             tokens = batch.pop("num_tokens", None)
-            with accelerator.no_sync(model) if not sync else _nothing():
+            with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
                 loss = model(**batch).loss
                 accelerator.backward(loss / accum)
             n = batch["input_ids"].shape[0] * accelerator.num_processes
@@ -391,14 +392,6 @@ def fit(
         state.epoch, state.batches_in_epoch = epoch + 1, 0
     bar.close()
     return False
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def save_model(accelerator: Any, model: Any, target: Path, tokenizer: Any = None) -> None:
