@@ -72,6 +72,11 @@ class DataConfig(Section):
     doc_stride: int = Field(
         32, ge=0, description="sentences longer than max_length are cut into windows overlapping by this many tokens"
     )
+    # masked_lm
+    mlm_probability: float = Field(
+        0.15, gt=0, lt=1, description="masked_lm: share of tokens masked (80% [MASK], 10% random, 10% unchanged)"
+    )
+    whole_word_mask: bool = Field(False, description="masked_lm: mask all subwords of a chosen word together")
 
 
 class EvalConfig(Section):
@@ -177,7 +182,7 @@ class RunConfig(Section):
     """One fine-tuning run."""
 
     model: str = Field(description="short name (lmtune models), a Hugging Face folder or a .gguf file")
-    task: Literal["classification", "causal_lm", "token_classification"] = Field(
+    task: Literal["classification", "causal_lm", "token_classification", "masked_lm"] = Field(
         "classification", description="what to fine-tune for (token_classification: named entities, tags per word)"
     )
     output_dir: str | None = Field(None, description="run folder; default runs/<config name>")

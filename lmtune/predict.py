@@ -75,6 +75,11 @@ class Predictor:
         self.model_dir = model_dir
         self.cfg = cfg
         self.task_name = cfg.task if cfg else _task_of(model_dir)
+        if self.task_name == "masked_lm":
+            raise LmtuneError(
+                "masked_lm runs are evaluated during training (loss and perplexity in the run's metrics.json); "
+                "to use the adapted model, fine-tune a task with model: <run>/model"
+            )
         self.task = get_task(self.task_name)
         self.tokenizer = models.load_tokenizer(model_dir)
         self.model = load_model(model_dir, self.task, cfg)

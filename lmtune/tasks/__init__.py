@@ -23,7 +23,7 @@ from types import ModuleType
 
 from ..errors import LmtuneError
 
-TASKS = ("classification", "causal_lm", "token_classification")
+TASKS = ("classification", "causal_lm", "token_classification", "masked_lm")
 
 
 def get_task(name: str) -> ModuleType:
@@ -39,4 +39,8 @@ def get_task(name: str) -> ModuleType:
         from . import token_classification
 
         return token_classification
+    if name == "masked_lm":
+        from . import masked_lm
+
+        return masked_lm
     raise LmtuneError(f"task: unknown task {name!r}; expected one of {', '.join(TASKS)}")

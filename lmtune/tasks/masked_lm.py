@@ -1,0 +1,264 @@
+"""Masked language modelling for encoder models (BERT-style): continued pretraining on domain text
+before fine-tuning a classifier or tagger on the adapted body.
+
+Plain text (.txt: documents separated by blank lines) or a text column is tokenized, the documents
+are concatenated with [SEP] between them and cut into blocks that fill data.max_length with the
+tokenizer's special tokens ([CLS] ... [SEP]). Training batches are masked afresh every time
+(data.mlm_probability of the tokens, of which 80% become [MASK], 10% a random token, 10% stay);
+with data.whole_word_mask all subwords of a chosen word are masked together. The validation and
+test sets are masked once, with train.seed, so their loss is comparable from one evaluation to the
+next. The saved model keeps the base weights under the usual names, so a classification or
+token_classification run can start from <run>/model (the MLM head is dropped there).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+
+from ..data.readers import Table
+from ..errors import LmtuneError
+from .causal_lm import read_texts
+from .common import TaskData
+
+METRICS = ("loss", "perplexity")
+GREATER_IS_BETTER = {"loss": False, "perplexity": False}
+AUTO_MODEL = "AutoModelForMaskedLM"
+# on CPU, eager attention while 90% of the training inputs are at most this long (see choose_attention)
+EAGER_MAX_LENGTH = 160
+IGNORE = -100
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _check(table: Table, cfg: Any) -> None:
+    col = cfg.data.text_column
+    table.require_columns(col)
+    for i, row in enumerate(table.rows):
+        if not isinstance(row.get(col), str):
+            raise LmtuneError(f"{table.where(i)}: column {col!r} must hold text")
+
+
+def _read(path: str, cfg: Any, *, mask_once: bool) -> Table:
+    table = read_texts(path, cfg.data.format)
+    _check(table, cfg)
+    table.mask_once = mask_once  # type: ignore[attr-defined]
+    return table
+
+
+def load_data(cfg: Any) -> TaskData:
+    d = cfg.data
+    train = _read(d.train, cfg, mask_once=False)
+    notes = []
+    if d.validation:
+        validation = _read(d.validation, cfg, mask_once=True)
+    else:
+        if len(train) < 2:
+            raise LmtuneError(f"{d.train}: need at least 2 documents to hold out a validation split")
+        order = list(range(len(train)))
+        random.Random(cfg.train.seed).shuffle(order)
+        n_val = max(1, round(d.validation_size * len(train)))
+        held, kept = sorted(order[:n_val]), sorted(order[n_val:])
+
+        def pick(idx: list[int], mask_once: bool) -> Table:
+            t = Table(train.path, train.columns, [train.rows[i] for i in idx], [train.lines[i] for i in idx])
+            t.mask_once = mask_once  # type: ignore[attr-defined]
+            return t
+
+        train, validation = pick(kept, False), pick(held, True)
+        notes.append(f"no validation file: held out {len(held)} of {len(held) + len(kept)} documents (seed {cfg.train.seed})")
+    test = _read(d.test, cfg, mask_once=True) if d.test else None
+    notes.append(
+        f"masking {d.mlm_probability:.0%} of tokens{' (whole words)' if d.whole_word_mask else ''}; "
+        "validation masked once (seed train.seed)"
+    )
+    return TaskData(train, validation, test, [], notes)
+
+
+# ---------------------------------------------------------------- blocks and masking
+
+
+def _special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a single text ([CLS] and [SEP] for BERT)."""
+    probe = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello")["input_ids"]
+    for k in range(len(full) - len(probe) + 1):
+        if full[k : k + len(probe)] == probe:
+            return full[:k], full[k + len(probe) :]
+    raise LmtuneError("the tokenizer adds special tokens in a way masked_lm cannot follow")
+
+
+def make_blocks(texts: list[str], tokenizer: Any, max_length: int) -> list[dict[str, list[int]]]:
+    """The texts as one token stream ([SEP] between documents) cut into blocks of max_length with
+    the tokenizer's special tokens. Each block has input_ids, special_tokens_mask and word_ids
+    (a word number per token, the same for all subwords of a word; -1 on special tokens)."""
+    prefix, suffix = _special_frame(tokenizer)
+    width = max_length - len(prefix) - len(suffix)
+    if width < 1:
+        raise LmtuneError(f"data.max_length={max_length} leaves no room for text besides the special tokens")
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    enc = tokenizer(texts, add_special_tokens=False)
+    stream: list[int] = []
+    words: list[int] = []
+    word = 0
+    for i, ids in enumerate(enc["input_ids"]):
+        if i and sep is not None:
+            stream.append(sep)
+            words.append(-1)
+        wids = enc.word_ids(i) if getattr(tokenizer, "is_fast", False) else list(range(len(ids)))
+        prev = None
+        for w in wids:
+            if w is None or w != prev:
+                word += 1
+            words.append(word)
+            prev = w
+        stream += ids
+    blocks = []
+    for start in range(0, len(stream), width):
+        chunk, wchunk = stream[start : start + width], words[start : start + width]
+        ids = prefix + chunk + suffix
+        # the [SEP] between documents is a special token too: never masked
+        special = [1] * len(prefix) + [1 if t == sep else 0 for t in chunk] + [1] * len(suffix)
+        word_ids = [-1] * len(prefix) + [-1 if t == sep else w for t, w in zip(chunk, wchunk)] + [-1] * len(suffix)
+        blocks.append({"input_ids": ids, "special_tokens_mask": special, "word_ids": word_ids})
+    return blocks
+
+
+def _replace(inputs: Any, masked: Any, mask_id: int, vocab_size: int, generator: Any) -> Any:
+    """80% of the masked positions become [MASK], 10% a random token, 10% stay."""
+    import torch
+
+    replaced = torch.bernoulli(torch.full(inputs.shape, 0.8), generator=generator).bool() & masked
+    inputs[replaced] = mask_id
+    randomised = torch.bernoulli(torch.full(inputs.shape, 0.5), generator=generator).bool() & masked & ~replaced
+    random_words = torch.randint(vocab_size, inputs.shape, dtype=torch.long, generator=generator)
+    inputs[randomised] = random_words[randomised]
+    return inputs
+
+
+def whole_word_mask(inputs: Any, word_ids: Any, probability: float, mask_id: int, vocab_size: int,
+                    generator: Any = None) -> tuple[Any, Any]:
+    """Mask whole words: each word (a run of tokens with the same word id >= 0) is chosen with
+    `probability`; all its tokens are then masked (80/10/10 per token). Returns (inputs, labels)."""
+    import torch
+
+    labels = inputs.clone()
+    inputs = inputs.clone()
+    top = int(word_ids.max()) + 1 if word_ids.numel() else 0
+    chosen = torch.bernoulli(torch.full((max(top, 1),), probability), generator=generator).bool()
+    masked = (word_ids >= 0) & chosen[word_ids.clamp(min=0)]
+    labels[~masked] = IGNORE
+    return _replace(inputs, masked, mask_id, vocab_size, generator), labels
+
+
+class Collator:
+    """Pads input ids, attention mask and labels. Features that carry labels (validation, masked
+    once) are only padded; the others are masked here, afresh for every batch."""
+
+    def __init__(self, tokenizer: Any, probability: float, whole_word: bool, seed: int | None = None) -> None:
+        import torch
+        from transformers import DataCollatorForLanguageModeling
+
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.probability = probability
+        self.whole_word = whole_word
+        self.mlm = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=probability)
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self.mlm.generator = self.generator
+
+    def mask(self, input_ids: Any, special: Any, word_ids: Any) -> tuple[Any, Any]:
+        if self.whole_word:
+            return whole_word_mask(input_ids, word_ids, self.probability, self.tokenizer.mask_token_id,
+                                   len(self.tokenizer), self.generator)
+        return self.mlm.torch_mask_tokens(input_ids.clone(), special.bool())
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        pad = lambda xs, v: xs + [v] * (width - len(xs))  # noqa: E731
+        input_ids = torch.tensor([pad(f["input_ids"], self.pad_id) for f in features])
+        attention = torch.tensor([pad([1] * len(f["input_ids"]), 0) for f in features])
+        if all("labels" in f for f in features):
+            labels = torch.tensor([pad(f["labels"], IGNORE) for f in features])
+        else:
+            special = torch.tensor([pad(f["special_tokens_mask"], 1) for f in features])
+            word_ids = torch.tensor([pad(f["word_ids"], -1) for f in features])
+            input_ids, labels = self.mask(input_ids, special, word_ids)
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """Blocks of max_length tokens (nothing is truncated). Tables marked `mask_once` (validation,
+    test) are masked here with train.seed: their features carry input ids and labels."""
+    d = cfg.data
+    if tokenizer.mask_token_id is None:
+        raise LmtuneError("masked_lm needs a tokenizer with a mask token (an encoder such as BERT or MiniLM)")
+    blocks = make_blocks([r[d.text_column] for r in table.rows], tokenizer, d.max_length)
+    if not blocks:
+        raise LmtuneError(f"{table.path}: no text to train on")
+    if not getattr(table, "mask_once", False):
+        return blocks, 0
+    return mask_once(blocks, tokenizer, cfg), 0
+
+
+def mask_once(blocks: list[dict[str, Any]], tokenizer: Any, cfg: Any) -> list[dict[str, Any]]:
+    """The blocks masked with a fixed seed (train.seed): the same masks at every evaluation."""
+    import torch
+
+    collate = Collator(tokenizer, cfg.data.mlm_probability, cfg.data.whole_word_mask, seed=cfg.train.seed)
+    out = []
+    for b in blocks:
+        ids, lab = collate.mask(torch.tensor([b["input_ids"]]), torch.tensor([b["special_tokens_mask"]]),
+                                torch.tensor([b["word_ids"]]))
+        out.append({"input_ids": ids[0].tolist(), "labels": lab[0].tolist()})
+    return out
+
+
+# ---------------------------------------------------------------- model, batches, metrics
+
+
+def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
+    from ..models import load_pretrained
+
+    return load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
+
+
+def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
+    probability = cfg.data.mlm_probability if cfg is not None else 0.15
+    whole_word = cfg.data.whole_word_mask if cfg is not None else False
+    return Collator(tokenizer, probability, whole_word)
+
+
+def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
+    """Summed loss over the masked tokens and their count, per block."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    sums = [F.cross_entropy(logits[i].float(), labels[i], ignore_index=IGNORE, reduction="sum")
+            for i in range(logits.shape[0])]
+    return {"loss_sum": torch.stack(sums), "tokens": (labels != IGNORE).sum(1)}
+
+
+def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None) -> dict[str, Any]:
+    tokens = float(outputs["tokens"].sum())
+    loss = float(outputs["loss_sum"].sum()) / max(tokens, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "masked_tokens": int(tokens)}
+
+
+def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, Any]:
+    return {}
+
+
+def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    raise LmtuneError(
+        "masked_lm runs adapt a model rather than predict: their loss and perplexity are measured during "
+        "training (metrics.json); fine-tune a classifier from <run>/model"
+    )
