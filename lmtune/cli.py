@@ -102,7 +102,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictions = predictor.predict(texts, pairs)
     lines = []
     for i, (text, pred) in enumerate(zip(texts, predictions)):
-        if isinstance(pred, dict):
+        if predictor.task_name == "question_answering":
+            row = {"question": text, **pred}
+        elif isinstance(pred, dict):
             row = {"text": text, **({"text_pair": pairs[i]} if pairs else {}), **pred}
         elif isinstance(text, list):  # token_classification on tokens: one tag per token
             row = {"tokens": text, "tags": pred}

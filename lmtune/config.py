@@ -70,13 +70,25 @@ class DataConfig(Section):
         False, description="train on every subword of a word (continuations as I-), not only the first"
     )
     doc_stride: int = Field(
-        32, ge=0, description="sentences longer than max_length are cut into windows overlapping by this many tokens"
+        32, ge=0,
+        description="sentences (token_classification) or contexts (question_answering) longer than max_length are cut into windows overlapping by this many tokens",
     )
     # masked_lm
     mlm_probability: float = Field(
         0.15, gt=0, lt=1, description="masked_lm: share of tokens masked (80% [MASK], 10% random, 10% unchanged)"
     )
     whole_word_mask: bool = Field(False, description="masked_lm: mask all subwords of a chosen word together")
+    # question_answering
+    question_column: str = Field("question", description="question_answering rows: the question")
+    context_column: str = Field("context", description="question_answering rows: the text that holds the answer")
+    answers_column: str = Field(
+        "answers", description="question_answering rows: {text: [...], answer_start: [...]} (SQuAD JSON is read as it is)"
+    )
+    max_answer_length: int = Field(30, ge=1, description="question_answering: longest answer span predicted, in tokens")
+    max_broken_answers: float = Field(
+        0.05, ge=0, le=1,
+        description="question_answering: share of answers whose answer_start misses their text that may be dropped (more is an error)",
+    )
 
 
 class EvalConfig(Section):
@@ -182,7 +194,7 @@ class RunConfig(Section):
     """One fine-tuning run."""
 
     model: str = Field(description="short name (lmtune models), a Hugging Face folder or a .gguf file")
-    task: Literal["classification", "causal_lm", "token_classification", "masked_lm"] = Field(
+    task: Literal["classification", "causal_lm", "token_classification", "masked_lm", "question_answering"] = Field(
         "classification", description="what to fine-tune for (token_classification: named entities, tags per word)"
     )
     output_dir: str | None = Field(None, description="run folder; default runs/<config name>")

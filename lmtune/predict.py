@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +54,18 @@ def load_model(model_dir: Path, task: Any, cfg: RunConfig | None) -> Any:
 
 
 def _task_of(model_dir: Path) -> str:
-    """The task of a model folder without a run config: token_classification when lmtune.json or
-    the architecture says so, else classification."""
+    """The task of a model folder without a run config: what lmtune.json or the architecture
+    says, else classification."""
     info = model_dir / "lmtune.json"
-    if info.is_file() and json.loads(info.read_text()).get("task") == "token_classification":
-        return "token_classification"
+    if info.is_file() and json.loads(info.read_text()).get("task"):
+        return json.loads(info.read_text())["task"]
     config = model_dir / "config.json"
     if config.is_file():
         architectures = json.loads(config.read_text()).get("architectures") or []
         if any(a.endswith("ForTokenClassification") for a in architectures):
             return "token_classification"
+        if any(a.endswith("ForQuestionAnswering") for a in architectures):
+            return "question_answering"
     return "classification"
 
 
@@ -86,14 +89,17 @@ class Predictor:
         info = model_dir / "lmtune.json"
         if info.is_file():
             self.labels = json.loads(info.read_text())["labels"]
+        elif self.task_name == "question_answering":
+            self.labels = []  # a bare model folder: SQuAD v1.1, always an answer
         else:
             id2label = self.model.config.id2label
             self.labels = [id2label[i] for i in range(len(id2label))]
-        if self.task_name == "token_classification":
+        if self.task_name in ("token_classification", "question_answering"):
             from .config import DataConfig
 
             # the run's data settings, or the defaults for a bare model folder
-            self.data = cfg.data if cfg else DataConfig.model_construct(train="", tag_scheme=self.task.scheme_of(self.labels))
+            defaults = {"tag_scheme": self.task.scheme_of(self.labels)} if self.task_name == "token_classification" else {}
+            self.data = cfg.data if cfg else DataConfig(train="", **defaults)
         self.text_column = cfg.data.text_column if cfg else "text"
         self.text_pair_column = cfg.data.text_pair_column if cfg else None
         self.label_column = cfg.data.label_column if cfg else "label"
@@ -130,13 +136,18 @@ class Predictor:
         """Predictions for raw texts (and optional second texts of a pair), in input order.
 
         Token classification: for each raw text, its entities [{text, type, start, end, score}]
-        with character offsets into the text; for each list of tokens, one tag per token."""
+        with character offsets into the text; for each list of tokens, one tag per token.
+        Question answering: texts are the questions and pairs their contexts (or texts are
+        {question, context} objects); for each, {answer, score, start, end} with character offsets
+        into the context (an empty answer at -1 when a SQuAD v2.0 model finds none)."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
             return []
         if self.task_name == "token_classification":
             return self._predict_words(list(texts))
+        if self.task_name == "question_answering":
+            return self._predict_answers(list(texts), pairs)
         return self.task.decode(self.logits(list(texts), pairs), self.labels)
 
     # ------------------------------------------------------------ token classification
@@ -177,11 +188,45 @@ class Predictor:
         return out
 
     def _evaluate_words(self, path: Path) -> dict[str, Any]:
-        from types import SimpleNamespace
-
         known = path.suffix.lower() in (*self.task.CONLL_SUFFIXES, ".jsonl", ".json")
         table = self.task.read_sentences(path, self.data.model_copy(update={"format": "auto"}) if known else self.data)
         self.task.check_tags(table, self.data.tag_scheme, self.labels, where="the model's tags")
+        return self._evaluate_table(table)
+
+    # ------------------------------------------------------------ question answering
+
+    def _predict_answers(self, questions: list[Any], contexts: list[str] | None) -> list[dict[str, Any]]:
+        if contexts is None:
+            if not all(isinstance(q, dict) and "question" in q and "context" in q for q in questions):
+                raise LmtuneError("question answering needs contexts: predict(questions, contexts) or [{question, context}, ...]")
+            questions, contexts = [q["question"] for q in questions], [q["context"] for q in questions]
+        if len(questions) != len(contexts):
+            raise LmtuneError(f"{len(questions)} questions but {len(contexts)} contexts")
+        for i, (q, c) in enumerate(zip(questions, contexts)):
+            if not isinstance(q, str) or not q.strip() or not isinstance(c, str) or not c.strip():
+                raise LmtuneError(f"input {i + 1}: the question and the context must be non-empty texts")
+        wins, _ = self.task.windows(self.tokenizer, questions, contexts, self.data.max_length, self.data.doc_stride)
+        width = max(len(w["input_ids"]) for w in wins)
+        start, end = np.full((len(wins), width), self.task.MASKED, np.float32), np.full((len(wins), width), self.task.MASKED, np.float32)
+        sampler = EpochBatchSampler([len(w["input_ids"]) for w in wins], self.batch_size, seed=0, shuffle=False)
+        collate = self.task.collator(self.tokenizer)
+        with torch.no_grad():
+            for batch_ids in sampler:
+                batch = collate([wins[i] for i in batch_ids]).to(self.accelerator.device)
+                with self.accelerator.autocast():
+                    out = self.model(**batch)
+                n = out.start_logits.shape[1]
+                start[batch_ids, :n] = out.start_logits.float().cpu().numpy()
+                end[batch_ids, :n] = out.end_logits.float().cpu().numpy()
+        return self.task.best_answers(start, end, wins, len(questions), contexts, self.data.max_answer_length,
+                                      self.task.NO_ANSWER in self.labels)
+
+    # ------------------------------------------------------------ evaluation on windows
+
+    def _evaluate_table(self, table: Table) -> dict[str, Any]:
+        """Metrics of a task whose examples become windows (token classification, QA)."""
+        from types import SimpleNamespace
+
         cfg = SimpleNamespace(data=self.data)
         features, _ = self.task.prepare(table, self.tokenizer, cfg, self.labels)
         collate = self.task.collator(self.tokenizer, cfg, self.model)
@@ -194,7 +239,10 @@ class Predictor:
                     out = self.task.eval_step(self.model, batch, cfg)
                 for key, value in out.items():
                     parts.setdefault(key, []).append(value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
-        metrics = self.task.compute_metrics({k: np.concatenate(v) for k, v in parts.items()}, self.labels, cfg)
+        # back in data order, which the features (and the task's mapping to examples) follow
+        inverse = np.argsort([i for batch_ids in sampler for i in batch_ids])
+        outputs = {k: np.concatenate(v)[inverse] for k, v in parts.items()}
+        metrics = self.task.compute_metrics(outputs, self.labels, cfg, features)
         metrics["examples"] = len(table)
         return metrics
 
@@ -202,6 +250,9 @@ class Predictor:
 
     def read_inputs(self, path: str | Path) -> tuple[Table, list[Any], list[str] | None]:
         path = Path(path)
+        if self.task_name == "question_answering":
+            table = self.task.read_questions(path, self.data.model_copy(update={"format": "auto"}), answers=False)
+            return table, [r["question"] for r in table.rows], [r["context"] for r in table.rows]
         if self.task_name == "token_classification" and path.suffix.lower() != ".txt":
             # CoNLL (tags, if any, ignored) or rows with a list of tokens (or a text column)
             if self.task.is_conll(path, "auto"):
@@ -232,6 +283,12 @@ class Predictor:
         """Task metrics on a labelled file (same columns as training)."""
         if self.task_name == "token_classification":
             return self._evaluate_words(Path(path))
+        if self.task_name == "question_answering":
+            table = self.task.read_questions(path, self.data.model_copy(update={"format": "auto"}))
+            table, note = self.task.drop_broken_answers(table, self.data.max_broken_answers)
+            if note:
+                print(f"lmtune: {note}", file=sys.stderr)
+            return self._evaluate_table(table)
         table, texts, pairs = self.read_inputs(path)
         table.require_columns(self.label_column)
         label_ids = {label: i for i, label in enumerate(self.labels)}

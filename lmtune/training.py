@@ -141,7 +141,9 @@ def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, acceler
 
 
 def eval_metrics(task: Any, model: Any, loader: Any, accelerator: Any, labels: list[str], cfg: RunConfig) -> dict[str, Any]:
-    return task.compute_metrics(evaluate(task, model, loader, accelerator, cfg), labels, cfg)
+    # the features (the loader's data set, in data order) let a task map its outputs back to the
+    # examples (question answering: windows -> questions and their contexts)
+    return task.compute_metrics(evaluate(task, model, loader, accelerator, cfg), labels, cfg, loader.dataset)
 
 
 def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int]) -> dict[str, Any]:

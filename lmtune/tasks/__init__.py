@@ -23,7 +23,7 @@ from types import ModuleType
 
 from ..errors import LmtuneError
 
-TASKS = ("classification", "causal_lm", "token_classification", "masked_lm")
+TASKS = ("classification", "causal_lm", "token_classification", "masked_lm", "question_answering")
 
 
 def get_task(name: str) -> ModuleType:
@@ -43,4 +43,8 @@ def get_task(name: str) -> ModuleType:
         from . import masked_lm
 
         return masked_lm
+    if name == "question_answering":
+        from . import question_answering
+
+        return question_answering
     raise LmtuneError(f"task: unknown task {name!r}; expected one of {', '.join(TASKS)}")

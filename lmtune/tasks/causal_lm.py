@@ -377,7 +377,9 @@ def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, A
     return {"loss_sum": sums, "tokens": keep.sum(1)}
 
 
-def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None) -> dict[str, Any]:
+def compute_metrics(
+    outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None, features: Any = None
+) -> dict[str, Any]:
     tokens = float(outputs["tokens"].sum())
     loss = float(outputs["loss_sum"].sum()) / max(tokens, 1.0)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens)}

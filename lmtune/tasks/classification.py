@@ -152,7 +152,9 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, 
     return {}
 
 
-def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None) -> dict[str, Any]:
+def compute_metrics(
+    outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None, features: Any = None
+) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, classification_report, precision_recall_fscore_support
 
     logits, references = outputs["logits"], outputs["references"]

@@ -355,7 +355,9 @@ def entity_scores(y_true: list[list[str]], y_pred: list[list[str]], scheme: str)
     return out
 
 
-def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None) -> dict[str, Any]:
+def compute_metrics(
+    outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None, features: Any = None
+) -> dict[str, Any]:
     references, predictions = outputs["references"], outputs["predictions"]
     mask = references != IGNORE
     names = np.array(list(labels), dtype=object)
