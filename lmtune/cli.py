@@ -104,6 +104,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for i, (text, pred) in enumerate(zip(texts, predictions)):
         if predictor.task_name == "question_answering":
             row = {"question": text, **pred}
+        elif predictor.task_name == "masked_lm":  # per mask token, the likeliest tokens
+            row = {"text": text, "masks": pred}
         elif isinstance(pred, dict):
             row = {"text": text, **({"text_pair": pairs[i]} if pairs else {}), **pred}
         elif isinstance(text, list):  # token_classification on tokens: one tag per token

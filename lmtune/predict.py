@@ -78,11 +78,6 @@ class Predictor:
         self.model_dir = model_dir
         self.cfg = cfg
         self.task_name = cfg.task if cfg else _task_of(model_dir)
-        if self.task_name == "masked_lm":
-            raise LmtuneError(
-                "masked_lm runs are evaluated during training (loss and perplexity in the run's metrics.json); "
-                "to use the adapted model, fine-tune a task with model: <run>/model"
-            )
         self.task = get_task(self.task_name)
         self.tokenizer = models.load_tokenizer(model_dir)
         self.model = load_model(model_dir, self.task, cfg)
@@ -94,7 +89,7 @@ class Predictor:
         else:
             id2label = self.model.config.id2label
             self.labels = [id2label[i] for i in range(len(id2label))]
-        if self.task_name in ("token_classification", "question_answering"):
+        if self.task_name in ("token_classification", "question_answering", "masked_lm"):
             from .config import DataConfig
 
             # the run's data settings, or the defaults for a bare model folder
@@ -139,7 +134,8 @@ class Predictor:
         with character offsets into the text; for each list of tokens, one tag per token.
         Question answering: texts are the questions and pairs their contexts (or texts are
         {question, context} objects); for each, {answer, score, start, end} with character offsets
-        into the context (an empty answer at -1 when a SQuAD v2.0 model finds none)."""
+        into the context (an empty answer at -1 when a SQuAD v2.0 model finds none).
+        Masked LM: for each text, per mask token (e.g. [MASK]) the 5 likeliest tokens {token, score}."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
@@ -148,6 +144,8 @@ class Predictor:
             return self._predict_words(list(texts))
         if self.task_name == "question_answering":
             return self._predict_answers(list(texts), pairs)
+        if self.task_name == "masked_lm":
+            return self._fill_masks(list(texts))
         return self.task.decode(self.logits(list(texts), pairs), self.labels)
 
     # ------------------------------------------------------------ token classification
@@ -221,20 +219,40 @@ class Predictor:
         return self.task.best_answers(start, end, wins, len(questions), contexts, self.data.max_answer_length,
                                       self.task.NO_ANSWER in self.labels)
 
+    # ------------------------------------------------------------ masked LM
+
+    @torch.no_grad()
+    def _fill_masks(self, texts: list[str], top_k: int = 5) -> list[list[list[dict[str, Any]]]]:
+        mask = self.tokenizer.mask_token
+        if any(mask not in t for t in texts):
+            raise LmtuneError(f"input {next(i for i, t in enumerate(texts) if mask not in t) + 1}: no {mask} token to fill in")
+        out = []
+        for text in texts:
+            enc = self.tokenizer(text, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.accelerator.device)
+            with self.accelerator.autocast():
+                logits = self.model(**enc).logits[0].float()
+            where = (enc["input_ids"][0] == self.tokenizer.mask_token_id).nonzero()[:, 0]
+            probs, ids = torch.softmax(logits[where], -1).topk(top_k, dim=-1)
+            out.append([
+                [{"token": self.tokenizer.decode([int(i)]).strip(), "score": round(float(p), 6)} for p, i in zip(ps, row)]
+                for ps, row in zip(probs, ids)
+            ])
+        return out
+
     # ------------------------------------------------------------ evaluation on windows
 
     def _evaluate_table(self, table: Table) -> dict[str, Any]:
         """Metrics of a task whose examples become windows (token classification, QA)."""
         from types import SimpleNamespace
 
-        cfg = SimpleNamespace(data=self.data)
+        cfg = self.cfg if self.cfg is not None else SimpleNamespace(data=self.data, train=SimpleNamespace(seed=0))
         features, _ = self.task.prepare(table, self.tokenizer, cfg, self.labels)
         collate = self.task.collator(self.tokenizer, cfg, self.model)
         sampler = EpochBatchSampler([len(f["input_ids"]) for f in features], self.batch_size, seed=0, shuffle=False)
         parts: dict[str, list[np.ndarray]] = {}
         with torch.no_grad():
             for batch_ids in sampler:
-                batch = collate([features[i] for i in batch_ids]).to(self.accelerator.device)
+                batch = {k: v.to(self.accelerator.device) for k, v in collate([features[i] for i in batch_ids]).items()}
                 with self.accelerator.autocast():
                     out = self.task.eval_step(self.model, batch, cfg)
                 for key, value in out.items():
@@ -283,6 +301,8 @@ class Predictor:
         """Task metrics on a labelled file (same columns as training)."""
         if self.task_name == "token_classification":
             return self._evaluate_words(Path(path))
+        if self.task_name == "masked_lm":  # masked once with the run's seed, like its validation set
+            return self._evaluate_table(self.task.read_table_to_mask(path, self.data))
         if self.task_name == "question_answering":
             table = self.task.read_questions(path, self.data.model_copy(update={"format": "auto"}))
             table, note = self.task.drop_broken_answers(table, self.data.max_broken_answers)

@@ -128,5 +128,20 @@ def test_mlm_then_classification_chain(tiny_bert, tmp_path):
         "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2, "precision": "fp32", "log_steps": 1},
     }, progress=False)
     assert "accuracy" in cls.metrics["validation"]
-    with pytest.raises(LmtuneError, match="masked_lm"):
-        Predictor.from_run(tmp_path / "mlm")
+    # the classifier started from the adapted body, which training had moved away from the base
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    base = AutoModelForMaskedLM.from_pretrained(tiny_bert).state_dict()[key]
+    mlm = AutoModelForMaskedLM.from_pretrained(adapted).state_dict()[key]
+    start = AutoModelForSequenceClassification.from_pretrained(adapted, num_labels=2).state_dict()[key]
+    assert not torch.equal(base, mlm) and torch.equal(start, mlm)
+
+    # eval scores a file masked once with the run's seed (the same numbers twice); predict fills masks
+    predictor = Predictor.from_run(tmp_path / "mlm")
+    first, second = predictor.evaluate_file(train), predictor.evaluate_file(train)
+    assert first["masked_tokens"] > 0 and first["loss"] == pytest.approx(second["loss"])
+    [[top]] = predictor.predict(["the movie was [MASK] ."])
+    assert len(top) == 5 and all(0 <= t["score"] <= 1 for t in top)
+    with pytest.raises(LmtuneError, match="no \\[MASK\\] token"):
+        predictor.predict(["no mask here"])

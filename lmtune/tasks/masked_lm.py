@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,14 @@ def _read(path: str, cfg: Any, *, mask_once: bool) -> Table:
     _check(table, cfg)
     table.mask_once = mask_once  # type: ignore[attr-defined]
     return table
+
+
+def read_table_to_mask(path: str | Path, data: Any) -> Table:
+    """A text file to evaluate on (`lmtune eval`): masked once, like a validation set."""
+    from types import SimpleNamespace
+
+    fmt = "auto" if Path(path).suffix.lower() in (".txt", ".csv", ".tsv", ".jsonl", ".json") else data.format
+    return _read(str(path), SimpleNamespace(data=data.model_copy(update={"format": fmt})), mask_once=True)
 
 
 def load_data(cfg: Any) -> TaskData:
@@ -260,7 +269,4 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, 
 
 
 def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
-    raise LmtuneError(
-        "masked_lm runs adapt a model rather than predict: their loss and perplexity are measured during "
-        "training (metrics.json); fine-tune a classifier from <run>/model"
-    )
+    raise LmtuneError("masked_lm predictions fill in mask tokens: see Predictor.predict")
