@@ -11,6 +11,7 @@ across them, 2 rows a step). Speed is real (non-padding) tokens per second of tr
 the token-weighted loss on held-out dialogues, computed by one function for both sides.
 
     python benchmarks/causal_lm.py [--train-rows 320] [--val-rows 64] [--strategies full,lora] [--packing]
+                                   [--attention auto|eager|sdpa]   (lmtune's train.attention)
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def heldout_loss(model, tokenizer, texts: list[str]) -> float:
     return total / count
 
 
-def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool) -> dict:
+def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool, attention: str = "auto") -> dict:
     import lmtune
     from lmtune.generation import Generator
 
@@ -90,7 +91,7 @@ def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool) -> 
             "train": {"epochs": COMMON["epochs"], "batch_size": 2 if packing else 8, "lr": LR[strategy],
                       "weight_decay": 0.0,
                       "warmup_ratio": COMMON["warmup_ratio"], "seed": COMMON["seed"], "precision": "bf16",
-                      "log_steps": 10},
+                      "log_steps": 10, "attention": attention},
             "eval": {"generate_rows": 0},
         },
         overwrite=True,
@@ -101,7 +102,7 @@ def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool) -> 
             "quality": heldout_loss(gen.model, gen.tokenizer, rendered(val, gen.tokenizer))}
 
 
-def run_trainer(strategy: str, train: str, val: str, out: str, packing: bool) -> dict:
+def run_trainer(strategy: str, train: str, val: str, out: str, packing: bool, attention: str = "auto") -> dict:
     from datasets import Dataset
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
                               TrainingArguments)
@@ -146,11 +147,12 @@ def main() -> int:
     p.add_argument("--val-rows", type=int, default=64)
     p.add_argument("--strategies", default="full,lora")
     p.add_argument("--packing", action="store_true", help="lmtune packs dialogues into 512-token rows")
+    p.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa"], help="lmtune's train.attention")
     p.add_argument("--child", nargs=5, metavar=("SIDE", "STRATEGY", "TRAIN", "VAL", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         side, strategy, train, val, out = args.child
-        report((run_lmtune if side == "lmtune" else run_trainer)(strategy, train, val, out, args.packing))
+        report((run_lmtune if side == "lmtune" else run_trainer)(strategy, train, val, out, args.packing, args.attention))
         return 0
     if not SAMSUM.is_file():
         print(f"skipped: {SAMSUM} not found (the SAMSum file lives in ../shared/data/samsum beside the repo)")
@@ -161,7 +163,7 @@ def main() -> int:
             results: dict[str, list[dict]] = {"trainer": [], "lmtune": []}
             for side in ("trainer", "lmtune"):
                 r = run_child(__file__, ["--child", side, strategy, train, val, f"{tmp}/{side}-{strategy}",
-                                         *(["--packing"] if args.packing else [])])
+                                         *(["--packing"] if args.packing else []), "--attention", args.attention])
                 results[side].append(r)
                 print(f"{strategy:5s} {side:8s} {r['speed']:8.1f} tokens/s  {r['peak_rss_mb']:7.0f} MB peak RSS  "
                       f"held-out loss {r['quality']:.4f}  ({r['train_seconds']:.0f} s)", flush=True)

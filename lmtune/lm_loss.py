@@ -7,9 +7,11 @@ positions gets its logits, loss and gradient in turn, and the logits are recompu
 pass instead of stored (activation checkpointing): the same loss and gradients, about 1 GB less
 peak memory on that model, and about 2% more time (measured on a 2-core CPU in bf16).
 
-`use_chunked_loss(model)` replaces the training forward of one model instance (a transformers
-*ForCausalLM with `get_decoder()` and an LM head); evaluation and generation (no `shift_labels`,
-or no gradient) go through the model's own forward unchanged.
+`use_chunked_loss(model)` replaces the forward of one model instance (a transformers *ForCausalLM
+with `get_decoder()` and an LM head) when it is given `shift_labels` and a `logits_to_keep` mask:
+with gradients it returns the mean loss; without (evaluation), the loss of each kept position, so
+that evaluation too never holds all logits at once. Generation and plain calls go through the
+model's own forward unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ def chunked_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: 
     return total / max(targets.numel(), 1)
 
 
+def chunked_token_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    """Cross-entropy of each position [N], without gradients (evaluation), chunk by chunk."""
+    with torch.no_grad():
+        return torch.cat([
+            F.cross_entropy(head(hidden[i : i + chunk]).float(), targets[i : i + chunk], reduction="none")
+            for i in range(0, hidden.shape[0], chunk)
+        ])
+
+
 def use_chunked_loss(model: Any, chunk: int = CHUNK) -> bool:
     """Give `model` the chunked training loss; False (and nothing changed) when it lacks the parts."""
     if not (hasattr(model, "get_decoder") and model.get_output_embeddings() is not None):
@@ -43,13 +54,24 @@ def use_chunked_loss(model: Any, chunk: int = CHUNK) -> bool:
     original = model.forward
 
     def forward(self: Any, *args: Any, shift_labels: Any = None, logits_to_keep: Any = 0, **kwargs: Any) -> Any:
-        if shift_labels is None or not isinstance(logits_to_keep, torch.Tensor) or not torch.is_grad_enabled():
+        if shift_labels is None or not isinstance(logits_to_keep, torch.Tensor):
             return original(*args, shift_labels=shift_labels, logits_to_keep=logits_to_keep, **kwargs)
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         kwargs.pop("labels", None)  # shift_labels are the targets at the kept positions
         hidden = self.get_decoder()(*args, **kwargs).last_hidden_state[logits_to_keep]
-        return CausalLMOutputWithPast(loss=chunked_cross_entropy(self.get_output_embeddings(), hidden, shift_labels, chunk))
+        head = self.get_output_embeddings()
+        if torch.is_grad_enabled():
+            return CausalLMOutputWithPast(loss=chunked_cross_entropy(head, hidden, shift_labels, chunk))
+        # evaluation: the loss of every kept position, for per-example sums
+        return CausalLMOutputWithPast(loss=chunked_token_losses(head, hidden, shift_labels, chunk))
 
     model.forward = types.MethodType(forward, model)
+    model.lmtune_chunked_loss = True
     return True
+
+
+def has_chunked_loss(model: Any) -> bool:
+    """Whether `model` (possibly inside a DDP/FSDP wrapper or a PEFT model) has the chunked loss."""
+    inner = getattr(model, "module", model)  # PEFT models pass attribute lookups to their base model
+    return bool(getattr(inner, "lmtune_chunked_loss", False))

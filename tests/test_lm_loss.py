@@ -34,6 +34,25 @@ def test_chunked_loss_matches_the_model_loss_and_gradients(tiny_llama):
         assert torch.allclose(grads[name], chunked_grads[name], atol=1e-5), name
 
 
+def test_evaluation_losses_per_position_match_the_logits(tiny_llama):
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.lm_loss import has_chunked_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert not has_chunked_loss(model) and use_chunked_loss(model, chunk=5) and has_chunked_loss(model)
+    ids = torch.randint(4, 60, (2, 9))
+    keep = torch.ones(2, 9, dtype=torch.bool)
+    keep[:, -1] = False
+    targets = ids[:, 1:].reshape(-1)
+    with torch.no_grad():
+        losses = model(input_ids=ids, logits_to_keep=keep, shift_labels=targets).loss
+        logits = model(input_ids=ids).logits[:, :-1].reshape(-1, model.config.vocab_size)
+    assert losses.shape == (16,)
+    assert torch.allclose(losses, F.cross_entropy(logits, targets, reduction="none"), atol=1e-5)
+
+
 def test_evaluation_and_generation_use_the_models_own_forward(tiny_llama):
     from transformers import AutoModelForCausalLM
 

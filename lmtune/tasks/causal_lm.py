@@ -367,14 +367,19 @@ def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, A
         sums = [F.cross_entropy(logits[i, :-1].float(), labels[i, 1:], ignore_index=IGNORE, reduction="sum")
                 for i in range(logits.shape[0])]
         return {"loss_sum": torch.stack(sums), "tokens": (labels[:, 1:] != IGNORE).sum(1)}
+    from ..lm_loss import has_chunked_loss
+
     keep = inputs["logits_to_keep"]
-    logits = model(**inputs).logits  # (trained positions, vocabulary)
     targets = batch["shift_labels"]
-    # in chunks: a float copy of all logits at once can take more memory than training itself
-    losses = torch.cat([
-        F.cross_entropy(logits[i : i + 1024].float(), targets[i : i + 1024], reduction="none")
-        for i in range(0, logits.shape[0], 1024)
-    ])
+    if has_chunked_loss(model):  # the model's LM head runs chunk by chunk and returns each position's loss
+        losses = model(**inputs, shift_labels=targets).loss
+    else:
+        logits = model(**inputs).logits  # (trained positions, vocabulary)
+        # in chunks: a float copy of all logits at once can take more memory than training itself
+        losses = torch.cat([
+            F.cross_entropy(logits[i : i + 1024].float(), targets[i : i + 1024], reduction="none")
+            for i in range(0, logits.shape[0], 1024)
+        ])
     rows = keep.nonzero()[:, 0]
     sums = torch.zeros(keep.shape[0], dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)
     return {"loss_sum": sums, "tokens": keep.sum(1)}
