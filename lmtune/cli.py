@@ -19,10 +19,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # a bad config fails here, before any process starts
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from .rundir import RunDir
+
+        RunDir(cfg.output_dir or "runs/run").check(resume=args.resume, overwrite=args.overwrite)
+        return _launch(args)
     result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"run folder: {result.output_dir}", file=sys.stderr)
-    _print_json({k: {m: v for m, v in d.items() if m != "per_class"} for k, d in result.metrics.items()})
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {result.output_dir}", file=sys.stderr)
+        _print_json({k: {m: v for m, v in d.items() if m != "per_class"} for k, d in result.metrics.items()})
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """`lmtune train --nproc N`: the same command on N local processes, started by torchrun
+    (torch.distributed's elastic launcher; gloo on CPU, NCCL on GPUs)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    argv = ["-m", "lmtune", "train", args.config, *args.overrides]
+    argv += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite),
+                                   ("--no-progress", args.no_progress)) if on]
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=args.nproc, run_id=f"lmtune-{os.getpid()}",
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
+    )
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    try:
+        elastic_launch(config, sys.executable)(*argv)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode
+        if code != 2:  # exit 2: the process has said what was wrong in one line already
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            print(f"lmtune: error: process {rank} of {args.nproc} stopped ({how}); the others were stopped; "
+                  f"resume with lmtune train {args.config} --resume", file=sys.stderr)
+        return 2 if code == 2 else 1
     return 0
 
 
@@ -203,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an unfinished run from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train on N local processes (torchrun; train.batch_size is per process)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="metrics of a run's model on a labelled file (JSON on the last line)")
@@ -277,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmtune: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        # a process of a distributed run whose peer has gone: the launcher reports the cause
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "closed by peer" in str(e).lower() + repr(e).lower():
+            print(f"lmtune: process {os.environ.get('RANK')}: another process of the run stopped", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

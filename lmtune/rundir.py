@@ -87,11 +87,24 @@ class RunDir:
     def last_checkpoint(self) -> Path | None:
         return existing_dir(self.last)
 
-    def start(self, config_yaml: str, *, resume: bool, overwrite: bool) -> bool:
-        """Prepare the folder; return True when an earlier checkpoint should be resumed."""
+    def check(self, *, resume: bool, overwrite: bool) -> None:
+        """Raise if start() would refuse the folder (without changing anything)."""
         p = self.path
         if p.exists() and not p.is_dir():
             raise LmtuneError(f"output_dir {p} exists and is not a folder")
+        busy = p.is_dir() and any(p.iterdir()) and not overwrite
+        if busy and self.finished:
+            nothing = "nothing to resume; " if resume else ""
+            raise LmtuneError(f"output_dir {p} holds a finished run; {nothing}use --overwrite to replace it")
+        if busy and not resume:
+            raise LmtuneError(
+                f"output_dir {p} holds an unfinished run; use --resume to continue it or --overwrite to replace it"
+            )
+
+    def start(self, config_yaml: str, *, resume: bool, overwrite: bool) -> bool:
+        """Prepare the folder; return True when an earlier checkpoint should be resumed."""
+        p = self.path
+        self.check(resume=resume, overwrite=overwrite)
         busy = p.is_dir() and any(p.iterdir())
         if busy and overwrite:
             shutil.rmtree(p)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import math
 import platform
 import shutil
@@ -55,13 +56,15 @@ class LoopState:
     train_seconds: float = 0.0
     train_samples: int = 0
     train_tokens: int = 0  # real (non-padding) tokens
+    processes: int = 1  # a mid-epoch position counts global batches of this many processes
 
 
 def log(message: str) -> None:
     """Progress messages go to stderr (above the progress bar); stdout is kept for results."""
     from tqdm.auto import tqdm
 
-    tqdm.write(message, file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:  # one voice for a run on many processes
+        tqdm.write(message, file=sys.stderr)
 
 
 def bf16_available() -> bool:
@@ -105,7 +108,9 @@ def make_accelerator(precision: str) -> Any:
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision(precision))
+    # under torchrun without GPUs, accelerate only forms a (gloo) process group when told to use the CPU
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=mixed_precision(precision), cpu=cpu)
 
 
 def _is_better(value: float, best: float | None, greater: bool) -> bool:
@@ -121,23 +126,32 @@ def _loader(features: list[dict[str, Any]], sampler: EpochBatchSampler, collate:
 
 @torch.no_grad()
 def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, accelerator: Any, cfg: RunConfig) -> dict[str, np.ndarray]:
-    """The task's per-example eval outputs over a whole data set, gathered from every process,
-    in data order."""
-    model.eval()
+    """The task's per-example eval outputs over a whole data set, in data order. Each process
+    evaluates its part of every batch (the sampler's split: no example twice, none left out); the
+    parts are gathered with their example indices and put back in order."""
+    from accelerate.utils import gather_object, send_to_device
+
+    # the bare model: processes may hold different numbers of batches, and a DDP forward would
+    # wait for the others
+    bare = accelerator.unwrap_model(model)
+    bare.eval()
+    indices = [i for part in loader.batch_sampler for i in part]
     parts: dict[str, list[np.ndarray]] = {}
     for batch in loader:
+        batch = send_to_device(batch, accelerator.device)
         batch.pop("num_tokens", None)
         with accelerator.autocast():
-            out = task.eval_step(model, batch, cfg)
-        for key, value in accelerator.gather_for_metrics(out).items():
+            out = task.eval_step(bare, batch, cfg)
+        for key, value in out.items():
             parts.setdefault(key, []).append(value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
-    model.train()
-    outputs = {key: np.concatenate(values) for key, values in parts.items()}
-    order = [i for b in loader.batch_sampler.batches() for i in b] if hasattr(loader.batch_sampler, "batches") else None
-    if order is not None and all(len(v) == len(order) for v in outputs.values()):
-        inverse = np.argsort(order)
-        outputs = {key: value[inverse] for key, value in outputs.items()}
-    return outputs
+    bare.train()
+    mine = {key: np.concatenate(values) for key, values in parts.items()}
+    if accelerator.num_processes > 1:
+        everyone = [p for p in gather_object([(indices, mine)]) if p[0]]
+        indices = [i for idx, _ in everyone for i in idx]
+        mine = {key: np.concatenate([out[key] for _, out in everyone]) for key in everyone[0][1]}
+    inverse = np.argsort(indices)
+    return {key: value[inverse] for key, value in mine.items()}
 
 
 def eval_metrics(task: Any, model: Any, loader: Any, accelerator: Any, labels: list[str], cfg: RunConfig) -> dict[str, Any]:
@@ -182,6 +196,10 @@ def train(
     main = accelerator.is_main_process
     if main:
         resume = run.start(cfg.to_yaml(), resume=resume, overwrite=overwrite)
+    if accelerator.num_processes > 1:  # the run folder's answer (resume or not), for every process
+        from accelerate.utils import broadcast_object_list
+
+        resume = broadcast_object_list([resume])[0]
     set_seed(t.seed)
 
     model_path = models.resolve(cfg.model)
@@ -219,16 +237,23 @@ def train(
     optimizer = torch.optim.AdamW(plan.groups, lr=t.lr, **fused)
 
     collate = task.collator(tokenizer, cfg, model)
-    train_sampler = EpochBatchSampler(lengths["train"], t.batch_size, seed=t.seed, group_by_length=t.group_by_length)
+    # The samplers split every (global) batch between the processes themselves: accelerate's own
+    # sharding of a batch sampler assumes that only the last batch is short, and with shuffled,
+    # length-grouped batches it would repeat some and drop others.
+    shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
+    train_sampler = EpochBatchSampler(lengths["train"], t.batch_size, seed=t.seed, group_by_length=t.group_by_length, **shard)
     eval_bs = t.eval_batch_size or 2 * t.batch_size
     loaders = {
-        name: _loader(features[name], EpochBatchSampler(lengths[name], eval_bs, seed=t.seed, shuffle=False), collate)
+        name: _loader(
+            features[name],
+            EpochBatchSampler(lengths[name], eval_bs, seed=t.seed, shuffle=False, pad_empty=False, **shard),
+            collate,
+        )
         for name in features
         if name != "train"
     }
     train_loader = _loader(features["train"], train_sampler, collate)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    loaders = {name: accelerator.prepare(dl) for name, dl in loaders.items()}
+    model, optimizer = accelerator.prepare(model, optimizer)
 
     micro_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(micro_per_epoch / t.gradient_accumulation_steps)
@@ -243,11 +268,17 @@ def train(
     )
     accelerator.register_for_checkpointing(scheduler)
 
-    state = LoopState()
+    state = LoopState(processes=accelerator.num_processes)
     if resume:
         ckpt = run.last_checkpoint()
         accelerator.load_state(str(ckpt))
         state = LoopState(**json.loads((ckpt / "loop_state.json").read_text()))
+        if state.batches_in_epoch and state.processes != accelerator.num_processes:
+            raise LmtuneError(
+                f"{ckpt} was written mid-epoch by {state.processes} process(es): resume it with --nproc "
+                f"{state.processes} (checkpoints at the end of an epoch resume with any number)"
+            )
+        state.processes = accelerator.num_processes
         if main:
             run.truncate_history(state.history_lines)
         log(f"resumed from {ckpt} at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_in_epoch})")
@@ -285,6 +316,7 @@ def fit(
     progress: bool,
 ) -> bool:
     """The loop. Returns True when early stopping (or a callback) ended it."""
+    from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
     t = cfg.train
@@ -311,6 +343,7 @@ def fit(
         n_micro = len(train_loader)
         tick = time.perf_counter()
         for micro, batch in enumerate(loader, start=state.batches_in_epoch):
+            batch = send_to_device(batch, accelerator.device)
             sync = (micro + 1) % accum == 0 or micro + 1 == n_micro
             tokens = batch.pop("num_tokens", None)
             with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
@@ -343,7 +376,7 @@ def fit(
                 record = {
                     "step": state.step,
                     "epoch": round(epoch + (micro + 1) / n_micro, 4),
-                    "loss": round(window_loss / window_batches, 6),
+                    "loss": round(float(accelerator.reduce(torch.tensor(window_loss / window_batches), "mean")), 6),
                     "lr": scheduler.get_last_lr()[0],
                     "samples_per_second": round(window_samples / elapsed, 2),
                     "tokens_per_second": round(window_tokens / elapsed, 1),

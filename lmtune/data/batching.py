@@ -4,6 +4,13 @@ Length grouping shuffles all examples, cuts the order into windows of `window` b
 window by length, cuts it into batches and shuffles the batches. Batches then hold examples of
 similar length (little padding) while every epoch still sees a fresh random order and the label
 mix of a random sample.
+
+With several processes (`num_replicas`), the batches are global batches of batch_size x
+num_replicas examples, the same list on every process, and each process takes its contiguous part
+of each one: every example is seen once an epoch, by one process, and every process takes the same
+number of steps. A short global batch is split as evenly as it goes; a process whose part would be
+empty (fewer examples left than processes) repeats one example when training (`pad_empty`), and
+takes no batch when evaluating.
 """
 
 from __future__ import annotations
@@ -26,9 +33,15 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         shuffle: bool = True,
         group_by_length: bool = True,
         window: int = 64,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pad_empty: bool = True,
     ) -> None:
         self.lengths = list(lengths)
-        self.batch_size = batch_size
+        self.batch_size = batch_size * num_replicas  # global batch
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pad_empty = pad_empty
         self.seed = seed
         self.shuffle = shuffle
         self.group_by_length = group_by_length
@@ -62,5 +75,17 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         perm = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i] for i in perm]
 
+    def part(self, batch: list[int]) -> list[int]:
+        """This process's contiguous part of a global batch."""
+        if self.num_replicas == 1:
+            return batch
+        size, extra = divmod(len(batch), self.num_replicas)
+        start = self.rank * size + min(self.rank, extra)
+        mine = batch[start : start + size + (self.rank < extra)]
+        return mine if mine or not self.pad_empty else [batch[self.rank % len(batch)]]
+
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        for batch in self.batches():
+            mine = self.part(batch)
+            if mine:
+                yield mine
