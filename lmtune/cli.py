@@ -46,6 +46,11 @@ def _launch(args: argparse.Namespace) -> int:
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
     )
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    import logging
+
+    # the launcher's own log lines (a worker's exit, the others being stopped) would repeat, as a
+    # wall of text, what the one line below says
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         elastic_launch(config, sys.executable)(*argv)
     except ChildFailedError as e:
@@ -314,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except RuntimeError as e:
         # a process of a distributed run whose peer has gone: the launcher reports the cause
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "closed by peer" in str(e).lower() + repr(e).lower():
+        lost = any(word in str(e).lower() for word in ("by peer", "remote worker", "connection closed"))
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and lost:
             print(f"lmtune: process {os.environ.get('RANK')}: another process of the run stopped", file=sys.stderr)
             return 1
         raise

@@ -230,6 +230,11 @@ def train(
     lengths = {name: [len(f["input_ids"]) for f in feats] for name, feats in features.items()}
     attention = choose_attention(t.attention, accelerator.device.type, lengths["train"], task.EAGER_MAX_LENGTH)
     model = task.build_model(model_path, cfg, data.labels, attn_implementation=attention)
+    if t.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise LmtuneError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
+        # non-reentrant: also right for frozen embeddings (partial, LoRA) and under DDP
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     plan = strategies.apply(model, cfg.strategy, t.lr, t.weight_decay)
     model = plan.model
     log(f"model {cfg.model}; strategy {cfg.strategy.name}: {strategies.describe(model, plan.groups)}")

@@ -132,3 +132,20 @@ def test_gradient_accumulation_matches_the_bigger_batch(tiny_bert, toy_data, tmp
     b = load_file(str(acc.output_dir / "checkpoints" / "last" / "model.safetensors"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=2e-6, rtol=1e-4, msg=name)
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(tiny_bert, toy_data, tmp_path):
+    """Recomputing activations in the backward pass changes memory and time, not the result."""
+    from safetensors.torch import load_file
+
+    common = dict(epochs=1, dropout=0.0, max_steps=3, warmup_ratio=0.0)
+    plain = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "plain", **common), progress=False)
+    ckpt = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "ckpt", gradient_checkpointing=True, **common),
+                        progress=False)
+    a = load_file(str(plain.output_dir / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(ckpt.output_dir / "checkpoints" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    start = load_file(str(next(tiny_bert.glob("*.safetensors"))))  # a bare BertModel: no "bert." prefix
+    assert any(not torch.equal(a[f"bert.{k}"], start[k]) for k in start if f"bert.{k}" in a)  # it trained
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=2e-6, rtol=1e-4, msg=name)

@@ -1,0 +1,107 @@
+"""Every task under `lmtune train --nproc 2` on CPU, and a run that loses a process: it stops with
+one clear line, its last checkpoint intact, and resumes on one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lmtune
+
+from .test_causal_lm import CHATS, _jsonl
+from .test_masked_lm import _text
+from .test_question_answering import build_qa_bert, example
+from .test_question_answering import write_jsonl as write_qa
+from .test_token_classification import sentence, write_conll
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+TRAIN = {"epochs": 2, "batch_size": 4, "lr": 1e-2, "precision": "fp32", "log_steps": 1}
+
+
+def _run(cfg: dict, tmp_path: Path, *flags: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run([sys.executable, "-m", "lmtune", "train", str(path), "--no-progress", *flags],
+                          capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def _task_config(task: str, tmp_path: Path, models: dict[str, Path]) -> tuple[dict, Path | None, str]:
+    rng = random.Random(0)
+    if task == "token_classification":
+        train = write_conll(tmp_path / "t.conll", [sentence(rng) for _ in range(30)])
+        val = write_conll(tmp_path / "v.conll", [sentence(rng) for _ in range(11)])
+        return {"model": str(models["ner"]), "data": {"train": str(train), "validation": str(val), "max_length": 32}}, val, "f1"
+    if task == "question_answering":
+        train = write_qa(tmp_path / "t.jsonl", [example(rng) for _ in range(30)])
+        val = write_qa(tmp_path / "v.jsonl", [example(rng) for _ in range(11)])
+        return {"model": str(models["qa"]), "data": {"train": str(train), "validation": str(val), "max_length": 48}}, val, "f1"
+    if task == "masked_lm":
+        train, _ = _text(tmp_path / "t.txt", n_docs=30)
+        return {"model": str(models["bert"]), "data": {"train": str(train), "max_length": 32}}, None, "loss"
+    train = _jsonl(tmp_path / "t.jsonl", CHATS * 6)
+    return {"model": str(models["llama"]), "data": {"train": str(train), "validation": str(train), "max_length": 64},
+            "eval": {"generate_rows": 2, "max_new_tokens": 4}}, None, "loss"
+
+
+@pytest.mark.parametrize("task", ["token_classification", "question_answering", "masked_lm", "causal_lm"])
+def test_every_task_runs_on_two_processes(task, tmp_path, tiny_bert, tiny_llama, tmp_path_factory):
+    from .test_token_classification import build_ner_bert
+
+    models = {"bert": tiny_bert, "llama": tiny_llama}
+    if task == "token_classification":
+        models["ner"] = build_ner_bert(tmp_path_factory.mktemp("ner"))
+    if task == "question_answering":
+        models["qa"] = build_qa_bert(tmp_path_factory.mktemp("qa"))
+    cfg, val, metric = _task_config(task, tmp_path, models)
+    cfg.update(task=task, output_dir=str(tmp_path / "out"), train=TRAIN)
+    proc = _run(cfg, tmp_path, "--nproc", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training on 2 x cpu" in proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["validation"]
+    assert metric in metrics
+    if val is not None:  # windows of both processes gathered in order: the same as one process
+        alone = lmtune.load(tmp_path / "out").evaluate_file(val)
+        assert alone[metric] == pytest.approx(metrics[metric], abs=1e-6)
+
+
+def test_a_killed_process_stops_the_run_and_it_resumes_on_one(tiny_bert, tmp_path):
+    import psutil
+
+    from .conftest import write_sentiment
+
+    train = write_sentiment(tmp_path / "train.csv", 64, seed=1)
+    cfg = {"model": str(tiny_bert), "output_dir": str(tmp_path / "out"), "data": {"train": str(train)},
+           "train": {**TRAIN, "epochs": 200, "batch_size": 8}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "lmtune", "train", str(tmp_path / "run.yaml"), "--no-progress", "--nproc", "2"]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    state = tmp_path / "out" / "checkpoints" / "last" / "loop_state.json"
+    deadline = time.time() + 120
+    while not (state.is_file() and json.loads(state.read_text())["epoch"] >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "lmtune" in " ".join(p.cmdline())]
+    assert len(workers) == 2, "two worker processes"
+    workers[1].send_signal(signal.SIGKILL)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    assert "lmtune: error: process" in err and "--resume" in err
+    assert "Traceback" not in err, err[-4000:]
+    saved = json.loads(state.read_text())  # intact: a whole checkpoint, never half of one
+    assert saved["step"] > 0 and (state.parent / "model.safetensors").is_file()
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+    again = _run(cfg, tmp_path, "--resume", timeout=600)  # one process this time
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {state.parent}" in again.stderr
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["train"]["steps"] > saved["step"]
