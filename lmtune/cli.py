@@ -163,6 +163,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from .data.inspect import inspect_file, render
+
+    tokenizer = None
+    if args.model:
+        from . import models
+
+        tokenizer = models.load_tokenizer(models.resolve(args.model))
+    report = inspect_file(args.file, text_column=args.text_column, label_column=args.label_column,
+                          tokenizer=tokenizer, max_length=args.max_length, fmt=args.format)
+    print(json.dumps(report) if args.json else render(report))
+    return 0
+
+
 def cmd_data_preview(args: argparse.Namespace) -> int:
     from . import models
     from .config import load_config
@@ -282,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     dp.add_argument("-n", type=int, default=3, help="how many examples")
     dp.set_defaults(func=cmd_data_preview)
+    di = dsub.add_parser("inspect", help="rows, duplicates, conflicting labels, label balance, lengths, encoding problems")
+    di.add_argument("file")
+    di.add_argument("--text-column", default="text")
+    di.add_argument("--label-column", default=None, help="default: 'label' when the file has it")
+    di.add_argument("--model", default=None, help="count lengths in this model's tokens (a bundled name or a folder)")
+    di.add_argument("--max-length", type=int, default=None, help="with --model: count texts longer than this")
+    di.add_argument("--format", default="auto", choices=["auto", "csv", "tsv", "jsonl", "json"])
+    di.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    di.set_defaults(func=cmd_data_inspect)
 
     m = sub.add_parser("models", help="list the bundled models")
     m.add_argument("--json", action="store_true")
