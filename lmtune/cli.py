@@ -177,6 +177,19 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from .data.split import parse_ratios, split_file
+
+    report = split_file(args.file, args.output, parse_ratios(args.ratios), seed=args.seed,
+                        text_column=args.text_column, label_column=args.label_column,
+                        group_column=args.group_column, overwrite=args.overwrite)
+    for name, part in report.items():
+        labels = ", ".join(f"{k} {v}" for k, v in part.get("labels", {}).items())
+        print(f"{name}: {part['rows']} rows -> {part['file']}" + (f" ({labels})" if labels else ""), file=sys.stderr)
+    _print_json(report)
+    return 0
+
+
 def cmd_data_preview(args: argparse.Namespace) -> int:
     from . import models
     from .config import load_config
@@ -305,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--format", default="auto", choices=["auto", "csv", "tsv", "jsonl", "json"])
     di.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     di.set_defaults(func=cmd_data_inspect)
+    ds = dsub.add_parser("split", help="seeded, stratified split into train/validation(/test) files; duplicates stay together")
+    ds.add_argument("file")
+    ds.add_argument("--ratios", default="0.8,0.1,0.1", help="shares of train, validation[, test]; they sum to 1")
+    ds.add_argument("-o", "--output", required=True, help="folder for train/validation/test files")
+    ds.add_argument("--text-column", default="text")
+    ds.add_argument("--label-column", default=None, help="stratify by this column (default: 'label' when present)")
+    ds.add_argument("--group-column", default=None,
+                    help="rows sharing a value stay in one part (default: rows with the same normalised text)")
+    ds.add_argument("--seed", type=int, default=42)
+    ds.add_argument("--overwrite", action="store_true")
+    ds.set_defaults(func=cmd_data_split)
 
     m = sub.add_parser("models", help="list the bundled models")
     m.add_argument("--json", action="store_true")

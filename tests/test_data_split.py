@@ -1,0 +1,88 @@
+"""Splitting: every row in exactly one part, duplicates and groups never across parts, labels
+dealt in proportion (property tests), and the `lmtune data split` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmtune.cli import main
+from lmtune.data.split import grouped_split, parse_ratios
+from lmtune.errors import LmtuneError
+
+RATIOS = st.sampled_from([(0.8, 0.2), (0.5, 0.5), (0.8, 0.1, 0.1), (0.6, 0.2, 0.2)])
+
+
+@st.composite
+def labelled_groups(draw):
+    n_labels = draw(st.integers(1, 3))
+    rows = draw(st.lists(st.tuples(st.integers(0, n_labels - 1), st.integers(0, 30)), min_size=1, max_size=120))
+    # a group's rows share the group's label (duplicates of one text carry one label here)
+    labels = [f"l{g % n_labels}" for _, g in rows]
+    groups = [f"g{g}" for _, g in rows]
+    return labels, groups
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=labelled_groups(), ratios=RATIOS, seed=st.integers(0, 10))
+def test_parts_partition_the_rows_and_keep_groups_whole(data, ratios, seed):
+    labels, groups = data
+    try:
+        parts = grouped_split(labels, groups, ratios, seed)
+    except LmtuneError as e:
+        assert "too few to put some in every part" in str(e)
+        return
+    flat = sorted(i for p in parts for i in p)
+    assert flat == list(range(len(labels)))  # no row twice, none dropped
+    where = {}
+    for k, part in enumerate(parts):
+        for i in part:
+            assert where.setdefault(groups[i], k) == k  # a group never spans two parts
+    for label in set(labels):
+        total = labels.count(label)
+        biggest = max(groups.count(g) for g in set(groups) if labels[groups.index(g)] == label)
+        for k, part in enumerate(parts):
+            have = sum(labels[i] == label for i in part)
+            assert have >= 1  # every part has every label (or the split was refused)
+            assert abs(have - ratios[k] * total) <= biggest + 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(20, 200), seed=st.integers(0, 5))
+def test_the_same_seed_gives_the_same_split(n, seed):
+    labels = [i % 2 for i in range(n)]
+    groups = list(range(n))
+    assert grouped_split(labels, groups, (0.8, 0.2), seed) == grouped_split(labels, groups, (0.8, 0.2), seed)
+
+
+def test_a_class_too_rare_for_every_part_and_bad_ratios_are_clear_errors():
+    with pytest.raises(LmtuneError, match="label 'rare' has 2 example"):
+        grouped_split(["a"] * 20 + ["rare"] * 2, list(range(22)), (0.8, 0.1, 0.1), 0)
+    with pytest.raises(LmtuneError, match="sum to 0.9, not 1"):
+        parse_ratios("0.8,0.1")
+    with pytest.raises(LmtuneError, match="2 or 3 positive shares"):
+        parse_ratios("1")
+
+
+def test_split_command_writes_the_parts_and_keeps_duplicates_together(tmp_path, capsys):
+    src = tmp_path / "d.csv"
+    with open(src, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", "user"])
+        for i in range(60):
+            w.writerow([f"Text number {i % 45}" + ("" if i < 45 else "  "), "pos" if i % 3 else "neg", f"u{i % 7}"])
+    assert main(["data", "split", str(src), "-o", str(tmp_path / "out")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sum(p["rows"] for p in report.values()) == 60 and set(report) == {"train", "validation", "test"}
+    texts = {}
+    for name in report:
+        with open(tmp_path / "out" / f"{name}.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                texts.setdefault(" ".join(row["text"].split()), set()).add(name)
+    assert all(len(parts) == 1 for parts in texts.values())  # normalised duplicates never in two parts
+    assert main(["data", "split", str(src), "-o", str(tmp_path / "out")]) == 2  # no silent overwrite
+    assert main(["data", "split", str(src), "-o", str(tmp_path / "g"), "--group-column", "user", "--ratios", "0.5,0.5"]) == 0
