@@ -177,6 +177,37 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_clean(args: argparse.Namespace) -> int:
+    from .data.clean import CleanOptions, clean_rows
+    from .data.readers import detect_format, read_table
+    from .data.split import _write_rows
+    from .rundir import write_text_atomic
+
+    src, out = Path(args.file), Path(args.output)
+    dropped_file = out.parent / "dropped.jsonl"
+    if src.resolve() == out.resolve():
+        raise LmtuneError(f"{out}: the output must be another file (the input is never changed)")
+    for target in (out, dropped_file):
+        if target.exists() and not args.overwrite:
+            raise LmtuneError(f"{target} exists; use --overwrite to replace it")
+    table = read_table(src)
+    label_column = args.label_column or ("label" if "label" in table.columns else None)
+    table.require_columns(args.text_column, label_column)
+    options = CleanOptions(strip_html=args.strip_html, lowercase=args.lowercase, min_chars=args.min_chars,
+                           max_chars=args.max_chars, dedupe=args.dedupe, conflicts=args.conflicts)
+    cleaned = clean_rows(table.rows, table.lines, args.text_column, label_column, options)
+    fmt = detect_format(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_rows(out, table.columns, cleaned.rows, "jsonl" if fmt == "json" else fmt)
+    write_text_atomic(dropped_file, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in cleaned.dropped))
+    summary = cleaned.summary()
+    reasons = ", ".join(f"{k} {v}" for k, v in summary["dropped_by_reason"].items()) or "none"
+    print(f"kept {summary['kept']} of {len(table)} rows -> {out}; dropped: {reasons} (each with its line in "
+          f"{dropped_file}); {summary['texts_changed']} texts changed", file=sys.stderr)
+    _print_json(summary)
+    return 0
+
+
 def cmd_data_split(args: argparse.Namespace) -> int:
     from .data.split import parse_ratios, split_file
 
@@ -318,6 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--format", default="auto", choices=["auto", "csv", "tsv", "jsonl", "json"])
     di.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     di.set_defaults(func=cmd_data_inspect)
+    dc = dsub.add_parser("clean", help="normalise texts; drop empty, out-of-range, conflicting and duplicate rows, each with its reason")
+    dc.add_argument("file")
+    dc.add_argument("-o", "--output", required=True, help="the cleaned file; dropped.jsonl is written beside it")
+    dc.add_argument("--text-column", default="text")
+    dc.add_argument("--label-column", default=None, help="default: 'label' when present")
+    dc.add_argument("--strip-html", action="store_true", help="remove HTML tags and unescape entities")
+    dc.add_argument("--lowercase", action="store_true")
+    dc.add_argument("--min-chars", type=int, default=None)
+    dc.add_argument("--max-chars", type=int, default=None)
+    dc.add_argument("--dedupe", default="exact", choices=["none", "exact", "normalised"])
+    dc.add_argument("--conflicts", default="drop", choices=["keep", "drop", "majority"],
+                    help="texts whose copies carry different labels")
+    dc.add_argument("--overwrite", action="store_true")
+    dc.set_defaults(func=cmd_data_clean)
     ds = dsub.add_parser("split", help="seeded, stratified split into train/validation(/test) files; duplicates stay together")
     ds.add_argument("file")
     ds.add_argument("--ratios", default="0.8,0.1,0.1", help="shares of train, validation[, test]; they sum to 1")

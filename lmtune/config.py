@@ -23,6 +23,25 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
 
+class CleanConfig(Section):
+    """Cleaning of the training file before it is split (classification): text changes, then
+    dropped rows, each written with its reason to dropped.jsonl in the run folder."""
+
+    nfkc: bool = Field(True, description="Unicode NFKC normalisation")
+    collapse_whitespace: bool = Field(True, description="runs of whitespace become one space; ends trimmed")
+    strip_html: bool = Field(False, description="remove HTML tags and unescape entities")
+    lowercase: bool = Field(False, description="lower-case the text")
+    drop_empty: bool = Field(True, description="drop rows whose text is empty after cleaning")
+    min_chars: int | None = Field(None, ge=0, description="drop texts shorter than this")
+    max_chars: int | None = Field(None, ge=1, description="drop texts longer than this")
+    dedupe: Literal["none", "exact", "normalised"] = Field(
+        "exact", description="drop repeated texts after the first (normalised: NFKC, case-folded, single spaces)"
+    )
+    conflicts: Literal["keep", "drop", "majority"] = Field(
+        "drop", description="texts whose copies carry different labels: keep them, drop them, or keep the majority label"
+    )
+
+
 class DataConfig(Section):
     """Where the examples are and which columns hold what. Relative paths are relative to the
     current directory."""
@@ -44,6 +63,9 @@ class DataConfig(Section):
         0.1, gt=0, lt=1, description="share of train held out when no validation file is given"
     )
     max_length: int = Field(256, ge=8, le=65536, description="longer inputs are truncated (and counted)")
+    clean: CleanConfig | None = Field(
+        None, description="classification: clean the training file before the split (see data.clean.*); null: as it is"
+    )
     # causal_lm
     shape: Literal["auto", "text", "instruction", "chat"] = Field(
         "auto", description="causal_lm data: plain text, instruction rows or chats; auto looks at the columns"

@@ -26,7 +26,7 @@ from . import models, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler
 from .errors import LmtuneError
-from .rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic
+from .rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
 from .tasks import get_task
 
 # on_evaluate(step, metrics) is called after every evaluation; returning True stops the run.
@@ -172,6 +172,7 @@ def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int]) -> dict[s
         "labels": data.labels,
         "truncated_to_max_length": truncated,
         "notes": data.notes,
+        "prep": data.prep,
     }
 
 
@@ -216,6 +217,8 @@ def train(
         log(note)
     if main:
         write_json_atomic(run.path / "data.json", _data_record(cfg, data, truncated))
+        if data.dropped:
+            write_text_atomic(run.path / "dropped.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in data.dropped))
         write_json_atomic(run.path / "run.json", {
             "model": cfg.model,
             "model_path": str(model_path),

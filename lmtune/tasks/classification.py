@@ -69,6 +69,19 @@ def load_data(cfg: Any) -> TaskData:
     train = read_table(d.train, d.format)
     _check_rows(train, cfg, need_label=True)
     notes = []
+    prep: dict[str, Any] = {}
+    dropped: list[dict[str, Any]] = []
+    if d.clean is not None:  # read -> clean -> split
+        from ..data.clean import CleanOptions, clean_rows
+
+        cleaned = clean_rows(train.rows, train.lines, d.text_column, d.label_column, CleanOptions(**d.clean.model_dump()))
+        train = Table(train.path, train.columns, cleaned.rows, cleaned.lines)
+        prep["clean"], dropped = cleaned.summary(), cleaned.dropped
+        if not train.rows:
+            raise LmtuneError(f"{d.train}: data.clean dropped every row ({prep['clean']['dropped_by_reason']})")
+        reasons = ", ".join(f"{k} {v}" for k, v in prep["clean"]["dropped_by_reason"].items()) or "nothing"
+        notes.append(f"clean: kept {len(train)} of {len(train) + len(dropped)} training rows; dropped {reasons} "
+                     f"(dropped.jsonl); {prep['clean']['texts_changed']} texts changed")
     if d.validation:
         validation = read_table(d.validation, d.format)
         _check_rows(validation, cfg, need_label=True)
@@ -91,7 +104,7 @@ def load_data(cfg: Any) -> TaskData:
         check_labels(test, d.label_column, labels, where="the training data")
     counts = Counter(r[d.label_column] for r in train.rows)
     notes.append("train labels: " + ", ".join(f"{label} {counts[label]}" for label in labels))
-    return TaskData(train, validation, test, labels, notes)
+    return TaskData(train, validation, test, labels, notes, prep, dropped)
 
 
 def texts_of(table: Table, cfg: Any) -> tuple[list[str], list[str] | None]:

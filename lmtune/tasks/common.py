@@ -15,6 +15,8 @@ class TaskData:
     test: Table | None
     labels: list[str]
     notes: list[str] = field(default_factory=list)  # what was done to the data, for the log and run folder
+    prep: dict[str, Any] = field(default_factory=dict)  # summaries of the data steps (cleaning), for data.json
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # rows left out, each with line and reason
 
 
 def tokenize_texts(
