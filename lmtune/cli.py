@@ -208,6 +208,35 @@ def cmd_data_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_augment(args: argparse.Namespace) -> int:
+    from .data.augment import AugmentOptions, augment_rows, embedding_neighbours, read_synonyms
+    from .data.readers import detect_format, read_table
+    from .data.split import _write_rows
+
+    src, out = Path(args.file), Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise LmtuneError(f"{out} exists; use --overwrite to replace it")
+    table = read_table(src)
+    table.require_columns(args.text_column)
+    synonyms = read_synonyms(args.synonyms) if args.synonyms else {}
+    if args.model:
+        from . import models
+
+        words = {w.lower() for r in table.rows for w in str(r[args.text_column]).split()}
+        for word, near in embedding_neighbours(models.resolve(args.model), words).items():
+            synonyms.setdefault(word, []).extend(near)
+    options = AugmentOptions(p_delete=args.p_delete, p_swap=args.p_swap, p_insert=args.p_insert,
+                             p_synonym=args.p_synonym, n_per_example=args.n_per_example,
+                             protect=frozenset(w.lower() for w in (args.protect or "").split(",") if w))
+    new = augment_rows(table.rows, table.lines, args.text_column, options, synonyms, args.seed)
+    fmt = detect_format(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_rows(out, [*table.columns, "augmented_from"], [*table.rows, *new], "jsonl" if fmt == "json" else fmt)
+    print(f"wrote {len(table)} rows and {len(new)} augmented copies (marked by augmented_from) to {out}", file=sys.stderr)
+    _print_json({"rows": len(table), "augmented": len(new), "synonym_words": len(synonyms)})
+    return 0
+
+
 def cmd_data_split(args: argparse.Namespace) -> int:
     from .data.split import parse_ratios, split_file
 
@@ -363,6 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="texts whose copies carry different labels")
     dc.add_argument("--overwrite", action="store_true")
     dc.set_defaults(func=cmd_data_clean)
+    da = dsub.add_parser("augment", help="EDA augmentation: random deletion, swap, insertion and synonym replacement")
+    da.add_argument("file")
+    da.add_argument("-o", "--output", required=True, help="the rows and their augmented copies")
+    da.add_argument("--text-column", default="text")
+    da.add_argument("--n-per-example", type=int, default=1)
+    for op in ("delete", "swap", "insert", "synonym"):
+        da.add_argument(f"--p-{op}", type=float, default=0.1, help=f"per-word probability of {op}")
+    da.add_argument("--synonyms", default=None, help="synonym file: JSON {word: [synonyms]} or 'word<TAB>syn,syn' lines")
+    da.add_argument("--model", default=None, help="also take synonyms from this model's input-embedding neighbours")
+    da.add_argument("--protect", default=None, help="comma-separated words never changed (label-bearing words)")
+    da.add_argument("--seed", type=int, default=42)
+    da.add_argument("--overwrite", action="store_true")
+    da.set_defaults(func=cmd_data_augment)
     ds = dsub.add_parser("split", help="seeded, stratified split into train/validation(/test) files; duplicates stay together")
     ds.add_argument("file")
     ds.add_argument("--ratios", default="0.8,0.1,0.1", help="shares of train, validation[, test]; they sum to 1")

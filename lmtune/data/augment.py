@@ -1,0 +1,140 @@
+"""Text augmentation with the EDA operations (Wei & Zou, 2019), seeded: random deletion, random
+swap, random insertion and synonym replacement, each applied with its own probability per word.
+
+Synonyms come from a file the user gives (JSON `{"word": ["synonym", ...]}` or lines
+`word<TAB>synonym,synonym`) and/or from the nearest neighbours of a word in a model's input
+embeddings (cosine similarity), among whole-word vocabulary entries that are alphabetic and not
+stop words. Words the user protects (label-bearing words, say) are never replaced, deleted or
+moved. Deletion never empties a text. Augmented rows are copies of their source with the text
+changed; `augmented_from` says which line they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LmtuneError
+
+STOP_WORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being below between both
+but by can could did do does doing down during each few for from further had has have having he her here hers
+herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
+once only or other our ours ourselves out over own same she should so some such than that the their theirs them
+themselves then there these they this those through to too under until up very was we were what when where which
+while who whom why will with would you your yours yourself yourselves
+""".split())
+
+
+@dataclass
+class AugmentOptions:
+    p_delete: float = 0.1
+    p_swap: float = 0.1
+    p_insert: float = 0.1
+    p_synonym: float = 0.1
+    n_per_example: int = 1
+    protect: frozenset[str] = field(default_factory=frozenset)
+
+
+def read_synonyms(path: str | Path) -> dict[str, list[str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise LmtuneError(f"{path}: synonym file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LmtuneError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+            raise LmtuneError(f'{path}: expected {{"word": ["synonym", ...], ...}}')
+        return {k.lower(): [str(x) for x in v] for k, v in data.items()}
+    out: dict[str, list[str]] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        word, tab, rest = line.partition("\t")
+        if not tab or not rest.strip():
+            raise LmtuneError(f"{path}:{n}: expected 'word<TAB>synonym,synonym'")
+        out.setdefault(word.strip().lower(), []).extend(s.strip() for s in rest.split(",") if s.strip())
+    return out
+
+
+def embedding_neighbours(model_path: str | Path, words: set[str], k: int = 5) -> dict[str, list[str]]:
+    """For each word that is one whole-word token of the model's vocabulary, its k nearest
+    whole-word, alphabetic, non-stop-word vocabulary entries by cosine similarity of the input
+    embeddings."""
+    import torch
+    from transformers import AutoModel
+
+    from ..models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    model = AutoModel.from_pretrained(model_path)
+    table = model.get_input_embeddings().weight.detach().float()
+    vocab = tokenizer.get_vocab()
+    candidates = [(w, i) for w, i in vocab.items() if w.isalpha() and w.isascii() and len(w) > 2 and w.lower() not in STOP_WORDS]
+    if not candidates:
+        raise LmtuneError(f"{model_path}: no whole-word vocabulary entries to take synonyms from")
+    cand_ids = torch.tensor([i for _, i in candidates])
+    cand = torch.nn.functional.normalize(table[cand_ids], dim=-1)
+    queries = [(w, vocab[w]) for w in sorted(words) if w in vocab and w.isalpha() and w not in STOP_WORDS]
+    if not queries:
+        return {}
+    q = torch.nn.functional.normalize(table[torch.tensor([i for _, i in queries])], dim=-1)
+    top = (q @ cand.T).topk(min(k + 1, len(candidates)), dim=-1).indices
+    out = {}
+    for (word, _), row in zip(queries, top.tolist()):
+        out[word] = [candidates[j][0] for j in row if candidates[j][0].lower() != word][:k]
+    return out
+
+
+def augment_words(words: list[str], o: AugmentOptions, synonyms: dict[str, list[str]], rng: random.Random) -> list[str]:
+    """One augmented copy of a list of words."""
+    protected = [w.lower() in o.protect for w in words]
+
+    def synonym_of(word: str) -> str | None:
+        options = [s for s in synonyms.get(word.lower(), []) if s.lower() != word.lower()]
+        return rng.choice(options) if options else None
+
+    out = list(words)
+    for i, w in enumerate(out):  # synonym replacement
+        if not protected[i] and w.lower() not in STOP_WORDS and rng.random() < o.p_synonym:
+            s = synonym_of(w)
+            if s is not None:
+                out[i] = s
+    inserts = [w for i, w in enumerate(words) if not protected[i] and rng.random() < o.p_insert]
+    for w in inserts:  # random insertion: a synonym of a word, anywhere
+        s = synonym_of(w)
+        if s is not None:
+            pos = rng.randrange(len(out) + 1)
+            out.insert(pos, s)
+            protected.insert(pos, False)
+    movable = [i for i in range(len(out)) if not protected[i]]
+    for _ in range(sum(rng.random() < o.p_swap for _ in out)):  # random swap
+        if len(movable) >= 2:
+            a, b = rng.sample(movable, 2)
+            out[a], out[b] = out[b], out[a]
+    kept = [w for i, w in enumerate(out) if protected[i] or rng.random() >= o.p_delete]  # random deletion
+    return kept or [rng.choice(out)]  # never empty
+
+
+def augment_rows(
+    rows: list[dict[str, Any]], lines: list[int], text_column: str, o: AugmentOptions,
+    synonyms: dict[str, list[str]], seed: int,
+) -> list[dict[str, Any]]:
+    """`n_per_example` augmented copies of each row (a copy identical to its source is left out)."""
+    rng = random.Random(seed)
+    out = []
+    for row, line in zip(rows, lines):
+        words = str(row[text_column]).split()
+        if not words:
+            continue
+        for _ in range(o.n_per_example):
+            new = " ".join(augment_words(words, o, synonyms, rng))
+            if new != row[text_column]:
+                out.append({**row, text_column: new, "augmented_from": line})
+    return out
