@@ -42,6 +42,21 @@ class CleanConfig(Section):
     )
 
 
+class AugmentConfig(Section):
+    """EDA augmentation of the training split only (classification), seeded by train.seed."""
+
+    n_per_example: int = Field(1, ge=1, le=32, description="augmented copies per training example")
+    p_delete: float = Field(0.1, ge=0, le=1, description="per-word probability of deletion (a text is never emptied)")
+    p_swap: float = Field(0.1, ge=0, le=1, description="per-word probability of a swap with another word")
+    p_insert: float = Field(0.1, ge=0, le=1, description="per-word probability of inserting one of its synonyms")
+    p_synonym: float = Field(0.1, ge=0, le=1, description="per-word probability of synonym replacement")
+    synonyms: str | None = Field(None, description="synonym file: JSON {word: [synonyms]} or 'word<TAB>syn,syn' lines")
+    embedding_synonyms: bool = Field(
+        True, description="also take synonyms from the model's input-embedding neighbours (whole words, no stop words)"
+    )
+    protect: list[str] = Field(default_factory=list, description="words never changed (label-bearing words)")
+
+
 class DataConfig(Section):
     """Where the examples are and which columns hold what. Relative paths are relative to the
     current directory."""
@@ -63,6 +78,9 @@ class DataConfig(Section):
         0.1, gt=0, lt=1, description="share of train held out when no validation file is given"
     )
     max_length: int = Field(256, ge=8, le=65536, description="longer inputs are truncated (and counted)")
+    augment: AugmentConfig | None = Field(
+        None, description="classification: EDA augmentation of the training split (never validation or test); null: none"
+    )
     clean: CleanConfig | None = Field(
         None, description="classification: clean the training file before the split (see data.clean.*); null: as it is"
     )
@@ -401,6 +419,14 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     task = get_task(cfg.task)
     if cfg.task == "token_classification" and cfg.data.tag_column_index == 0:
         problems.append("data.tag_column_index: 0 is the token column; the tag is in another column (-1: the last)")
+    for step in ("clean", "augment"):
+        if getattr(cfg.data, step) is not None and cfg.task != "classification":
+            problems.append(
+                f"data.{step}: defined for classification only so far, not for task {cfg.task} "
+                "(its word operations would break tags, answer offsets or chat turns)"
+            )
+    if cfg.data.augment is not None and cfg.data.augment.synonyms and check_files and not Path(cfg.data.augment.synonyms).is_file():
+        problems.append(f"data.augment.synonyms: file not found: {cfg.data.augment.synonyms}")
     if cfg.train.metric is None:
         cfg.train.metric = task.METRICS[0]
     if cfg.train.metric not in task.METRICS:

@@ -66,3 +66,33 @@ def test_command_writes_rows_and_marked_copies(tmp_path, capsys):
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert lines[0] == "text,label,augmented_from" and len(lines) == 1 + 5 + 10
     assert all(line.endswith(",") for line in lines[1:6])  # originals: no source line
+
+
+def test_training_augments_the_training_split_only(tiny_bert, tmp_path):
+    import json
+
+    import lmtune
+
+    from .conftest import write_sentiment
+
+    train = write_sentiment(tmp_path / "train.csv", 40, seed=1)
+    val = write_sentiment(tmp_path / "val.csv", 12, seed=2)
+    result = lmtune.train({
+        "model": str(tiny_bert), "output_dir": str(tmp_path / "run"),
+        "data": {"train": str(train), "validation": str(val), "max_length": 32,
+                 "augment": {"n_per_example": 2, "protect": ["good", "bad"]}},
+        "train": {"epochs": 1, "batch_size": 8, "precision": "fp32"},
+    }, progress=False)
+    record = json.loads((result.output_dir / "data.json").read_text())
+    assert record["prep"]["augment"]["original"] == 40 and 40 < record["prep"]["augment"]["augmented"] <= 80
+    assert record["examples"]["train"] == 40 + record["prep"]["augment"]["augmented"]
+    assert record["examples"]["validation"] == 12  # never augmented
+
+
+def test_augmentation_on_another_task_is_a_config_error(tmp_path):
+    from lmtune.config import validate
+
+    (tmp_path / "t.conll").write_text("Paris B-LOC\n")
+    with pytest.raises(LmtuneError, match="data.augment: defined for classification only so far, not for task token_classification"):
+        validate({"model": "minilm-l6", "task": "token_classification",
+                  "data": {"train": str(tmp_path / "t.conll"), "augment": {}}})

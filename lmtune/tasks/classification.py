@@ -80,8 +80,8 @@ def load_data(cfg: Any) -> TaskData:
         if not train.rows:
             raise LmtuneError(f"{d.train}: data.clean dropped every row ({prep['clean']['dropped_by_reason']})")
         reasons = ", ".join(f"{k} {v}" for k, v in prep["clean"]["dropped_by_reason"].items()) or "nothing"
-        notes.append(f"clean: kept {len(train)} of {len(train) + len(dropped)} training rows; dropped {reasons} "
-                     f"(dropped.jsonl); {prep['clean']['texts_changed']} texts changed")
+        notes.append(f"clean: kept {len(train)} of {len(train) + len(dropped)} training rows; dropped {reasons}"
+                     + (" (each in dropped.jsonl)" if dropped else "") + f"; {prep['clean']['texts_changed']} texts changed")
     if d.validation:
         validation = read_table(d.validation, d.format)
         _check_rows(validation, cfg, need_label=True)
@@ -93,6 +93,9 @@ def load_data(cfg: Any) -> TaskData:
             f"no validation file: held out {len(va)} of {len(tr) + len(va)} training examples "
             f"(stratified, seed {cfg.train.seed})"
         )
+    if d.augment is not None:  # ... -> split -> augment the training part only
+        train, note, prep["augment"] = _augment(train, cfg)
+        notes.append(note)
     labels = _label_order([r[d.label_column] for r in train.rows])
     if len(labels) < 2:
         raise LmtuneError(f"{d.train}: only one label ({labels[0]!r}); classification needs at least two")
@@ -105,6 +108,24 @@ def load_data(cfg: Any) -> TaskData:
     counts = Counter(r[d.label_column] for r in train.rows)
     notes.append("train labels: " + ", ".join(f"{label} {counts[label]}" for label in labels))
     return TaskData(train, validation, test, labels, notes, prep, dropped)
+
+
+def _augment(train: Table, cfg: Any) -> tuple[Table, str, dict[str, Any]]:
+    from .. import models
+    from ..data.augment import AugmentOptions, augment_rows, embedding_neighbours, read_synonyms
+
+    d, a = cfg.data, cfg.data.augment
+    synonyms = read_synonyms(a.synonyms) if a.synonyms else {}
+    if a.embedding_synonyms:
+        words = {w.lower() for r in train.rows for w in str(r[d.text_column]).split()}
+        for word, near in embedding_neighbours(models.resolve(cfg.model), words).items():
+            synonyms.setdefault(word, []).extend(near)
+    options = AugmentOptions(p_delete=a.p_delete, p_swap=a.p_swap, p_insert=a.p_insert, p_synonym=a.p_synonym,
+                             n_per_example=a.n_per_example, protect=frozenset(w.lower() for w in a.protect))
+    new = augment_rows(train.rows, train.lines, d.text_column, options, synonyms, cfg.train.seed)
+    table = Table(train.path, train.columns, train.rows + new, train.lines + [r["augmented_from"] for r in new])
+    summary = {"original": len(train), "augmented": len(new), "synonym_words": len(synonyms)}
+    return table, f"augment: {len(new)} augmented copies of {len(train)} training examples", summary
 
 
 def texts_of(table: Table, cfg: Any) -> tuple[list[str], list[str] | None]:
