@@ -65,7 +65,7 @@ class DataConfig(Section):
         description="training file (.csv, .tsv, .jsonl, .json list of objects; .txt for text; .conll for token_classification)"
     )
     validation: str | None = Field(
-        None, description="validation file; when omitted, a seeded stratified split of train is used"
+        None, description="validation file; when omitted, a seeded stratified split of train (copies of a text on one side)"
     )
     test: str | None = Field(None, description="optional test file, evaluated once with the best model")
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "txt", "conll"] = Field(

@@ -86,3 +86,22 @@ def test_split_command_writes_the_parts_and_keeps_duplicates_together(tmp_path, 
     assert all(len(parts) == 1 for parts in texts.values())  # normalised duplicates never in two parts
     assert main(["data", "split", str(src), "-o", str(tmp_path / "out")]) == 2  # no silent overwrite
     assert main(["data", "split", str(src), "-o", str(tmp_path / "g"), "--group-column", "user", "--ratios", "0.5,0.5"]) == 0
+
+
+def test_automatic_validation_split_keeps_copies_of_a_text_on_one_side(tmp_path, tiny_bert):
+    from lmtune.config import validate
+    from lmtune.data.inspect import normalise
+    from lmtune.tasks import classification
+
+    src = tmp_path / "t.csv"
+    with open(src, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(80):  # 40 texts, each twice (once with other spacing and case)
+            w.writerow([f"Review {i % 40}" if i < 40 else f"review   {i % 40}", "pos" if i % 2 else "neg"])
+    cfg = validate({"model": str(tiny_bert), "data": {"train": str(src), "validation_size": 0.25}})
+    data = classification.load_data(cfg)
+    train = {normalise(r["text"]) for r in data.train.rows}
+    held = {normalise(r["text"]) for r in data.validation.rows}
+    assert not train & held and len(data.validation) + len(data.train) == 80
+    assert {r["label"] for r in data.validation.rows} == {"pos", "neg"} and 14 <= len(data.validation) <= 26

@@ -70,7 +70,11 @@ def grouped_split(
         rng.shuffle(members)
         total = sum(len(m) for m in members)
         have = [0] * len(ratios)
-        for group in members:
+        first = members[: len(ratios)] if len(members) >= len(ratios) else []
+        for k, group in enumerate(first):  # every part first gets one group of the label, when there are enough
+            parts[k] += group
+            have[k] += len(group)
+        for group in members[len(first):]:
             # the part furthest below its share of this label takes the group
             k = max(range(len(ratios)), key=lambda j: (ratios[j] * total - have[j], -j))
             parts[k] += group

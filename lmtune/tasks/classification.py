@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..data.readers import Table, read_table
-from ..data.split import stratified_split
+from ..data.split import grouped_split
 from ..errors import LmtuneError
 from .common import TaskData, tokenize_texts
 
@@ -86,12 +86,17 @@ def load_data(cfg: Any) -> TaskData:
         validation = read_table(d.validation, d.format)
         _check_rows(validation, cfg, need_label=True)
     else:
+        from ..data.inspect import normalise
+
         values = [r[d.label_column] for r in train.rows]
-        tr, va = stratified_split(values, d.validation_size, cfg.train.seed, source=str(d.train))
+        # grouped: copies of one (normalised) text never land on both sides
+        texts = [r[d.text_column] + (f"\t{r[d.text_pair_column]}" if d.text_pair_column else "") for r in train.rows]
+        tr, va = grouped_split(values, [normalise(t) for t in texts], (1 - d.validation_size, d.validation_size),
+                               cfg.train.seed, source=str(d.train))
         train, validation = _subset(train, tr), _subset(train, va)
         notes.append(
             f"no validation file: held out {len(va)} of {len(tr) + len(va)} training examples "
-            f"(stratified, seed {cfg.train.seed})"
+            f"(stratified, duplicates kept on one side, seed {cfg.train.seed})"
         )
     if d.augment is not None:  # ... -> split -> augment the training part only
         train, note, prep["augment"] = _augment(train, cfg)
