@@ -104,18 +104,11 @@ class RunDir:
     def start(self, config_yaml: str, *, resume: bool, overwrite: bool) -> bool:
         """Prepare the folder; return True when an earlier checkpoint should be resumed."""
         p = self.path
-        self.check(resume=resume, overwrite=overwrite)
+        self.check(resume=resume, overwrite=overwrite)  # past this, a busy folder is being resumed
         busy = p.is_dir() and any(p.iterdir())
         if busy and overwrite:
             shutil.rmtree(p)
             busy = False
-        if busy and self.finished:
-            nothing = "nothing to resume; " if resume else ""
-            raise LmtuneError(f"output_dir {p} holds a finished run; {nothing}use --overwrite to replace it")
-        if busy and not resume:
-            raise LmtuneError(
-                f"output_dir {p} holds an unfinished run; use --resume to continue it or --overwrite to replace it"
-            )
         if busy and self.config.is_file():
             saved = _flat(yaml.safe_load(self.config.read_text()))
             now = _flat(yaml.safe_load(config_yaml))
