@@ -42,6 +42,10 @@ class Table:
     def where(self, i: int) -> str:
         return f"{self.path}:{self.lines[i]}"
 
+    def subset(self, indices: list[int]) -> "Table":
+        """The rows at `indices`, with their lines, in a table of the same kind."""
+        return type(self)(self.path, self.columns, [self.rows[i] for i in indices], [self.lines[i] for i in indices])
+
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
     if fmt != "auto":

@@ -8,29 +8,16 @@ from typing import Sequence
 from ..errors import LmtuneError
 
 
-def stratified_split(
-    labels: Sequence[object], size: float, seed: int, *, source: str = "the data"
-) -> tuple[list[int], list[int]]:
-    """Indices (train, held_out) with `size` of each class held out, at least one per class."""
-    from sklearn.model_selection import train_test_split
+def random_holdout(n: int, size: float, seed: int, *, source: str, unit: str) -> tuple[list[int], list[int]]:
+    """Indices (kept, held_out): a seeded random `size` of n rows held out, at least one."""
+    import random
 
-    counts = Counter(labels)
-    too_small = [f"{label!r} ({n})" for label, n in counts.items() if n < 2]
-    if too_small:
-        classes = f"class {too_small[0]} has" if len(too_small) == 1 else f"classes {', '.join(too_small)} have"
-        raise LmtuneError(
-            f"{source}: cannot make a stratified validation split: {classes} fewer than 2 "
-            "examples; give data.validation or more examples"
-        )
-    n_held = max(round(size * len(labels)), len(counts))
-    if len(labels) - n_held < len(counts):
-        raise LmtuneError(
-            f"{source}: cannot make a stratified validation split of {len(labels)} examples with "
-            f"{len(counts)} classes; give data.validation or more examples"
-        )
-    indices = list(range(len(labels)))
-    train, held = train_test_split(indices, test_size=n_held, stratify=list(labels), random_state=seed)
-    return sorted(train), sorted(held)
+    if n < 2:
+        raise LmtuneError(f"{source}: need at least 2 {unit} to hold out a validation split")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_held = max(1, round(size * n))
+    return sorted(order[n_held:]), sorted(order[:n_held])
 
 
 def parse_ratios(text: str) -> list[float]:

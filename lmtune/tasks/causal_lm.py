@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..data.readers import Table, read_table
+from ..data.split import random_holdout
 from ..errors import LmtuneError
 from .common import TaskData
 
@@ -164,14 +165,8 @@ def load_data(cfg: Any) -> TaskData:
         validation = read_texts(d.validation, d.format)
         _check_table(validation, shape, cfg)
     else:
-        if len(train) < 2:
-            raise LmtuneError(f"{d.train}: need at least 2 examples to hold out a validation split")
-        order = list(range(len(train)))
-        random.Random(cfg.train.seed).shuffle(order)
-        n_val = max(1, round(d.validation_size * len(train)))
-        held, kept = sorted(order[:n_val]), sorted(order[n_val:])
-        pick = lambda idx: Table(train.path, train.columns, [train.rows[i] for i in idx], [train.lines[i] for i in idx])  # noqa: E731
-        train, validation = pick(kept), pick(held)
+        kept, held = random_holdout(len(train), d.validation_size, cfg.train.seed, source=str(d.train), unit="examples")
+        train, validation = train.subset(kept), train.subset(held)
         notes.append(f"no validation file: held out {len(held)} of {len(held) + len(kept)} training examples (seed {cfg.train.seed})")
     test = None
     if d.test:

@@ -50,10 +50,6 @@ def _check_rows(table: Table, cfg: Any, *, need_label: bool) -> None:
             row[d.label_column] = str(label)
 
 
-def _subset(table: Table, indices: list[int]) -> Table:
-    return Table(table.path, table.columns, [table.rows[i] for i in indices], [table.lines[i] for i in indices])
-
-
 def check_labels(table: Table, label_column: str, labels: list[str], *, where: str) -> None:
     known = set(labels)
     for i, row in enumerate(table.rows):
@@ -93,7 +89,7 @@ def load_data(cfg: Any) -> TaskData:
         texts = [r[d.text_column] + (f"\t{r[d.text_pair_column]}" if d.text_pair_column else "") for r in train.rows]
         tr, va = grouped_split(values, [normalise(t) for t in texts], (1 - d.validation_size, d.validation_size),
                                cfg.train.seed, source=str(d.train))
-        train, validation = _subset(train, tr), _subset(train, va)
+        train, validation = train.subset(tr), train.subset(va)
         notes.append(
             f"no validation file: held out {len(va)} of {len(tr) + len(va)} training examples "
             f"(stratified, duplicates kept on one side, seed {cfg.train.seed})"

@@ -14,13 +14,13 @@ token_classification run can start from <run>/model (the MLM head is dropped the
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..data.readers import Table
+from ..data.split import random_holdout
 from ..errors import LmtuneError
 from .causal_lm import read_texts
 from .common import TaskData
@@ -66,19 +66,9 @@ def load_data(cfg: Any) -> TaskData:
     if d.validation:
         validation = _read(d.validation, cfg, mask_once=True)
     else:
-        if len(train) < 2:
-            raise LmtuneError(f"{d.train}: need at least 2 documents to hold out a validation split")
-        order = list(range(len(train)))
-        random.Random(cfg.train.seed).shuffle(order)
-        n_val = max(1, round(d.validation_size * len(train)))
-        held, kept = sorted(order[:n_val]), sorted(order[n_val:])
-
-        def pick(idx: list[int], mask_once: bool) -> Table:
-            t = Table(train.path, train.columns, [train.rows[i] for i in idx], [train.lines[i] for i in idx])
-            t.mask_once = mask_once  # type: ignore[attr-defined]
-            return t
-
-        train, validation = pick(kept, False), pick(held, True)
+        kept, held = random_holdout(len(train), d.validation_size, cfg.train.seed, source=str(d.train), unit="documents")
+        train, validation = train.subset(kept), train.subset(held)
+        train.mask_once, validation.mask_once = False, True  # type: ignore[attr-defined]
         notes.append(f"no validation file: held out {len(held)} of {len(held) + len(kept)} documents (seed {cfg.train.seed})")
     test = _read(d.test, cfg, mask_once=True) if d.test else None
     notes.append(

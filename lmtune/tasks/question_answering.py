@@ -56,6 +56,9 @@ class QuestionTable(Table):
     def where(self, i: int) -> str:
         return self.places[i]
 
+    def subset(self, indices: list[int]) -> "QuestionTable":
+        return QuestionTable(self.path, [self.rows[i] for i in indices], [self.places[i] for i in indices])
+
 
 # ---------------------------------------------------------------- reading
 
@@ -158,10 +161,6 @@ def drop_broken_answers(table: QuestionTable, max_share: float) -> tuple[Questio
     return QuestionTable(table.path, rows, places), f"{message}: dropped them, and {lost} question(s) left without an answer"
 
 
-def _subset(table: QuestionTable, indices: list[int]) -> QuestionTable:
-    return QuestionTable(table.path, [table.rows[i] for i in indices], [table.places[i] for i in indices])
-
-
 def split_by_context(table: QuestionTable, size: float, seed: int) -> tuple[QuestionTable, QuestionTable]:
     """Hold out whole contexts (paragraphs), about `size` of the questions, so that no context is
     in both parts."""
@@ -178,7 +177,7 @@ def split_by_context(table: QuestionTable, size: float, seed: int) -> tuple[Ques
             break
         held += groups[key]
     kept = sorted(set(range(len(table))) - set(held))
-    return _subset(table, kept), _subset(table, sorted(held))
+    return table.subset(kept), table.subset(sorted(held))
 
 
 def load_data(cfg: Any) -> TaskData:

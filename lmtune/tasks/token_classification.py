@@ -151,10 +151,6 @@ def _split(n: int, size: float, seed: int, source: str) -> tuple[list[int], list
     return [i for i in range(n) if i not in chosen], sorted(chosen)
 
 
-def _subset(table: Table, indices: list[int]) -> Table:
-    return type(table)(table.path, table.columns, [table.rows[i] for i in indices], [table.lines[i] for i in indices])
-
-
 def load_data(cfg: Any) -> TaskData:
     d = cfg.data
     train = read_sentences(d.train, d)
@@ -169,7 +165,7 @@ def load_data(cfg: Any) -> TaskData:
     else:
         # the tags come from the whole file, so a rare tag that lands in the held-out part is known
         tr, va = _split(len(train), d.validation_size, cfg.train.seed, str(d.train))
-        train, validation = _subset(train, tr), _subset(train, va)
+        train, validation = train.subset(tr), train.subset(va)
         notes.append(
             f"no validation file: held out {len(va)} of {len(tr) + len(va)} training sentences (seed {cfg.train.seed})"
         )
