@@ -21,14 +21,18 @@ WORDS = {
 }
 
 
-def build_tiny_bert(path: Path, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
-    """A 2-layer, width-32 BERT with a word-level WordPiece vocabulary, saved as a HF folder."""
+def build_tiny_bert(
+    path: Path, *, layers: int = 2, hidden: int = 32, seed: int = 0, words: list[str] | None = None,
+    max_positions: int = 64,
+) -> Path:
+    """A 2-layer, width-32 BERT with a word-level WordPiece vocabulary (the sentiment words, or
+    `words` in their order), saved as a HF folder."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for ws in WORDS.values() for w in ws})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (words or sorted({w for ws in WORDS.values() for w in ws}))
     ids = {w: i for i, w in enumerate(vocab)}
     backend = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -50,7 +54,7 @@ def build_tiny_bert(path: Path, *, layers: int = 2, hidden: int = 32, seed: int 
         num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=2 * hidden,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
     )
     BertModel(config).save_pretrained(path)
     return path
