@@ -291,3 +291,39 @@ def test_subprocess_exit_status_and_no_traceback(tmp_path):
     assert proc.stdout == ""
     assert proc.stderr.startswith(PREFIX) and "bad.csv:4:" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- encoder tasks: NER and QA
+
+
+def test_conll_line_with_too_few_columns(ws, capsys):
+    (ws / "t.conll").write_text("Paris B-LOC\nis O\nnice\n", encoding="utf-8")
+    cfg = write_config(ws, train="t.conll", extra="task: token_classification\n")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert msg.startswith("t.conll:3:")
+
+
+def test_conll_validation_tag_outside_the_training_tags(ws, capsys):
+    (ws / "t.conll").write_text("Paris B-LOC\nis O\n\nBerlin B-LOC\n", encoding="utf-8")
+    (ws / "v.conll").write_text("Acme B-ORG\n", encoding="utf-8")
+    cfg = write_config(ws, train="t.conll", data_extra="  validation: v.conll\n", extra="task: token_classification\n")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert msg.startswith("v.conll:1:") and "'B-ORG'" in msg and "B-LOC" in msg
+
+
+QA_ROW = '{{"question": "Where?", "context": {context}, "answers": {{"text": ["Paris"], "answer_start": [{start}]}}}}\n'
+
+
+def test_question_with_an_empty_context(ws, capsys):
+    (ws / "qa.jsonl").write_text(QA_ROW.format(context='"Born in Paris."', start=8) + QA_ROW.format(context='"  "', start=0))
+    cfg = write_config(ws, train="qa.jsonl", extra="task: question_answering\n")
+    assert one(expect_error(capsys, ws, "train", cfg)) == "qa.jsonl:2: empty or missing context"
+
+
+def test_too_many_answers_that_miss_their_answer_start(ws, capsys):
+    rows = [QA_ROW.format(context='"Born in Paris."', start=8 if i % 2 else 0) for i in range(10)]
+    (ws / "qa.jsonl").write_text("".join(rows))
+    cfg = write_config(ws, train="qa.jsonl", extra="task: question_answering\n")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert "5 of 10 answers do not match the context at their answer_start (first at qa.jsonl:1)" in msg
+    assert "data.max_broken_answers=0.05" in msg
