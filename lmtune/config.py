@@ -77,6 +77,10 @@ class DataConfig(Section):
     validation_size: float = Field(
         0.1, gt=0, lt=1, description="share of train held out when no validation file is given"
     )
+    group_column: str | None = Field(
+        None, description="automatic validation split (classification, causal_lm): rows sharing a value of this "
+        "column (a conversation, a document, an author) stay on one side"
+    )
     max_length: int = Field(256, ge=8, le=65536, description="longer inputs are truncated (and counted)")
     augment: AugmentConfig | None = Field(
         None, description="classification: EDA augmentation of the training split (never validation or test); null: none"
@@ -425,6 +429,11 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
                 f"data.{step}: defined for classification only so far, not for task {cfg.task} "
                 "(its word operations would break tags, answer offsets or chat turns)"
             )
+    if cfg.data.group_column is not None:
+        if cfg.task not in ("classification", "causal_lm"):
+            problems.append(f"data.group_column: used by the automatic validation split of classification and causal_lm, not {cfg.task}")
+        elif cfg.data.validation is not None:
+            problems.append("data.group_column: only the automatic validation split uses it, and data.validation is given")
     if cfg.data.augment is not None and cfg.data.augment.synonyms and check_files and not Path(cfg.data.augment.synonyms).is_file():
         problems.append(f"data.augment.synonyms: file not found: {cfg.data.augment.synonyms}")
     if cfg.train.metric is None:

@@ -105,3 +105,40 @@ def test_automatic_validation_split_keeps_copies_of_a_text_on_one_side(tmp_path,
     held = {normalise(r["text"]) for r in data.validation.rows}
     assert not train & held and len(data.validation) + len(data.train) == 80
     assert {r["label"] for r in data.validation.rows} == {"pos", "neg"} and 14 <= len(data.validation) <= 26
+
+
+def test_a_group_column_keeps_its_rows_on_one_side_of_the_automatic_split(tmp_path, tiny_bert, tiny_llama):
+    import json
+
+    from lmtune.config import validate
+    from lmtune.errors import LmtuneError
+    from lmtune.tasks import causal_lm, classification
+
+    src = tmp_path / "t.csv"
+    with open(src, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", "author"])
+        for i in range(120):  # 20 authors, 6 different texts each
+            w.writerow([f"text number {i}", "pos" if i % 2 else "neg", f"a{i % 20}"])
+    cfg = validate({"model": str(tiny_bert), "data": {"train": str(src), "validation_size": 0.25, "group_column": "author"}})
+    data = classification.load_data(cfg)
+    train, held = ({r["author"] for r in part.rows} for part in (data.train, data.validation))
+    assert not train & held and len(held) >= 3 and len(data.train) + len(data.validation) == 120
+    assert any("each 'author' value kept on one side" in n for n in data.notes)
+
+    chats = tmp_path / "c.jsonl"
+    with open(chats, "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"conv": i // 4, "instruction": f"say {i}", "output": f"hi {i}"}) + "\n")
+    cfg = validate({"model": str(tiny_llama), "task": "causal_lm", "data": {"train": str(chats), "group_column": "conv"}})
+    data = causal_lm.load_data(cfg)
+    train, held = ({r["conv"] for r in part.rows} for part in (data.train, data.validation))
+    assert not train & held and held and len(data.train) + len(data.validation) == 40
+
+    with pytest.raises(LmtuneError, match="no column 'user'; columns are: text, label, author"):
+        classification.load_data(validate({"model": str(tiny_bert), "data": {"train": str(src), "group_column": "user"}}))
+    with pytest.raises(LmtuneError) as e:
+        validate({"model": str(tiny_bert), "task": "masked_lm", "data": {"train": str(src), "group_column": "author"}})
+    assert "data.group_column: used by the automatic validation split of classification and causal_lm" in str(e.value)
+    with pytest.raises(LmtuneError, match="data.validation is given"):
+        validate({"model": str(tiny_bert), "data": {"train": str(src), "validation": str(src), "group_column": "author"}})

@@ -20,6 +20,24 @@ def random_holdout(n: int, size: float, seed: int, *, source: str, unit: str) ->
     return sorted(order[n_held:]), sorted(order[:n_held])
 
 
+def grouped_holdout(table, column: str, size: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (kept, held_out) of a table's rows: about `size` of them held out, whole groups of
+    rows sharing a value of `column` on one side."""
+    table.require_columns(column)
+    groups = [json_key(r.get(column)) for r in table.rows]
+    if len(set(groups)) < 2:
+        raise LmtuneError(f"{table.path}: every row has the same {column!r} (data.group_column): no group left to hold out")
+    kept, held = grouped_split(None, groups, (1 - size, size), seed, source=str(table.path))
+    return kept, held
+
+
+def json_key(value: object) -> str:
+    """A hashable, exact key for a cell (numbers, strings, lists alike)."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def parse_ratios(text: str) -> list[float]:
     """'0.8,0.1,0.1' -> [0.8, 0.1, 0.1]: 2 or 3 positive shares that sum to 1."""
     try:

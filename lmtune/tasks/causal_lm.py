@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..data.readers import Table, read_table
-from ..data.split import random_holdout
+from ..data.split import grouped_holdout, random_holdout
 from ..errors import LmtuneError
 from .common import TaskData
 
@@ -165,9 +165,15 @@ def load_data(cfg: Any) -> TaskData:
         validation = read_texts(d.validation, d.format)
         _check_table(validation, shape, cfg)
     else:
-        kept, held = random_holdout(len(train), d.validation_size, cfg.train.seed, source=str(d.train), unit="examples")
+        if d.group_column:  # the rows of a conversation, a document, ... stay on one side
+            kept, held = grouped_holdout(train, d.group_column, d.validation_size, cfg.train.seed)
+        else:
+            kept, held = random_holdout(len(train), d.validation_size, cfg.train.seed, source=str(d.train), unit="examples")
         train, validation = train.subset(kept), train.subset(held)
-        notes.append(f"no validation file: held out {len(held)} of {len(held) + len(kept)} training examples (seed {cfg.train.seed})")
+        notes.append(
+            f"no validation file: held out {len(held)} of {len(held) + len(kept)} training examples "
+            + (f"(each {d.group_column!r} value on one side, " if d.group_column else "(") + f"seed {cfg.train.seed})"
+        )
     test = None
     if d.test:
         test = read_texts(d.test, d.format)

@@ -85,14 +85,19 @@ def load_data(cfg: Any) -> TaskData:
         from ..data.inspect import normalise
 
         values = [r[d.label_column] for r in train.rows]
-        # grouped: copies of one (normalised) text never land on both sides
-        texts = [r[d.text_column] + (f"\t{r[d.text_pair_column]}" if d.text_pair_column else "") for r in train.rows]
-        tr, va = grouped_split(values, [normalise(t) for t in texts], (1 - d.validation_size, d.validation_size),
-                               cfg.train.seed, source=str(d.train))
+        # grouped: copies of one (normalised) text, or rows of one data.group_column value, never land on both sides
+        if d.group_column:
+            train.require_columns(d.group_column)
+            groups = [str(r[d.group_column]) for r in train.rows]
+        else:
+            texts = [r[d.text_column] + (f"\t{r[d.text_pair_column]}" if d.text_pair_column else "") for r in train.rows]
+            groups = [normalise(t) for t in texts]
+        tr, va = grouped_split(values, groups, (1 - d.validation_size, d.validation_size), cfg.train.seed, source=str(d.train))
         train, validation = train.subset(tr), train.subset(va)
         notes.append(
             f"no validation file: held out {len(va)} of {len(tr) + len(va)} training examples "
-            f"(stratified, duplicates kept on one side, seed {cfg.train.seed})"
+            f"(stratified, {'each ' + repr(d.group_column) + ' value' if d.group_column else 'duplicates'} "
+            f"kept on one side, seed {cfg.train.seed})"
         )
     if d.augment is not None:  # ... -> split -> augment the training part only
         train, note, prep["augment"] = _augment(train, cfg)
