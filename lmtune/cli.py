@@ -209,31 +209,47 @@ def cmd_data_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_data_augment(args: argparse.Namespace) -> int:
-    from .data.augment import AugmentOptions, augment_rows, embedding_neighbours, read_synonyms
+    from .data.augment import AugmentOptions, augment_rows, augment_sentences, gather_synonyms
     from .data.readers import detect_format, read_table
     from .data.split import _write_rows
+    from .tasks import token_classification as ner
 
     src, out = Path(args.file), Path(args.output)
     if out.exists() and not args.overwrite:
         raise LmtuneError(f"{out} exists; use --overwrite to replace it")
-    table = read_table(src)
-    table.require_columns(args.text_column)
-    synonyms = read_synonyms(args.synonyms) if args.synonyms else {}
+    tagged = args.task == "token_classification" or (args.task is None and src.suffix.lower() in (".conll", ".iob", ".bio"))
+    if tagged and out.suffix.lower() != ".jsonl":
+        raise LmtuneError(f"{out}: tagged sentences are written as JSON lines (tokens, tags, augmented_from): name it .jsonl")
+    if tagged:
+        d = argparse.Namespace(format="auto", tag_column_index=-1, tokens_column="tokens", tags_column="tags")
+        table = ner.read_sentences(src, d)
+        ner.check_tags(table, args.tag_scheme)
+        words = {t.lower() for r in table.rows for t, tag in zip(r["tokens"], r["tags"]) if tag == "O"}
+    else:
+        table = read_table(src)
+        table.require_columns(args.text_column)
+        words = {w.lower() for r in table.rows for w in str(r[args.text_column]).split()}
+    model = None
     if args.model:
         from . import models
 
-        words = {w.lower() for r in table.rows for w in str(r[args.text_column]).split()}
-        for word, near in embedding_neighbours(models.resolve(args.model), words).items():
-            synonyms.setdefault(word, []).extend(near)
+        model = models.resolve(args.model)
+    synonyms = gather_synonyms(args.synonyms, model, words)
     options = AugmentOptions(p_delete=args.p_delete, p_swap=args.p_swap, p_insert=args.p_insert,
-                             p_synonym=args.p_synonym, n_per_example=args.n_per_example,
+                             p_synonym=args.p_synonym, p_entity=args.p_entity, n_per_example=args.n_per_example,
                              protect=frozenset(w.lower() for w in (args.protect or "").split(",") if w))
-    new = augment_rows(table.rows, table.lines, args.text_column, options, synonyms, args.seed)
-    fmt = detect_format(src)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_rows(out, [*table.columns, "augmented_from"], [*table.rows, *new], "jsonl" if fmt == "json" else fmt)
-    print(f"wrote {len(table)} rows and {len(new)} augmented copies (marked by augmented_from) to {out}", file=sys.stderr)
-    _print_json({"rows": len(table), "augmented": len(new), "synonym_words": len(synonyms)})
+    if tagged:
+        new = augment_sentences(table.rows, table.lines, ner.spans, options, synonyms, args.seed, args.tag_scheme)
+        rows = [{**r, "augmented_from": None} for r in table.rows] + new
+        _write_rows(out, ["tokens", "tags", "augmented_from"], rows, "jsonl")
+    else:
+        new = augment_rows(table.rows, table.lines, args.text_column, options, synonyms, args.seed)
+        fmt = detect_format(src)
+        _write_rows(out, [*table.columns, "augmented_from"], [*table.rows, *new], "jsonl" if fmt == "json" else fmt)
+    what = "sentences" if tagged else "rows"
+    print(f"wrote {len(table)} {what} and {len(new)} augmented copies (marked by augmented_from) to {out}", file=sys.stderr)
+    _print_json({what: len(table), "augmented": len(new), "synonym_words": len(synonyms)})
     return 0
 
 
@@ -396,9 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("file")
     da.add_argument("-o", "--output", required=True, help="the rows and their augmented copies")
     da.add_argument("--text-column", default="text")
+    da.add_argument("--task", choices=["classification", "token_classification"], default=None,
+                    help="token_classification: tagged sentences (CoNLL, or JSON lines of tokens and tags), tags kept "
+                    "aligned; default: token_classification for .conll, .iob and .bio files")
+    da.add_argument("--tag-scheme", choices=["IOB1", "IOB2", "BIOES"], default="IOB2")
     da.add_argument("--n-per-example", type=int, default=1)
     for op in ("delete", "swap", "insert", "synonym"):
         da.add_argument(f"--p-{op}", type=float, default=0.1, help=f"per-word probability of {op}")
+    da.add_argument("--p-entity", type=float, default=0.1,
+                    help="tagged sentences: per-entity probability of replacement by another mention of its type")
     da.add_argument("--synonyms", default=None, help="synonym file: JSON {word: [synonyms]} or 'word<TAB>syn,syn' lines")
     da.add_argument("--model", default=None, help="also take synonyms from this model's input-embedding neighbours")
     da.add_argument("--protect", default=None, help="comma-separated words never changed (label-bearing words)")

@@ -43,13 +43,17 @@ class CleanConfig(Section):
 
 
 class AugmentConfig(Section):
-    """EDA augmentation of the training split only (classification), seeded by train.seed."""
+    """EDA augmentation of the training split only (classification, token_classification), seeded by
+    train.seed. Tagged sentences: the word operations touch O words only; entities move whole."""
 
     n_per_example: int = Field(1, ge=1, le=32, description="augmented copies per training example")
     p_delete: float = Field(0.1, ge=0, le=1, description="per-word probability of deletion (a text is never emptied)")
     p_swap: float = Field(0.1, ge=0, le=1, description="per-word probability of a swap with another word")
     p_insert: float = Field(0.1, ge=0, le=1, description="per-word probability of inserting one of its synonyms")
     p_synonym: float = Field(0.1, ge=0, le=1, description="per-word probability of synonym replacement")
+    p_entity: float = Field(
+        0.1, ge=0, le=1, description="token_classification: per-entity probability of replacement by another training mention of its type"
+    )
     synonyms: str | None = Field(None, description="synonym file: JSON {word: [synonyms]} or 'word<TAB>syn,syn' lines")
     embedding_synonyms: bool = Field(
         True, description="also take synonyms from the model's input-embedding neighbours (whole words, no stop words)"
@@ -83,7 +87,7 @@ class DataConfig(Section):
     )
     max_length: int = Field(256, ge=8, le=65536, description="longer inputs are truncated (and counted)")
     augment: AugmentConfig | None = Field(
-        None, description="classification: EDA augmentation of the training split (never validation or test); null: none"
+        None, description="classification, token_classification: EDA augmentation of the training split (never validation or test); null: none"
     )
     clean: CleanConfig | None = Field(
         None, description="classification: clean the training file before the split (see data.clean.*); null: as it is"
@@ -423,12 +427,13 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     task = get_task(cfg.task)
     if cfg.task == "token_classification" and cfg.data.tag_column_index == 0:
         problems.append("data.tag_column_index: 0 is the token column; the tag is in another column (-1: the last)")
-    for step in ("clean", "augment"):
-        if getattr(cfg.data, step) is not None and cfg.task != "classification":
-            problems.append(
-                f"data.{step}: defined for classification only so far, not for task {cfg.task} "
-                "(its word operations would break tags, answer offsets or chat turns)"
-            )
+    if cfg.data.clean is not None and cfg.task != "classification":
+        problems.append(f"data.clean: defined for classification only so far, not for task {cfg.task}")
+    if cfg.data.augment is not None and cfg.task not in ("classification", "token_classification"):
+        problems.append(
+            f"data.augment: defined for classification and token_classification, not for task {cfg.task} "
+            "(its word operations would break answer offsets, chat turns or the text to predict)"
+        )
     if cfg.data.group_column is not None:
         if cfg.task not in ("classification", "causal_lm"):
             problems.append(f"data.group_column: used by the automatic validation split of classification and causal_lm, not {cfg.task}")

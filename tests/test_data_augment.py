@@ -15,7 +15,7 @@ SYN = {"plot": ["story"], "good": ["fine"], "actors": ["cast"], "great": ["super
 
 
 def only(op: str, p: float = 1.0, **kw) -> AugmentOptions:
-    probs = {"p_delete": 0.0, "p_swap": 0.0, "p_insert": 0.0, "p_synonym": 0.0, f"p_{op}": p}
+    probs = {"p_delete": 0.0, "p_swap": 0.0, "p_insert": 0.0, "p_synonym": 0.0, "p_entity": 0.0, f"p_{op}": p}
     return AugmentOptions(**probs, **kw)
 
 
@@ -92,7 +92,108 @@ def test_training_augments_the_training_split_only(tiny_bert, tmp_path):
 def test_augmentation_on_another_task_is_a_config_error(tmp_path):
     from lmtune.config import validate
 
-    (tmp_path / "t.conll").write_text("Paris B-LOC\n")
-    with pytest.raises(LmtuneError, match="data.augment: defined for classification only so far, not for task token_classification"):
-        validate({"model": "minilm-l6", "task": "token_classification",
-                  "data": {"train": str(tmp_path / "t.conll"), "augment": {}}})
+    (tmp_path / "t.jsonl").write_text('{"text": "a b c"}\n')
+    with pytest.raises(LmtuneError, match="data.augment: defined for classification and token_classification, not for task masked_lm"):
+        validate({"model": "minilm-l6", "task": "masked_lm", "data": {"train": str(tmp_path / "t.jsonl"), "augment": {}}})
+
+
+# ---------------------------------------------------------------- tagged sentences (NER)
+
+SENTENCE = "Angela Merkel met the new mayor of New York in Paris today".split()
+ENTITIES = [("PER", 0, 1), ("LOC", 7, 8), ("LOC", 10, 10)]
+MENTIONS = {"PER": [("Angela", "Merkel"), ("Bob",)], "LOC": [("Berlin",), ("New", "York"), ("Paris",), ("Rio", "de", "Janeiro")]}
+TAG_SYN = {"met": ["saw"], "mayor": ["governor"], "today": ["now"], "new": ["fresh"]}
+
+
+def _entities_of(tokens, tags):
+    from lmtune.tasks.token_classification import spans
+
+    return [(kind, tuple(tokens[a : b + 1])) for kind, a, b in spans(tags)]
+
+
+@pytest.mark.parametrize("scheme", ["IOB1", "IOB2", "BIOES"])
+def test_tagged_augmentation_keeps_entities_whole_and_tags_aligned(scheme):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from lmtune.data.augment import augment_tagged, tag_units
+    from lmtune.tasks.token_classification import check_tags
+    from lmtune.data.readers import Table
+
+    probs = st.floats(0, 1)
+
+    @settings(max_examples=150, deadline=None)
+    @given(p=st.tuples(probs, probs, probs, probs, probs), seed=st.integers(0, 10**6))
+    def check(p, seed):
+        o = AugmentOptions(p_delete=p[0], p_swap=p[1], p_insert=p[2], p_synonym=p[3], p_entity=p[4],
+                           protect=frozenset({"of"}))
+        tokens, tags = augment_tagged(SENTENCE, ENTITIES, o, TAG_SYN, MENTIONS, random.Random(seed), scheme)
+        assert len(tokens) == len(tags) and tokens
+        check_tags(Table("x", [], [{"tokens": tokens, "tags": tags}], [1]), scheme)  # well-formed in the scheme
+        got = _entities_of(tokens, tags)
+        assert sorted(k for k, _ in got) == ["LOC", "LOC", "PER"]  # no entity lost, split or retyped
+        assert all(words in MENTIONS[kind] for kind, words in got)
+        o_words = [t for t, g in zip(tokens, tags) if g == "O"]
+        allowed = {w for w in SENTENCE} | {s for v in TAG_SYN.values() for s in v}
+        assert set(o_words) <= allowed and o_words.count("of") == 1  # protected: never deleted
+
+    check()
+    # the tags written afresh read back as the same entities, adjacent ones of one type included
+    units = [("LOC", ["Paris"]), ("LOC", ["New", "York"]), (None, ["and"]), ("PER", ["Bob"])]
+    tags = tag_units(units, scheme)
+    assert _entities_of(["Paris", "New", "York", "and", "Bob"], tags) == [
+        ("LOC", ("Paris",)), ("LOC", ("New", "York")), ("PER", ("Bob",))]
+
+
+def test_entity_replacement_and_o_word_operations_on_a_hand_made_sentence():
+    from lmtune.data.augment import augment_tagged
+
+    tags_in = ["B-PER", "I-PER", "O", "O", "O", "O", "O", "B-LOC", "I-LOC", "O", "B-LOC", "O"]
+    tokens, tags = augment_tagged(SENTENCE, ENTITIES, only("entity"), {}, MENTIONS, random.Random(0), "IOB2")
+    got = _entities_of(tokens, tags)
+    assert [g[1] for g in got] != [("Angela", "Merkel"), ("New", "York"), ("Paris",)]  # every entity replaced
+    assert [k for k, _ in got] == ["PER", "LOC", "LOC"]
+    assert [t for t, g in zip(tokens, tags) if g == "O"] == [t for t, g in zip(SENTENCE, tags_in) if g == "O"]
+    tokens, tags = augment_tagged(SENTENCE, ENTITIES, only("delete"), {}, MENTIONS, random.Random(0), "IOB2")
+    assert tokens == ["Angela", "Merkel", "New", "York", "Paris"] and tags == ["B-PER", "I-PER", "B-LOC", "I-LOC", "B-LOC"]
+    tokens, _ = augment_tagged(SENTENCE, ENTITIES, only("synonym"), TAG_SYN, MENTIONS, random.Random(0), "IOB2")
+    assert tokens == "Angela Merkel saw the fresh governor of New York in Paris now".split()  # New York kept whole
+
+
+def test_command_augments_a_conll_file_with_tags_aligned(tmp_path, capsys):
+    import json
+
+    src = tmp_path / "train.conll"
+    src.write_text("Angela B-PER\nMerkel I-PER\nmet O\nthe O\nmayor O\n\nBob B-PER\nlives O\nin O\nBerlin B-LOC\n")
+    out = tmp_path / "aug.jsonl"
+    assert main(["data", "augment", str(src), "-o", str(out), "--n-per-example", "3", "--p-entity", "1",
+                 "--p-delete", "0.3"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["augmented_from"] for r in rows[:2]] == [None, None] and len(rows) > 2
+    assert all(r["augmented_from"] in (1, 7) and len(r["tokens"]) == len(r["tags"]) for r in rows[2:])
+    persons = {tuple(w) for r in rows[2:] for k, w in _entities_of(r["tokens"], r["tags"]) if k == "PER"}
+    assert persons == {("Angela", "Merkel"), ("Bob",)}  # swapped between the sentences
+    assert main(["data", "augment", str(src), "-o", str(tmp_path / "aug.csv")]) == 2
+    assert "name it .jsonl" in capsys.readouterr().err
+
+
+def test_token_classification_training_augments_the_training_sentences_only(tmp_path):
+    import json
+
+    import lmtune
+
+    from .test_token_classification import build_ner_bert, sentence, write_conll
+
+    rng = random.Random(0)
+    train = write_conll(tmp_path / "train.conll", [sentence(rng) for _ in range(24)])
+    val = write_conll(tmp_path / "val.conll", [sentence(rng) for _ in range(8)])
+    result = lmtune.train({
+        "model": str(build_ner_bert(tmp_path / "bert")), "task": "token_classification", "output_dir": str(tmp_path / "run"),
+        "data": {"train": str(train), "validation": str(val), "max_length": 32,
+                 "augment": {"n_per_example": 2, "p_entity": 0.5, "embedding_synonyms": False}},
+        "train": {"epochs": 1, "batch_size": 8, "precision": "fp32"},
+    }, progress=False)
+    record = json.loads((result.output_dir / "data.json").read_text())
+    assert record["prep"]["augment"]["original"] == 24 and 24 < record["prep"]["augment"]["augmented"] <= 48
+    assert record["examples"]["train"] == 24 + record["prep"]["augment"]["augmented"]
+    assert record["examples"]["validation"] == 8

@@ -7,6 +7,11 @@ embeddings (cosine similarity), among whole-word vocabulary entries that are alp
 stop words. Words the user protects (label-bearing words, say) are never replaced, deleted or
 moved. Deletion never empties a text. Augmented rows are copies of their source with the text
 changed; `augmented_from` says which line they came from.
+
+Tagged sentences (named entities) keep their tags aligned: the word operations touch only words
+tagged O, an entity moves and stays as a whole, and with `p_entity` an entity is replaced by another
+mention of the same type from the training data. The tags of the result are written afresh in the
+sentence's tag scheme.
 """
 
 from __future__ import annotations
@@ -35,8 +40,15 @@ class AugmentOptions:
     p_swap: float = 0.1
     p_insert: float = 0.1
     p_synonym: float = 0.1
+    p_entity: float = 0.1  # tagged sentences: an entity replaced by another mention of its type
     n_per_example: int = 1
     protect: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_section(cls, a: Any) -> "AugmentOptions":
+        """From a config's data.augment section."""
+        return cls(p_delete=a.p_delete, p_swap=a.p_swap, p_insert=a.p_insert, p_synonym=a.p_synonym,
+                   p_entity=a.p_entity, n_per_example=a.n_per_example, protect=frozenset(w.lower() for w in a.protect))
 
 
 def read_synonyms(path: str | Path) -> dict[str, list[str]]:
@@ -92,6 +104,15 @@ def embedding_neighbours(model_path: str | Path, words: set[str], k: int = 5) ->
     return out
 
 
+def gather_synonyms(file: str | None, model_path: str | Path | None, words: set[str]) -> dict[str, list[str]]:
+    """Synonyms of `words` from a synonym file and/or a model's input-embedding neighbours."""
+    synonyms = read_synonyms(file) if file else {}
+    if model_path is not None:
+        for word, near in embedding_neighbours(model_path, words).items():
+            synonyms.setdefault(word, []).extend(near)
+    return synonyms
+
+
 def augment_words(words: list[str], o: AugmentOptions, synonyms: dict[str, list[str]], rng: random.Random) -> list[str]:
     """One augmented copy of a list of words."""
     protected = [w.lower() in o.protect for w in words]
@@ -137,4 +158,101 @@ def augment_rows(
             new = " ".join(augment_words(words, o, synonyms, rng))
             if new != row[text_column]:
                 out.append({**row, text_column: new, "augmented_from": line})
+    return out
+
+
+# ---------------------------------------------------------------- tagged sentences
+
+Unit = tuple[str | None, list[str]]  # (entity type, its words) or (None, [one O word])
+
+
+def tag_units(units: list[Unit], scheme: str) -> list[str]:
+    """Per-word tags of a sentence of O words and entities, in IOB1, IOB2 or BIOES."""
+    tags: list[str] = []
+    previous = None
+    for kind, words in units:
+        if kind is None:
+            tags += ["O"] * len(words)
+        elif scheme == "BIOES":
+            tags += [f"S-{kind}"] if len(words) == 1 else [f"B-{kind}", *[f"I-{kind}"] * (len(words) - 2), f"E-{kind}"]
+        elif scheme == "IOB1":  # B- only where an entity of the same type ends just before
+            tags += [f"{'B' if previous == kind else 'I'}-{kind}", *[f"I-{kind}"] * (len(words) - 1)]
+        else:
+            tags += [f"B-{kind}", *[f"I-{kind}"] * (len(words) - 1)]
+        previous = kind
+    return tags
+
+
+def augment_tagged(
+    tokens: list[str], entities: list[tuple[str, int, int]], o: AugmentOptions, synonyms: dict[str, list[str]],
+    mentions: dict[str, list[tuple[str, ...]]], rng: random.Random, scheme: str,
+) -> tuple[list[str], list[str]]:
+    """One augmented copy of a tagged sentence: (tokens, tags). `entities` are (type, first word,
+    last word) spans; the other words are O. Synonym replacement, insertion, swap and deletion act
+    on O words only (protected ones excepted); each entity is replaced, with p_entity, by another
+    training mention of its type; deletion never removes an entity or empties the sentence."""
+    starts = {a: (kind, b) for kind, a, b in entities}
+    units: list[Unit] = []
+    i = 0
+    while i < len(tokens):
+        if i in starts:
+            kind, last = starts[i]
+            words = list(tokens[i : last + 1])
+            others = [m for m in mentions.get(kind, ()) if list(m) != words]
+            if others and rng.random() < o.p_entity:
+                words = list(rng.choice(others))
+            units.append((kind, words))
+            i = last + 1
+        else:
+            units.append((None, [tokens[i]]))
+            i += 1
+
+    def free(unit: Unit) -> bool:  # an O word that may change
+        return unit[0] is None and unit[1][0].lower() not in o.protect
+
+    def synonym_of(word: str) -> str | None:
+        options = [s for s in synonyms.get(word.lower(), []) if s.lower() != word.lower()]
+        return rng.choice(options) if options else None
+
+    for k, unit in enumerate(units):  # synonym replacement
+        if free(unit) and unit[1][0].lower() not in STOP_WORDS and rng.random() < o.p_synonym:
+            s = synonym_of(unit[1][0])
+            if s is not None:
+                units[k] = (None, [s])
+    for unit in [u for u in units if free(u) and rng.random() < o.p_insert]:  # random insertion
+        s = synonym_of(unit[1][0])
+        if s is not None:
+            units.insert(rng.randrange(len(units) + 1), (None, [s]))
+    movable = [k for k, u in enumerate(units) if free(u)]
+    for _ in range(sum(rng.random() < o.p_swap for _ in units)):  # random swap of two O words
+        if len(movable) >= 2:
+            a, b = rng.sample(movable, 2)
+            units[a], units[b] = units[b], units[a]
+    kept = [u for u in units if not free(u) or rng.random() >= o.p_delete]  # random deletion
+    units = kept or [rng.choice(units)]
+    return [w for _, words in units for w in words], tag_units(units, scheme)
+
+
+def augment_sentences(
+    rows: list[dict[str, Any]], lines: list[int], spans_of: Any, o: AugmentOptions, synonyms: dict[str, list[str]],
+    seed: int, scheme: str,
+) -> list[dict[str, Any]]:
+    """`n_per_example` augmented copies of each {"tokens", "tags"} row (copies equal to their source
+    are left out). `spans_of(tags)` gives a sentence's entities; the mentions to swap in are those
+    of all rows."""
+    mentions: dict[str, set[tuple[str, ...]]] = {}
+    parsed = []
+    for row in rows:
+        entities = spans_of(row["tags"])
+        parsed.append(entities)
+        for kind, a, b in entities:
+            mentions.setdefault(kind, set()).add(tuple(row["tokens"][a : b + 1]))
+    pool = {kind: sorted(m) for kind, m in mentions.items()}
+    rng = random.Random(seed)
+    out = []
+    for row, line, entities in zip(rows, lines, parsed):
+        for _ in range(o.n_per_example):
+            tokens, tags = augment_tagged(row["tokens"], entities, o, synonyms, pool, rng, scheme)
+            if tokens != row["tokens"] or tags != row["tags"]:
+                out.append({**row, "tokens": tokens, "tags": tags, "augmented_from": line})
     return out

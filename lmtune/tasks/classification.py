@@ -118,16 +118,12 @@ def load_data(cfg: Any) -> TaskData:
 
 def _augment(train: Table, cfg: Any) -> tuple[Table, str, dict[str, Any]]:
     from .. import models
-    from ..data.augment import AugmentOptions, augment_rows, embedding_neighbours, read_synonyms
+    from ..data.augment import AugmentOptions, augment_rows, gather_synonyms
 
     d, a = cfg.data, cfg.data.augment
-    synonyms = read_synonyms(a.synonyms) if a.synonyms else {}
-    if a.embedding_synonyms:
-        words = {w.lower() for r in train.rows for w in str(r[d.text_column]).split()}
-        for word, near in embedding_neighbours(models.resolve(cfg.model), words).items():
-            synonyms.setdefault(word, []).extend(near)
-    options = AugmentOptions(p_delete=a.p_delete, p_swap=a.p_swap, p_insert=a.p_insert, p_synonym=a.p_synonym,
-                             n_per_example=a.n_per_example, protect=frozenset(w.lower() for w in a.protect))
+    words = {w.lower() for r in train.rows for w in str(r[d.text_column]).split()}
+    synonyms = gather_synonyms(a.synonyms, models.resolve(cfg.model) if a.embedding_synonyms else None, words)
+    options = AugmentOptions.from_section(a)
     new = augment_rows(train.rows, train.lines, d.text_column, options, synonyms, cfg.train.seed)
     table = Table(train.path, train.columns, train.rows + new, train.lines + [r["augmented_from"] for r in new])
     summary = {"original": len(train), "augmented": len(new), "synonym_words": len(synonyms)}

@@ -169,6 +169,10 @@ def load_data(cfg: Any) -> TaskData:
         notes.append(
             f"no validation file: held out {len(va)} of {len(tr) + len(va)} training sentences (seed {cfg.train.seed})"
         )
+    prep: dict[str, Any] = {}
+    if d.augment is not None:  # ... -> split -> augment the training part only
+        train, note, prep["augment"] = _augment(train, cfg)
+        notes.append(note)
     test = None
     if d.test:
         test = read_sentences(d.test, d)
@@ -179,7 +183,22 @@ def load_data(cfg: Any) -> TaskData:
         f"train: {len(train)} sentences, {tokens} tokens; entities: "
         + (", ".join(f"{k} {counts[k]}" for k in sorted(counts)) or "none")
     )
-    return TaskData(train, validation, test, labels, notes)
+    return TaskData(train, validation, test, labels, notes, prep)
+
+
+def _augment(train: Table, cfg: Any) -> tuple[Table, str, dict[str, Any]]:
+    """EDA copies of the training sentences with their tags kept aligned (see data/augment.py)."""
+    from .. import models
+    from ..data.augment import AugmentOptions, augment_sentences, gather_synonyms
+
+    a = cfg.data.augment
+    words = {t.lower() for r in train.rows for t, tag in zip(r["tokens"], r["tags"]) if tag == "O"}
+    synonyms = gather_synonyms(a.synonyms, models.resolve(cfg.model) if a.embedding_synonyms else None, words)
+    new = augment_sentences(train.rows, train.lines, spans, AugmentOptions.from_section(a), synonyms,
+                            cfg.train.seed, cfg.data.tag_scheme)
+    table = type(train)(train.path, train.columns, train.rows + new, train.lines + [r["augmented_from"] for r in new])
+    summary = {"original": len(train), "augmented": len(new), "synonym_words": len(synonyms)}
+    return table, f"augment: {len(new)} augmented copies of {len(train)} training sentences (tags aligned)", summary
 
 
 # ---------------------------------------------------------------- tokenizing
