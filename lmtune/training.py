@@ -24,7 +24,7 @@ import torch
 
 from . import models, strategies
 from .config import RunConfig, as_config
-from .data.batching import EpochBatchSampler
+from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
 from .rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
 from .tasks import get_task
@@ -57,6 +57,11 @@ class LoopState:
     train_samples: int = 0
     train_tokens: int = 0  # real (non-padding) tokens
     processes: int = 1  # a mid-epoch position counts global batches of this many processes
+    # [processes, global batches] of `epoch` trained before a resume with another number of processes
+    earlier_in_epoch: list[list[int]] = field(default_factory=list)
+
+    def next_epoch(self, epoch: int) -> None:
+        self.epoch, self.batches_in_epoch, self.earlier_in_epoch = epoch + 1, 0, []
 
 
 def log(message: str) -> None:
@@ -266,6 +271,27 @@ def train(
     micro_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(micro_per_epoch / t.gradient_accumulation_steps)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
+    state = LoopState(processes=accelerator.num_processes)
+    if resume:
+        ckpt = run.last_checkpoint()
+        state = LoopState(**json.loads((ckpt / "loop_state.json").read_text()))
+        changed = state.processes != accelerator.num_processes
+        if changed and state.batches_in_epoch:  # the rest of the epoch is batched afresh, without what was seen
+            state.earlier_in_epoch.append([state.processes, state.batches_in_epoch])
+            state.batches_in_epoch = 0
+        if state.earlier_in_epoch:
+            train_sampler.skip(state.epoch, examples_seen(
+                lengths["train"], t.batch_size, seed=t.seed, group_by_length=t.group_by_length,
+                epoch=state.epoch, segments=state.earlier_in_epoch))
+        if changed:
+            if not t.max_steps:  # the steps still to come, counted with the new global batch
+                train_sampler.use_epoch(state.epoch)
+                rest = math.ceil(len(train_sampler) / t.gradient_accumulation_steps)
+                total_steps = state.step + rest + (t.epochs - state.epoch - 1) * steps_per_epoch
+            log(f"{ckpt} was written by {state.processes} process(es), going on with {accelerator.num_processes}: "
+                f"global batch {t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, "
+                f"{total_steps} steps in all")
+        state.processes = accelerator.num_processes
     from transformers import get_scheduler
 
     scheduler = get_scheduler(
@@ -276,17 +302,9 @@ def train(
     )
     accelerator.register_for_checkpointing(scheduler)
 
-    state = LoopState(processes=accelerator.num_processes)
     if resume:
         ckpt = run.last_checkpoint()
         accelerator.load_state(str(ckpt))
-        state = LoopState(**json.loads((ckpt / "loop_state.json").read_text()))
-        if state.batches_in_epoch and state.processes != accelerator.num_processes:
-            raise LmtuneError(
-                f"{ckpt} was written mid-epoch by {state.processes} process(es): resume it with --nproc "
-                f"{state.processes} (checkpoints at the end of an epoch resume with any number)"
-            )
-        state.processes = accelerator.num_processes
         if main:
             run.truncate_history(state.history_lines)
         log(f"resumed from {ckpt} at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_in_epoch})")
@@ -420,19 +438,19 @@ def fit(
                 if on_evaluate is not None and on_evaluate(state.step, metrics):
                     stop = True
                 if end_of_epoch:
-                    state.epoch, state.batches_in_epoch = epoch + 1, 0
+                    state.next_epoch(epoch)
                 save_checkpoint(accelerator, run, state)
                 tick = time.perf_counter()  # evaluation and saving are not training time
                 window_start = tick
             elif end_of_epoch:
-                state.epoch, state.batches_in_epoch = epoch + 1, 0
+                state.next_epoch(epoch)
             changed = update_strategy(state.step, state.epoch)
             if changed:
                 log(f"step {state.step}: {changed}")
             if stop or last:
                 bar.close()
                 return stop
-        state.epoch, state.batches_in_epoch = epoch + 1, 0
+        state.next_epoch(epoch)
     bar.close()
     return False
 

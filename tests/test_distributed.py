@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import lmtune
-from lmtune.data.batching import EpochBatchSampler
+from lmtune.data.batching import EpochBatchSampler, examples_seen
 
 from .conftest import write_sentiment
 
@@ -47,6 +47,28 @@ def test_global_batches_are_those_of_one_process_with_the_doubled_batch():
     assert list(two[0]) == [b[: (len(b) + 1) // 2] for b in one]
     assert list(two[1]) == [b[(len(b) + 1) // 2 :] for b in one]
     assert any(len(b) < 16 for b in one) and sum(len(b) == 16 for b in one) >= 4
+
+
+@pytest.mark.parametrize("segments, now", [([(2, 3)], 1), ([(1, 5)], 3), ([(2, 2), (1, 3)], 2), ([(3, 0)], 2)])
+def test_an_epoch_resumed_with_other_process_counts_sees_every_example_once(segments, now):
+    lengths = [(i * 7) % 23 + 1 for i in range(83)]
+    for group in (True, False):
+        seen = examples_seen(lengths, 4, seed=5, group_by_length=group, epoch=1, segments=segments)
+        first = EpochBatchSampler(lengths, 4, seed=5, group_by_length=group, num_replicas=segments[0][0])
+        first.use_epoch(1)
+        assert examples_seen(lengths, 4, seed=5, group_by_length=group, epoch=1, segments=segments[:1]) == {
+            i for batch in first.batches()[: segments[0][1]] for i in batch}  # the global batches the processes took
+        most = sum(done * 4 * p for p, done in segments)  # a shuffled short batch may be among them
+        assert most - 4 * len(segments) < len(seen) <= most or most == 0 == len(seen)
+        rest = [EpochBatchSampler(lengths, 4, seed=5, group_by_length=group, num_replicas=now, rank=r) for r in range(now)]
+        for s in rest:
+            s.use_epoch(1)
+            s.skip(1, seen)
+        parts = [i for s in rest for part in s for i in part]
+        assert sorted(parts + sorted(seen)) == list(range(83))  # the rest of the epoch: every other example, once
+        assert len(rest[0]) == -(-(83 - len(seen)) // (4 * now))
+        rest[0].use_epoch(2)  # the next epoch is whole again
+        assert sorted(i for part in rest[0].batches() for i in part) == list(range(83))
 
 
 @pytest.mark.slow

@@ -105,3 +105,23 @@ def test_a_killed_process_stops_the_run_and_it_resumes_on_one(tiny_bert, tmp_pat
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from {state.parent}" in again.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["train"]["steps"] > saved["step"]
+
+
+def test_a_run_stopped_mid_epoch_resumes_with_another_number_of_processes(tiny_bert, tmp_path):
+    from .conftest import write_sentiment
+    from .test_resume import Killed, _kill_at
+
+    train = write_sentiment(tmp_path / "train.csv", 60, seed=1)
+    val = write_sentiment(tmp_path / "val.csv", 12, seed=2)
+    cfg = {"model": str(tiny_bert), "output_dir": str(tmp_path / "out"), "data": {"train": str(train), "validation": str(val)},
+           "train": {**TRAIN, "epochs": 2, "batch_size": 4, "eval_steps": 5, "metric": "loss"}}
+    with pytest.raises(Killed):  # one process, 15 batches an epoch: stopped after the checkpoint of step 10
+        lmtune.train(cfg, progress=False, on_evaluate=_kill_at(15))
+    last = tmp_path / "out" / "checkpoints" / "last" / "loop_state.json"
+    assert json.loads(last.read_text())["batches_in_epoch"] == 10
+
+    proc = _run(cfg, tmp_path, "--resume", "--nproc", "2")  # the 20 examples left of epoch 1 in global batches of 8
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "written by 1 process(es), going on with 2: global batch 8, 21 steps in all" in proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 10 + 3 + 8  # then epoch 2: 60 examples in global batches of 8

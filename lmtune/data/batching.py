@@ -11,6 +11,11 @@ of each one: every example is seen once an epoch, by one process, and every proc
 number of steps. A short global batch is split as evenly as it goes; a process whose part would be
 empty (fewer examples left than processes) repeats one example when training (`pad_empty`), and
 takes no batch when evaluating.
+
+A run resumed in the middle of an epoch with another number of processes cannot continue the same
+global batches: `skip` leaves out the examples the earlier processes already trained on in that
+epoch (`examples_seen` rebuilds them from the checkpoint's position), and the rest of the epoch
+is batched afresh, so every example is still seen once.
 """
 
 from __future__ import annotations
@@ -47,14 +52,23 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.group_by_length = group_by_length
         self.window = window
         self.epoch = 0
+        self.skipped: tuple[int, frozenset[int]] = (-1, frozenset())  # (epoch, examples left out of it)
 
     def use_epoch(self, epoch: int) -> None:
         """Select the epoch's order. (Not named set_epoch on purpose: accelerate calls set_epoch on
         batch samplers with its own per-loader counter, which restarts at 0 in a resumed run.)"""
         self.epoch = epoch
 
+    def skip(self, epoch: int, examples: set[int] | frozenset[int]) -> None:
+        """Leave `examples` out of epoch `epoch` (they were trained on before a resume)."""
+        self.skipped = (epoch, frozenset(examples))
+
+    def _left_out(self) -> frozenset[int]:
+        return self.skipped[1] if self.skipped[0] == self.epoch else frozenset()
+
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        n = len(self.lengths) - len(self._left_out())
+        return (n + self.batch_size - 1) // self.batch_size
 
     def batches(self) -> list[list[int]]:
         n = len(self.lengths)
@@ -65,6 +79,10 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
             return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
         order = torch.randperm(n, generator=g).tolist()
+        left_out = self._left_out()
+        if left_out:
+            order = [i for i in order if i not in left_out]
+            n = len(order)
         if not self.group_by_length:
             return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         span = self.batch_size * self.window
@@ -89,3 +107,19 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
             mine = self.part(batch)
             if mine:
                 yield mine
+
+
+def examples_seen(
+    lengths: Sequence[int], batch_size: int, *, seed: int, group_by_length: bool, epoch: int,
+    segments: Sequence[Sequence[int]],
+) -> set[int]:
+    """The training examples of `epoch` already trained on, from the (processes, global batches)
+    segments the run went through in that epoch, oldest first."""
+    seen: set[int] = set()
+    for processes, done in segments:
+        sampler = EpochBatchSampler(lengths, batch_size, seed=seed, group_by_length=group_by_length, num_replicas=processes)
+        sampler.use_epoch(epoch)
+        sampler.skip(epoch, seen)
+        for batch in sampler.batches()[:done]:
+            seen.update(batch)
+    return seen
