@@ -178,10 +178,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_data_clean(args: argparse.Namespace) -> int:
-    from .data.clean import CleanOptions, clean_rows
-    from .data.readers import detect_format, read_table
-    from .data.split import _write_rows
-    from .rundir import write_text_atomic
+    from .data.clean import CleanOptions, clean_file
 
     src, out = Path(args.file), Path(args.output)
     dropped_file = out.parent / "dropped.jsonl"
@@ -190,28 +187,20 @@ def cmd_data_clean(args: argparse.Namespace) -> int:
     for target in (out, dropped_file):
         if target.exists() and not args.overwrite:
             raise LmtuneError(f"{target} exists; use --overwrite to replace it")
-    table = read_table(src)
-    label_column = args.label_column or ("label" if "label" in table.columns else None)
-    table.require_columns(args.text_column, label_column)
     options = CleanOptions(strip_html=args.strip_html, lowercase=args.lowercase, min_chars=args.min_chars,
                            max_chars=args.max_chars, dedupe=args.dedupe, conflicts=args.conflicts)
-    cleaned = clean_rows(table.rows, table.lines, args.text_column, label_column, options)
-    fmt = detect_format(src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_rows(out, table.columns, cleaned.rows, "jsonl" if fmt == "json" else fmt)
-    write_text_atomic(dropped_file, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in cleaned.dropped))
-    summary = cleaned.summary()
+    summary, rows = clean_file(src, out, dropped_file, args.text_column, args.label_column, options)
     reasons = ", ".join(f"{k} {v}" for k, v in summary["dropped_by_reason"].items()) or "none"
-    print(f"kept {summary['kept']} of {len(table)} rows -> {out}; dropped: {reasons} (each with its line in "
+    print(f"kept {summary['kept']} of {rows} rows -> {out}; dropped: {reasons} (each with its line in "
           f"{dropped_file}); {summary['texts_changed']} texts changed", file=sys.stderr)
     _print_json(summary)
     return 0
 
 
 def cmd_data_augment(args: argparse.Namespace) -> int:
-    from .data.augment import AugmentOptions, augment_rows, augment_sentences, gather_synonyms
-    from .data.readers import detect_format, read_table
-    from .data.split import _write_rows
+    from .data.augment import AugmentOptions, augment_sentences, augment_stream, gather_synonyms
+    from .data.readers import RowReader
+    from .data.writers import RowWriter, write_rows
     from .tasks import token_classification as ner
 
     src, out = Path(args.file), Path(args.output)
@@ -220,36 +209,44 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
     tagged = args.task == "token_classification" or (args.task is None and src.suffix.lower() in (".conll", ".iob", ".bio"))
     if tagged and out.suffix.lower() != ".jsonl":
         raise LmtuneError(f"{out}: tagged sentences are written as JSON lines (tokens, tags, augmented_from): name it .jsonl")
-    if tagged:
-        d = argparse.Namespace(format="auto", tag_column_index=-1, tokens_column="tokens", tags_column="tags")
-        table = ner.read_sentences(src, d)
-        ner.check_tags(table, args.tag_scheme)
-        words = {t.lower() for r in table.rows for t, tag in zip(r["tokens"], r["tags"]) if tag == "O"}
-    else:
-        table = read_table(src)
-        table.require_columns(args.text_column)
-        words = {w.lower() for r in table.rows for w in str(r[args.text_column]).split()}
+    options = AugmentOptions(p_delete=args.p_delete, p_swap=args.p_swap, p_insert=args.p_insert,
+                             p_synonym=args.p_synonym, p_entity=args.p_entity, n_per_example=args.n_per_example,
+                             protect=frozenset(w.lower() for w in (args.protect or "").split(",") if w))
     model = None
     if args.model:
         from . import models
 
         model = models.resolve(args.model)
-    synonyms = gather_synonyms(args.synonyms, model, words)
-    options = AugmentOptions(p_delete=args.p_delete, p_swap=args.p_swap, p_insert=args.p_insert,
-                             p_synonym=args.p_synonym, p_entity=args.p_entity, n_per_example=args.n_per_example,
-                             protect=frozenset(w.lower() for w in (args.protect or "").split(",") if w))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if tagged:
+    if tagged:  # sentences are held: entity mentions are swapped between them
+        d = argparse.Namespace(format="auto", tag_column_index=-1, tokens_column="tokens", tags_column="tags")
+        table = ner.read_sentences(src, d)
+        ner.check_tags(table, args.tag_scheme)
+        words = {t.lower() for r in table.rows for t, tag in zip(r["tokens"], r["tags"]) if tag == "O"}
+        synonyms = gather_synonyms(args.synonyms, model, words)
         new = augment_sentences(table.rows, table.lines, ner.spans, options, synonyms, args.seed, args.tag_scheme)
-        rows = [{**r, "augmented_from": None} for r in table.rows] + new
-        _write_rows(out, ["tokens", "tags", "augmented_from"], rows, "jsonl")
-    else:
-        new = augment_rows(table.rows, table.lines, args.text_column, options, synonyms, args.seed)
-        fmt = detect_format(src)
-        _write_rows(out, [*table.columns, "augmented_from"], [*table.rows, *new], "jsonl" if fmt == "json" else fmt)
+        write_rows(out, [], ([*({**r, "augmented_from": None} for r in table.rows), *new]), "jsonl")
+        rows, copies = len(table), len(new)
+    else:  # streamed: the rows as they are, then (a second reading) their copies
+        reader = RowReader(src)
+        if reader.columns:
+            reader.require_columns(args.text_column)
+        words: set[str] = set()
+        with RowWriter(out, [*reader.columns, "augmented_from"], "jsonl" if reader.format == "json" else reader.format) as w:
+            for _, row in reader:
+                w.write(row)
+                if model is not None:
+                    words.update(x.lower() for x in str(row.get(args.text_column) or "").split())
+            if not w.rows:
+                raise LmtuneError(f"{src}: no examples in the file")
+            reader.require_columns(args.text_column)
+            rows = w.rows
+            synonyms = gather_synonyms(args.synonyms, model, words)
+            for row in augment_stream(reader, args.text_column, options, synonyms, args.seed):
+                w.write(row)
+            copies = w.rows - rows
     what = "sentences" if tagged else "rows"
-    print(f"wrote {len(table)} {what} and {len(new)} augmented copies (marked by augmented_from) to {out}", file=sys.stderr)
-    _print_json({what: len(table), "augmented": len(new), "synonym_words": len(synonyms)})
+    print(f"wrote {rows} {what} and {copies} augmented copies (marked by augmented_from) to {out}", file=sys.stderr)
+    _print_json({what: rows, "augmented": copies, "synonym_words": len(synonyms)})
     return 0
 
 

@@ -90,7 +90,7 @@ def test_split_command_writes_the_parts_and_keeps_duplicates_together(tmp_path, 
 
 def test_automatic_validation_split_keeps_copies_of_a_text_on_one_side(tmp_path, tiny_bert):
     from lmtune.config import validate
-    from lmtune.data.inspect import normalise
+    from lmtune.data.keys import normalise
     from lmtune.tasks import classification
 
     src = tmp_path / "t.csv"

@@ -20,7 +20,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from ..errors import LmtuneError
 
@@ -143,22 +143,28 @@ def augment_words(words: list[str], o: AugmentOptions, synonyms: dict[str, list[
     return kept or [rng.choice(out)]  # never empty
 
 
-def augment_rows(
-    rows: list[dict[str, Any]], lines: list[int], text_column: str, o: AugmentOptions,
+def augment_stream(
+    rows: Iterable[tuple[int, dict[str, Any]]], text_column: str, o: AugmentOptions,
     synonyms: dict[str, list[str]], seed: int,
-) -> list[dict[str, Any]]:
-    """`n_per_example` augmented copies of each row (a copy identical to its source is left out)."""
+) -> Iterator[dict[str, Any]]:
+    """`n_per_example` augmented copies of each (line, row) in turn (a copy identical to its
+    source is left out); a file of any size streams through."""
     rng = random.Random(seed)
-    out = []
-    for row, line in zip(rows, lines):
-        words = str(row[text_column]).split()
+    for line, row in rows:
+        words = str(row.get(text_column) or "").split()
         if not words:
             continue
         for _ in range(o.n_per_example):
             new = " ".join(augment_words(words, o, synonyms, rng))
             if new != row[text_column]:
-                out.append({**row, text_column: new, "augmented_from": line})
-    return out
+                yield {**row, text_column: new, "augmented_from": line}
+
+
+def augment_rows(
+    rows: list[dict[str, Any]], lines: list[int], text_column: str, o: AugmentOptions,
+    synonyms: dict[str, list[str]], seed: int,
+) -> list[dict[str, Any]]:
+    return list(augment_stream(zip(lines, rows), text_column, o, synonyms, seed))
 
 
 # ---------------------------------------------------------------- tagged sentences

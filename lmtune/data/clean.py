@@ -13,13 +13,19 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections import Counter, defaultdict
+from array import array
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from .inspect import normalise
+import numpy as np
+
+from .keys import digest, normalise, votes
 
 TAG = re.compile(r"<[^>]+>")
+REASONS = ("", "empty", "too_short", "too_long", "conflicting_labels", "minority_label", "duplicate")
+KEEP, EMPTY, TOO_SHORT, TOO_LONG, CONFLICTING, MINORITY, DUPLICATE = range(len(REASONS))
 
 
 @dataclass
@@ -43,8 +49,12 @@ class Cleaned:
     changed: int = 0  # kept rows whose text was changed
 
     def summary(self) -> dict[str, Any]:
-        return {"kept": len(self.rows), "dropped": len(self.dropped), "texts_changed": self.changed,
-                "dropped_by_reason": dict(sorted(Counter(d["reason"] for d in self.dropped).items()))}
+        return summary(len(self.rows), Counter(d["reason"] for d in self.dropped), self.changed)
+
+
+def summary(kept: int, reasons: Counter, changed: int) -> dict[str, Any]:
+    return {"kept": kept, "dropped": sum(reasons.values()), "texts_changed": changed,
+            "dropped_by_reason": dict(sorted(reasons.items()))}
 
 
 def clean_text(text: str, o: CleanOptions) -> str:
@@ -59,51 +69,114 @@ def clean_text(text: str, o: CleanOptions) -> str:
     return text
 
 
+def first_verdict(text: str, o: CleanOptions) -> int:
+    """What a cleaned text alone decides: KEEP, EMPTY, TOO_SHORT or TOO_LONG."""
+    if o.drop_empty and not text.strip():
+        return EMPTY
+    if o.min_chars is not None and len(text) < o.min_chars:
+        return TOO_SHORT
+    if o.max_chars is not None and len(text) > o.max_chars:
+        return TOO_LONG
+    return KEEP
+
+
+class Ledger:
+    """Per row, what the cleaning needs to decide about it across the file, in a few bytes: its
+    verdict so far, the keys of its cleaned text, its label."""
+
+    def __init__(self) -> None:
+        self.verdicts, self.exact, self.norm, self.labels = array("b"), array("Q"), array("Q"), array("i")
+        self.label_ids: dict[str, int] = {}
+
+    def add(self, text: str, label: Any, o: CleanOptions) -> None:
+        self.verdicts.append(first_verdict(text, o))
+        self.exact.append(digest(text))
+        self.norm.append(digest(normalise(text)))
+        self.labels.append(self.label_ids.setdefault(str(label), len(self.label_ids)))
+
+    def decide(self, o: CleanOptions, *, labelled: bool) -> np.ndarray:
+        """The verdict of every row: conflicting labels among the rows still kept (by normalised
+        text), then repeats of a kept text after its first row."""
+        verdicts = np.frombuffer(self.verdicts, np.int8).copy()
+        norm = np.frombuffer(self.norm, np.uint64)
+        if labelled and o.conflicts != "keep":
+            live = np.flatnonzero(verdicts == KEEP)
+            v = votes(norm[live], np.frombuffer(self.labels, np.int32)[live])
+            conflict = v.labels_per_key[v.group] > 1
+            if o.conflicts == "drop":
+                verdicts[live[conflict]] = CONFLICTING
+            else:  # outvoted, or all copies on a tie
+                outvoted = conflict & ((v.tied[v.group] > 1) | (v.count < v.top[v.group]))
+                verdicts[live[outvoted]] = MINORITY
+        if o.dedupe != "none":
+            live = np.flatnonzero(verdicts == KEEP)
+            keys = (np.frombuffer(self.exact, np.uint64) if o.dedupe == "exact" else norm)[live]
+            repeat = np.ones(len(live), bool)
+            repeat[np.unique(keys, return_index=True)[1]] = False  # the first row of each text stays
+            verdicts[live[repeat]] = DUPLICATE
+        return verdicts
+
+
+def _raw(row: dict[str, Any], text_column: str) -> str:
+    return "" if row.get(text_column) is None else str(row[text_column])
+
+
 def clean_rows(
     rows: list[dict[str, Any]], lines: list[int], text_column: str, label_column: str | None, o: CleanOptions
 ) -> Cleaned:
-    out = Cleaned([], [])
-    drop: dict[int, str] = {}
+    ledger = Ledger()
     texts = []
-    for i, row in enumerate(rows):
-        raw = "" if row.get(text_column) is None else str(row[text_column])
-        text = clean_text(raw, o)
-        texts.append(text)
-        if o.drop_empty and not text.strip():
-            drop[i] = "empty"
-        elif o.min_chars is not None and len(text) < o.min_chars:
-            drop[i] = "too_short"
-        elif o.max_chars is not None and len(text) > o.max_chars:
-            drop[i] = "too_long"
-    if label_column and o.conflicts != "keep":
-        by_text: dict[str, list[int]] = defaultdict(list)
-        for i, text in enumerate(texts):
-            if i not in drop:
-                by_text[normalise(text)].append(i)
-        for members in by_text.values():
-            votes = Counter(str(rows[i][label_column]) for i in members)
-            if len(votes) < 2:
-                continue
-            (top, n), (_, second) = votes.most_common(2)
-            for i in members:
-                if o.conflicts == "drop":
-                    drop[i] = "conflicting_labels"
-                elif n == second or str(rows[i][label_column]) != top:
-                    drop[i] = "minority_label"
-    if o.dedupe != "none":
-        seen: set[str] = set()
-        for i, text in enumerate(texts):
-            if i in drop:
-                continue
-            key = text if o.dedupe == "exact" else normalise(text)
-            if key in seen:
-                drop[i] = "duplicate"
-            seen.add(key)
-    for i, row in enumerate(rows):
-        if i in drop:
-            out.dropped.append({"line": lines[i], "reason": drop[i], "row": row})
+    for row in rows:
+        texts.append(clean_text(_raw(row, text_column), o))
+        ledger.add(texts[-1], row.get(label_column) if label_column else None, o)
+    verdicts = ledger.decide(o, labelled=label_column is not None)
+    out = Cleaned([], [])
+    for row, line, text, verdict in zip(rows, lines, texts, verdicts.tolist()):
+        if verdict != KEEP:
+            out.dropped.append({"line": line, "reason": REASONS[verdict], "row": row})
             continue
-        out.changed += texts[i] != ("" if row.get(text_column) is None else str(row[text_column]))
-        out.rows.append({**row, text_column: texts[i]})
-        out.lines.append(lines[i])
+        out.changed += text != _raw(row, text_column)
+        out.rows.append({**row, text_column: text})
+        out.lines.append(line)
     return out
+
+
+def clean_file(
+    src: str | Path, out: str | Path, dropped_file: str | Path, text_column: str, label_column: str | None,
+    o: CleanOptions,
+) -> tuple[dict[str, Any], int]:
+    """Clean a CSV, TSV or JSONL file into `out` (a JSON list becomes JSON lines), each dropped
+    row to `dropped_file` with its line and reason, reading the file twice and never holding it:
+    once to learn each row's keys, once to write. Returns the summary and the number of rows."""
+    from ..errors import LmtuneError
+    from .readers import RowReader
+    from .writers import RowWriter
+
+    reader = RowReader(src)
+    if reader.columns:
+        reader.require_columns(text_column, label_column)
+    label_key = label_column or "label"
+    ledger = Ledger()
+    for _, row in reader:
+        ledger.add(clean_text(_raw(row, text_column), o), row.get(label_key), o)
+    if not len(ledger.verdicts):
+        raise LmtuneError(f"{src}: no examples in the file")
+    if label_column is None and label_key in reader.columns:
+        label_column = label_key
+    reader.require_columns(text_column, label_column)
+    verdicts = ledger.decide(o, labelled=label_column is not None)
+    reasons: Counter = Counter()
+    kept = changed = 0
+    fmt = "jsonl" if reader.format == "json" else reader.format
+    with RowWriter(out, reader.columns, fmt) as w, RowWriter(dropped_file, [], "jsonl") as d:
+        for (line, row), verdict in zip(reader, verdicts):
+            if verdict != KEEP:
+                reasons[REASONS[verdict]] += 1
+                d.write({"line": line, "reason": REASONS[verdict], "row": row})
+                continue
+            raw = _raw(row, text_column)
+            text = clean_text(raw, o)
+            changed += text != raw
+            kept += 1
+            w.write({**row, text_column: text})
+    return summary(kept, reasons, changed), len(verdicts)

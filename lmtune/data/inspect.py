@@ -12,127 +12,146 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter, defaultdict
+from array import array
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import LmtuneError
-from .readers import Table, _read_delimited, _read_json, _read_jsonl, detect_format
+from .keys import digest, normalise, votes
+from .readers import RowReader
+
+__all__ = ["inspect_file", "normalise", "render"]
 
 IMBALANCE = 3.0  # largest / smallest class above this: a warning
 MOJIBAKE = re.compile("[ÃÂ][\u0080-\u00bf]|â€[\u0080-\u00bf™œž˜šŸ“”•–—]")
 PERCENTILES = (50, 90, 99)
-
-
-def normalise(text: str) -> str:
-    """The form under which two texts count as the same: NFKC, case-folded, single spaces."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+TOKENIZE_CHUNK = 1000
 
 
 def _control_characters(text: str) -> int:
     return sum(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in text)
 
 
-def read_for_inspection(path: str | Path, fmt: str = "auto") -> tuple[Table, list[int]]:
-    """The table, reading bytes that are not UTF-8 as replacement characters, and the lines
-    (1-based) that held such bytes."""
-    path = Path(path)
-    if not path.is_file():
-        raise LmtuneError(f"{path}: file not found")
-    data = path.read_bytes()
-    bad_lines = []
-    for n, line in enumerate(data.split(b"\n"), start=1):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            bad_lines.append(n)
-    text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
-    kind = detect_format(path, fmt)
-    readers = {"csv": lambda: _read_delimited(path, text, ","), "tsv": lambda: _read_delimited(path, text, "\t"),
-               "jsonl": lambda: _read_jsonl(path, text), "json": lambda: _read_json(path, text)}
-    if kind not in readers:
-        raise LmtuneError(f"{path}: data inspect reads CSV, TSV, JSONL and JSON files, not {kind}")
-    table = readers[kind]()
-    if not table.rows:
-        raise LmtuneError(f"{path}: no examples in the file")
-    return table, bad_lines
-
-
-def _spread(values: list[int]) -> dict[str, float]:
-    if not values:
-        return {}
+def _spread(values: Any) -> dict[str, float]:
     a = np.asarray(values)
+    if not a.size:
+        return {}
     out = {"min": int(a.min()), "mean": round(float(a.mean()), 1)}
     out.update({f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES})
     out["max"] = int(a.max())
     return out
 
 
+class _Found:
+    """How many rows have something, and the first line with it."""
+
+    def __init__(self) -> None:
+        self.count, self.first = 0, 0
+
+    def add(self, line: int) -> None:
+        self.count += 1
+        self.first = self.first or line
+
+
 def inspect_file(
     path: str | Path, *, text_column: str = "text", label_column: str | None = None, tokenizer: Any = None,
     max_length: int | None = None, fmt: str = "auto",
 ) -> dict[str, Any]:
-    """The report as a dict (what `lmtune data inspect --json` prints)."""
-    table, bad_lines = read_for_inspection(path, fmt)
-    if label_column is None and "label" in table.columns:
-        label_column = "label"
-    table.require_columns(text_column, label_column)
-    texts = [r.get(text_column) for r in table.rows]
-    texts = ["" if t is None else str(t) for t in texts]
-    labels = [str(r.get(label_column)) for r in table.rows] if label_column else None
+    """The report as a dict (what `lmtune data inspect --json` prints). The file is read one row at
+    a time (a JSON list whole); per row only its keys and lengths are kept."""
+    reader = RowReader(path, fmt, replace_bad_bytes=True)
+    if reader.columns:  # CSV, TSV: the header says at once
+        reader.require_columns(text_column, label_column)
+    label_key = label_column or "label"
+    exact, norm, chars, labels_of_texts = array("Q"), array("Q"), array("i"), array("i")
+    labels: array = array("i")
+    label_ids: dict[str, int] = {}
+    tokens: array = array("i")
+    pending: list[str] = []
+    empty, control, mojibake = _Found(), _Found(), _Found()
+    rows = 0
 
-    empty = [table.lines[i] for i, t in enumerate(texts) if not t.strip()]
-    exact = Counter(t for t in texts if t.strip())
-    norm = Counter(normalise(t) for t in texts if t.strip())
+    def tokenize() -> None:
+        tokens.extend(len(ids) for ids in tokenizer(pending, truncation=False, verbose=False)["input_ids"])
+        pending.clear()
+
+    for line, row in reader:
+        rows += 1
+        t = row.get(text_column)
+        t = "" if t is None else str(t)
+        label = label_ids.setdefault(str(row.get(label_key)), len(label_ids))
+        labels.append(label)
+        chars.append(len(t))
+        if t.strip():
+            exact.append(digest(t))
+            norm.append(digest(normalise(t)))
+            labels_of_texts.append(label)
+        else:
+            empty.add(line)
+        if _control_characters(t):
+            control.add(line)
+        if MOJIBAKE.search(t):
+            mojibake.add(line)
+        if tokenizer is not None:
+            pending.append(t)
+            if len(pending) >= TOKENIZE_CHUNK:
+                tokenize()
+    if tokenizer is not None and pending:
+        tokenize()
+    if not rows:
+        raise LmtuneError(f"{reader.path}: no examples in the file")
+    if label_column is None and label_key in reader.columns:
+        label_column = label_key
+    reader.require_columns(text_column, label_column)
+
+    exact_keys, norm_keys = np.frombuffer(exact, np.uint64), np.frombuffer(norm, np.uint64)
     report: dict[str, Any] = {
         "file": str(path),
-        "rows": len(table),
-        "columns": table.columns,
+        "rows": rows,
+        "columns": reader.columns,
         "text_column": text_column,
-        "empty_texts": len(empty),
-        "exact_duplicates": sum(c - 1 for c in exact.values()),
-        "normalised_duplicates": sum(c - 1 for c in norm.values()),
+        "empty_texts": empty.count,
+        "exact_duplicates": int(exact_keys.size - np.unique(exact_keys).size),
+        "normalised_duplicates": int(norm_keys.size - np.unique(norm_keys).size),
     }
     warnings = []
-    if empty:
-        warnings.append(f"{len(empty)} empty text(s), first at line {empty[0]}")
-    if labels is not None:
-        by_text: dict[str, set[str]] = defaultdict(set)
-        for t, label in zip(texts, labels):
-            if t.strip():
-                by_text[normalise(t)].add(label)
-        conflicts = [k for k, v in by_text.items() if len(v) > 1]
-        counts = Counter(labels)
+    if empty.count:
+        warnings.append(f"{empty.count} empty text(s), first at line {empty.first}")
+    if label_column is not None:
+        names = list(label_ids)
+        v = votes(norm_keys, np.frombuffer(labels_of_texts, np.int32))
+        counts = np.bincount(np.frombuffer(labels, np.int32), minlength=len(names))
+        by_name = {names[i]: int(c) for i, c in enumerate(counts) if c}
         report["label_column"] = label_column
-        report["conflicting_texts"] = len(conflicts)
-        report["conflicting_rows"] = sum(1 for t in texts if t.strip() and normalise(t) in set(conflicts))
-        report["labels"] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-        ratio = max(counts.values()) / min(counts.values())
+        report["conflicting_texts"] = int((v.labels_per_key > 1).sum())
+        report["conflicting_rows"] = int((v.labels_per_key[v.group] > 1).sum())
+        report["labels"] = dict(sorted(by_name.items(), key=lambda kv: (-kv[1], kv[0])))
+        ratio = max(by_name.values()) / min(by_name.values())
         report["imbalance"] = round(ratio, 2)
         if ratio > IMBALANCE:
-            big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+            big, small = max(by_name, key=by_name.get), min(by_name, key=by_name.get)
             warnings.append(f"imbalanced labels: {big!r} has {ratio:.1f}x the examples of {small!r}")
-        if conflicts:
-            warnings.append(f"{len(conflicts)} text(s) appear with different labels")
-    report["chars"] = _spread([len(t) for t in texts])
+        if report["conflicting_texts"]:
+            warnings.append(f"{report['conflicting_texts']} text(s) appear with different labels")
+    report["chars"] = _spread(np.frombuffer(chars, np.int32))
     if tokenizer is not None:
-        lengths = [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+        lengths = np.frombuffer(tokens, np.int32)
         report["tokens"] = _spread(lengths)
         if max_length:
             report["max_length"] = max_length
-            report["over_max_length"] = sum(n > max_length for n in lengths)
+            report["over_max_length"] = int((lengths > max_length).sum())
             if report["over_max_length"]:
                 warnings.append(f"{report['over_max_length']} text(s) longer than max_length={max_length} tokens")
-    control = [table.lines[i] for i, t in enumerate(texts) if _control_characters(t)]
-    mojibake = [table.lines[i] for i, t in enumerate(texts) if MOJIBAKE.search(t)]
-    report["encoding"] = {"non_utf8_lines": len(bad_lines), "control_character_rows": len(control),
-                          "mojibake_rows": len(mojibake)}
-    for name, lines in (("line(s) are not UTF-8", bad_lines), ("row(s) hold control characters", control),
-                        ("row(s) look like mojibake (UTF-8 read as Latin-1)", mojibake)):
-        if lines:
-            warnings.append(f"{len(lines)} {name}, first at line {lines[0]}")
+    bad = reader.bad_lines
+    report["encoding"] = {"non_utf8_lines": len(bad), "control_character_rows": control.count,
+                          "mojibake_rows": mojibake.count}
+    for name, count, first in (("line(s) are not UTF-8", len(bad), bad[0] if bad else 0),
+                               ("row(s) hold control characters", control.count, control.first),
+                               ("row(s) look like mojibake (UTF-8 read as Latin-1)", mojibake.count, mojibake.first)):
+        if count:
+            warnings.append(f"{count} {name}, first at line {first}")
     report["warnings"] = warnings
     return report
 

@@ -12,7 +12,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import LmtuneError
 
@@ -55,61 +55,111 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     return FORMATS[path.suffix.lower()]
 
 
-def _text(path: Path) -> str:
+def text_lines(path: Path, *, bad_lines: list[int] | None = None) -> Iterator[str]:
+    """The lines of a UTF-8 file, one at a time, with their line ends (a byte-order mark dropped).
+    Bytes that are not UTF-8 are an error naming the line, or, with a `bad_lines` list, read as
+    replacement characters and the line numbers put in the list."""
     if not path.is_file():
         raise LmtuneError(f"{path}: file not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise LmtuneError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); re-save the file as UTF-8") from None
-    return text.removeprefix("\ufeff")
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if bad_lines is None:
+                    raise LmtuneError(
+                        f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8"
+                    ) from None
+                bad_lines.append(n)
+                line = raw.decode("utf-8", errors="replace")
+            yield line.removeprefix("\ufeff") if n == 1 else line
 
 
-def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
-    # TSV files (SST-2, GLUE) use bare quotes inside text: only CSV gets quote handling.
-    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter, quoting=quoting, strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise LmtuneError(f"{path}: the file is empty") from None
-    header = [h.strip() for h in header]
-    rows, lines = [], []
-    start = reader.line_num
-    try:
-        for fields in reader:
-            line = start + 1
-            start = reader.line_num
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue
-            if len(fields) != len(header):
-                raise LmtuneError(
-                    f"{path}:{line}: expected {len(header)} fields ({', '.join(header)}), found {len(fields)}"
-                )
-            rows.append(dict(zip(header, fields)))
-            lines.append(line)
-    except csv.Error as e:
-        raise LmtuneError(f"{path}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'}: {e}") from None
-    return Table(path, header, rows, lines)
+def _text(path: Path) -> str:
+    return "".join(text_lines(path))
 
 
-def _read_jsonl(path: Path, text: str) -> Table:
-    rows, lines, columns = [], [], {}
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+class RowReader:
+    """The rows of a CSV, TSV or JSONL file, read one line at a time, so that a file of any size can
+    be cleaned, split or augmented without holding it in memory (a JSON list is read whole).
+    Iterating yields (line, row); iterating again reads the file again. `columns`: the header of a
+    CSV or TSV file; for JSON, the keys seen so far."""
+
+    def __init__(self, path: str | Path, fmt: str = "auto", *, replace_bad_bytes: bool = False) -> None:
+        self.path = Path(path)
+        self.format = detect_format(self.path, fmt)
+        if self.format not in ("csv", "tsv", "jsonl", "json"):
+            raise LmtuneError(f"{self.path}: expected a CSV, TSV, JSONL or JSON file, not {self.format}")
+        self.replace_bad_bytes = replace_bad_bytes
+        self.bad_lines: list[int] = []  # lines with bytes that are not UTF-8 (with replace_bad_bytes)
+        self.columns: list[str] = []
+        if self.format in ("csv", "tsv"):
+            for _ in self._delimited(header_only=True):
+                pass
+
+    def _lines(self) -> Iterator[str]:
+        self.bad_lines.clear()
+        return text_lines(self.path, bad_lines=self.bad_lines if self.replace_bad_bytes else None)
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        if self.format in ("csv", "tsv"):
+            yield from self._delimited()
+        elif self.format == "jsonl":
+            yield from self._jsonl()
+        else:
+            table = _read_json(self.path, "".join(self._lines()))
+            self.columns = table.columns
+            yield from zip(table.lines, table.rows)
+
+    def _delimited(self, header_only: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+        # TSV files (SST-2, GLUE) use bare quotes inside text: only CSV gets quote handling.
+        delimiter = "," if self.format == "csv" else "\t"
+        quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+        reader = csv.reader(self._lines(), delimiter=delimiter, quoting=quoting, strict=True)
+        kind = "CSV" if delimiter == "," else "TSV"
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmtuneError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise LmtuneError(f"{path}:{n}: expected a JSON object, found {type(obj).__name__}")
-        rows.append(obj)
-        lines.append(n)
-        columns.update(dict.fromkeys(obj))
-    return Table(path, list(columns), rows, lines)
+            header = next(reader)
+        except StopIteration:
+            raise LmtuneError(f"{self.path}: the file is empty") from None
+        except csv.Error as e:
+            raise LmtuneError(f"{self.path}:{reader.line_num}: malformed {kind}: {e}") from None
+        self.columns = header = [h.strip() for h in header]
+        if header_only:
+            return
+        start = reader.line_num
+        try:
+            for fields in reader:
+                line = start + 1
+                start = reader.line_num
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue
+                if len(fields) != len(header):
+                    raise LmtuneError(
+                        f"{self.path}:{line}: expected {len(header)} fields ({', '.join(header)}), found {len(fields)}"
+                    )
+                yield line, dict(zip(header, fields))
+        except csv.Error as e:
+            raise LmtuneError(f"{self.path}:{reader.line_num}: malformed {kind}: {e}") from None
+
+    def _jsonl(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        columns: dict[str, None] = dict.fromkeys(self.columns)
+        for n, line in enumerate(self._lines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LmtuneError(f"{self.path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise LmtuneError(f"{self.path}:{n}: expected a JSON object, found {type(obj).__name__}")
+            if obj.keys() - columns.keys():
+                columns.update(dict.fromkeys(obj))
+                self.columns = list(columns)
+            yield n, obj
+
+    def require_columns(self, *names: str | None) -> None:
+        """For CSV and TSV, at once; for JSON, against the keys seen so far (call it after a pass)."""
+        Table(self.path, self.columns, [], []).require_columns(*names)
 
 
 def _read_json(path: Path, text: str) -> Table:
@@ -132,19 +182,17 @@ def read_table(path: str | Path, fmt: str = "auto") -> Table:
     """Read a whole file of examples. Raises LmtuneError naming file and line for bad input."""
     path = Path(path)
     fmt = detect_format(path, fmt)
-    text = _text(path)
-    if fmt == "csv":
-        table = _read_delimited(path, text, ",")
-    elif fmt == "tsv":
-        table = _read_delimited(path, text, "\t")
-    elif fmt == "jsonl":
-        table = _read_jsonl(path, text)
-    elif fmt == "json":
-        table = _read_json(path, text)
-    elif fmt == "conll":
+    if fmt == "conll":
         from .conll import read_conll
 
-        table = read_conll(path)
+        table: Table = read_conll(path)
+    elif fmt in ("csv", "tsv", "jsonl", "json"):
+        reader = RowReader(path, fmt)
+        rows, lines = [], []
+        for line, row in reader:
+            lines.append(line)
+            rows.append(row)
+        table = Table(path, reader.columns, rows, lines)
     else:
         raise LmtuneError(f"{path}: unknown format {fmt!r}")
     if not table.rows:

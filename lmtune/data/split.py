@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Sequence
+import contextlib
+import json
+from array import array
+from typing import Any, Sequence
+
+import numpy as np
 
 from ..errors import LmtuneError
+from .keys import digest, normalise, votes
 
 
 def random_holdout(n: int, size: float, seed: int, *, source: str, unit: str) -> tuple[list[int], list[int]]:
@@ -51,68 +56,72 @@ def parse_ratios(text: str) -> list[float]:
     return ratios
 
 
+def assign_parts(
+    labels: Sequence[object] | np.ndarray | None, groups: Sequence[object] | np.ndarray, ratios: Sequence[float],
+    seed: int, *, source: str = "the data", label_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """The part (0, 1, ...) of every row. Rows that share a group (the same normalised text, or the
+    same value of a group column) always land in the same part; with labels, each label's groups
+    are dealt to the parts in proportion to the ratios (a group counts under its most common
+    label), every part first getting one group of each label when there are enough. A part that
+    would get no example of some label is an error. Groups and labels may be given as integer
+    arrays (label_names then names the labels), which is how a large file is split in little memory."""
+    group_keys = _integers(groups, lambda g: digest(str(g)))
+    if labels is None:
+        label_ids, names = np.zeros(len(group_keys), np.int32), ["(all)"]
+    elif label_names is not None:
+        label_ids, names = np.asarray(labels, np.int32), list(label_names)
+    else:
+        unique, inverse = np.unique(np.asarray([str(x) for x in labels]), return_inverse=True)
+        names, label_ids = unique.tolist(), inverse.astype(np.int32)
+    v = votes(group_keys, label_ids)
+    sizes = np.bincount(v.group)
+    part_of = np.zeros(len(sizes), np.int8)
+    rng = np.random.default_rng(seed)
+    k = len(ratios)
+    for label in sorted(np.unique(v.top_label).tolist(), key=lambda i: str(names[i])):
+        members = rng.permutation(np.flatnonzero(v.top_label == label))
+        member_sizes = sizes[members]
+        total = int(member_sizes.sum())
+        have = [0] * k
+        first = k if len(members) >= k else 0
+        for j in range(first):  # every part first gets one group of the label, when there are enough
+            part_of[members[j]] = j
+            have[j] += int(member_sizes[j])
+        targets = [r * total for r in ratios]
+        for start in range(first, len(members), 65536):
+            chunk = members[start : start + 65536].tolist()
+            for g, size in zip(chunk, member_sizes[start : start + 65536].tolist()):
+                # the part furthest below its share of this label takes the group
+                j = max(range(k), key=lambda j: (targets[j] - have[j], -j))
+                part_of[g] = j
+                have[j] += size
+        if labels is not None and min(have) == 0:
+            empty = [j for j, h in enumerate(have) if h == 0]
+            raise LmtuneError(
+                f"{source}: label {names[label]!r} has {total} example(s) in {len(members)} group(s): too few to put "
+                f"some in every part (part {empty[0] + 1} would have none); merge rare labels or add examples"
+            )
+    return part_of[v.group]
+
+
+def _integers(values: Sequence[object] | np.ndarray, key: Any) -> np.ndarray:
+    a = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+    if a.dtype.kind in "iu":
+        return a
+    return np.fromiter((key(x) for x in values), np.uint64, count=len(values))
+
+
 def grouped_split(
     labels: Sequence[object] | None, groups: Sequence[object], ratios: Sequence[float], seed: int,
     *, source: str = "the data",
 ) -> list[list[int]]:
-    """Indices of each part. Rows that share a group (the same normalised text, or the same value
-    of a group column) always land in the same part; with labels, each label's groups are dealt to
-    the parts in proportion to the ratios (a group counts under its most common label). A part
-    that would get no example of some label is an error."""
-    import random
-
-    by_group: dict[object, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    by_label: dict[object, list[list[int]]] = {}
-    for members in by_group.values():
-        key = Counter(labels[i] for i in members).most_common(1)[0][0] if labels is not None else None
-        by_label.setdefault(key, []).append(members)
-    rng = random.Random(seed)
-    parts: list[list[int]] = [[] for _ in ratios]
-    for key in sorted(by_label, key=str):
-        members = by_label[key]
-        rng.shuffle(members)
-        total = sum(len(m) for m in members)
-        have = [0] * len(ratios)
-        first = members[: len(ratios)] if len(members) >= len(ratios) else []
-        for k, group in enumerate(first):  # every part first gets one group of the label, when there are enough
-            parts[k] += group
-            have[k] += len(group)
-        for group in members[len(first):]:
-            # the part furthest below its share of this label takes the group
-            k = max(range(len(ratios)), key=lambda j: (ratios[j] * total - have[j], -j))
-            parts[k] += group
-            have[k] += len(group)
-        if labels is not None and min(have) == 0:
-            empty = [j for j, h in enumerate(have) if h == 0]
-            raise LmtuneError(
-                f"{source}: label {key!r} has {total} example(s) in {len(members)} group(s): too few to put "
-                f"some in every part (part {empty[0] + 1} would have none); merge rare labels or add examples"
-            )
-    return [sorted(p) for p in parts]
+    """Indices of each part, as `assign_parts` deals them."""
+    parts = assign_parts(labels, groups, ratios, seed, source=source)
+    return [np.flatnonzero(parts == j).tolist() for j in range(len(ratios))]
 
 
 PART_NAMES = ("train", "validation", "test")
-
-
-def _write_rows(path, columns: list[str], rows: list[dict], fmt: str) -> None:
-    import csv
-    import io
-    import json
-
-    from ..rundir import write_text_atomic
-
-    if fmt in ("csv", "tsv"):
-        buf = io.StringIO()
-        w = csv.writer(buf, delimiter="," if fmt == "csv" else "\t", lineterminator="\n",
-                       quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE, escapechar=None if fmt == "csv" else "\\")
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([r.get(c, "") for c in columns])
-        write_text_atomic(path, buf.getvalue())
-    else:
-        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def split_file(
@@ -120,33 +129,48 @@ def split_file(
     label_column: str | None = None, group_column: str | None = None, overwrite: bool = False,
 ) -> dict:
     """Split a file into train/validation(/test) files in out_dir (same format; JSON becomes
-    JSONL), grouped and stratified as `grouped_split` says. Returns a report per part."""
+    JSONL), grouped and stratified as `assign_parts` says. The file is read twice and never held:
+    once for each row's label and group key, once to write. Returns a report per part."""
     from pathlib import Path
 
-    from .inspect import normalise
-    from .readers import detect_format, read_table
+    from .readers import RowReader
+    from .writers import RowWriter
 
     path, out_dir = Path(path), Path(out_dir)
-    table = read_table(path)
-    if label_column is None and "label" in table.columns:
-        label_column = "label"
-    table.require_columns(text_column, label_column, group_column)
-    fmt = detect_format(path)
-    fmt = "jsonl" if fmt == "json" else fmt
+    reader = RowReader(path)
+    if reader.columns:
+        reader.require_columns(text_column, label_column, group_column)
+    fmt = "jsonl" if reader.format == "json" else reader.format
     names = PART_NAMES[: len(ratios)]
     targets = [out_dir / f"{n}.{fmt}" for n in names]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
         raise LmtuneError(f"{existing[0]} exists; use --overwrite to replace it")
-    labels = [str(r[label_column]) for r in table.rows] if label_column else None
-    groups = [str(r[group_column]) if group_column else normalise(str(r[text_column])) for r in table.rows]
-    parts = grouped_split(labels, groups, ratios, seed, source=str(path))
+    label_key = label_column or "label"
+    label_ids: dict[str, int] = {}
+    labels, groups = array("i"), array("Q")
+    for _, row in reader:
+        labels.append(label_ids.setdefault(str(row.get(label_key)), len(label_ids)))
+        value = row.get(group_column) if group_column else normalise(str(row.get(text_column) or ""))
+        groups.append(digest(value if isinstance(value, str) else json.dumps(value, sort_keys=True)))
+    if not len(labels):
+        raise LmtuneError(f"{path}: no examples in the file")
+    if label_column is None and label_key in reader.columns:
+        label_column = label_key
+    reader.require_columns(text_column, label_column, group_column)
+    label_array = np.frombuffer(labels, np.int32) if label_column else None
+    parts = assign_parts(label_array, np.frombuffer(groups, np.uint64), ratios, seed, source=str(path),
+                         label_names=list(label_ids))
     out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(RowWriter(t, reader.columns, fmt)) for t in targets]
+        for (_, row), part in zip(reader, parts):
+            writers[part].write(row)
     report = {}
-    for name, target, idx in zip(names, targets, parts):
-        _write_rows(target, table.columns, [table.rows[i] for i in idx], fmt)
-        entry: dict = {"file": str(target), "rows": len(idx)}
-        if labels is not None:
-            entry["labels"] = dict(sorted(Counter(labels[i] for i in idx).items()))
+    for j, (name, target) in enumerate(zip(names, targets)):
+        entry: dict = {"file": str(target), "rows": int((parts == j).sum())}
+        if label_array is not None:
+            counts = np.bincount(label_array[parts == j], minlength=len(label_ids))
+            entry["labels"] = dict(sorted((n, int(c)) for n, c in zip(label_ids, counts) if c))
         report[name] = entry
     return report

@@ -82,7 +82,7 @@ def load_data(cfg: Any) -> TaskData:
         validation = read_table(d.validation, d.format)
         _check_rows(validation, cfg, need_label=True)
     else:
-        from ..data.inspect import normalise
+        from ..data.keys import normalise
 
         values = [r[d.label_column] for r in train.rows]
         # grouped: copies of one (normalised) text, or rows of one data.group_column value, never land on both sides
