@@ -230,6 +230,10 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute each layer's activations in the backward pass: far less memory, about 30% more time"
     )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="several processes: ddp (a whole model on each) or fsdp (parameters, gradients and "
+        "optimizer state sharded between them, for a model that does not fit one device)"
+    )
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null: each epoch")
     log_steps: int = Field(10, ge=1, description="log loss and speed every N steps")
     metric: str | None = Field(
@@ -427,6 +431,9 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     task = get_task(cfg.task)
     if cfg.task == "token_classification" and cfg.data.tag_column_index == 0:
         problems.append("data.tag_column_index: 0 is the token column; the tag is in another column (-1: the last)")
+    if cfg.train.distributed == "fsdp" and cfg.strategy.name == "lora":
+        problems.append("train.distributed: fsdp is not offered with strategy lora (its frozen base model is what "
+                        "fits on each device); use ddp")
     if cfg.data.clean is not None and cfg.task != "classification":
         problems.append(f"data.clean: defined for classification only so far, not for task {cfg.task}")
     if cfg.data.augment is not None and cfg.task not in ("classification", "token_classification"):

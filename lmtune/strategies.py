@@ -146,9 +146,10 @@ def gradual(model: nn.Module, cfg: GradualStrategy, lr: float, weight_decay: flo
         stage = min(count // cfg.unfreeze_every, len(stages) - 1)
         if stage <= state["stage"]:
             return None
+        params = dict(model.named_parameters())  # by name: FSDP replaces the parameters it shards
         for named in stages[state["stage"] + 1 : stage + 1]:
-            for _, p in named:
-                p.requires_grad_(True)
+            for name, _ in named:
+                params[name].requires_grad_(True)
         state["stage"] = stage
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         what = "the embeddings" if stage == len(stages) - 1 else f"layer {len(lay.layers) - stage}"

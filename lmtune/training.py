@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import models, strategies
+from . import models, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
@@ -155,8 +155,9 @@ def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, acceler
         everyone = [p for p in gather_object([(indices, mine)]) if p[0]]
         indices = [i for idx, _ in everyone for i in idx]
         mine = {key: np.concatenate([out[key] for _, out in everyone]) for key in everyone[0][1]}
-    inverse = np.argsort(indices)
-    return {key: value[inverse] for key, value in mine.items()}
+    # in data order; an example that a process without examples repeated (FSDP) counts once
+    _, first = np.unique(indices, return_index=True)
+    return {key: value[first] for key, value in mine.items()}
 
 
 def eval_metrics(task: Any, model: Any, loader: Any, accelerator: Any, labels: list[str], cfg: RunConfig) -> dict[str, Any]:
@@ -246,8 +247,14 @@ def train(
     plan = strategies.apply(model, cfg.strategy, t.lr, t.weight_decay)
     model = plan.model
     log(f"model {cfg.model}; strategy {cfg.strategy.name}: {strategies.describe(model, plan.groups)}")
+    groups = plan.groups
+    fsdp = t.distributed == "fsdp"
+    if fsdp:  # torch's FSDP shards the model itself; accelerate keeps the rest (RNG, scheduler, gathering)
+        model.to(accelerator.device)
+        if accelerator.num_processes > 1:
+            groups = sharding.shard(model, groups)
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
-    optimizer = torch.optim.AdamW(plan.groups, lr=t.lr, **fused)
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, **fused)
 
     collate = task.collator(tokenizer, cfg, model)
     # The samplers split every (global) batch between the processes themselves: accelerate's own
@@ -259,14 +266,16 @@ def train(
     loaders = {
         name: _loader(
             features[name],
-            EpochBatchSampler(lengths[name], eval_bs, seed=t.seed, shuffle=False, pad_empty=False, **shard),
+            # (sharded: every process must run every forward, so a process without examples repeats one)
+            EpochBatchSampler(lengths[name], eval_bs, seed=t.seed, shuffle=False, pad_empty=fsdp, **shard),
             collate,
         )
         for name in features
         if name != "train"
     }
     train_loader = _loader(features["train"], train_sampler, collate)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not fsdp:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     micro_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(micro_per_epoch / t.gradient_accumulation_steps)
@@ -305,6 +314,8 @@ def train(
     if resume:
         ckpt = run.last_checkpoint()
         accelerator.load_state(str(ckpt))
+        if fsdp:
+            sharding.load_shards(ckpt, model, optimizer)
         if main:
             run.truncate_history(state.history_lines)
         log(f"resumed from {ckpt} at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_in_epoch})")
@@ -312,7 +323,8 @@ def train(
         run.history.unlink(missing_ok=True)
 
     log(
-        f"training on {accelerator.num_processes} x {accelerator.device.type}, precision "
+        f"training on {accelerator.num_processes} x {accelerator.device.type}"
+        f"{' (FSDP: parameters, gradients and optimizer state sharded)' if fsdp and accelerator.num_processes > 1 else ''}, precision "
         f"{accelerator.mixed_precision}, {attention} attention: {len(features['train'])} examples, global batch "
         f"{t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, {total_steps} steps"
     )
@@ -347,6 +359,7 @@ def fit(
 
     t = cfg.train
     main = accelerator.is_main_process
+    sharded = sharding.is_sharded(model)
     greater = task.GREATER_IS_BETTER[t.metric]
     accum = t.gradient_accumulation_steps
     bar = tqdm(total=total_steps, initial=state.step, disable=not (main and progress), unit="step", dynamic_ncols=True)
@@ -372,8 +385,11 @@ def fit(
             batch = send_to_device(batch, accelerator.device)
             sync = (micro + 1) % accum == 0 or micro + 1 == n_micro
             tokens = batch.pop("num_tokens", None)
+            if sharded:  # reduce-scatter the gradients only at the last micro-batch of a step
+                model.set_requires_gradient_sync(sync)
             with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
-                loss = model(**batch).loss
+                with accelerator.autocast():  # (a model that accelerate prepared autocasts itself too)
+                    loss = model(**batch).loss
                 accelerator.backward(loss / accum)
             n = batch["input_ids"].shape[0] * accelerator.num_processes
             n_tokens = int(tokens if tokens is not None else batch["attention_mask"].sum()) * accelerator.num_processes
@@ -439,7 +455,7 @@ def fit(
                     stop = True
                 if end_of_epoch:
                     state.next_epoch(epoch)
-                save_checkpoint(accelerator, run, state)
+                save_checkpoint(accelerator, run, state, (model, optimizer) if t.distributed == "fsdp" else None)
                 tick = time.perf_counter()  # evaluation and saving are not training time
                 window_start = tick
             elif end_of_epoch:
@@ -458,7 +474,7 @@ def fit(
 def save_model(accelerator: Any, model: Any, target: Path, tokenizer: Any = None) -> None:
     """Save a loadable model folder atomically (only the main process writes)."""
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = sharding.full_state_dict(model) if sharding.is_sharded(model) else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -470,13 +486,17 @@ def save_model(accelerator: Any, model: Any, target: Path, tokenizer: Any = None
     accelerator.wait_for_everyone()
 
 
-def save_checkpoint(accelerator: Any, run: RunDir, state: LoopState) -> None:
-    """Full training state (model, optimizer, scheduler, RNG) plus the loop position, atomically."""
+def save_checkpoint(accelerator: Any, run: RunDir, state: LoopState, shards: tuple[Any, Any] | None = None) -> None:
+    """Full training state (model, optimizer, scheduler, RNG) plus the loop position, atomically.
+    With `shards` (model, optimizer of an FSDP run), those two go to torch.distributed.checkpoint."""
     tmp = run.last.with_name("last.tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if shards is not None:
+        sharding.save_shards(tmp, *shards)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "loop_state.json").write_text(json.dumps(state.__dict__) + "\n")
         replace_dir_atomic(tmp, run.last)
@@ -496,7 +516,9 @@ def finish(
     stopped_early: bool,
 ) -> RunResult:
     """Put the best model in model/, evaluate it on validation and test, write metrics.json."""
-    if run.best.is_dir():
+    if run.best.is_dir() and sharding.is_sharded(model):
+        sharding.load_folder(model, run.best)
+    elif run.best.is_dir():
         models.load_saved_weights(accelerator.unwrap_model(model), run.best)
     labels = data.labels
     save_model(accelerator, model, run.model, tokenizer)

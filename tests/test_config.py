@@ -61,6 +61,14 @@ def test_semantic_checks(tmp_path):
     assert "data.validation: file not found" in problems
     assert "train.metric: 'bleu' is not reported" in problems
     assert "strategy.freeze_layers: 7 is more than the 6 layers of minilm-l6" in problems
+    raw = _raw(tmp_path)
+    raw["train"] = {"distributed": "fsdp"}
+    raw["strategy"] = {"name": "lora"}
+    with pytest.raises(LmtuneError, match="train.distributed: fsdp is not offered with strategy lora"):
+        validate(raw)
+    raw["train"] = {"distributed": "zero3"}
+    with pytest.raises(LmtuneError, match="train.distributed"):
+        validate(raw)
 
 
 def test_load_config_defaults_output_dir_to_config_name(tmp_path, monkeypatch):

@@ -71,8 +71,22 @@ def test_an_epoch_resumed_with_other_process_counts_sees_every_example_once(segm
         assert sorted(i for part in rest[0].batches() for i in part) == list(range(83))
 
 
+def _worker(cfg: dict, tmp_path: Path, name: str) -> tuple[dict, dict]:
+    """Train `cfg` on 2 processes under torchrun; the per-process records of distributed_worker.py."""
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path / f"{name}.yaml"), str(tmp_path / f"{name}-sums")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tuple(json.loads((tmp_path / f"{name}-sums" / f"rank{r}.json").read_text()) for r in (0, 1))
+
+
 @pytest.mark.slow
-def test_two_processes_train_like_one_with_the_doubled_batch(tiny_bert, tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_processes_train_like_one_with_the_doubled_batch(tiny_bert, tmp_path, distributed):
     # 96 = 6 full global batches of 16: with a short last batch, each process's mean loss would
     # count as much as the other's, a slightly different weighting from one process's mean
     train = write_sentiment(tmp_path / "train.csv", 96, seed=1)
@@ -83,17 +97,14 @@ def test_two_processes_train_like_one_with_the_doubled_batch(tiny_bert, tmp_path
         "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "dropout": 0.0, "log_steps": 1,
                   "eval_batch_size": 16},
     }
-    two = {**base, "output_dir": str(tmp_path / "two")}
-    (tmp_path / "two.yaml").write_text(yaml.safe_dump(two))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path / "two.yaml"), str(tmp_path / "sums")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0, rank1 = (json.loads((tmp_path / "sums" / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert rank0 == rank1 and len(rank0) > 10  # DDP: the same parameters on both processes
+    two = {**base, "output_dir": str(tmp_path / "two"), "train": {**base["train"], "distributed": distributed}}
+    rank0, rank1 = _worker(two, tmp_path, "two")
+    assert rank0["params"] == rank1["params"] and len(rank0["params"]) > 10  # the same model on both processes
+    total = sum(p.numel() for p in lmtune.load(tmp_path / "two").model.parameters())
+    if distributed == "ddp":
+        assert rank0["held"] == rank1["held"] == total  # a whole copy each
+    else:
+        assert rank0["held"] + rank1["held"] == total and max(rank0["held"], rank1["held"]) < 0.55 * total  # halves
 
     one = {**base, "output_dir": str(tmp_path / "one"), "train": {**base["train"], "batch_size": 16, "eval_batch_size": 32}}
     single = lmtune.train(one, progress=False)
@@ -116,6 +127,18 @@ def test_two_processes_train_like_one_with_the_doubled_batch(tiny_bert, tmp_path
     alone = lmtune.load(tmp_path / "two").evaluate_file(val)
     assert gathered["accuracy"] == alone["accuracy"]
     assert gathered["loss"] == pytest.approx(alone["loss"], abs=1e-5)
+
+    if distributed == "fsdp":  # the last checkpoint's shards load whole into one process without a process group
+        from transformers import AutoModelForSequenceClassification
+
+        from lmtune import sharding
+
+        model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "two" / "model")
+        optimizer = torch.optim.AdamW(model.parameters())
+        sharding.load_shards(tmp_path / "two" / "checkpoints" / "last", model, optimizer)
+        sums = {n: float(p.detach().double().sum()) for n, p in model.named_parameters()}
+        assert sums == pytest.approx(rank0["params"], abs=1e-6)
+        assert len(optimizer.state) == len(sums)  # the optimizer's moments too
 
 
 @pytest.mark.slow

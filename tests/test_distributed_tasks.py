@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import lmtune
@@ -107,21 +108,43 @@ def test_a_killed_process_stops_the_run_and_it_resumes_on_one(tiny_bert, tmp_pat
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["train"]["steps"] > saved["step"]
 
 
-def test_a_run_stopped_mid_epoch_resumes_with_another_number_of_processes(tiny_bert, tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_a_run_stopped_mid_epoch_resumes_with_another_number_of_processes(tiny_bert, tmp_path, distributed):
     from .conftest import write_sentiment
     from .test_resume import Killed, _kill_at
 
     train = write_sentiment(tmp_path / "train.csv", 60, seed=1)
     val = write_sentiment(tmp_path / "val.csv", 12, seed=2)
     cfg = {"model": str(tiny_bert), "output_dir": str(tmp_path / "out"), "data": {"train": str(train), "validation": str(val)},
-           "train": {**TRAIN, "epochs": 2, "batch_size": 4, "eval_steps": 5, "metric": "loss"}}
+           "train": {**TRAIN, "epochs": 2, "batch_size": 4, "eval_steps": 5, "metric": "loss", "distributed": distributed}}
     with pytest.raises(Killed):  # one process, 15 batches an epoch: stopped after the checkpoint of step 10
         lmtune.train(cfg, progress=False, on_evaluate=_kill_at(15))
     last = tmp_path / "out" / "checkpoints" / "last" / "loop_state.json"
     assert json.loads(last.read_text())["batches_in_epoch"] == 10
+    assert (last.parent / "sharded").is_dir() == (distributed == "fsdp")  # FSDP: torch.distributed.checkpoint
 
     proc = _run(cfg, tmp_path, "--resume", "--nproc", "2")  # the 20 examples left of epoch 1 in global batches of 8
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "written by 1 process(es), going on with 2: global batch 8, 21 steps in all" in proc.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 10 + 3 + 8  # then epoch 2: 60 examples in global batches of 8
+
+
+def test_fsdp_shards_a_decoder_with_tied_embeddings_under_gradual_unfreezing(tiny_llama, tmp_path):
+    """The LM head shares the embedding matrix, the loss runs chunk by chunk, and gradual unfreezing
+    switches on parameters that FSDP has replaced by shards."""
+    train = _jsonl(tmp_path / "chats.jsonl", CHATS * 4)
+    cfg = {"model": str(tiny_llama), "task": "causal_lm", "output_dir": str(tmp_path / "out"),
+           "data": {"train": str(train), "max_length": 64},
+           "strategy": {"name": "gradual", "unfreeze_every": 1, "unit": "step"},
+           "train": {**TRAIN, "epochs": 2, "distributed": "fsdp"}}
+    proc = _run(cfg, tmp_path, "--nproc", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gradual unfreezing: the embeddings unfrozen" in proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["validation"]
+    alone = lmtune.load(tmp_path / "out").evaluate_file(tmp_path / "chats.jsonl")  # the saved model loads whole
+    assert metrics["perplexity"] > 1 and alone["perplexity"] > 1
+    from safetensors.torch import load_file
+
+    before, after = load_file(tiny_llama / "model.safetensors"), load_file(tmp_path / "out" / "model" / "model.safetensors")
+    assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])  # trained, shards and all

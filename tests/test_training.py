@@ -18,7 +18,7 @@ from .conftest import WORDS, tiny_config
 def test_run_folder_holds_everything(tiny_bert, toy_data, tmp_path):
     cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=6, lr=3e-3, dropout=0.0)
     cfg["data"]["test"] = str(toy_data["test"])
-    result = lmtune.train(cfg, progress=False)
+    lmtune.train(cfg, progress=False)
     run = tmp_path / "run"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["lr"] == 3e-3 and saved["strategy"] == {"name": "full"}
