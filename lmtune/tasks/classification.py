@@ -10,7 +10,7 @@ import numpy as np
 from ..data.readers import Table, read_table
 from ..data.split import grouped_split
 from ..errors import LmtuneError
-from .common import TaskData, tokenize_texts
+from .common import TaskData, load_labelled_model, tokenize_texts
 
 METRICS = (
     "accuracy",
@@ -154,17 +154,7 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    from ..models import load_pretrained
-
-    return load_pretrained(
-        AUTO_MODEL,
-        path,
-        dropout=cfg.train.dropout,
-        attn_implementation=attn_implementation,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
+    return load_labelled_model(AUTO_MODEL, path, cfg, labels, attn_implementation)
 
 
 def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Any:

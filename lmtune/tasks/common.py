@@ -1,4 +1,4 @@
-"""Pieces that several tasks share: the data bundle and tokenization with truncation counts."""
+"""Pieces that several tasks share: the data bundle, tokenization with truncation counts, a model with a label head."""
 
 from __future__ import annotations
 
@@ -28,3 +28,18 @@ def tokenize_texts(
     if truncated:
         full = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
     return dict(full), truncated
+
+
+def load_labelled_model(auto_model: str, path: Any, cfg: Any, labels: list[str], attn_implementation: str | None) -> Any:
+    """A pretrained model with a fresh head of one output per label, the labels named in its config."""
+    from ..models import load_pretrained
+
+    return load_pretrained(
+        auto_model,
+        path,
+        dropout=cfg.train.dropout,
+        attn_implementation=attn_implementation,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )

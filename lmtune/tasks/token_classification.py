@@ -27,7 +27,7 @@ import numpy as np
 from ..data.conll import ConllTable, read_conll
 from ..data.readers import Table, read_table
 from ..errors import LmtuneError
-from .common import TaskData
+from .common import TaskData, load_labelled_model
 
 METRICS = ("f1", "precision", "recall", "accuracy", "loss")
 GREATER_IS_BETTER = {m: m != "loss" for m in METRICS}
@@ -301,17 +301,7 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    from ..models import load_pretrained
-
-    return load_pretrained(
-        AUTO_MODEL,
-        path,
-        dropout=cfg.train.dropout,
-        attn_implementation=attn_implementation,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
+    return load_labelled_model(AUTO_MODEL, path, cfg, labels, attn_implementation)
 
 
 def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Any:
