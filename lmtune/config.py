@@ -230,6 +230,10 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute each layer's activations in the backward pass: far less memory, about 30% more time"
     )
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="compile the transformer block with torch.compile, once for all blocks: causal-LM steps "
+        "about 1.4x faster on CPU and less memory, a few seconds to start; auto: causal_lm runs of 20 steps or more"
+    )
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="several processes: ddp (a whole model on each) or fsdp (parameters, gradients and "
         "optimizer state sharded between them, for a model that does not fit one device)"

@@ -99,6 +99,28 @@ def choose_attention(setting: str, device_type: str, lengths: list[int], eager_m
     return "sdpa"
 
 
+COMPILE_MIN_STEPS = 20  # train.compile: auto: below this, compiling (seconds) would not pay for itself
+
+
+def compile_blocks(model: Any) -> None:
+    """torch.compile each transformer block in place ("regional" compilation: the blocks share
+    their code, so it is compiled once and reused by all of them, in seconds rather than minutes
+    for the whole model). Measured on SmolLM2-135M, bf16, 2-core CPU: 4.12 -> 2.87 s a step (8 rows
+    of about 200 tokens), peak memory 6.7 -> 5.4 GB; the gain is in the elementwise work (norms,
+    rotary embeddings, activations) that compilation fuses; none on MiniLM, whose short steps are
+    all matrix products."""
+    import torch._dynamo
+
+    # A block may be compiled a few times over: training and evaluation (grad mode), a batch of one
+    # row (sizes 0 and 1 are specialised), a first block whose input needs no gradient (frozen
+    # embeddings under LoRA). Those are a handful of variants, not the per-call recompiles that the
+    # default limit of 8 guards against.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    _, blocks = strategies.find_blocks(model)
+    for block in blocks:
+        block.compile(dynamic=True)
+
+
 def make_accelerator(precision: str) -> Any:
     """An Accelerator for one run. accelerate keeps its settings in a process-wide singleton, so a
     second run in the same process (a search, a test, a notebook) with another precision would be
@@ -301,6 +323,9 @@ def train(
                 f"global batch {t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, "
                 f"{total_steps} steps in all")
         state.processes = accelerator.num_processes
+    compiled = t.compile is True or (t.compile == "auto" and cfg.task == "causal_lm" and total_steps >= COMPILE_MIN_STEPS and not fsdp)
+    if compiled:
+        compile_blocks(accelerator.unwrap_model(model))
     from transformers import get_scheduler
 
     scheduler = get_scheduler(
@@ -325,7 +350,8 @@ def train(
     log(
         f"training on {accelerator.num_processes} x {accelerator.device.type}"
         f"{' (FSDP: parameters, gradients and optimizer state sharded)' if fsdp and accelerator.num_processes > 1 else ''}, precision "
-        f"{accelerator.mixed_precision}, {attention} attention: {len(features['train'])} examples, global batch "
+        f"{accelerator.mixed_precision}, {attention} attention{', compiled blocks' if compiled else ''}: "
+        f"{len(features['train'])} examples, global batch "
         f"{t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, {total_steps} steps"
     )
     stopped_early = fit(

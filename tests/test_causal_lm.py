@@ -241,3 +241,24 @@ def test_data_preview_marks_trained_tokens(tiny_llama, tmp_path, capsys):
     assert main(["data", "preview", str(cfg), "-n", "1"]) == 0
     out = capsys.readouterr().out
     assert "[[twelve euro please . <|im_end|>]]" in out and "1 trained" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [{"name": "full"}, {"name": "lora", "r": 4, "dropout": 0.0}])
+def test_compiled_blocks_train_like_plain_ones(tiny_llama, tmp_path, strategy, capfd):
+    """train.compile: the same losses (fp32) as without it, LoRA adapters inside the blocks and the
+    packed attention path included, and no recompilation per block (the KV cache is off). (Without
+    dropout: compiled dropout draws its masks from another random stream.)"""
+    train = _jsonl(tmp_path / "c.jsonl", CHATS * 4)
+    runs = {}
+    for compiled in (False, True):
+        cfg = _cfg(tiny_llama, tmp_path / str(compiled), train, packing=True)
+        cfg["strategy"] = strategy
+        cfg["train"].update(compile=compiled, epochs=2, gradient_checkpointing=True)
+        cfg["eval"] = {"generate_rows": 0}
+        runs[compiled] = lmtune.train(cfg, progress=False)
+    losses = {k: [h["loss"] for h in r.history if "loss" in h] for k, r in runs.items()}
+    assert len(losses[True]) == len(losses[False]) >= 4
+    assert losses[True] == pytest.approx(losses[False], abs=2e-4)
+    assert runs[True].metrics["validation"]["loss"] == pytest.approx(runs[False].metrics["validation"]["loss"], abs=2e-4)
+    assert "recompil" not in capfd.readouterr().err.lower()

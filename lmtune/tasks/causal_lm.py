@@ -316,11 +316,16 @@ class Collator:
     With `trained_logits_only`, the batch also says which positions predict a trained token
     (`logits_to_keep`, a boolean mask) and their targets (`shift_labels`): the model then runs its
     LM head (vocabulary-sized, the largest matrix product of a small model) and the loss only
-    there, not on prompt and padding positions. The loss is the same mean over trained tokens."""
+    there, not on prompt and padding positions. The loss is the same mean over trained tokens.
 
-    def __init__(self, pad_id: int, trained_logits_only: bool = False) -> None:
+    With `no_cache`, the batch turns the model's KV cache off: a forward pass that is not
+    generating has no use for one, and building it every step costs time (and makes compiled
+    blocks recompile)."""
+
+    def __init__(self, pad_id: int, trained_logits_only: bool = False, no_cache: bool = False) -> None:
         self.pad_id = pad_id
         self.trained_logits_only = trained_logits_only
+        self.no_cache = no_cache
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -345,6 +350,8 @@ class Collator:
             keep[:, :-1] = labels[:, 1:] != IGNORE
             batch["logits_to_keep"] = keep
             batch["shift_labels"] = labels[:, 1:][keep[:, :-1]]
+        if self.no_cache:
+            batch["use_cache"] = False
         return batch
 
 
@@ -353,7 +360,8 @@ def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     supported = base is not None and "logits_to_keep" in inspect.signature(base.forward).parameters
-    return Collator(tokenizer.pad_token_id, trained_logits_only=supported)
+    no_cache = base is not None and "use_cache" in inspect.signature(type(base).forward).parameters
+    return Collator(tokenizer.pad_token_id, trained_logits_only=supported, no_cache=no_cache)
 
 
 def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
