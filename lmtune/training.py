@@ -553,7 +553,8 @@ def finish(
     metrics: dict[str, Any] = {}
     for name, loader in loaders.items():
         metrics[name] = eval_metrics(task, model, loader, accelerator, labels, cfg)
-    with accelerator.autocast():
+    # generation runs the blocks eagerly: its growing KV cache would make compiled blocks recompile
+    with accelerator.autocast(), torch.compiler.set_stance("force_eager"):
         metrics["validation"].update(task.extra_metrics(accelerator.unwrap_model(model), tokenizer, data, cfg))
     seconds = max(state.train_seconds, 1e-9)
     metrics["train"] = {
