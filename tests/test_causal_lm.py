@@ -256,9 +256,21 @@ def test_compiled_blocks_train_like_plain_ones(tiny_llama, tmp_path, strategy, c
         cfg = _cfg(tiny_llama, tmp_path / str(compiled), train, packing=True)
         cfg["strategy"] = strategy
         cfg["train"].update(compile=compiled, epochs=2, gradient_checkpointing=True)
+        cfg["eval"] = {"generate_rows": 0}  # (generation: below)
         runs[compiled] = lmtune.train(cfg, progress=False)
     losses = {k: [h["loss"] for h in r.history if "loss" in h] for k, r in runs.items()}
     assert len(losses[True]) == len(losses[False]) >= 4
     assert losses[True] == pytest.approx(losses[False], abs=2e-4)
     assert runs[True].metrics["validation"]["loss"] == pytest.approx(runs[False].metrics["validation"]["loss"], abs=2e-4)
     assert "recompil" not in capfd.readouterr().err.lower()
+
+    # generation after training runs the blocks eagerly: the same run again, generating, compiles nothing new
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    cfg = _cfg(tiny_llama, tmp_path / "again", train, packing=True)
+    cfg["strategy"] = strategy
+    cfg["train"].update(compile=True, epochs=2, gradient_checkpointing=True)
+    cfg["eval"] = {"generate_rows": 3, "max_new_tokens": 6}
+    assert lmtune.train(cfg, progress=False).metrics["validation"]["generated_rows"] == 3
+    assert counters["stats"]["unique_graphs"] == before
