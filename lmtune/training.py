@@ -522,7 +522,8 @@ def save_checkpoint(accelerator: Any, run: RunDir, state: LoopState, shards: tup
     accelerator.save_state(str(tmp))
     if shards is not None:
         sharding.save_shards(tmp, *shards)
-        accelerator.wait_for_everyone()
+    # every process has written its part (its random state, its shards) before the folder is renamed
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "loop_state.json").write_text(json.dumps(state.__dict__) + "\n")
         replace_dir_atomic(tmp, run.last)

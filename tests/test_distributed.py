@@ -100,6 +100,8 @@ def test_two_processes_train_like_one_with_the_doubled_batch(tiny_bert, tmp_path
     two = {**base, "output_dir": str(tmp_path / "two"), "train": {**base["train"], "distributed": distributed}}
     rank0, rank1 = _worker(two, tmp_path, "two")
     assert rank0["params"] == rank1["params"] and len(rank0["params"]) > 10  # the same model on both processes
+    last = tmp_path / "two" / "checkpoints" / "last"  # each process's random state, in the renamed folder
+    assert (last / "random_states_0.pkl").is_file() and (last / "random_states_1.pkl").is_file()
     total = sum(p.numel() for p in lmtune.load(tmp_path / "two").model.parameters())
     if distributed == "ddp":
         assert rank0["held"] == rank1["held"] == total  # a whole copy each
