@@ -337,7 +337,6 @@ def train(
     accelerator.register_for_checkpointing(scheduler)
 
     if resume:
-        ckpt = run.last_checkpoint()
         accelerator.load_state(str(ckpt))
         if fsdp:
             sharding.load_shards(ckpt, model, optimizer)
@@ -386,6 +385,8 @@ def fit(
     t = cfg.train
     main = accelerator.is_main_process
     sharded = sharding.is_sharded(model)
+    # a model that accelerate prepared autocasts itself; an FSDP one (not prepared) is autocast here
+    autocast = accelerator.autocast if t.distributed == "fsdp" else contextlib.nullcontext
     greater = task.GREATER_IS_BETTER[t.metric]
     accum = t.gradient_accumulation_steps
     bar = tqdm(total=total_steps, initial=state.step, disable=not (main and progress), unit="step", dynamic_ncols=True)
@@ -414,7 +415,7 @@ def fit(
             if sharded:  # reduce-scatter the gradients only at the last micro-batch of a step
                 model.set_requires_gradient_sync(sync)
             with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
-                with accelerator.autocast():  # (a model that accelerate prepared autocasts itself too)
+                with autocast():
                     loss = model(**batch).loss
                 accelerator.backward(loss / accum)
             n = batch["input_ids"].shape[0] * accelerator.num_processes

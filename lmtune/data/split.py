@@ -38,8 +38,6 @@ def grouped_holdout(table, column: str, size: float, seed: int) -> tuple[list[in
 
 def json_key(value: object) -> str:
     """A hashable, exact key for a cell (numbers, strings, lists alike)."""
-    import json
-
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
@@ -151,8 +149,7 @@ def split_file(
     labels, groups = array("i"), array("Q")
     for _, row in reader:
         labels.append(label_ids.setdefault(str(row.get(label_key)), len(label_ids)))
-        value = row.get(group_column) if group_column else normalise(str(row.get(text_column) or ""))
-        groups.append(digest(value if isinstance(value, str) else json.dumps(value, sort_keys=True)))
+        groups.append(digest(json_key(row.get(group_column)) if group_column else normalise(str(row.get(text_column) or ""))))
     if not len(labels):
         raise LmtuneError(f"{path}: no examples in the file")
     if label_column is None and label_key in reader.columns:
