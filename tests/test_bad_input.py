@@ -327,3 +327,27 @@ def test_too_many_answers_that_miss_their_answer_start(ws, capsys):
     msg = one(expect_error(capsys, ws, "train", cfg))
     assert "5 of 10 answers do not match the context at their answer_start (first at qa.jsonl:1)" in msg
     assert "data.max_broken_answers=0.05" in msg
+
+
+# ---------------------------------------------------------------- data commands (streamed files)
+
+JSONL = '{"text": "good movie", "label": "pos"}\n{"text": "bad movie", "label": "neg"}\n{"txt": "x", "label": "pos"}\n'
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["data", "split", "train.csv", "-o", "parts", "--ratios", "0.8,0.1"], "--ratios '0.8,0.1': the shares sum to 0.9, not 1"),
+    (["data", "split", "train.csv", "-o", "parts", "--ratios", "0.5,0.25,0.25"],
+     "train.csv: label 'negative' has 2 example(s) in 2 group(s): too few to put some in every part"),
+    (["data", "split", "train.csv", "-o", "parts", "--text-column", "review"], "train.csv: no column 'review'; columns are: text, label"),
+    (["data", "clean", "t.jsonl", "-o", "clean.jsonl", "--text-column", "review"],
+     "t.jsonl: no column 'review'; columns are: text, label, txt"),
+    (["data", "augment", "t.jsonl", "-o", "aug.jsonl", "--text-column", "review"],
+     "t.jsonl: no column 'review'; columns are: text, label, txt"),
+    (["data", "augment", "bad.csv", "-o", "aug.csv"], "bad.csv:3: expected 2 fields (text, label), found 3"),
+    (["data", "inspect", "bad.jsonl"], "bad.jsonl:2: invalid JSON"),
+])
+def test_data_commands_reject_bad_input_in_one_line_and_write_nothing(ws, capsys, argv, expected):
+    (ws / "t.jsonl").write_text(JSONL)
+    (ws / "bad.csv").write_text("text,label\ngood,pos\nworse,neg,extra\n")
+    (ws / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    assert one(expect_error(capsys, ws, *argv)).startswith(expected)
