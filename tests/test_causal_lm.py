@@ -244,12 +244,11 @@ def test_data_preview_marks_trained_tokens(tiny_llama, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", [{"name": "full"}, {"name": "lora", "r": 4, "dropout": 0.0}])
+@pytest.mark.parametrize("strategy", [{"name": "full"}, {"name": "lora", "r": 4, "dropout": 0.2}])
 def test_compiled_blocks_train_like_plain_ones(tiny_llama, tmp_path, strategy, capfd):
-    """train.compile: the same losses (fp32) as without it, LoRA adapters inside the blocks and the
-    packed attention path included, no recompilation per block (the KV cache is off in training and
-    evaluation; generation runs eagerly). (Without
-    dropout: compiled dropout draws its masks from another random stream.)"""
+    """train.compile: the same losses (fp32) as without it, LoRA adapters (and their dropout masks,
+    drawn outside the compiled code) inside the blocks and the packed attention path included, no
+    recompilation per block (the KV cache is off in training and evaluation; generation runs eagerly)."""
     train = _jsonl(tmp_path / "c.jsonl", CHATS * 4)
     runs = {}
     for compiled in (False, True):
