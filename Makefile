@@ -13,6 +13,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# property tests: derandomized (the same examples every run) in CI, exploring elsewhere (tests/conftest.py)
+export LMTUNE_HYPOTHESIS_PROFILE := $(if $(CI),ci,dev)
 
 .PHONY: install demo test test-fast bench clean
 
@@ -37,6 +39,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
+	$(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/classification.py
 	$(PY) benchmarks/causal_lm.py
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import LmtuneError
+from .tasks import TASKS
 
 
 def _print_json(obj: object) -> None:
@@ -38,7 +39,7 @@ def _launch(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    argv = ["-m", "lmtune", "train", args.config, *args.overrides]
+    argv = ["-m", "lmtune", "train", *([args.config] if args.config else []), *args.overrides]
     argv += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite),
                                    ("--no-progress", args.no_progress)) if on]
     config = LaunchConfig(
@@ -59,7 +60,8 @@ def _launch(args: argparse.Namespace) -> int:
         if code != 2:  # exit 2: the process has said what was wrong in one line already
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             print(f"lmtune: error: process {rank} of {args.nproc} stopped ({how}); the others were stopped; "
-                  f"resume with lmtune train {args.config} --resume", file=sys.stderr)
+                  f"resume with lmtune train {' '.join([*([args.config] if args.config else []), *args.overrides])} --resume",
+                  file=sys.stderr)
         return 2 if code == 2 else 1
     return 0
 
@@ -69,10 +71,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .predict import Predictor
 
     if is_generative(args.run_dir):
+        _no_columns_for_generation(args)
         _print_json(Generator.load(args.run_dir).evaluate_file(args.data_file))
         return 0
     predictor = Predictor.from_run(args.run_dir)
-    metrics = predictor.evaluate_file(args.data_file)
+    metrics = predictor.evaluate_file(args.data_file, columns=args.columns)
     per_class = metrics.pop("per_class", None)
     if per_class:
         width = max(len(k) for k in per_class)
@@ -85,6 +88,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics["per_class"] = per_class
     _print_json(metrics)
     return 0
+
+
+def _no_columns_for_generation(args: argparse.Namespace) -> None:
+    if args.columns is not None:
+        raise LmtuneError(f"--columns: {args.run_dir} generates text; its files are read with their header "
+                          "(or as JSON lines or plain text), so column names are not taken")
 
 
 def _write_lines(lines: list[str], args: argparse.Namespace) -> None:
@@ -134,9 +143,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Predictor
 
     if is_generative(args.run_dir):
+        _no_columns_for_generation(args)
         return _predict_generations(args)
     predictor = Predictor.from_run(args.run_dir)
-    _, texts, pairs = predictor.read_inputs(args.input_file)
+    _, texts, pairs = predictor.read_inputs(args.input_file, columns=args.columns)
     predictions = predictor.predict(texts, pairs)
     lines = []
     for i, (text, pred) in enumerate(zip(texts, predictions)):
@@ -171,8 +181,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         from . import models
 
         tokenizer = models.load_tokenizer(models.resolve(args.model))
-    report = inspect_file(args.file, text_column=args.text_column, label_column=args.label_column,
-                          tokenizer=tokenizer, max_length=args.max_length, fmt=args.format)
+    report = inspect_file(args.file, text_column=args.text_column or "text", label_column=args.label_column,
+                          tokenizer=tokenizer, max_length=args.max_length, fmt=args.format, columns=args.columns)
     print(json.dumps(report) if args.json else render(report))
     return 0
 
@@ -189,7 +199,8 @@ def cmd_data_clean(args: argparse.Namespace) -> int:
             raise LmtuneError(f"{target} exists; use --overwrite to replace it")
     options = CleanOptions(strip_html=args.strip_html, lowercase=args.lowercase, min_chars=args.min_chars,
                            max_chars=args.max_chars, dedupe=args.dedupe, conflicts=args.conflicts)
-    summary, rows = clean_file(src, out, dropped_file, args.text_column, args.label_column, options)
+    summary, rows = clean_file(src, out, dropped_file, args.text_column or "text", args.label_column, options,
+                               fmt=args.format, columns=args.columns)
     reasons = ", ".join(f"{k} {v}" for k, v in summary["dropped_by_reason"].items()) or "none"
     print(f"kept {summary['kept']} of {rows} rows -> {out}; dropped: {reasons} (each with its line in "
           f"{dropped_file}); {summary['texts_changed']} texts changed", file=sys.stderr)
@@ -218,7 +229,12 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
 
         model = models.resolve(args.model)
     if tagged:  # sentences are held: entity mentions are swapped between them
-        d = argparse.Namespace(format="auto", tag_column_index=-1, tokens_column="tokens", tags_column="tags")
+        for flag, value in (("--text-column", args.text_column), ("--label-column", args.label_column),
+                            ("--columns", args.columns)):
+            if value is not None:
+                raise LmtuneError(f"{flag}: tagged sentences are read as tokens and tags (CoNLL columns, or "
+                                  f"JSON lines with 'tokens' and 'tags'), not from named columns")
+        d = argparse.Namespace(format=args.format, tag_column_index=-1, tokens_column="tokens", tags_column="tags")
         table = ner.read_sentences(src, d)
         ner.check_tags(table, args.tag_scheme)
         words = {t.lower() for r in table.rows for t, tag in zip(r["tokens"], r["tags"]) if tag == "O"}
@@ -227,21 +243,22 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
         write_rows(out, [], ([*({**r, "augmented_from": None} for r in table.rows), *new]), "jsonl")
         rows, copies = len(table), len(new)
     else:  # streamed: the rows as they are, then (a second reading) their copies
-        reader = RowReader(src)
-        if reader.columns:
-            reader.require_columns(args.text_column)
+        text_column = args.text_column or "text"
+        reader = RowReader(src, args.format, columns=args.columns)
+        if reader.columns:  # (the label column is not used, only checked: the copies keep it)
+            reader.require_columns(text_column, args.label_column)
         words: set[str] = set()
         with RowWriter(out, [*reader.columns, "augmented_from"], "jsonl" if reader.format == "json" else reader.format) as w:
             for _, row in reader:
                 w.write(row)
                 if model is not None:
-                    words.update(x.lower() for x in str(row.get(args.text_column) or "").split())
+                    words.update(x.lower() for x in str(row.get(text_column) or "").split())
             if not w.rows:
                 raise LmtuneError(f"{src}: no examples in the file")
-            reader.require_columns(args.text_column)
+            reader.require_columns(text_column, args.label_column)
             rows = w.rows
             synonyms = gather_synonyms(args.synonyms, model, words)
-            for row in augment_stream(reader, args.text_column, options, synonyms, args.seed):
+            for row in augment_stream(reader, text_column, options, synonyms, args.seed):
                 w.write(row)
             copies = w.rows - rows
     what = "sentences" if tagged else "rows"
@@ -254,8 +271,9 @@ def cmd_data_split(args: argparse.Namespace) -> int:
     from .data.split import parse_ratios, split_file
 
     report = split_file(args.file, args.output, parse_ratios(args.ratios), seed=args.seed,
-                        text_column=args.text_column, label_column=args.label_column,
-                        group_column=args.group_column, overwrite=args.overwrite)
+                        text_column=args.text_column or "text", label_column=args.label_column,
+                        group_column=args.group_column, overwrite=args.overwrite, fmt=args.format,
+                        columns=args.columns)
     for name, part in report.items():
         labels = ", ".join(f"{k} {v}" for k, v in part.get("labels", {}).items())
         print(f"{name}: {part['rows']} rows -> {part['file']}" + (f" ({labels})" if labels else ""), file=sys.stderr)
@@ -269,6 +287,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     from .data.readers import Table
     from .tasks import get_task
     from .tasks.causal_lm import show_mask
+    from .training import resolve_defaults
 
     cfg = load_config(args.config, args.overrides)
     if cfg.task != "causal_lm":
@@ -276,6 +295,9 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     task = get_task(cfg.task)
     data = task.load_data(cfg)
     tokenizer = models.load_tokenizer(models.resolve(cfg.model))
+    cfg, _, notes = resolve_defaults(cfg, task, data, tokenizer)  # data.max_length: auto, from all training rows
+    for note in notes:
+        print(note, file=sys.stderr)
     t = data.train
     first = Table(t.path, t.columns, t.rows[: args.n], t.lines[: args.n])
     unpacked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"packing": False})})
@@ -290,7 +312,8 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
         print(show_mask(f, tokenizer, color=color))
         print()
     if truncated:
-        print(f"{truncated} of these examples were truncated to data.max_length={cfg.data.max_length}")
+        how = f": {truncated.describe()}" if hasattr(truncated, "describe") else ""
+        print(f"{truncated} of these examples were truncated to data.max_length={cfg.data.max_length}{how}")
     return 0
 
 
@@ -310,7 +333,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from .config import reference
 
-    for key, kind, default, description in reference():
+    for key, kind, default, description in reference(args.task):
         if not kind:
             print(f"\n{key}\n    {description}")
             continue
@@ -322,6 +345,45 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
     p.add_argument("--top-p", type=float, default=1.0)
+
+
+def _column_list(text: str) -> list[str]:
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names such as text,label, got {text!r}")
+    return names
+
+
+COLUMNS_HELP = "column names of a CSV/TSV file without a header (its first line is then data), e.g. text,label"
+
+
+class _Unused(argparse.Action):
+    """A common data-command flag that this command has no use for: a one-line error, not an
+    'unrecognized argument' (nor silently ignored)."""
+
+    def __init__(self, option_strings: list[str], dest: str, reason: str = "", **kwargs: object) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.reason = reason
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string}: {self.reason}")
+
+
+def _column_flags(p: argparse.ArgumentParser, *, group: str | None = None) -> None:
+    """The column options that every data command takes, added here so that the commands cannot
+    drift apart. `group`: what --group-column does for this command (None: it is an error here)."""
+    p.add_argument("--text-column", default=None, help="column with the text (default: text)")
+    p.add_argument("--label-column", default=None, help="column with the label (default: 'label' when the file has it)")
+    if group:
+        p.add_argument("--group-column", default=None, help=group)
+    else:
+        p.add_argument("--group-column", action=_Unused, default=None, help=argparse.SUPPRESS,
+                       reason=f"only lmtune data split uses it (rows sharing a value stay in one part); "
+                              f"{p.prog} does not")
+    p.add_argument("--columns", type=_column_list, default=None, metavar="NAME,NAME", help=COLUMNS_HELP)
+    p.add_argument("--format", default="auto", choices=["auto", "csv", "tsv", "jsonl", "json"],
+                   help="file format (auto: by the extension)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -336,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="fine-tune as a YAML config says")
-    t.add_argument("config", help="YAML run config")
+    t.add_argument("config", help="YAML run config (or, without one, the first key=value: every key on the command line)")
     t.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.lr=3e-5")
     t.add_argument("--resume", action="store_true", help="continue an unfinished run from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -348,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="metrics of a run's model on a labelled file (JSON on the last line)")
     e.add_argument("run_dir")
     e.add_argument("data_file")
+    e.add_argument("--columns", type=_column_list, default=None, metavar="NAME,NAME",
+                   help=COLUMNS_HELP + " (default: the run's data.columns)")
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="predict (or generate) for each input row, one JSON line each")
@@ -358,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", help="write JSON lines here instead of stdout")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     pr.add_argument("--prompt-template", help="generation: prompt from columns, e.g. 'Summarize:\\n{dialogue}'")
+    pr.add_argument("--columns", type=_column_list, default=None, metavar="NAME,NAME",
+                    help=COLUMNS_HELP + " (default: the run's data.columns)")
     _generation_flags(pr)
     pr.set_defaults(func=cmd_predict)
 
@@ -384,18 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     dp.set_defaults(func=cmd_data_preview)
     di = dsub.add_parser("inspect", help="rows, duplicates, conflicting labels, label balance, lengths, encoding problems")
     di.add_argument("file")
-    di.add_argument("--text-column", default="text")
-    di.add_argument("--label-column", default=None, help="default: 'label' when the file has it")
+    _column_flags(di)
     di.add_argument("--model", default=None, help="count lengths in this model's tokens (a bundled name or a folder)")
     di.add_argument("--max-length", type=int, default=None, help="with --model: count texts longer than this")
-    di.add_argument("--format", default="auto", choices=["auto", "csv", "tsv", "jsonl", "json"])
     di.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     di.set_defaults(func=cmd_data_inspect)
     dc = dsub.add_parser("clean", help="normalise texts; drop empty, out-of-range, conflicting and duplicate rows, each with its reason")
     dc.add_argument("file")
     dc.add_argument("-o", "--output", required=True, help="the cleaned file; dropped.jsonl is written beside it")
-    dc.add_argument("--text-column", default="text")
-    dc.add_argument("--label-column", default=None, help="default: 'label' when present")
+    _column_flags(dc)
     dc.add_argument("--strip-html", action="store_true", help="remove HTML tags and unescape entities")
     dc.add_argument("--lowercase", action="store_true")
     dc.add_argument("--min-chars", type=int, default=None)
@@ -408,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     da = dsub.add_parser("augment", help="EDA augmentation: random deletion, swap, insertion and synonym replacement")
     da.add_argument("file")
     da.add_argument("-o", "--output", required=True, help="the rows and their augmented copies")
-    da.add_argument("--text-column", default="text")
+    _column_flags(da)
     da.add_argument("--task", choices=["classification", "token_classification"], default=None,
                     help="token_classification: tagged sentences (CoNLL, or JSON lines of tokens and tags), tags kept "
                     "aligned; default: token_classification for .conll, .iob and .bio files")
@@ -428,10 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("file")
     ds.add_argument("--ratios", default="0.8,0.1,0.1", help="shares of train, validation[, test]; they sum to 1")
     ds.add_argument("-o", "--output", required=True, help="folder for train/validation/test files")
-    ds.add_argument("--text-column", default="text")
-    ds.add_argument("--label-column", default=None, help="stratify by this column (default: 'label' when present)")
-    ds.add_argument("--group-column", default=None,
-                    help="rows sharing a value stay in one part (default: rows with the same normalised text)")
+    _column_flags(ds, group="rows sharing a value stay in one part (default: rows with the same normalised text)")
     ds.add_argument("--seed", type=int, default=42)
     ds.add_argument("--overwrite", action="store_true")
     ds.set_defaults(func=cmd_data_split)
@@ -440,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
     k = sub.add_parser("keys", help="every config key with its default and meaning")
+    k.add_argument("--task", choices=TASKS, default=None, help="only the keys that apply to this task")
     k.set_defaults(func=cmd_keys)
     return p
 
@@ -459,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "overrides"):
         args.overrides += [x for x in extra if not x.startswith("-")]
         extra = [x for x in extra if x.startswith("-")]
+        # no YAML, only keys: `lmtune train model=minilm-l6 data.train=reviews.csv`
+        if "=" in args.config and not Path(args.config).is_file():
+            args.overrides.insert(0, args.config)
+            args.config = None
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

@@ -14,13 +14,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic_core import PydanticCustomError
 
 from .errors import LmtuneError
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+def only(*tasks: str) -> dict[str, Any]:
+    """Field metadata: the key applies to these tasks only (giving it in a run of another task is a
+    config error; `lmtune keys --task` leaves it out)."""
+    return {"tasks": list(tasks)}
+
+
+def key_tasks(field: Any) -> list[str] | None:
+    """The tasks a config field applies to, or None for every task."""
+    extra = field.json_schema_extra
+    return extra.get("tasks") if isinstance(extra, dict) else None
 
 
 class CleanConfig(Section):
@@ -61,6 +74,16 @@ class AugmentConfig(Section):
     protect: list[str] = Field(default_factory=list, description="words never changed (label-bearing words)")
 
 
+def _max_length(value: Any) -> int | str:
+    # one message for both forms (a plain union would report each of its members)
+    if value == "auto" or (type(value) is int and 8 <= value <= 65536):
+        return value
+    raise PydanticCustomError("max_length", "expected auto or a whole number of tokens from 8 to 65536")
+
+
+MaxLength = Annotated[Union[int, Literal["auto"]], PlainValidator(_max_length)]
+
+
 class DataConfig(Section):
     """Where the examples are and which columns hold what. Relative paths are relative to the
     current directory."""
@@ -75,75 +98,85 @@ class DataConfig(Section):
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "txt", "conll"] = Field(
         "auto", description="file format; auto goes by the file extension (token_classification: .conll and .txt are CoNLL)"
     )
-    text_column: str = Field("text", description="column with the input text")
-    text_pair_column: str | None = Field(None, description="second text column for pair tasks (NLI, similarity)")
-    label_column: str = Field("label", description="column with the label (string or integer)")
+    columns: list[str] | None = Field(
+        None, min_length=1, description="column names of CSV/TSV files without a header (the first line is then "
+        "data), e.g. [text, label] for AG News; null: the first line is the header",
+        json_schema_extra=only("classification"),
+    )
+    text_column: str = Field("text", description="column with the input text", json_schema_extra=only("classification", "causal_lm", "masked_lm"))
+    text_pair_column: str | None = Field(None, description="second text column for pair tasks (NLI, similarity)", json_schema_extra=only("classification"))
+    label_column: str = Field("label", description="column with the label (string or integer)", json_schema_extra=only("classification"))
     validation_size: float = Field(
         0.1, gt=0, lt=1, description="share of train held out when no validation file is given"
     )
     group_column: str | None = Field(
         None, description="automatic validation split (classification, causal_lm): rows sharing a value of this "
-        "column (a conversation, a document, an author) stay on one side"
+        "column (a conversation, a document, an author) stay on one side", json_schema_extra=only("classification", "causal_lm")
     )
-    max_length: int = Field(256, ge=8, le=65536, description="longer inputs are truncated (and counted)")
+    max_length: MaxLength = Field(
+        "auto", description="tokens per input (longer ones are cut, counted) or per block/window; auto: the 99th "
+        "percentile of the training inputs rounded up to a multiple of 8, at most the model's positions and "
+        "8192 / train.batch_size (the memory rule: a batch holds at most 8192 tokens); blocks (masked_lm, "
+        "causal_lm text): 256, capped the same way; question_answering windows: the percentile, at most 384",
+    )
     augment: AugmentConfig | None = Field(
-        None, description="classification, token_classification: EDA augmentation of the training split (never validation or test); null: none"
+        None, description="classification, token_classification: EDA augmentation of the training split (never validation or test); null: none", json_schema_extra=only("classification", "token_classification")
     )
     clean: CleanConfig | None = Field(
-        None, description="classification: clean the training file before the split (see data.clean.*); null: as it is"
+        None, description="classification: clean the training file before the split (see data.clean.*); null: as it is", json_schema_extra=only("classification")
     )
     # causal_lm
     shape: Literal["auto", "text", "instruction", "chat"] = Field(
-        "auto", description="causal_lm data: plain text, instruction rows or chats; auto looks at the columns"
+        "auto", description="causal_lm data: plain text, instruction rows or chats; auto looks at the columns", json_schema_extra=only("causal_lm")
     )
-    instruction_column: str = Field("instruction", description="instruction rows: the instruction")
-    input_column: str = Field("input", description="instruction rows: optional extra input")
-    response_column: str = Field("output", description="instruction rows: the response to learn")
-    messages_column: str = Field("messages", description="chat rows: list of {role, content} (or ShareGPT conversations)")
+    instruction_column: str = Field("instruction", description="instruction rows: the instruction", json_schema_extra=only("causal_lm"))
+    input_column: str = Field("input", description="instruction rows: optional extra input", json_schema_extra=only("causal_lm"))
+    response_column: str = Field("output", description="instruction rows: the response to learn", json_schema_extra=only("causal_lm"))
+    messages_column: str = Field("messages", description="chat rows: list of {role, content} (or ShareGPT conversations)", json_schema_extra=only("causal_lm"))
     prompt_template: str | None = Field(
-        None, description="instruction prompt from columns, e.g. 'Summarize:\\n{dialogue}' (default: instruction + input)"
+        None, description="instruction prompt from columns, e.g. 'Summarize:\\n{dialogue}' (default: instruction + input)", json_schema_extra=only("causal_lm")
     )
-    train_on_prompt: bool = Field(False, description="also train on prompt tokens (default: responses only)")
-    packing: bool = Field(False, description="pack examples into full rows without cross-attention")
+    train_on_prompt: bool = Field(False, description="also train on prompt tokens (default: responses only)", json_schema_extra=only("causal_lm"))
+    packing: bool = Field(False, description="pack examples into full rows without cross-attention", json_schema_extra=only("causal_lm"))
     # token_classification
     tag_column_index: int = Field(
-        -1, description="CoNLL files: the column with the tag (0 is the token; -1: the last, as in CoNLL-2003)"
+        -1, description="CoNLL files: the column with the tag (0 is the token; -1: the last, as in CoNLL-2003)", json_schema_extra=only("token_classification")
     )
-    tokens_column: str = Field("tokens", description="token_classification JSON rows: the list of tokens")
-    tags_column: str = Field("tags", description="token_classification JSON rows: the list of tags, one per token")
+    tokens_column: str = Field("tokens", description="token_classification JSON rows: the list of tokens", json_schema_extra=only("token_classification"))
+    tags_column: str = Field("tags", description="token_classification JSON rows: the list of tags, one per token", json_schema_extra=only("token_classification"))
     tag_scheme: Literal["IOB1", "IOB2", "BIOES"] = Field(
-        "IOB2", description="tag scheme for entity metrics (seqeval; strict for IOB2 and BIOES) and entity spans"
+        "IOB2", description="tag scheme for entity metrics (seqeval; strict for IOB2 and BIOES) and entity spans", json_schema_extra=only("token_classification")
     )
     label_all_subwords: bool = Field(
-        False, description="train on every subword of a word (continuations as I-), not only the first"
+        False, description="train on every subword of a word (continuations as I-), not only the first", json_schema_extra=only("token_classification")
     )
     doc_stride: int = Field(
         32, ge=0,
-        description="sentences (token_classification) or contexts (question_answering) longer than max_length are cut into windows overlapping by this many tokens",
+        description="sentences (token_classification) or contexts (question_answering) longer than max_length are cut into windows overlapping by this many tokens", json_schema_extra=only("token_classification", "question_answering"),
     )
     # masked_lm
     mlm_probability: float = Field(
-        0.15, gt=0, lt=1, description="masked_lm: share of tokens masked (80% [MASK], 10% random, 10% unchanged)"
+        0.15, gt=0, lt=1, description="masked_lm: share of tokens masked (80% [MASK], 10% random, 10% unchanged)", json_schema_extra=only("masked_lm")
     )
-    whole_word_mask: bool = Field(False, description="masked_lm: mask all subwords of a chosen word together")
+    whole_word_mask: bool = Field(False, description="masked_lm: mask all subwords of a chosen word together", json_schema_extra=only("masked_lm"))
     # question_answering
-    question_column: str = Field("question", description="question_answering rows: the question")
-    context_column: str = Field("context", description="question_answering rows: the text that holds the answer")
+    question_column: str = Field("question", description="question_answering rows: the question", json_schema_extra=only("question_answering"))
+    context_column: str = Field("context", description="question_answering rows: the text that holds the answer", json_schema_extra=only("question_answering"))
     answers_column: str = Field(
-        "answers", description="question_answering rows: {text: [...], answer_start: [...]} (SQuAD JSON is read as it is)"
+        "answers", description="question_answering rows: {text: [...], answer_start: [...]} (SQuAD JSON is read as it is)", json_schema_extra=only("question_answering")
     )
-    max_answer_length: int = Field(30, ge=1, description="question_answering: longest answer span predicted, in tokens")
+    max_answer_length: int = Field(30, ge=1, description="question_answering: longest answer span predicted, in tokens", json_schema_extra=only("question_answering"))
     max_broken_answers: float = Field(
         0.05, ge=0, le=1,
-        description="question_answering: share of answers whose answer_start misses their text that may be dropped (more is an error)",
+        description="question_answering: share of answers whose answer_start misses their text that may be dropped (more is an error)", json_schema_extra=only("question_answering"),
     )
 
 
 class EvalConfig(Section):
     """Generation metrics (causal_lm with references): greedy outputs on some validation rows."""
 
-    generate_rows: int = Field(16, ge=0, description="validation rows to generate for (ROUGE, BLEU, chrF); 0: none")
-    max_new_tokens: int = Field(64, ge=1, description="new tokens per generation")
+    generate_rows: int = Field(16, ge=0, description="validation rows to generate for (ROUGE, BLEU, chrF); 0: none", json_schema_extra=only("causal_lm"))
+    max_new_tokens: int = Field(64, ge=1, description="new tokens per generation", json_schema_extra=only("causal_lm"))
 
 
 class FullStrategy(Section):
@@ -213,7 +246,9 @@ class TrainConfig(Section):
     batch_size: int = Field(32, ge=1, description="examples per step and device, before accumulation")
     eval_batch_size: int | None = Field(None, ge=1, description="defaults to 2 x batch_size")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    lr: float = Field(5e-5, gt=0, le=1, description="peak learning rate")
+    lr: float | None = Field(
+        None, gt=0, le=1, description="peak learning rate; null: the strategy's default (lora 2e-4, the others 5e-5)"
+    )
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW decay (never on biases and norms)")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="share of steps with linear warmup")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warmup")
@@ -263,7 +298,12 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The resolved config: every key of this task, defaults filled (other tasks' keys left out)."""
+        raw = self.model_dump(mode="json")
+        for section in ("data", "eval"):
+            fields = type(getattr(self, section)).model_fields
+            raw[section] = {k: v for k, v in raw[section].items() if self.task in (key_tasks(fields[k]) or [self.task])}
+        return yaml.safe_dump(raw, sort_keys=False)
 
 
 # ---------------------------------------------------------------- reading and overriding
@@ -407,6 +447,7 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
 
 def validate(raw: dict[str, Any], *, check_files: bool = True) -> RunConfig:
     """Validate a raw mapping into a RunConfig; raise LmtuneError listing every problem."""
+    misplaced = inapplicable_keys(raw)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
@@ -414,11 +455,26 @@ def validate(raw: dict[str, Any], *, check_files: bool = True) -> RunConfig:
         # `modle:` is reported once, as a typo for model, not also as a missing `model`.
         suggested = {p.split("did you mean '")[1].split("'")[0] for p in problems if "did you mean '" in p}
         problems = [p for p in problems if not (p.endswith("required key is missing") and p.split(":")[0] in suggested)]
-        raise LmtuneError(*problems) from None
-    problems = semantic_problems(cfg, check_files=check_files)
+        raise LmtuneError(*problems, *misplaced) from None
+    problems = misplaced + semantic_problems(cfg, check_files=check_files)
     if problems:
         raise LmtuneError(*problems)
     return cfg
+
+
+def inapplicable_keys(raw: dict[str, Any]) -> list[str]:
+    """Keys given (in the raw mapping, so alongside any other problem) for a task other than the
+    run's: they would be ignored, so they are errors."""
+    task = raw.get("task", RunConfig.model_fields["task"].default)
+    problems = []
+    for section, cls in (("data", DataConfig), ("eval", EvalConfig)):
+        given = raw.get(section)
+        for name in given if isinstance(given, dict) else []:
+            tasks = key_tasks(cls.model_fields[name]) if name in cls.model_fields else None
+            if tasks and task not in tasks:
+                which = "task " + tasks[0] if len(tasks) == 1 else "tasks " + ", ".join(tasks[:-1]) + " and " + tasks[-1]
+                problems.append(f"{section}.{name} applies to {which} only, not to this run's task {task}")
+    return problems
 
 
 def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
@@ -438,18 +494,9 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     if cfg.train.distributed == "fsdp" and cfg.strategy.name == "lora":
         problems.append("train.distributed: fsdp is not offered with strategy lora (its frozen base model is what "
                         "fits on each device); use ddp")
-    if cfg.data.clean is not None and cfg.task != "classification":
-        problems.append(f"data.clean: defined for classification only so far, not for task {cfg.task}")
-    if cfg.data.augment is not None and cfg.task not in ("classification", "token_classification"):
-        problems.append(
-            f"data.augment: defined for classification and token_classification, not for task {cfg.task} "
-            "(its word operations would break answer offsets, chat turns or the text to predict)"
-        )
-    if cfg.data.group_column is not None:
-        if cfg.task not in ("classification", "causal_lm"):
-            problems.append(f"data.group_column: used by the automatic validation split of classification and causal_lm, not {cfg.task}")
-        elif cfg.data.validation is not None:
-            problems.append("data.group_column: only the automatic validation split uses it, and data.validation is given")
+    if cfg.data.group_column is not None and cfg.task in key_tasks(DataConfig.model_fields["group_column"]) \
+            and cfg.data.validation is not None:
+        problems.append("data.group_column: only the automatic validation split uses it, and data.validation is given")
     if cfg.data.augment is not None and cfg.data.augment.synonyms and check_files and not Path(cfg.data.augment.synonyms).is_file():
         problems.append(f"data.augment.synonyms: file not found: {cfg.data.augment.synonyms}")
     if cfg.train.metric is None:
@@ -481,11 +528,13 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config, apply overrides, fill the default output_dir, and validate it."""
-    raw = apply_overrides(read_yaml(path), overrides or [])
-    if raw.get("output_dir") is None and isinstance(raw, dict):
-        raw["output_dir"] = str(Path("runs") / Path(path).stem)
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply overrides, fill the default output_dir, and validate it. Without a
+    path, the overrides are the whole config (`model=minilm-l6 data.train=reviews.csv`)."""
+    raw = apply_overrides(read_yaml(path) if path is not None else {}, overrides or [])
+    if raw.get("output_dir") is None:
+        name = Path(path).stem if path is not None else str(raw.get("task") or "classification")
+        raw["output_dir"] = str(Path("runs") / name)
     return validate(raw)
 
 
@@ -499,13 +548,16 @@ def as_config(config: RunConfig | str | Path | dict[str, Any]) -> RunConfig:
     return load_config(config)
 
 
-def reference() -> list[tuple[str, str, str, str]]:
-    """(key, type, default, description) for every config key, strategies included."""
+def reference(task: str | None = None) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) for every config key, strategies included; with `task`,
+    only the keys that apply to that task."""
     rows: list[tuple[str, str, str, str]] = []
 
     def walk(cls: type[BaseModel], prefix: str) -> None:
         for name, f in cls.model_fields.items():
             key = f"{prefix}{name}"
+            if task is not None and task not in (key_tasks(f) or [task]):
+                continue
             ann = f.annotation
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, key + ".")
@@ -520,6 +572,10 @@ def reference() -> list[tuple[str, str, str, str]]:
             kind = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
             default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
             rows.append((key, kind, default, f.description or ""))
+            # an optional section (data.clean, data.augment): null by default, its own keys below it
+            for inner in getattr(ann, "__args__", ()):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    walk(inner, key + ".")
 
     walk(RunConfig, "")
     return rows

@@ -45,8 +45,11 @@ class Generator:
     def __init__(self, model_dir: Path, cfg: RunConfig | None) -> None:
         import torch
 
+        from .predict import recorded_attention
+
         self.cfg = cfg
         self.tokenizer = models.load_tokenizer(model_dir)
+        attention = recorded_attention(model_dir)  # the run's kernel: its own evaluation numbers
         adapter = model_dir / "adapter_config.json"
         if adapter.is_file():
             from peft import PeftModel
@@ -54,9 +57,10 @@ class Generator:
             base = json.loads(adapter.read_text())["base_model_name_or_path"]
             if not Path(base).exists():
                 raise LmtuneError(f"{adapter}: the base model {base} is not there any more")
-            self.model = PeftModel.from_pretrained(models.load_pretrained(causal_lm.AUTO_MODEL, base), model_dir)
+            base_model = models.load_pretrained(causal_lm.AUTO_MODEL, base, attn_implementation=attention)
+            self.model = PeftModel.from_pretrained(base_model, model_dir)
         else:
-            self.model = models.load_pretrained(causal_lm.AUTO_MODEL, model_dir)
+            self.model = models.load_pretrained(causal_lm.AUTO_MODEL, model_dir, attn_implementation=attention)
         self.model.config.use_cache = True
         self.model.eval()
         self.dtype = torch.float32

@@ -52,6 +52,7 @@ class ModelInfo:
     source: Path  # the folder or .gguf file
     model_type: str
     num_layers: int
+    max_positions: int | None = None  # the longest input its position embeddings allow
 
 
 def cache_dir() -> Path:
@@ -104,7 +105,9 @@ def describe(name_or_path: str) -> ModelInfo:
     except Exception as e:  # transformers raises many types for a broken file
         raise LmtuneError(f"{source}: cannot read the model config: {str(e).splitlines()[0]}") from None
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None) or 0
-    return ModelInfo(source=source, model_type=config.model_type, num_layers=int(layers))
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return ModelInfo(source=source, model_type=config.model_type, num_layers=int(layers),
+                     max_positions=int(positions) if positions else None)
 
 
 def module_names(name_or_path: str) -> set[str]:

@@ -37,11 +37,21 @@ def _run_parts(run_dir: str | Path) -> tuple[Path, RunConfig | None]:
     raise LmtuneError(f"{path}: not a run folder or model folder (no model/config.json)")
 
 
+def recorded_attention(model_dir: Path) -> str | None:
+    """The attention kernel the run trained and evaluated with (model/lmtune.json), so that a saved
+    model gives the run's own numbers: eager and SDPA attention differ in the last bits, enough to
+    flip a close answer. None (transformers' default) for a folder without the record."""
+    info = model_dir / "lmtune.json"
+    return json.loads(info.read_text()).get("attention") if info.is_file() else None
+
+
 def load_model(model_dir: Path, task: Any, cfg: RunConfig | None) -> Any:
-    """A saved model folder: a full transformers model, or a PEFT adapter on its base model."""
+    """A saved model folder: a full transformers model, or a PEFT adapter on its base model, with
+    the attention kernel of the run."""
+    attention = recorded_attention(model_dir)
     adapter = model_dir / "adapter_config.json"
     if not adapter.is_file():
-        return models.load_pretrained(task.AUTO_MODEL, model_dir)
+        return models.load_pretrained(task.AUTO_MODEL, model_dir, attn_implementation=attention)
     from peft import PeftModel
 
     base = json.loads(adapter.read_text())["base_model_name_or_path"]
@@ -50,7 +60,7 @@ def load_model(model_dir: Path, task: Any, cfg: RunConfig | None) -> Any:
         raise LmtuneError(f"{adapter}: the base model {base} is not there any more")
     if cfg is None:
         raise LmtuneError(f"{model_dir}: an adapter needs the run folder around it (with config.yaml)")
-    return PeftModel.from_pretrained(task.build_model(base, cfg, labels), model_dir)
+    return PeftModel.from_pretrained(task.build_model(base, cfg, labels, attn_implementation=attention), model_dir)
 
 
 def _task_of(model_dir: Path) -> str:
@@ -94,7 +104,8 @@ class Predictor:
 
             # the run's data settings, or the defaults for a bare model folder
             defaults = {"tag_scheme": self.task.scheme_of(self.labels)} if self.task_name == "token_classification" else {}
-            self.data = cfg.data if cfg else DataConfig(train="", **defaults)
+            # (a bare folder has no training data to size inputs by: windows and blocks of 256 tokens)
+            self.data = cfg.data if cfg else DataConfig(train="", max_length=256, **defaults)
         self.text_column = cfg.data.text_column if cfg else "text"
         self.text_pair_column = cfg.data.text_pair_column if cfg else None
         self.label_column = cfg.data.label_column if cfg else "label"
@@ -266,17 +277,34 @@ class Predictor:
 
     # ------------------------------------------------------------ input files
 
-    def read_inputs(self, path: str | Path) -> tuple[Table, list[Any], list[str] | None]:
+    def _columns(self, path: Path, columns: list[str] | None, *, named: bool) -> list[str] | None:
+        """The column names to read `path` with: those given (--columns), else, for a CSV or TSV
+        file, the run's data.columns. `named`: whether this file is read by named columns at all."""
+        if not named:
+            if columns is not None:
+                raise LmtuneError(f"--columns: {path} is read by a {self.task_name} model as it is "
+                                  f"({path.suffix or 'no extension'}), not by named CSV/TSV columns")
+            return None
+        if columns is not None:
+            return columns
+        run = self.cfg.data.columns if self.cfg is not None else None
+        return run if run and path.suffix.lower() in (".csv", ".tsv") else None
+
+    def read_inputs(self, path: str | Path, columns: list[str] | None = None) -> tuple[Table, list[Any], list[str] | None]:
+        """The inputs of a file: the table, the texts (or token lists, or questions) and the second
+        texts of pairs (or contexts). `columns`: the column names of a CSV/TSV file without a header."""
         path = Path(path)
         if self.task_name == "question_answering":
+            self._columns(path, columns, named=False)
             table = self.task.read_questions(path, self.data.model_copy(update={"format": "auto"}), answers=False)
             return table, [r["question"] for r in table.rows], [r["context"] for r in table.rows]
         if self.task_name == "token_classification" and path.suffix.lower() != ".txt":
             # CoNLL (tags, if any, ignored) or rows with a list of tokens (or a text column)
             if self.task.is_conll(path, "auto"):
+                self._columns(path, columns, named=False)
                 table = self.task.read_sentences(path, self.data, tags=False)
                 return table, [r["tokens"] for r in table.rows], None
-            table = read_table(path)
+            table = read_table(path, columns=self._columns(path, columns, named=True))
             if self.data.tokens_column in table.columns:
                 table = self.task.read_sentences(path, self.data.model_copy(update={"format": "auto"}), tags=False)
                 return table, [r["tokens"] for r in table.rows], None
@@ -285,20 +313,24 @@ class Predictor:
         if path.suffix.lower() == ".txt":
             from .data.readers import _text
 
+            self._columns(path, columns, named=False)
             lines = _text(path).splitlines()
             rows = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
             if not rows:
                 raise LmtuneError(f"{path}: no examples in the file")
             table = Table(path, ["text"], [{"text": t} for _, t in rows], [n for n, _ in rows])
             return table, [t for _, t in rows], None
-        table = read_table(path)
+        table = read_table(path, columns=self._columns(path, columns, named=True))
         table.require_columns(self.text_column, self.text_pair_column)
         texts = [str(r[self.text_column]) for r in table.rows]
         pairs = [str(r[self.text_pair_column]) for r in table.rows] if self.text_pair_column else None
         return table, texts, pairs
 
-    def evaluate_file(self, path: str | Path) -> dict[str, Any]:
-        """Task metrics on a labelled file (same columns as training)."""
+    def evaluate_file(self, path: str | Path, columns: list[str] | None = None) -> dict[str, Any]:
+        """Task metrics on a labelled file (same columns as training; `columns`: the column names
+        of a CSV/TSV file without a header, by default the run's data.columns)."""
+        if self.task_name != "classification":
+            self._columns(Path(path), columns, named=False)
         if self.task_name == "token_classification":
             return self._evaluate_words(Path(path))
         if self.task_name == "masked_lm":  # masked once with the run's seed, like its validation set
@@ -309,7 +341,7 @@ class Predictor:
             if note:
                 print(f"lmtune: {note}", file=sys.stderr)
             return self._evaluate_table(table)
-        table, texts, pairs = self.read_inputs(path)
+        table, texts, pairs = self.read_inputs(path, columns)
         table.require_columns(self.label_column)
         label_ids = {label: i for i, label in enumerate(self.labels)}
         refs = []

@@ -212,6 +212,11 @@ STRATEGIES: dict[str, Callable[..., Plan]] = {
 }
 
 
+# train.lr when the config leaves it out. LoRA's adapters start at zero (B) and are scaled by
+# alpha / r: they need a larger step than full fine-tuning to move in the same number of steps.
+DEFAULT_LR: dict[str, float] = {"full": 5e-5, "partial": 5e-5, "adaptive": 5e-5, "gradual": 5e-5, "lora": 2e-4}
+
+
 def apply(model: nn.Module, cfg: Any, lr: float, weight_decay: float) -> Plan:
     return STRATEGIES[cfg.name](model, cfg, lr, weight_decay)
 

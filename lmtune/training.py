@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import models, sharding, strategies
+from . import collectives, models, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
@@ -156,7 +156,7 @@ def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, acceler
     """The task's per-example eval outputs over a whole data set, in data order. Each process
     evaluates its part of every batch (the sampler's split: no example twice, none left out); the
     parts are gathered with their example indices and put back in order."""
-    from accelerate.utils import gather_object, send_to_device
+    from accelerate.utils import send_to_device
 
     # the bare model: processes may hold different numbers of batches, and a DDP forward would
     # wait for the others
@@ -174,7 +174,7 @@ def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, acceler
     bare.train()
     mine = {key: np.concatenate(values) for key, values in parts.items()}
     if accelerator.num_processes > 1:
-        everyone = [p for p in gather_object([(indices, mine)]) if p[0]]
+        everyone = [p for p in collectives.gather_objects(accelerator, (indices, mine)) if p[0]]
         indices = [i for idx, _ in everyone for i in idx]
         mine = {key: np.concatenate([out[key] for _, out in everyone]) for key in everyone[0][1]}
     # in data order; an example that a process without examples repeated (FSDP) counts once
@@ -188,8 +188,36 @@ def eval_metrics(task: Any, model: Any, loader: Any, accelerator: Any, labels: l
     return task.compute_metrics(evaluate(task, model, loader, accelerator, cfg), labels, cfg, loader.dataset)
 
 
-def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int]) -> dict[str, Any]:
+def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tuple[RunConfig, dict[str, Any], list[str]]:
+    """A copy of the config with data.max_length: auto and train.lr: null made numbers, what was
+    chosen (for data.json) and the lines that say so (for the log). The run folder's config.yaml holds the numbers, so that eval
+    and predict read the run's own length; a resumed run resolves them again from the same data and
+    strategy, so its config still matches the saved one (a changed training file does not)."""
+    from .tasks.common import length_cap
+
+    d, t, record, notes = cfg.data, cfg.train, {}, []
+    data_update, train_update = {}, {}
+    if d.max_length == "auto":
+        # (from the plain folder: a GGUF file's config is read from the whole file)
+        cap = length_cap(models.describe(str(models.resolve(cfg.model))).max_positions, t.batch_size)
+        choice = task.choose_max_length(data.train, tokenizer, cfg, cap)
+        data_update["max_length"] = choice.value
+        record["max_length"] = {"setting": "auto", **choice.record()}
+        longer = f"; longer: {choice.longer} of {choice.examples}" if choice.longer is not None else ""
+        notes.append(f"data.max_length: auto -> {choice.value}: {choice.rule}{longer}")
+    else:
+        record["max_length"] = {"setting": d.max_length, "value": d.max_length}
+    if t.lr is None:
+        train_update["lr"] = strategies.DEFAULT_LR[cfg.strategy.name]
+        notes.append(f"train.lr: {train_update['lr']:g} (the default for strategy {cfg.strategy.name})")
+    record["lr"] = {"setting": t.lr, "value": train_update.get("lr", t.lr)}
+    cfg = cfg.model_copy(update={"data": d.model_copy(update=data_update), "train": t.model_copy(update=train_update)})
+    return cfg, record, notes
+
+
+def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int], resolved: dict[str, Any]) -> dict[str, Any]:
     files = {k: getattr(cfg.data, k) for k in ("train", "validation", "test") if getattr(cfg.data, k)}
+    parts = {name: n.parts() for name, n in truncated.items() if hasattr(n, "parts")}
     return {
         "files": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in files.items()},
         "examples": {
@@ -199,6 +227,8 @@ def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int]) -> dict[s
         },
         "labels": data.labels,
         "truncated_to_max_length": truncated,
+        **({"truncation": parts} if parts else {}),  # how they were cut, where the task tells
+        "resolved": resolved,  # data.max_length: auto and train.lr: null, as chosen
         "notes": data.notes,
         "prep": data.prep,
     }
@@ -217,22 +247,22 @@ def train(
 
     cfg = as_config(config)
     task = get_task(cfg.task)
-    t = cfg.train
     run = RunDir(cfg.output_dir or "runs/run")
     # Read and check all data before anything is written or loaded.
     data = task.load_data(cfg)
+    model_path = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(model_path)
+    cfg, resolved, resolved_notes = resolve_defaults(cfg, task, data, tokenizer)  # before config.yaml is written
+    t = cfg.train
     accelerator = make_accelerator(t.precision)
     main = accelerator.is_main_process
     if main:
         resume = run.start(cfg.to_yaml(), resume=resume, overwrite=overwrite)
-    if accelerator.num_processes > 1:  # the run folder's answer (resume or not), for every process
-        from accelerate.utils import broadcast_object_list
-
-        resume = broadcast_object_list([resume])[0]
+    resume = collectives.main_decides(accelerator, resume)  # the run folder's answer, for every process
+    for note in resolved_notes:  # (only now: a refused run folder prints its error alone)
+        log(note)
     set_seed(t.seed)
 
-    model_path = models.resolve(cfg.model)
-    tokenizer = models.load_tokenizer(model_path)
     splits = {"train": data.train, "validation": data.validation}
     if data.test is not None:
         splits["test"] = data.test
@@ -240,11 +270,13 @@ def train(
     for name, table in splits.items():
         features[name], truncated[name] = task.prepare(table, tokenizer, cfg, data.labels)
         if truncated[name]:
-            log(f"{name}: {truncated[name]} of {len(table)} inputs longer than data.max_length={cfg.data.max_length} were truncated")
+            how = truncated[name].describe() if hasattr(truncated[name], "describe") else ""
+            log(f"{name}: {truncated[name]} of {len(table)} inputs longer than data.max_length={cfg.data.max_length} "
+                f"were truncated" + (f": {how}" if how else ""))
     for note in data.notes:
         log(note)
     if main:
-        write_json_atomic(run.path / "data.json", _data_record(cfg, data, truncated))
+        write_json_atomic(run.path / "data.json", _data_record(cfg, data, truncated, resolved))
         if data.dropped:
             write_text_atomic(run.path / "dropped.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in data.dropped))
         write_json_atomic(run.path / "run.json", {
@@ -445,7 +477,7 @@ def fit(
                 record = {
                     "step": state.step,
                     "epoch": round(epoch + (micro + 1) / n_micro, 4),
-                    "loss": round(float(accelerator.reduce(torch.tensor(window_loss / window_batches), "mean")), 6),
+                    "loss": round(collectives.mean(accelerator, window_loss / window_batches), 6),
                     "lr": scheduler.get_last_lr()[0],
                     "samples_per_second": round(window_samples / elapsed, 2),
                     "tokens_per_second": round(window_tokens / elapsed, 1),
@@ -480,6 +512,9 @@ def fit(
                     stop = True
                 if on_evaluate is not None and on_evaluate(state.step, metrics):
                     stop = True
+                # every process stops, or none: the first process's callback decides (a search's pruner
+                # lives there)
+                stop = collectives.main_decides(accelerator, stop)
                 if end_of_epoch:
                     state.next_epoch(epoch)
                 save_checkpoint(accelerator, run, state, (model, optimizer) if t.distributed == "fsdp" else None)
@@ -551,7 +586,10 @@ def finish(
     labels = data.labels
     save_model(accelerator, model, run.model, tokenizer)
     if accelerator.is_main_process:
-        write_json_atomic(run.model / "lmtune.json", {"task": cfg.task, "labels": labels, "model": cfg.model})
+        # the attention kernel too: eval and predict load the model with it, to give the run's own numbers
+        attention = accelerator.unwrap_model(model).config._attn_implementation
+        write_json_atomic(run.model / "lmtune.json", {"task": cfg.task, "labels": labels, "model": cfg.model,
+                                                      "attention": attention})
     metrics: dict[str, Any] = {}
     for name, loader in loaders.items():
         metrics[name] = eval_metrics(task, model, loader, accelerator, labels, cfg)

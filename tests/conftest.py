@@ -9,10 +9,44 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+# Property tests: the `ci` profile (chosen by `make test` when CI is set) derives every example from
+# the test itself, so a CI run is the same every time; elsewhere each run explores with a fresh seed,
+# printed in the header (rerun it with --hypothesis-seed=N); a failure prints its falsifying example
+# and a blob for @reproduce_failure.
+settings.register_profile("ci", derandomize=True, print_blob=True, database=None)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("LMTUNE_HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from hypothesis import core
+
+    if not settings.default.derandomize and config.getoption("hypothesis_seed") is None:
+        core.global_force_seed = random.SystemRandom().getrandbits(32)
+
+
+def _hypothesis_line() -> str:
+    from hypothesis import core
+
+    profile = settings.get_current_profile_name()
+    if settings.default.derandomize:
+        return f"hypothesis: profile {profile!r}, derandomized (examples derived from each test)"
+    return f"hypothesis: profile {profile!r}, seed {core.global_force_seed} (rerun with --hypothesis-seed={core.global_force_seed})"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _hypothesis_line()
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    if exitstatus != 0:  # (the header, where the seed is, is not shown with -q)
+        terminalreporter.write_line(_hypothesis_line())  # type: ignore[attr-defined]
 
 WORDS = {
     "positive": "good great fine lovely superb happy wonderful nice excellent brilliant".split(),
@@ -141,3 +175,34 @@ def build_tiny_llama(path: Path, *, layers: int = 2, hidden: int = 32, seed: int
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def loop_state(run_dir: Path) -> dict | None:
+    """The loop position of a run's last checkpoint, or None while there is none. Reads through
+    lmtune's own `existing_dir` (a kill may fall between the two renames of a checkpoint) and takes
+    a checkpoint being replaced at this moment as not there yet."""
+    import json
+
+    from lmtune.rundir import existing_dir
+
+    last = existing_dir(run_dir / "checkpoints" / "last")
+    try:
+        return json.loads((last / "loop_state.json").read_text()) if last else None
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def wait_for_checkpoint(run_dir: Path, ready, proc, timeout: float = 600) -> dict | None:
+    """Wait until the running process `proc` has written a checkpoint whose loop state satisfies
+    `ready`: polls the folder (nothing to block on across processes) and returns early if the
+    process ends. The generous timeout only guards against a hung run; the test then fails on its
+    own assertions, not on the clock."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        state = loop_state(run_dir)
+        if state is not None and ready(state):
+            return state
+        time.sleep(0.05)
+    return loop_state(run_dir)

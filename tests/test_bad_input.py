@@ -284,7 +284,7 @@ def test_subprocess_exit_status_and_no_traceback(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -351,3 +351,64 @@ def test_data_commands_reject_bad_input_in_one_line_and_write_nothing(ws, capsys
     (ws / "bad.csv").write_text("text,label\ngood,pos\nworse,neg,extra\n")
     (ws / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n')
     assert one(expect_error(capsys, ws, *argv)).startswith(expected)
+
+
+# ---------------------------------------------------------------- files without a header
+
+HEADERLESS = "Stocks fell on Monday\tBusiness\nThe team won again\tSports\nA new chip is out\tSci/Tech\nTalks in Geneva\tWorld\n"
+
+
+def test_a_headerless_tsv_without_data_columns_says_its_first_line_was_read_as_a_header(ws, capsys):
+    (ws / "ag.tsv").write_text(HEADERLESS)
+    cfg = write_config(ws, train="ag.tsv")
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert msg.startswith("ag.tsv: no column 'text', 'label'; columns are: Stocks fell on Monday, Business")
+    assert 'the first line was read as a header: "Stocks fell on Monday\\tBusiness"' in msg
+    assert "data.columns" in msg and "--columns" in msg
+    assert not (ws / "out").exists()
+
+
+def test_a_headerless_tsv_with_data_columns_names_file_and_line_of_a_bad_row(ws, capsys):
+    (ws / "ag.tsv").write_text(HEADERLESS.replace("again\tSports", "again\tSports\textra"))
+    cfg = write_config(ws, train="ag.tsv", data_extra="  columns: [text, label]\n")
+    assert one(expect_error(capsys, ws, "train", cfg)) == "ag.tsv:2: expected 2 fields (text, label), found 3"
+    (ws / "ag.tsv").write_text("text\tlabel\n" + HEADERLESS)
+    msg = one(expect_error(capsys, ws, "train", cfg))
+    assert msg.startswith("ag.tsv:1: the first line is a header (text, label), but data.columns")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["data", "inspect", "ag.tsv", "--group-column", "user"], "--group-column: only lmtune data split uses it"),
+    (["data", "clean", "ag.tsv", "-o", "c.tsv", "--group-column", "user"], "--group-column: only lmtune data split"),
+    (["data", "augment", "ag.tsv", "-o", "a.tsv", "--columns", "text,label", "--label-column", "topic"],
+     "ag.tsv: no column 'topic'; columns are: text, label"),
+    (["data", "split", "ag.tsv", "-o", "p", "--columns", "text,,label"], "argument --columns: expected comma-separated"),
+    (["data", "inspect", "t.jsonl", "--columns", "text,label"], "t.jsonl: data.columns (--columns) names the columns of a CSV"),
+    (["data", "augment", "t.conll", "-o", "a.jsonl", "--text-column", "word"], "--text-column: tagged sentences are read"),
+])
+def test_data_command_column_options_that_cannot_apply_are_one_line_errors(ws, capsys, monkeypatch, argv, expected):
+    (ws / "ag.tsv").write_text(HEADERLESS)
+    (ws / "t.jsonl").write_text(JSONL)
+    (ws / "t.conll").write_text("Paris B-LOC\nis O\n")
+
+    real = main
+
+    def main_returning_usage_errors(argv: list[str]) -> int:  # argparse's errors exit from inside main
+        try:
+            return real(argv)
+        except SystemExit as e:
+            return int(e.code)
+
+    monkeypatch.setitem(globals(), "main", main_returning_usage_errors)
+    assert one(expect_error(capsys, ws, *argv)).startswith(expected)
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_columns_for_a_file_that_is_not_read_by_columns(ws, capsys, tmp_path_factory, command):
+    from tests.conftest import build_tiny_bert
+
+    model = build_tiny_bert(tmp_path_factory.mktemp("bare"))  # a bare model folder: classification
+    capsys.readouterr()
+    (ws / "texts.txt").write_text("good movie\n")
+    msg = one(expect_error(capsys, ws, command, str(model), "texts.txt", "--columns", "text,label"))
+    assert msg.startswith("--columns: texts.txt is read by a classification model as it is (.txt)")

@@ -273,3 +273,210 @@ def test_compiled_blocks_train_like_plain_ones(tiny_llama, tmp_path, strategy, c
     cfg["eval"] = {"generate_rows": 3, "max_new_tokens": 6}
     assert lmtune.train(cfg, progress=False).metrics["validation"]["generated_rows"] == 3
     assert counters["stats"]["unique_graphs"] == before
+
+
+# ---------------------------------------------------------------- truncation: the prompt goes first
+
+WORDS = [w for w in sorted(set(__import__("tests.conftest", fromlist=["LM_WORDS"]).LM_WORDS))
+         if w not in ("user", "assistant", "system")]
+
+
+def _words(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_long_instruction_loses_the_middle_of_its_input_and_keeps_head_and_answer(tiny_llama, tmp_path):
+    dialogue = " ".join(WORDS[:30])
+    rows = [{"dialogue": dialogue, "summary": "dog runs ."}]
+    tok = load_tokenizer(tiny_llama)
+    whole, _ = _features(tiny_llama, tmp_path, rows, prompt_template="summarize : {dialogue}",
+                         response_column="summary", max_length=256)
+    assert len(whole[0]["input_ids"]) == 41  # <|im_start|> user summarize : (30 words) <|im_end|> ... 3 + <|im_end|>
+    cfg = validate(_cfg(tiny_llama, tmp_path, _jsonl(tmp_path / "d.jsonl", rows), prompt_template="summarize : {dialogue}",
+                        response_column="summary", max_length=24))
+    table = Table(tmp_path / "d.jsonl", list(rows[0]), rows, [1])
+    [f], truncated = causal_lm.prepare(table, tok, cfg, [])
+    assert len(f["input_ids"]) == 24
+    assert (truncated, truncated.prompt, truncated.response) == (1, 1, 0)
+    # 17 tokens too many: 17 words from the middle of the dialogue; its first 6 and last 7 words stay
+    kept = WORDS[:6] + WORDS[23:30]
+    im_start, im_end = tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    expected = ([im_start] + _words(tok, "user summarize :") + _words(tok, " ".join(kept))
+                + [im_end, im_start] + _words(tok, "assistant dog runs .") + [im_end])
+    assert f["input_ids"] == expected
+    assert [i for i, lab in zip(f["input_ids"], f["labels"]) if lab != -100] == _words(tok, "dog runs .") + [im_end]
+
+
+def test_an_answer_too_long_for_the_limit_keeps_its_beginning_and_a_quarter_of_prompt(tiny_llama, tmp_path):
+    rows = [{"instruction": "summarize", "input": " ".join(WORDS[:10]), "output": " ".join(WORDS[10:40])}]
+    tok = load_tokenizer(tiny_llama)
+    cfg = validate(_cfg(tiny_llama, tmp_path, _jsonl(tmp_path / "d.jsonl", rows), max_length=24))
+    [f], truncated = causal_lm.prepare(Table(tmp_path / "d.jsonl", list(rows[0]), rows, [1]), tok, cfg, [])
+    assert (truncated.prompt, truncated.response) == (0, 1)
+    # the prompt keeps 24 // 4 = 6 tokens (the input goes, then the head from its start): the turn markers
+    prompt = f["input_ids"][:6]
+    assert tok.convert_ids_to_tokens(prompt)[-3:] == ["<|im_end|>", "<|im_start|>", "assistant"]
+    assert not set(prompt) & set(_words(tok, " ".join(WORDS[:10])))  # no word of the input is left
+    # and the answer its first 18 words, all trained
+    assert f["input_ids"][6:] == _words(tok, " ".join(WORDS[10:28]))
+    assert f["labels"][6:] == f["input_ids"][6:] and all(lab == -100 for lab in f["labels"][:6])
+
+
+def test_a_long_chat_loses_its_oldest_turns_first_and_keeps_the_system_prompt(tiny_llama, tmp_path):
+    chat = {"messages": [
+        {"role": "system", "content": "hi"},
+        {"role": "user", "content": " ".join(WORDS[:10])},
+        {"role": "assistant", "content": " ".join(WORDS[10:15])},
+        {"role": "user", "content": " ".join(WORDS[15:20])},
+        {"role": "assistant", "content": "no , closed ."},
+    ]}
+    tok = load_tokenizer(tiny_llama)
+    [whole], _ = _features(tiny_llama, tmp_path, [chat], max_length=256)
+    full = whole["input_ids"]
+    cfg = validate(_cfg(tiny_llama, tmp_path, _jsonl(tmp_path / "d.jsonl", [chat]), max_length=len(full) - 12))
+    [f], truncated = causal_lm.prepare(Table(tmp_path / "d.jsonl", ["messages"], [chat], [1]), tok, cfg, [])
+    assert (truncated.prompt, truncated.response) == (1, 0)
+    first_user_word = full.index(_words(tok, WORDS[0])[0])
+    assert f["input_ids"] == full[:first_user_word] + full[first_user_word + 12 :]  # the 12 oldest tokens after the system turn
+    assert tok.decode(f["input_ids"][:4]) == "<|im_start|> system hi <|im_end|>"
+    trained = [i for i, lab in zip(f["input_ids"], f["labels"]) if lab != -100]
+    assert trained[-5:] == _words(tok, "no , closed .") + [tok.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_both_kinds_of_cut_are_counted_in_the_log_and_data_json(tiny_llama, tmp_path, capfd):
+    rows = ([{"instruction": "summarize", "input": " ".join(WORDS[:40]), "output": "dog runs ."}] * 2
+            + [{"instruction": "summarize", "input": "the cat", "output": " ".join(WORDS[:40])}]
+            + INSTRUCTIONS)
+    train = _jsonl(tmp_path / "d.jsonl", rows)
+    cfg = _cfg(tiny_llama, tmp_path, train, max_length=32)
+    cfg["train"].update(epochs=1)
+    cfg["eval"] = {"generate_rows": 0}
+    lmtune.train(cfg, progress=False)
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["truncated_to_max_length"] == {"train": 3, "validation": 3}
+    assert data["truncation"]["train"] == {"prompt": 2, "response": 1}
+    err = capfd.readouterr().err
+    assert "train: 3 of 6 inputs longer than data.max_length=32 were truncated: 2 lost prompt tokens only" in err
+    assert "1 also the end of an answer" in err
+
+
+def test_data_preview_shows_a_cut_prompt_and_the_trained_end_token(tiny_llama, tmp_path, capsys):
+    rows = [{"dialogue": " ".join(WORDS[:30]), "summary": "dog runs ."}] * 2
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(_cfg(tiny_llama, tmp_path, _jsonl(tmp_path / "d.jsonl", rows), max_length=24,
+                                   prompt_template="summarize : {dialogue}", response_column="summary")))
+    assert main(["data", "preview", str(cfg), "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[[dog runs . <|im_end|>]]" in out and "24 tokens, 4 trained" in out
+    assert "1 of these examples were truncated to data.max_length=24: 1 lost prompt tokens only" in out
+
+
+# ---------------------------------------------------------------- the end token is trained, generation stops on it
+
+PLAIN_TEMPLATE = (  # a template that ends a turn with plain text, no special token
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} . {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
+
+
+def _trained_runs(feature):
+    """The trained tokens of a feature, as runs of consecutive positions."""
+    runs, current = [], []
+    for i, lab in zip(feature["input_ids"], feature["labels"]):
+        if lab != -100:
+            current.append(i)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+@pytest.mark.parametrize("shape", ["instruction", "chat", "packed", "plain template", "no template"])
+def test_the_end_token_is_trained_after_every_answer(tiny_llama, tmp_path, shape):
+    tok = load_tokenizer(tiny_llama)
+    if shape == "plain template":
+        tok.chat_template = PLAIN_TEMPLATE
+    if shape == "no template":
+        tok.chat_template = None
+    rows = INSTRUCTIONS if shape == "instruction" else CHATS
+    cfg = validate(_cfg(tiny_llama, tmp_path, _jsonl(tmp_path / "d.jsonl", rows), packing=shape == "packed", max_length=256))
+    features, _ = causal_lm.prepare(Table(tmp_path / "d.jsonl", list(rows[0]), rows, [1, 2, 3]), tok, cfg, [])
+    answers = sum(1 for r in rows for m in r.get("messages", r.get("conversations", [{"role": "assistant"}]))
+                  if m.get("role", m.get("from")) in ("assistant", "gpt"))
+    runs = [run for f in features for run in _trained_runs(f)]
+    assert len(runs) == answers == (3 if shape == "instruction" else 4)
+    assert all(run[-1] == tok.eos_token_id for run in runs)  # every answer ends with a trained EOS (<|im_end|>)
+    if shape == "plain template":  # added after the template's text, which has no end token
+        assert tok.decode(features[0]["input_ids"]).endswith("assistant : twelve euro please . . <|im_end|>")
+
+
+def test_text_blocks_train_the_end_token_after_every_document(tiny_llama, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the bike is red .\n\nthe cat sits .\n\nhello .\n")
+    cfg = validate({**_cfg(tiny_llama, tmp_path, text, max_length=64), "data": {"train": str(text), "max_length": 64}})
+    tok = load_tokenizer(tiny_llama)
+    [block], _ = causal_lm.prepare(causal_lm.read_texts(text, "auto"), tok, cfg, [])
+    eos = tok.eos_token_id
+    assert block["labels"] == block["input_ids"] and block["input_ids"].count(eos) == 3 and block["input_ids"][-1] == eos
+
+
+def _llama_ending_turns_with_a_non_eos_token(src, dst):
+    """The tiny Llama with `<pad>` as its EOS (tokenizer, model and generation config), while its
+    chat template still ends each turn with <|im_end|>: as for models whose EOS is not the template's."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shutil.copytree(src, dst)
+    tok = AutoTokenizer.from_pretrained(dst)
+    tok.eos_token = "<pad>"
+    tok.save_pretrained(dst)
+    model = AutoModelForCausalLM.from_pretrained(dst)
+    model.config.eos_token_id = model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<pad>")
+    model.save_pretrained(dst)
+    return dst
+
+
+def test_a_tuned_model_ends_its_answers(tiny_llama, tmp_path):
+    model_dir = _llama_ending_turns_with_a_non_eos_token(tiny_llama, tmp_path / "model")
+    chats = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+             for q, a in [("what does a flat fix cost ?", "twelve euro ."), ("when do you open ?", "at nine .")]] * 8
+    train = _jsonl(tmp_path / "chat.jsonl", chats)
+    cfg = _cfg(model_dir, tmp_path, train)
+    cfg["train"].update(epochs=6, batch_size=4, compile=False)
+    cfg["eval"] = {"generate_rows": 2, "max_new_tokens": 20}
+    result = lmtune.train(cfg, progress=False)
+    assert result.metrics["validation"]["hit_token_limit"] == 0  # both generations ended
+    gen = lmtune.load(str(result.output_dir))
+    tok = gen.tokenizer
+    ids = causal_lm.generate_ids(gen.model, tok, gen.prompt("what does a flat fix cost ?"), max_new_tokens=20)
+    assert len(ids) < 20 and ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.decode(ids, skip_special_tokens=True).strip() == "twelve euro ."
+    ids = causal_lm.generate_ids(gen.model, tok, gen.prompt("when do you open ?"), max_new_tokens=20)
+    assert len(ids) < 20 and ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_turn_end_ids_name_the_eos_and_the_templates_end_token(tiny_llama, tmp_path):
+    model_dir = _llama_ending_turns_with_a_non_eos_token(tiny_llama, tmp_path / "model")
+    tok = load_tokenizer(model_dir)
+    assert causal_lm.turn_end_ids(tok) == [tok.convert_tokens_to_ids("<pad>"), tok.convert_tokens_to_ids("<|im_end|>")]
+    tok.chat_template = PLAIN_TEMPLATE
+    assert causal_lm.turn_end_ids(tok) == [tok.convert_tokens_to_ids("<pad>")]
+
+
+# ---------------------------------------------------------------- metrics as shares
+
+
+def test_generation_metrics_are_shares():
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    same = causal_lm.text_scores(["the bike shop opens at nine on tuesday ."], ["the bike shop opens at nine on tuesday ."])
+    assert same == pytest.approx({"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0, "bleu": 1.0, "chrf": 1.0})
+    preds, refs = ["the shop opens at nine", "a red bike"], ["the bike shop opens at nine on tuesday", "the bike is red"]
+    scores = causal_lm.text_scores(preds, refs)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    assert scores["rougeL"] == pytest.approx(np.mean([scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)]))
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score / 100)
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score / 100)
+    assert all(0 < v < 1 for v in scores.values())

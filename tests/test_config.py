@@ -17,7 +17,8 @@ def _raw(tmp_path, **data):
 def test_defaults_and_strategy_union(tmp_path):
     cfg = validate(_raw(tmp_path))
     assert cfg.strategy.name == "full"
-    assert cfg.train.lr == 5e-5 and cfg.train.batch_size == 32 and cfg.data.validation is None
+    assert cfg.train.lr is None and cfg.train.batch_size == 32 and cfg.data.validation is None  # lr: the strategy's
+    assert cfg.data.max_length == "auto"
     raw = _raw(tmp_path)
     raw["strategy"] = {"name": "adaptive", "decay": 0.5}
     assert validate(raw).strategy.decay == 0.5

@@ -93,7 +93,7 @@ def test_augmentation_on_another_task_is_a_config_error(tmp_path):
     from lmtune.config import validate
 
     (tmp_path / "t.jsonl").write_text('{"text": "a b c"}\n')
-    with pytest.raises(LmtuneError, match="data.augment: defined for classification and token_classification, not for task masked_lm"):
+    with pytest.raises(LmtuneError, match="data.augment applies to tasks classification and token_classification only, not to this run.s task masked_lm"):
         validate({"model": "minilm-l6", "task": "masked_lm", "data": {"train": str(tmp_path / "t.jsonl"), "augment": {}}})
 
 

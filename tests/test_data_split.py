@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lmtune.cli import main
@@ -29,6 +29,8 @@ def labelled_groups(draw):
 
 @settings(max_examples=150, deadline=None)
 @given(data=labelled_groups(), ratios=RATIOS, seed=st.integers(0, 10))
+# big groups dealt first to the small parts starved the largest one (1 of 7 `l0` rows in training)
+@example(data=("l0 l0 l0 l1 l0 l0 l0 l1 l0 l1".split(), "g0 g0 g0 g1 g2 g2 g2 g3 g4 g5".split()), ratios=(0.8, 0.1, 0.1), seed=0)
 def test_parts_partition_the_rows_and_keep_groups_whole(data, ratios, seed):
     labels, groups = data
     try:
@@ -139,6 +141,6 @@ def test_a_group_column_keeps_its_rows_on_one_side_of_the_automatic_split(tmp_pa
         classification.load_data(validate({"model": str(tiny_bert), "data": {"train": str(src), "group_column": "user"}}))
     with pytest.raises(LmtuneError) as e:
         validate({"model": str(tiny_bert), "task": "masked_lm", "data": {"train": str(src), "group_column": "author"}})
-    assert "data.group_column: used by the automatic validation split of classification and causal_lm" in str(e.value)
+    assert "data.group_column applies to tasks classification and causal_lm only, not to this run's task masked_lm" in str(e.value)
     with pytest.raises(LmtuneError, match="data.validation is given"):
         validate({"model": str(tiny_bert), "data": {"train": str(src), "validation": str(src), "group_column": "author"}})

@@ -78,7 +78,7 @@ def _worker(cfg: dict, tmp_path: Path, name: str) -> tuple[dict, dict]:
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path / f"{name}.yaml"), str(tmp_path / f"{name}-sums")],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tuple(json.loads((tmp_path / f"{name}-sums" / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -146,15 +146,33 @@ def test_two_processes_train_like_one_with_the_doubled_batch(tiny_bert, tmp_path
 @pytest.mark.slow
 def test_nproc_flag_runs_torchrun_and_refuses_a_finished_run_in_one_line(tiny_bert, tmp_path):
     train = write_sentiment(tmp_path / "train.csv", 40, seed=1)
+    # 36 training rows after the seeded validation split of 4: global batches of 8, the last one of
+    # 4 split 2 + 2, so the mean of the two processes' means is the mean of one process's batch
     cfg = {"model": str(tiny_bert), "output_dir": str(tmp_path / "run"), "data": {"train": str(train)},
-           "train": {"epochs": 1, "batch_size": 4, "precision": "fp32"}}
+           "train": {"epochs": 2, "batch_size": 4, "lr": 1e-2, "precision": "fp32", "dropout": 0.0}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "lmtune", "train", str(tmp_path / "c.yaml"), "--nproc", "2", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "training on 2 x cpu" in first.stderr and first.stderr.count("run folder:") == 1
-    assert json.loads(first.stdout.strip().splitlines()[-1])["validation"]["accuracy"] >= 0
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    printed = json.loads(first.stdout.strip().splitlines()[-1])["validation"]
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert printed == {k: v for k, v in written["validation"].items() if k != "per_class"}
+    # one process with the doubled batch: the same validation split, steps, weights and metrics
+    single = lmtune.train({**cfg, "output_dir": str(tmp_path / "one"), "train": {**cfg["train"], "batch_size": 8}},
+                          progress=False)
+    examples = [json.loads((tmp_path / r / "data.json").read_text())["examples"] for r in ("run", "one")]
+    assert examples[0] == examples[1] == {"train": 36, "validation": 4, "test": 0}
+    assert written["train"]["steps"] == single.metrics["train"]["steps"] == 10
+    assert printed["accuracy"] == single.metrics["validation"]["accuracy"]
+    assert printed["loss"] == pytest.approx(single.metrics["validation"]["loss"], abs=1e-5)
+    from safetensors.torch import load_file
+
+    w_two, w_one = load_file(tmp_path / "run" / "model" / "model.safetensors"), load_file(tmp_path / "one" / "model" / "model.safetensors")
+    assert w_two.keys() == w_one.keys()
+    for k in w_one:
+        assert torch.allclose(w_two[k], w_one[k], atol=1e-5), k
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 2
     assert again.stderr.strip() == f"lmtune: error: output_dir {tmp_path / 'run'} holds a finished run; use --overwrite to replace it"

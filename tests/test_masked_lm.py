@@ -3,6 +3,7 @@ validation masks, metrics and the MLM -> classification chain."""
 
 from __future__ import annotations
 
+import csv
 import math
 import random
 
@@ -115,22 +116,52 @@ def test_compute_metrics_perplexity_is_exp_loss():
 
 def test_mlm_then_classification_chain(tiny_bert, tmp_path):
     train, _ = _text(tmp_path / "t.txt", n_docs=40)
-    result = lmtune.train(_cfg(tiny_bert, tmp_path, train, whole_word_mask=True), progress=False)
+    raw = _cfg(tiny_bert, tmp_path, train, whole_word_mask=True)
+    result = lmtune.train(raw, progress=False)
     metrics = result.metrics["validation"]
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-6)
-    assert metrics["masked_tokens"] > 0
     adapted = tmp_path / "mlm" / "model"
     assert (adapted / "config.json").is_file()
-    data = write_sentiment(tmp_path / "s.csv", 60)
-    cls = lmtune.train({
-        "model": str(adapted), "task": "classification", "output_dir": str(tmp_path / "cls"),
-        "data": {"train": str(data), "max_length": 32},
-        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2, "precision": "fp32", "log_steps": 1},
-    }, progress=False)
-    assert "accuracy" in cls.metrics["validation"]
-    # the classifier started from the adapted body, which training had moved away from the base
+
+    # the validation loss by hand: the held-out documents masked once with train.seed, each block
+    # through the saved model alone, -log p(original token) averaged over the masked tokens
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+    cfg = validate(raw)
+    tok = load_tokenizer(tiny_bert)
+    held_out = masked_lm.load_data(cfg).validation
+    blocks = masked_lm.make_blocks([r["text"] for r in held_out.rows], tok, 32)
+    features, _ = masked_lm.prepare(held_out, tok, cfg, [])
+    assert len(features) == len(blocks)
+    model = AutoModelForMaskedLM.from_pretrained(adapted, attn_implementation="eager").eval()
+    nll, masked = 0.0, 0
+    for block, feature in zip(blocks, features):
+        labels = torch.tensor(feature["labels"])
+        where = labels != -100
+        # a masked position's label is the token that was there; the others keep their token
+        assert torch.equal(labels[where], torch.tensor(block["input_ids"])[where])
+        assert [i for i, w in zip(feature["input_ids"], where) if not w] == [i for i, w in zip(block["input_ids"], where) if not w]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([feature["input_ids"]])).logits[0].double()
+        nll -= torch.log_softmax(logits[where], -1).gather(1, labels[where, None]).sum().item()
+        masked += int(where.sum())
+    assert metrics["masked_tokens"] == masked > 0
+    assert metrics["loss"] == pytest.approx(nll / masked, rel=1e-5)
+
+    data = write_sentiment(tmp_path / "s.csv", 60)
+    val = write_sentiment(tmp_path / "v.csv", 20, seed=5)
+    cls = lmtune.train({
+        "model": str(adapted), "task": "classification", "output_dir": str(tmp_path / "cls"),
+        "data": {"train": str(data), "validation": str(val), "max_length": 32},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-2, "precision": "fp32", "log_steps": 1},
+    }, progress=False)
+    # the classifier's validation accuracy, counted from its predictions and the file's labels
+    with open(val, newline="") as f:
+        gold = list(csv.DictReader(f))
+    predicted = Predictor.from_run(tmp_path / "cls").predict([r["text"] for r in gold])
+    hits = sum(p["label"] == r["label"] for p, r in zip(predicted, gold))
+    assert cls.metrics["validation"]["accuracy"] == pytest.approx(hits / 20)
+    # the classifier started from the adapted body, which training had moved away from the base
     key = "bert.encoder.layer.0.attention.self.query.weight"
     base = AutoModelForMaskedLM.from_pretrained(tiny_bert).state_dict()[key]
     mlm = AutoModelForMaskedLM.from_pretrained(adapted).state_dict()[key]
@@ -142,6 +173,13 @@ def test_mlm_then_classification_chain(tiny_bert, tmp_path):
     first, second = predictor.evaluate_file(train), predictor.evaluate_file(train)
     assert first["masked_tokens"] > 0 and first["loss"] == pytest.approx(second["loss"])
     [[top]] = predictor.predict(["the movie was [MASK] ."])
-    assert len(top) == 5 and all(0 <= t["score"] <= 1 for t in top)
+    # the 5 likeliest tokens at the mask, by hand from the model's logits
+    enc = tok("the movie was [MASK] .", return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(model(**enc).logits[0, 4].double(), -1)
+    assert enc["input_ids"][0, 4] == tok.mask_token_id
+    scores, ids = probs.topk(5)
+    assert [t["token"] for t in top] == tok.convert_ids_to_tokens(ids.tolist())
+    assert [t["score"] for t in top] == pytest.approx(scores.tolist(), abs=2e-6)
     with pytest.raises(LmtuneError, match="no \\[MASK\\] token"):
         predictor.predict(["no mask here"])

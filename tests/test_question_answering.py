@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import string
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -75,6 +78,46 @@ def test_normalisation_and_scores_follow_the_official_script():
     # second: pred {in, santa, clara} vs gold {santa, clara, california}: 2 shared, P=R=2/3
     assert scores["f1"] == pytest.approx((1.0 + 2 / 3) / 2)
     assert "no_answer_f1" not in scores
+
+
+def _official_normalize(s: str) -> str:
+    """normalize_answer of the official SQuAD v1.1 evaluation script, as it is written there."""
+    def remove_articles(text):
+        return re.sub(r"\b(a|an|the)\b", " ", text)
+
+    def white_space_fix(text):
+        return " ".join(text.split())
+
+    def remove_punc(text):
+        exclude = set(string.punctuation)
+        return "".join(ch for ch in text if ch not in exclude)
+
+    return white_space_fix(remove_articles(remove_punc(s.lower())))
+
+
+def _official_f1(prediction: str, gold: str) -> float:
+    """f1_score of the official script (v1.1: both sides non-empty)."""
+    pred, ref = _official_normalize(prediction).split(), _official_normalize(gold).split()
+    common = Counter(pred) & Counter(ref)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def test_exact_match_and_f1_of_three_questions_counted_by_hand():
+    predictions = ["The Denver Broncos!", "the Panthers", "Santa Clara, California"]
+    golds = [["Broncos", "denver broncos"], ["Carolina Panthers", "Panthers."], ["Levi's Stadium in Santa Clara", "Levi's Stadium"]]
+    # 1: "denver broncos" == "denver broncos" (the second gold answer); 2: "panthers" == "panthers";
+    # 3: no exact match; against "levis stadium in santa clara": 2 shared tokens (santa, clara) of
+    # 3 predicted and 5 gold, P = 2/3, R = 2/5, F1 = 2PR / (P + R) = 1/2; against "levis stadium": 0
+    scores = qa.squad_scores(predictions, golds)
+    assert scores["exact_match"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx((1 + 1 + 1 / 2) / 3)
+    assert [_official_normalize(p) for p in predictions] == ["denver broncos", "panthers", "santa clara california"]
+    # repeated tokens count as often as both sides have them: 1 shared of 2 predicted, P = 1/2, R = 1
+    assert qa.token_f1("Paris, Paris", "Paris") == pytest.approx(2 / 3) == _official_f1("Paris, Paris", "Paris")
 
 
 def test_unanswerable_questions_score_the_empty_answer():
@@ -220,7 +263,6 @@ def test_train_evaluate_and_predict_end_to_end(qa_bert, tmp_path):
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())["validation"]
     assert set(metrics) >= {"exact_match", "f1", "loss", "examples"} and metrics["examples"] == 24
-    assert 0.0 <= metrics["exact_match"] <= metrics["f1"] <= 1.0
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     losses = [h["eval"]["loss"] for h in history if "eval" in h]
     assert losses[-1] < losses[0]
@@ -239,3 +281,11 @@ def test_train_evaluate_and_predict_end_to_end(qa_bert, tmp_path):
     assert main(["predict", str(run), str(val), "-o", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 24 and set(rows[0]) == {"question", "answer", "score", "start", "end"}
+    # the validation scores, from the predicted answers and the gold ones by the official formulas
+    gold = [json.loads(line) for line in val.read_text().splitlines()]
+    assert [r["question"] for r in rows] == [g["question"] for g in gold]
+    em = [max(float(_official_normalize(r["answer"]) == _official_normalize(a)) for a in g["answers"]["text"])
+          for r, g in zip(rows, gold)]
+    f1 = [max(_official_f1(r["answer"], a) for a in g["answers"]["text"]) for r, g in zip(rows, gold)]
+    assert metrics["exact_match"] == pytest.approx(sum(em) / 24)
+    assert metrics["f1"] == pytest.approx(sum(f1) / 24)

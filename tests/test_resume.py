@@ -102,9 +102,10 @@ def test_resume_after_a_real_kill(tiny_bert, toy_data, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     import yaml
+
+    from .conftest import wait_for_checkpoint
 
     common = dict(epochs=40, eval_steps=6, metric="loss", log_steps=6)
     whole = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "whole", **common), progress=False)
@@ -114,13 +115,8 @@ def test_resume_after_a_real_kill(tiny_bert, toy_data, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "lmtune", "train", str(path), "--no-progress"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / "killed" / "checkpoints" / "last" / "loop_state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["step"] >= 60:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    state = wait_for_checkpoint(tmp_path / "killed", lambda s: s["step"] >= 60, proc)
+    assert state is not None and state["step"] >= 60 and proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "metrics.json").exists()

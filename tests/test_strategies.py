@@ -11,7 +11,7 @@ from lmtune import strategies
 from lmtune.config import AdaptiveStrategy, FullStrategy, GradualStrategy, LoraStrategy, PartialStrategy
 from lmtune.errors import LmtuneError
 
-from .conftest import tiny_config
+from .conftest import WORDS, tiny_config
 
 
 def _model(tiny_bert):
@@ -58,10 +58,56 @@ def test_partial_freezes_embeddings_and_bottom_layers(tiny_bert):
     assert not any(n.startswith(("bert.embeddings.", "bert.encoder.layer.0.")) for n in trainable)
     assert any(n.startswith("bert.encoder.layer.1.") for n in trainable)
     assert "classifier.weight" in trainable
-    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
-        p.numel() for p in model.parameters() if p.requires_grad
-    )
-    assert "of" in strategies.describe(model, groups)
+    counts = _hand_count()
+    top = counts["layer"] + counts["pooler"] + counts["classifier"]  # layer 1, pooler, classifier
+    assert sum(p.numel() for g in groups for p in g["params"]) == top
+    pct = f"{100 * top / counts['total']:.1f}"
+    assert strategies.describe(model, groups) == f"{top:,} of {counts['total']:,} parameters trainable ({pct}%), lr 0.001"
+
+
+def _hand_count(hidden: int = 32, intermediate: int = 64, layers: int = 2, positions: int = 64, labels: int = 2) -> dict[str, int]:
+    """The parameters of the tiny BERT classifier (conftest.build_tiny_bert), counted from its
+    dimensions: a linear layer is in * out weights + out biases, a LayerNorm 2 x width."""
+    vocab = 5 + len({w for ws in WORDS.values() for w in ws})  # [PAD] [UNK] [CLS] [SEP] [MASK] + words
+    h = hidden
+    counts = {
+        "embeddings": vocab * h + positions * h + 2 * h + 2 * h,  # words, positions, 2 token types, LayerNorm
+        # query, key, value, attention output; LayerNorm; intermediate; output; LayerNorm
+        "layer": 4 * (h * h + h) + 2 * h + (h * intermediate + intermediate) + (intermediate * h + h) + 2 * h,
+        "pooler": h * h + h,
+        "classifier": h * labels + labels,
+    }
+    counts["total"] = counts["embeddings"] + layers * counts["layer"] + counts["pooler"] + counts["classifier"]
+    return counts
+
+
+def test_describe_counts_trainable_and_total_parameters_by_hand(tiny_bert):
+    counts = _hand_count()
+    # 3,424 embeddings + 2 x 8,544 layers + 1,056 pooler + 66 classifier, worked out once on paper
+    assert counts["total"] == 21_634
+    model = _model(tiny_bert)
+    full = strategies.apply(model, FullStrategy(), 1e-3, 0.0)
+    assert strategies.describe(model, full.groups) == "21,634 of 21,634 parameters trainable (100.0%), lr 0.001"
+    model = _model(tiny_bert)
+    adaptive = strategies.apply(model, AdaptiveStrategy(name="adaptive", decay=0.5, head_lr_multiplier=4), 1e-3, 0.0)
+    # head 4e-3, layer 1 1e-3, layer 0 5e-4, embeddings 2.5e-4
+    assert strategies.describe(model, adaptive.groups) == (
+        "21,634 of 21,634 parameters trainable (100.0%), lr 0.00025 .. 0.004 in 4 groups")
+    model = _model(tiny_bert)
+    gradual = strategies.apply(model, GradualStrategy(name="gradual", unfreeze_every=1), 1e-3, 0.0)
+    head = counts["pooler"] + counts["classifier"]  # only the head trains at first: 1,122
+    assert strategies.describe(model, gradual.groups) == "1,122 of 21,634 parameters trainable (5.2%), lr 0.001"
+    # LoRA r=4 on the six linear layers of each block: r x (in + out) each; query, key, value and
+    # the attention output are 32 -> 32, the intermediate 32 -> 64, the output 64 -> 32
+    adapters = 2 * (4 * 4 * (32 + 32) + 2 * 4 * (32 + 64))
+    assert adapters == 3_584
+    model = _model(tiny_bert)
+    lora = strategies.apply(model, LoraStrategy(name="lora", r=4), 1e-3, 0.0)
+    # the head (pooler, classifier) trains as a copy beside the frozen original
+    trainable, total = adapters + head, counts["total"] + adapters + head
+    assert strategies.describe(lora.model, lora.groups) == (
+        f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.1f}%), lr 0.001")
+    assert (trainable, total) == (4_706, 26_340)
 
 
 def test_partial_more_layers_than_model_is_an_error(tiny_bert):

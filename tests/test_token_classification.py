@@ -250,6 +250,56 @@ def test_seqeval_metrics_on_a_hand_worked_example():
     assert none["f1"] == 0.0 and none["accuracy"] == 1.0
 
 
+def test_metrics_merge_the_windows_of_a_long_sentence_before_seqeval(tokenizer):
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
+    labels = ["O", "B-LOC", "B-ORG", "B-PER", "I-PER"]
+    ids = {t: i for i, t in enumerate(labels)}
+    max_length, stride = 16, 4
+    for seed in range(200):  # a long sentence whose windows cut an entity (Angela | Merkel) in two
+        rng = random.Random(seed)
+        tokens, tags = [], []
+        while len(tokens) < 45:
+            t, g = sentence(rng)
+            tokens, tags = tokens + t, tags + g
+        wins, *_ = tc.windows(tokenizer, [tokens], max_length, stride, split_into_words=True)
+        firsts = [[w for _, w, first in win.words if first] for win in wins]
+        cut = [words[0] for words in firsts[1:] if tags[words[0]].startswith("I-")]
+        if cut:
+            break
+    else:
+        pytest.fail("no sentence with an entity across a window boundary")
+    sentences = [(tokens, tags), sentence(rng), sentence(rng)]
+    # predictions: the true tags with some words changed, and the cut entity's second part missed
+    wrong = random.Random(1)
+    predicted = [[wrong.choice(labels) if wrong.random() < 0.2 else t for t in g] for _, g in sentences]
+    predicted[0][cut[0] - 1 : cut[0] + 1] = [tags[cut[0] - 1], "O"]
+    table = tc.Table(Path("x"), ["tokens", "tags"], [{"tokens": t, "tags": g} for t, g in sentences], [1, 2, 3])
+    cfg = data_cfg(max_length=max_length, doc_stride=stride, tag_scheme="IOB2")
+    features, windowed = tc.prepare(table, tokenizer, cfg, labels)
+    wins, *_ = tc.windows(tokenizer, [t for t, _ in sentences], max_length, stride, split_into_words=True)
+    assert windowed == 1 and len(features) == len(wins) > 3
+    references = np.full((len(features), max_length), -100, np.int32)
+    predictions = references.copy()
+    for k, (f, win) in enumerate(zip(features, wins)):  # as eval_step gives them: at the labelled positions
+        references[k, : len(f["labels"])] = f["labels"]
+        for pos, w, first in win.words:
+            if first:
+                predictions[k, pos] = ids[predicted[win.sample][w]]
+    outputs = {"references": references, "predictions": predictions,
+               "loss_sum": np.ones(len(features)), "tokens": np.ones(len(features))}
+    m = tc.compute_metrics(outputs, labels, cfg, features)
+    y_true = [g for _, g in sentences]
+    assert m["f1"] == pytest.approx(f1_score(y_true, predicted, mode="strict", scheme=IOB2))
+    assert m["precision"] == pytest.approx(precision_score(y_true, predicted, mode="strict", scheme=IOB2))
+    assert m["recall"] == pytest.approx(recall_score(y_true, predicted, mode="strict", scheme=IOB2))
+    assert tc.sentence_tags(outputs, labels, features) == (y_true, predicted)  # 3 sentences, not the windows
+    # scored per window, the cut entity would count as two parts: another figure
+    per_window = tc.compute_metrics(outputs, labels, cfg)
+    assert (per_window["precision"], per_window["recall"]) != (m["precision"], m["recall"])
+
+
 # ---------------------------------------------------------------- training and prediction
 
 
@@ -286,3 +336,33 @@ def test_train_predict_and_evaluate_end_to_end(ner_bert, tmp_path):
     assert main(["predict", str(run), str(val), "-o", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 16 and all(len(r["tags"]) == len(r["tokens"]) for r in rows)
+
+    # sentences longer than max_length (32): one prediction per sentence, and metrics over whole sentences
+    long = []
+    for _ in range(4):
+        tokens, tags = [], []
+        while len(tokens) < 40:
+            t, g = sentence(rng)
+            tokens, tags = tokens + t, tags + g
+        long.append((tokens, tags))
+    long_file = write_conll(tmp_path / "long.conll", long)
+    predicted = predictor.predict([t for t, _ in long])
+    assert len(predicted) == 4 and [len(p) for p in predicted] == [len(t) for t, _ in long]
+    assert len(predictor.predict([" ".join(long[0][0])])) == 1  # a raw text: one list of entities
+    seen = []
+    real_scores = tc.entity_scores
+
+    def counting(y_true, y_pred, scheme):
+        seen.append(len(y_true))
+        return real_scores(y_true, y_pred, scheme)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(tc, "entity_scores", counting):
+        metrics = predictor.evaluate_file(long_file)
+    assert seen == [4] and metrics["examples"] == 4  # seqeval saw 4 sentences, not their windows
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+
+    expected = f1_score([g for _, g in long], predicted, mode="strict", scheme=IOB2)
+    assert metrics["f1"] == pytest.approx(expected, abs=1e-9) and metrics["f1"] > 0.5

@@ -34,6 +34,11 @@ def test_run_folder_holds_everything(tiny_bert, toy_data, tmp_path):
     assert [e["epoch"] for e in evals] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert all({"step", "epoch", "loss", "lr", "samples_per_second"} <= set(h) for h in logs)
     assert logs[-1]["loss"] < logs[0]["loss"]
+    # the schedule by hand: 6 epochs x 12 batches = 72 steps, warmup round(0.06 x 72) = 4 steps up
+    # to 3e-3, then linear down to 0 at step 72; logged every 2 steps
+    assert [h["step"] for h in logs] == list(range(2, 73, 2))
+    expected = [3e-3 * (s / 4 if s < 4 else (72 - s) / 68) for s in range(2, 73, 2)]
+    assert [h["lr"] for h in logs] == pytest.approx(expected, rel=1e-9, abs=1e-15)
     # the saved model is plain transformers with the user's label names
     from transformers import AutoModelForSequenceClassification
 
@@ -54,12 +59,26 @@ def test_best_checkpoint_is_the_final_model(tiny_bert, toy_data, tmp_path):
 
 
 def test_early_stopping(tiny_bert, toy_data, tmp_path):
-    # a learning rate of 0 never improves the loss after the first evaluation
+    # The config wants a learning rate above 0. At 1e-12 an AdamW step moves a weight by a few
+    # 1e-12 at most (zero biases do move, so the weights are not bit-equal): far less than any logit
+    # margin, so the predictions and the accuracy stay as they are, and only a strictly higher
+    # accuracy counts as better.
     cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=10, lr=1e-12, eval_steps=2,
-                      metric="loss", early_stopping_patience=2, warmup_ratio=0.0)
+                      metric="accuracy", early_stopping_patience=2, warmup_ratio=0.0)
     result = lmtune.train(cfg, progress=False)
-    assert result.stopped_early
-    assert result.metrics["train"]["steps"] < 10 * 12
+    evals = [h for h in result.history if "eval" in h]
+    # evaluations at steps 2 (the best), 4 and 6 (no better twice): stopped there, not at 10 x 12 steps
+    assert [e["step"] for e in evals] == [2, 4, 6]
+    assert len({e["eval"]["accuracy"] for e in evals}) == 1
+    assert result.stopped_early and result.best_step == 2 and result.metrics["train"]["steps"] == 6
+    assert result.metrics["train"]["stopped_early"] is True
+    from safetensors.torch import load_file
+
+    best = load_file(str(result.output_dir / "checkpoints" / "best" / "model.safetensors"))
+    last = load_file(str(result.output_dir / "checkpoints" / "last" / "model.safetensors"))
+    assert best.keys() == last.keys()
+    for name in best:  # 4 more steps at 1e-12 between the two
+        assert (best[name] - last[name]).abs().max() <= 1e-10, name
 
 
 def test_stratified_split_without_validation(tiny_bert, toy_data, tmp_path):
@@ -81,10 +100,12 @@ def _write(path, header, rows):
 
 
 def test_integer_labels_and_text_pairs_from_tsv(tiny_bert, tmp_path):
+    # label 1 when the hypothesis repeats the premise's (positive) word, 0 when it is a negative
+    # word; every premise appears with both labels, so only the pair (the second text) tells them apart
     rows = []
     for i in range(40):
         same = i % 2
-        a = WORDS["positive"][i % 10]
+        a = WORDS["positive"][(i // 2) % 10]
         b = a if same else WORDS["negative"][i % 10]
         rows.append((f"the {a}", f"a {b}", same))
     train = _write(tmp_path / "train.tsv", ["premise", "hypothesis", "label"], rows[:32])
@@ -94,13 +115,19 @@ def test_integer_labels_and_text_pairs_from_tsv(tiny_bert, tmp_path):
         "output_dir": str(tmp_path / "run"),
         "data": {"train": str(train), "validation": str(val), "text_column": "premise",
                  "text_pair_column": "hypothesis"},
-        "train": {"epochs": 1, "batch_size": 8, "precision": "fp32"},
+        "train": {"epochs": 8, "batch_size": 8, "lr": 5e-3, "precision": "fp32", "dropout": 0.0, "seed": 1,
+                  "eval_steps": 32},  # 8 x 4 steps, one evaluation (and checkpoint) at the end
     }
-    lmtune.train(cfg, progress=False)
+    result = lmtune.train(cfg, progress=False)
     p = Predictor.from_run(tmp_path / "run")
     assert p.labels == ["0", "1"] and p.text_pair_column == "hypothesis"
-    out = p.predict(["the good"], ["a good"])
-    assert out[0]["label"] in {"0", "1"}
+    val_rows = rows[32:]
+    out = p.predict([r[0] for r in val_rows], [r[1] for r in val_rows])
+    assert [o["label"] for o in out] == [str(r[2]) for r in val_rows]  # the integer labels, as strings
+    assert result.metrics["validation"]["accuracy"] == 1.0
+    # the same premise with each kind of hypothesis, written afresh
+    out = p.predict(["the superb", "the superb", "the lovely"], ["a superb", "a dull", "a worst"])
+    assert [o["label"] for o in out] == ["1", "0", "0"]
 
 
 def test_group_by_length_sees_every_example_each_epoch(tiny_bert, toy_data, tmp_path):

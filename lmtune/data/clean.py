@@ -143,16 +143,17 @@ def clean_rows(
 
 def clean_file(
     src: str | Path, out: str | Path, dropped_file: str | Path, text_column: str, label_column: str | None,
-    o: CleanOptions,
+    o: CleanOptions, *, fmt: str = "auto", columns: list[str] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Clean a CSV, TSV or JSONL file into `out` (a JSON list becomes JSON lines), each dropped
     row to `dropped_file` with its line and reason, reading the file twice and never holding it:
-    once to learn each row's keys, once to write. Returns the summary and the number of rows."""
+    once to learn each row's keys, once to write. Returns the summary and the number of rows.
+    `columns`: the column names of a CSV or TSV file without a header (`out` gets them as its header)."""
     from ..errors import LmtuneError
     from .readers import RowReader
     from .writers import RowWriter
 
-    reader = RowReader(src)
+    reader = RowReader(src, fmt, columns=columns)
     if reader.columns:
         reader.require_columns(text_column, label_column)
     label_key = label_column or "label"

@@ -57,11 +57,12 @@ class _Found:
 
 def inspect_file(
     path: str | Path, *, text_column: str = "text", label_column: str | None = None, tokenizer: Any = None,
-    max_length: int | None = None, fmt: str = "auto",
+    max_length: int | None = None, fmt: str = "auto", columns: list[str] | None = None,
 ) -> dict[str, Any]:
     """The report as a dict (what `lmtune data inspect --json` prints). The file is read one row at
-    a time (a JSON list whole); per row only its keys and lengths are kept."""
-    reader = RowReader(path, fmt, replace_bad_bytes=True)
+    a time (a JSON list whole); per row only its keys and lengths are kept. `columns`: the column
+    names of a CSV or TSV file without a header."""
+    reader = RowReader(path, fmt, replace_bad_bytes=True, columns=columns)
     if reader.columns:  # CSV, TSV: the header says at once
         reader.require_columns(text_column, label_column)
     label_key = label_column or "label"

@@ -3,11 +3,15 @@
 
 Every problem names the file and line: a row with the wrong number of fields, bytes that are not
 UTF-8, a JSON line that does not parse, a file with no rows.
+
+A CSV or TSV file's first line is its header, unless the column names are given (`data.columns`,
+`--columns`): the first line is then data, row 1 on line 1 (AG News as distributed: text<TAB>label).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ class Table:
     columns: list[str]
     rows: list[dict[str, Any]]
     lines: list[int]  # the (first) line of each row in the file, 1-based
+    header: str | None = None  # a CSV or TSV file's first line (each field shortened), when it gave the column names
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -34,9 +39,13 @@ class Table:
     def require_columns(self, *names: str | None) -> None:
         missing = [n for n in names if n is not None and n not in self.columns]
         if missing:
+            hint = ""
+            if self.header is not None:  # a file without a header has a row of data read as one
+                hint = (f" (the first line was read as a header: {_brief(self.header, 120)}; a file without a header "
+                        f"needs its column names in data.columns, or --columns on the command line, e.g. text,label)")
             raise LmtuneError(
                 f"{self.path}: no column {', '.join(repr(m) for m in missing)}; "
-                f"columns are: {', '.join(self.columns) or '(none)'}"
+                f"columns are: {', '.join(_brief(c, 30, quote=False) for c in self.columns) or '(none)'}{hint}"
             )
 
     def where(self, i: int) -> str:
@@ -44,7 +53,27 @@ class Table:
 
     def subset(self, indices: list[int]) -> "Table":
         """The rows at `indices`, with their lines, in a table of the same kind."""
-        return type(self)(self.path, self.columns, [self.rows[i] for i in indices], [self.lines[i] for i in indices])
+        return dataclasses.replace(self, rows=[self.rows[i] for i in indices], lines=[self.lines[i] for i in indices])
+
+
+def _brief(text: str, limit: int = 60, *, quote: bool = True) -> str:
+    """A short, one-line quotation of a piece of a file."""
+    text = text.replace("\t", "\\t").replace("\r", "").replace("\n", " ")
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f'"{text}"' if quote else text
+
+
+def check_column_names(columns: list[str] | None, path: Path | str) -> list[str] | None:
+    """Column names given for a file without a header: non-empty and different."""
+    if columns is None:
+        return None
+    names = [c.strip() for c in columns]
+    if not names or any(not c for c in names):
+        raise LmtuneError(f"{path}: data.columns (--columns) needs a name for every column, got {columns!r}")
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise LmtuneError(f"{path}: data.columns (--columns) names {', '.join(map(repr, twice))} twice")
+    return names
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
@@ -83,16 +112,25 @@ class RowReader:
     """The rows of a CSV, TSV or JSONL file, read one line at a time, so that a file of any size can
     be cleaned, split or augmented without holding it in memory (a JSON list is read whole).
     Iterating yields (line, row); iterating again reads the file again. `columns`: the header of a
-    CSV or TSV file; for JSON, the keys seen so far."""
+    CSV or TSV file (or the names given for one without a header); for JSON, the keys seen so far."""
 
-    def __init__(self, path: str | Path, fmt: str = "auto", *, replace_bad_bytes: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, fmt: str = "auto", *, replace_bad_bytes: bool = False, columns: list[str] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.format = detect_format(self.path, fmt)
         if self.format not in ("csv", "tsv", "jsonl", "json"):
             raise LmtuneError(f"{self.path}: expected a CSV, TSV, JSONL or JSON file, not {self.format}")
+        self.given = check_column_names(columns, self.path)
+        if self.given is not None and self.format not in ("csv", "tsv"):
+            raise LmtuneError(
+                f"{self.path}: data.columns (--columns) names the columns of a CSV or TSV file without a header; "
+                f"this is a {self.format.upper()} file, whose rows name their fields"
+            )
         self.replace_bad_bytes = replace_bad_bytes
         self.bad_lines: list[int] = []  # lines with bytes that are not UTF-8 (with replace_bad_bytes)
-        self.columns: list[str] = []
+        self.columns: list[str] = list(self.given or [])
+        self.header: str | None = None  # the first line, when it was read as the header
         if self.format in ("csv", "tsv"):
             for _ in self._delimited(header_only=True):
                 pass
@@ -117,13 +155,19 @@ class RowReader:
         quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
         reader = csv.reader(self._lines(), delimiter=delimiter, quoting=quoting, strict=True)
         kind = "CSV" if delimiter == "," else "TSV"
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise LmtuneError(f"{self.path}: the file is empty") from None
-        except csv.Error as e:
-            raise LmtuneError(f"{self.path}:{reader.line_num}: malformed {kind}: {e}") from None
-        self.columns = header = [h.strip() for h in header]
+        if self.given is None:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                raise LmtuneError(f"{self.path}: the file is empty") from None
+            except csv.Error as e:
+                raise LmtuneError(f"{self.path}:{reader.line_num}: malformed {kind}: {e}") from None
+            self.header = delimiter.join(_brief(f, 30, quote=False) for f in fields)
+            self.columns = header = [h.strip() for h in fields]
+        else:
+            header = self.given
+            if not self.path.is_file():
+                raise LmtuneError(f"{self.path}: file not found")
         if header_only:
             return
         start = reader.line_num
@@ -136,6 +180,12 @@ class RowReader:
                 if len(fields) != len(header):
                     raise LmtuneError(
                         f"{self.path}:{line}: expected {len(header)} fields ({', '.join(header)}), found {len(fields)}"
+                    )
+                if line == 1 and self.given is not None and [f.strip() for f in fields] == header:
+                    # a header after all: it would become a row whose label is the column's name
+                    raise LmtuneError(
+                        f"{self.path}:1: the first line is a header ({', '.join(header)}), but data.columns "
+                        f"(--columns) says the file has none; leave the column names out for this file"
                     )
                 yield line, dict(zip(header, fields))
         except csv.Error as e:
@@ -159,7 +209,7 @@ class RowReader:
 
     def require_columns(self, *names: str | None) -> None:
         """For CSV and TSV, at once; for JSON, against the keys seen so far (call it after a pass)."""
-        Table(self.path, self.columns, [], []).require_columns(*names)
+        Table(self.path, self.columns, [], [], self.header).require_columns(*names)
 
 
 def _read_json(path: Path, text: str) -> Table:
@@ -178,21 +228,24 @@ def _read_json(path: Path, text: str) -> Table:
     return Table(path, list(columns), data, list(range(1, len(data) + 1)))
 
 
-def read_table(path: str | Path, fmt: str = "auto") -> Table:
-    """Read a whole file of examples. Raises LmtuneError naming file and line for bad input."""
+def read_table(path: str | Path, fmt: str = "auto", *, columns: list[str] | None = None) -> Table:
+    """Read a whole file of examples. Raises LmtuneError naming file and line for bad input.
+    `columns`: the column names of a CSV or TSV file without a header."""
     path = Path(path)
     fmt = detect_format(path, fmt)
     if fmt == "conll":
         from .conll import read_conll
 
+        if columns is not None:
+            raise LmtuneError(f"{path}: data.columns (--columns) is for CSV and TSV files; this is a CoNLL file")
         table: Table = read_conll(path)
     elif fmt in ("csv", "tsv", "jsonl", "json"):
-        reader = RowReader(path, fmt)
+        reader = RowReader(path, fmt, columns=columns)
         rows, lines = [], []
         for line, row in reader:
             lines.append(line)
             rows.append(row)
-        table = Table(path, reader.columns, rows, lines)
+        table = Table(path, reader.columns, rows, lines, reader.header)
     else:
         raise LmtuneError(f"{path}: unknown format {fmt!r}")
     if not table.rows:

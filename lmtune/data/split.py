@@ -61,7 +61,8 @@ def assign_parts(
     """The part (0, 1, ...) of every row. Rows that share a group (the same normalised text, or the
     same value of a group column) always land in the same part; with labels, each label's groups
     are dealt to the parts in proportion to the ratios (a group counts under its most common
-    label), every part first getting one group of each label when there are enough. A part that
+    label): each part but the largest is first dealt one of the label's smallest groups (when there
+    are enough), then every group goes to the part furthest below its share. A part that
     would get no example of some label is an error. Groups and labels may be given as integer
     arrays (label_names then names the labels), which is how a large file is split in little memory."""
     group_keys = _integers(groups, lambda g: digest(str(g)))
@@ -77,17 +78,25 @@ def assign_parts(
     part_of = np.zeros(len(sizes), np.int8)
     rng = np.random.default_rng(seed)
     k = len(ratios)
+    # the parts other than the largest, smallest share first: each is first dealt one group of every label
+    small_parts = sorted(range(k), key=lambda j: (ratios[j], -j))[: k - 1]
     for label in sorted(np.unique(v.top_label).tolist(), key=lambda i: str(names[i])):
         members = rng.permutation(np.flatnonzero(v.top_label == label))
+        # smallest groups first (a stable sort keeps the random order among groups of one size): the
+        # small parts' first groups are then the label's smallest, and cannot starve the largest part
+        members = members[np.argsort(sizes[members], kind="stable")]
         member_sizes = sizes[members]
-        total = int(member_sizes.sum())
+        total, n_groups = int(member_sizes.sum()), len(members)
         have = [0] * k
-        first = k if len(members) >= k else 0
-        for j in range(first):  # every part first gets one group of the label, when there are enough
-            part_of[members[j]] = j
-            have[j] += int(member_sizes[j])
+        first = k - 1 if n_groups >= k else 0
+        for g, j in enumerate(small_parts[:first]):  # the largest part gets its groups by deficit below
+            part_of[members[g]] = j
+            have[j] += int(member_sizes[g])
         targets = [r * total for r in ratios]
-        for start in range(first, len(members), 65536):
+        # the rest in random order again, so that no part gets only the small groups or only the big ones
+        rest = rng.permutation(n_groups - first) + first
+        members, member_sizes = members[rest], member_sizes[rest]
+        for start in range(0, len(members), 65536):
             chunk = members[start : start + 65536].tolist()
             for g, size in zip(chunk, member_sizes[start : start + 65536].tolist()):
                 # the part furthest below its share of this label takes the group
@@ -97,7 +106,7 @@ def assign_parts(
         if labels is not None and min(have) == 0:
             empty = [j for j, h in enumerate(have) if h == 0]
             raise LmtuneError(
-                f"{source}: label {names[label]!r} has {total} example(s) in {len(members)} group(s): too few to put "
+                f"{source}: label {names[label]!r} has {total} example(s) in {n_groups} group(s): too few to put "
                 f"some in every part (part {empty[0] + 1} would have none); merge rare labels or add examples"
             )
     return part_of[v.group]
@@ -125,17 +134,19 @@ PART_NAMES = ("train", "validation", "test")
 def split_file(
     path, out_dir, ratios: Sequence[float], *, seed: int = 42, text_column: str = "text",
     label_column: str | None = None, group_column: str | None = None, overwrite: bool = False,
+    fmt: str = "auto", columns: list[str] | None = None,
 ) -> dict:
     """Split a file into train/validation(/test) files in out_dir (same format; JSON becomes
     JSONL), grouped and stratified as `assign_parts` says. The file is read twice and never held:
-    once for each row's label and group key, once to write. Returns a report per part."""
+    once for each row's label and group key, once to write. Returns a report per part. `columns`:
+    the column names of a CSV or TSV file without a header (the parts get them as their header)."""
     from pathlib import Path
 
     from .readers import RowReader
     from .writers import RowWriter
 
     path, out_dir = Path(path), Path(out_dir)
-    reader = RowReader(path)
+    reader = RowReader(path, fmt, columns=columns)
     if reader.columns:
         reader.require_columns(text_column, label_column, group_column)
     fmt = "jsonl" if reader.format == "json" else reader.format

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import LmtuneError
+
 
 class RowWriter:
     """`with RowWriter(path, columns, fmt) as w: w.write(row)`; fmt csv, tsv or jsonl (columns
@@ -22,16 +24,27 @@ class RowWriter:
     def __enter__(self) -> "RowWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.tmp, "w", encoding="utf-8", newline="")
+        if self.format == "tsv":
+            # as the reader reads TSV: no quoting and no escapes, so that quotes and backslashes in a
+            # text come back as they were (a tab or a line break inside a value cannot be written)
+            self.csv = csv.writer(self.file, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE,
+                                  quotechar=None, escapechar=None)
+        elif self.format == "csv":
+            self.csv = csv.writer(self.file, lineterminator="\n")
         if self.format in ("csv", "tsv"):
-            tsv = self.format == "tsv"
-            self.csv = csv.writer(self.file, delimiter="\t" if tsv else ",", lineterminator="\n",
-                                  quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, escapechar="\\" if tsv else None)
-            self.csv.writerow(self.columns)
+            self.write_fields(self.columns)
         return self
+
+    def write_fields(self, fields: list[Any]) -> None:
+        try:
+            self.csv.writerow(fields)
+        except csv.Error:
+            bad = next(str(f) for f in fields if any(c in str(f) for c in "\t\n\r"))
+            raise LmtuneError(f"{self.path}: a TSV value cannot hold a tab or a line break: {bad[:60]!r}") from None
 
     def write(self, row: dict[str, Any]) -> None:
         if self.format in ("csv", "tsv"):
-            self.csv.writerow(["" if row.get(c) is None else row[c] for c in self.columns])
+            self.write_fields(["" if row.get(c) is None else row[c] for c in self.columns])
         else:
             self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self.rows += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from ..data.readers import Table, read_table
 from ..data.split import grouped_holdout, random_holdout
 from ..errors import LmtuneError
-from .common import TaskData
+from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, percentile_length
 
 METRICS = ("loss", "perplexity")
 GREATER_IS_BETTER = {"loss": False, "perplexity": False}
@@ -109,28 +110,72 @@ def messages_of(row: dict[str, Any], where: str, cfg: Any, *, need_answer: bool 
     return messages
 
 
-def prompt_of(row: dict[str, Any], where: str, cfg: Any) -> str:
+def _fill_template(template: str, row: dict[str, Any]) -> tuple[str, tuple[int, int]]:
+    """The template filled from the row, with the character span of its longest filled-in value."""
+    import string
+
+    f = string.Formatter()
+    text, span = "", (0, 0)
+    for literal, name, spec, conversion in f.parse(template):
+        text += literal
+        if name is None:
+            continue
+        value = row.get(name)
+        value = f.format_field(f.convert_field("" if value is None else value, conversion), spec or "")
+        if len(value) > span[1] - span[0]:
+            span = (len(text), len(text) + len(value))
+        text += value
+    return text, span
+
+
+def prompt_and_input(row: dict[str, Any], where: str, cfg: Any) -> tuple[str, tuple[int, int]]:
+    """The prompt of an instruction row and the character span of its input (what is cut first
+    when the example is too long): the longest value a template fills in; the input column; or,
+    without one, the instruction."""
     d = cfg.data
     if d.prompt_template is not None:
         missing = [f for f in _template_fields(d.prompt_template) if f not in row]
         if missing:
             raise LmtuneError(f"{where}: data.prompt_template names column {missing[0]!r}, which the row does not have")
-        return d.prompt_template.format(**{k: "" if v is None else v for k, v in row.items()})
+        return _fill_template(d.prompt_template, row)
     instruction = row.get(d.instruction_column)
     if not isinstance(instruction, str) or not instruction.strip():
         raise LmtuneError(f"{where}: no instruction in column {d.instruction_column!r}")
     extra = row.get(d.input_column)
-    return instruction + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
+    if isinstance(extra, str) and extra.strip():
+        text = f"{instruction}\n\n{extra}"
+        return text, (len(text) - len(extra), len(text))
+    return instruction, (0, len(instruction))
+
+
+# Where the input of a conversation lies: from (message, character) to (message, character) of the
+# messages' contents; and from which side it is cut when too long.
+InputSpan = tuple[tuple[int, int], tuple[int, int], str]
+
+
+def conversation_and_input(row: dict[str, Any], where: str, shape: str, cfg: Any) -> tuple[list[dict[str, str]], InputSpan]:
+    """Every instruction or chat row as a list of messages, with the span of its input: for an
+    instruction, the input inside the user message (cut in its middle, so that the template's
+    head and the input's end stay); for a chat, every turn from the first after the system prompt
+    to the last user turn before the final answer (cut from the start: the oldest turns go first)."""
+    if shape == "chat":
+        messages = messages_of(row, where, cfg)
+        last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
+        first = next((j for j, m in enumerate(messages) if m["role"] != "system"), last)
+        end = max((j for j in range(last) if messages[j]["role"] != "system"), default=first)
+        end_char = len(messages[end]["content"]) if end < last else 0
+        return messages, ((first, 0), (end, end_char), "start")
+    response = row.get(cfg.data.response_column)
+    if not isinstance(response, str) or not response.strip():
+        raise LmtuneError(f"{where}: no response in column {cfg.data.response_column!r}")
+    prompt, (a, b) = prompt_and_input(row, where, cfg)
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return messages, ((0, a), (0, b), "middle")
 
 
 def conversation(row: dict[str, Any], where: str, shape: str, cfg: Any) -> list[dict[str, str]]:
     """Every instruction or chat row as a list of messages."""
-    if shape == "chat":
-        return messages_of(row, where, cfg)
-    response = row.get(cfg.data.response_column)
-    if not isinstance(response, str) or not response.strip():
-        raise LmtuneError(f"{where}: no response in column {cfg.data.response_column!r}")
-    return [{"role": "user", "content": prompt_of(row, where, cfg)}, {"role": "assistant", "content": response}]
+    return conversation_and_input(row, where, shape, cfg)[0]
 
 
 def _check_table(table: Table, shape: str, cfg: Any) -> None:
@@ -222,17 +267,129 @@ def prompt_text(messages: list[dict[str, str]], tokenizer: Any) -> str:
     return text + "### Assistant:\n"
 
 
-def encode_chat(messages: list[dict[str, str]], tokenizer: Any, train_on_prompt: bool) -> tuple[list[int], list[int]]:
+def turn_end_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS, the special token that the chat template
+    puts after an assistant message (<|im_end|> in ChatML, <|eot_id|> in Llama 3, which is not
+    always the EOS a model's generation config names) and that config's EOS tokens. Training
+    checks that one of them is trained after every response; generation stops on any of them."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if getattr(tokenizer, "chat_template", None):
+        probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}]
+        try:
+            text, spans = render_chat(probe, tokenizer)
+        except Exception:  # a template that refuses the probe: the EOS alone
+            text, spans = "", []
+        for a, b in spans:
+            turn = text[a:b]
+            after = turn[turn.find("OK") + 2 :] if "OK" in turn else ""
+            special = set(tokenizer.all_special_ids) | {
+                i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+            }
+            ids += [i for i in tokenizer(after, add_special_tokens=False)["input_ids"] if i in special][:1]
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids += [eos] if isinstance(eos, int) else list(eos or [])
+    return list(dict.fromkeys(ids))
+
+
+@dataclass
+class Encoded:
+    """An instruction or chat example as tokens, with what truncation needs to know: where the
+    final answer starts (everything before it is prompt) and which prompt tokens are its input."""
+
+    ids: list[int]
+    labels: list[int]
+    response: int  # the first token of the final assistant turn
+    input: tuple[int, int]  # the input's tokens, [start, end)
+    cut_from: str  # "middle" or "start": which part of the input goes first
+
+
+def _content_starts(text: str, messages: list[dict[str, str]]) -> list[int] | None:
+    """Where each message's content starts in the rendered text (None if a template changes it)."""
+    starts, pos = [], 0
+    for m in messages:
+        i = text.find(m["content"], pos)
+        if i < 0:
+            return None
+        starts.append(i)
+        pos = i + len(m["content"])
+    return starts
+
+
+def encode_chat(
+    messages: list[dict[str, str]], tokenizer: Any, train_on_prompt: bool,
+    input_span: InputSpan | None = None, stops: list[int] | None = None,
+) -> Encoded:
+    """Token ids and labels (the assistant turns, or everything with train_on_prompt). A turn whose
+    trained tokens hold none of `stops` (a template that ends turns with plain text) gets the EOS
+    token added after it, trained, so that the tuned model learns to end its answers."""
     text, spans = render_chat(messages, tokenizer)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
-    if train_on_prompt:
-        return ids, list(ids)
-    labels = [
-        tok if any(a <= start < b for a, b in spans) else IGNORE
-        for tok, (start, _) in zip(ids, enc["offset_mapping"])
-    ]
-    return ids, labels
+    starts = [start for start, _ in enc["offset_mapping"]]
+    first_of = lambda char: next((i for i, c in enumerate(starts) if c >= char), len(ids))  # noqa: E731
+    turns = [(first_of(a), first_of(b)) for a, b in spans]
+    if stops and tokenizer.eos_token_id is not None:
+        for k in reversed(range(len(turns))):
+            a, b = turns[k]
+            if b > a and not any(i in stops for i in ids[a:b]):
+                ids.insert(b, tokenizer.eos_token_id)
+                starts.insert(b, starts[b - 1])
+                turns = [(x + (x >= b), y + (y >= b)) for x, y in turns[:k]] + [(a, b + 1)] + [(x + 1, y + 1) for x, y in turns[k + 1 :]]
+    trained = set().union(*(range(a, b) for a, b in turns)) if turns else set()
+    labels = list(ids) if train_on_prompt else [tok if i in trained else IGNORE for i, tok in enumerate(ids)]
+    response = turns[-1][0] if turns else len(ids)
+    cut, cut_from = (0, response), "middle"
+    content = _content_starts(text, messages) if input_span is not None else None
+    if input_span is not None and content is not None:
+        (m0, c0), (m1, c1), cut_from = input_span
+        a, b = first_of(content[m0] + c0), first_of(content[m1] + c1)
+        cut = (min(a, response), min(max(a, b), response))
+    return Encoded(ids, labels, response, cut, cut_from)
+
+
+def fit_to_length(enc: Encoded, limit: int) -> tuple[list[int], list[int], str | None]:
+    """The example within `limit` tokens: prompt tokens go first, the response only when it does
+    not fit beside a quarter of the limit of prompt. Prompt tokens go in this order: the input
+    (its middle, or its start for chats), then the template's head from its start, then the turn
+    markers before the answer. Returns (ids, labels, what was cut: None, "prompt" or "response")."""
+    ids, labels = enc.ids, enc.labels
+    excess = len(ids) - limit
+    if excess <= 0:
+        return ids, labels, None
+    prompt = enc.response
+    floor = min(prompt, limit // 4)  # an answer with no question teaches nothing: keep some prompt
+    kind = "prompt" if prompt - excess >= floor else "response"
+    drop = excess if kind == "prompt" else prompt - floor
+    a, b = enc.input
+    from_input = min(drop, b - a)
+    start = a if enc.cut_from == "start" else a + (b - a - from_input) // 2
+    dropped = set(range(start, start + from_input))
+    dropped.update(([*range(0, a), *range(b, prompt)])[: drop - from_input])
+    keep = [i for i in range(len(ids)) if i not in dropped][:limit]
+    return [ids[i] for i in keep], [labels[i] for i in keep], kind
+
+
+class Truncated(int):
+    """How many examples were cut (an int like the other tasks' counts), and how: `prompt` lost
+    prompt tokens only, `response` also the end of an answer too long for the limit."""
+
+    prompt: int
+    response: int
+
+    def __new__(cls, prompt: int, response: int) -> "Truncated":
+        obj = super().__new__(cls, prompt + response)
+        obj.prompt, obj.response = prompt, response
+        return obj
+
+    def parts(self) -> dict[str, int]:
+        return {"prompt": self.prompt, "response": self.response}
+
+    def describe(self) -> str:
+        return (f"{self.prompt} lost prompt tokens only (the template's head and the whole answer kept), "
+                f"{self.response} also the end of an answer too long for the limit")
 
 
 def _pack(features: list[dict[str, Any]], max_length: int, seed: int) -> list[dict[str, Any]]:
@@ -255,9 +412,29 @@ def _pack(features: list[dict[str, Any]], max_length: int, seed: int) -> list[di
     return rows
 
 
+def encode_table(table: Table, tokenizer: Any, cfg: Any, shape: str) -> list[Encoded]:
+    """Every instruction or chat row of the table, encoded whole."""
+    stops = turn_end_ids(tokenizer)
+    out = []
+    for i, row in enumerate(table.rows):
+        messages, span = conversation_and_input(row, table.where(i), shape, cfg)
+        out.append(encode_chat(messages, tokenizer, cfg.data.train_on_prompt, span, stops))
+    return out
+
+
+def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, str], shape: str | None = None) -> LengthChoice:
+    """data.max_length: auto: instructions and chats: the 99th percentile of the training examples'
+    token lengths (whole, template included); text: blocks of AUTO_BLOCK tokens."""
+    shape = shape or detect_shape(table, cfg)
+    if shape == "text":
+        return fixed_length(AUTO_BLOCK, cap, "text blocks")
+    return percentile_length([len(e.ids) for e in encode_table(table, tokenizer, cfg, shape)], cap, "training examples")
+
+
 def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Token ids and labels (IGNORE where not trained), truncated to max_length (counted); text
-    data is cut into blocks of max_length instead. Returns (features, truncated count)."""
+    """Token ids and labels (IGNORE where not trained) within max_length (fit_to_length: prompt
+    tokens go first); text data is cut into blocks of max_length instead. Returns (features, the
+    truncated count: a Truncated for instructions and chats)."""
     d = cfg.data
     shape = shape or detect_shape(table, cfg)
     max_length = d.max_length
@@ -273,12 +450,11 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: st
             if len(block) > 1:
                 features.append({"input_ids": block, "labels": list(block)})
     else:
-        empty = 0
-        for i, row in enumerate(table.rows):
-            ids, lab = encode_chat(conversation(row, table.where(i), shape, cfg), tokenizer, d.train_on_prompt)
-            if len(ids) > max_length:
-                truncated += 1
-                ids, lab = ids[:max_length], lab[:max_length]
+        empty, cuts = 0, {"prompt": 0, "response": 0}
+        for enc in encode_table(table, tokenizer, cfg, shape):
+            ids, lab, cut = fit_to_length(enc, max_length)
+            if cut:
+                cuts[cut] += 1
             if all(x == IGNORE for x in lab[1:]):
                 empty += 1
                 continue
@@ -289,6 +465,7 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: st
             log(f"{table.path}: {empty} examples have no response tokens left within data.max_length={max_length}; skipped")
         if not features:
             raise LmtuneError(f"{table.path}: no example keeps a response within data.max_length={max_length}")
+        truncated = Truncated(cuts["prompt"], cuts["response"])
     if d.packing:
         features = _pack(features, max_length, cfg.train.seed)
     return features, truncated
@@ -402,8 +579,9 @@ def compute_metrics(
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens)}
 
 
-def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
-                  top_p: float = 1.0, streamer: Any = None) -> str:
+def generate_ids(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, streamer: Any = None) -> list[int]:
+    """The new tokens for the prompt, up to and with the first turn-end token (turn_end_ids)."""
     import torch
 
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
@@ -411,21 +589,29 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
     with torch.no_grad():
         out = model.generate(
             **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-            streamer=streamer, **sampling,
+            eos_token_id=turn_end_ids(tokenizer, model), streamer=streamer, **sampling,
         )
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return out[0, enc["input_ids"].shape[1]:].tolist()
+
+
+def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
+                  top_p: float = 1.0, streamer: Any = None) -> str:
+    ids = generate_ids(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, streamer=streamer)
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def text_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """ROUGE-1/2/L F1 (rouge-score, stemmed) and corpus BLEU and chrF (sacrebleu), all 0-100."""
+    """ROUGE-1/2/L F1 (rouge-score, stemmed) and corpus BLEU and chrF (sacrebleu), all as shares
+    (0-1) like every other metric (sacrebleu reports 0-100)."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
-    out = {k: 100 * float(np.mean([s[k].fmeasure for s in scores])) for k in ("rouge1", "rouge2", "rougeL")}
-    out["bleu"] = float(sacrebleu.corpus_bleu(predictions, [references]).score)
-    out["chrf"] = float(sacrebleu.corpus_chrf(predictions, [references]).score)
+    out = {k: float(np.mean([s[k].fmeasure for s in scores])) for k in ("rouge1", "rouge2", "rougeL")}
+    out["bleu"] = float(sacrebleu.corpus_bleu(predictions, [references]).score) / 100
+    out["chrf"] = float(sacrebleu.corpus_chrf(predictions, [references]).score) / 100
     return out
 
 
@@ -437,15 +623,20 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, 
         return {}
     was_training = model.training
     model.eval()
-    predictions, references = [], []
+    stops = set(turn_end_ids(tokenizer, model))
+    predictions, references, unfinished = [], [], 0
     for i, row in enumerate(data.validation.rows[:n]):
         messages = conversation(row, data.validation.where(i), shape, cfg)
         last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
         prompt = prompt_text(messages[:last], tokenizer)
-        predictions.append(generate_text(model, tokenizer, prompt, max_new_tokens=cfg.eval.max_new_tokens))
+        ids = generate_ids(model, tokenizer, prompt, max_new_tokens=cfg.eval.max_new_tokens)
+        unfinished += not (ids and ids[-1] in stops)
+        predictions.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
         references.append(messages[last]["content"])
     model.train(was_training)
-    return {**text_scores(predictions, references), "generated_rows": len(predictions)}
+    # hit_token_limit: the share of generations that ran to eval.max_new_tokens without ending
+    return {**text_scores(predictions, references), "hit_token_limit": unfinished / max(len(predictions), 1),
+            "generated_rows": len(predictions)}
 
 
 def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:

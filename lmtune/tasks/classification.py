@@ -10,7 +10,7 @@ import numpy as np
 from ..data.readers import Table, read_table
 from ..data.split import grouped_split
 from ..errors import LmtuneError
-from .common import TaskData, load_labelled_model, tokenize_texts
+from .common import LengthChoice, TaskData, load_labelled_model, percentile_length, tokenize_texts
 
 METRICS = (
     "accuracy",
@@ -62,7 +62,7 @@ def check_labels(table: Table, label_column: str, labels: list[str], *, where: s
 
 def load_data(cfg: Any) -> TaskData:
     d = cfg.data
-    train = read_table(d.train, d.format)
+    train = read_table(d.train, d.format, columns=d.columns)
     _check_rows(train, cfg, need_label=True)
     notes = []
     prep: dict[str, Any] = {}
@@ -79,7 +79,7 @@ def load_data(cfg: Any) -> TaskData:
         notes.append(f"clean: kept {len(train)} of {len(train) + len(dropped)} training rows; dropped {reasons}"
                      + (" (each in dropped.jsonl)" if dropped else "") + f"; {prep['clean']['texts_changed']} texts changed")
     if d.validation:
-        validation = read_table(d.validation, d.format)
+        validation = read_table(d.validation, d.format, columns=d.columns)
         _check_rows(validation, cfg, need_label=True)
     else:
         from ..data.keys import normalise
@@ -108,7 +108,7 @@ def load_data(cfg: Any) -> TaskData:
     check_labels(validation, d.label_column, labels, where="the training data")
     test = None
     if d.test:
-        test = read_table(d.test, d.format)
+        test = read_table(d.test, d.format, columns=d.columns)
         _check_rows(test, cfg, need_label=True)
         check_labels(test, d.label_column, labels, where="the training data")
     counts = Counter(r[d.label_column] for r in train.rows)
@@ -135,6 +135,13 @@ def texts_of(table: Table, cfg: Any) -> tuple[list[str], list[str] | None]:
     texts = [r[d.text_column] for r in table.rows]
     pairs = [r[d.text_pair_column] for r in table.rows] if d.text_pair_column else None
     return texts, pairs
+
+
+def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, str]) -> LengthChoice:
+    """data.max_length: auto: the 99th percentile of the training inputs' token lengths."""
+    texts, pairs = texts_of(table, cfg)
+    enc = tokenizer(texts, pairs, truncation=False, padding=False, verbose=False)
+    return percentile_length([len(ids) for ids in enc["input_ids"]], cap)
 
 
 def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[list[dict[str, Any]], int]:

@@ -1,11 +1,15 @@
-"""Pieces that several tasks share: the data bundle, tokenization with truncation counts, a model with a label head."""
+"""Pieces that several tasks share: the data bundle, the choice of data.max_length: auto, tokenization with
+truncation counts, a model with a label head."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..data.readers import Table
+from ..errors import LmtuneError
 
 
 @dataclass
@@ -17,6 +21,61 @@ class TaskData:
     notes: list[str] = field(default_factory=list)  # what was done to the data, for the log and run folder
     prep: dict[str, Any] = field(default_factory=dict)  # summaries of the data steps (cleaning), for data.json
     dropped: list[dict[str, Any]] = field(default_factory=list)  # rows left out, each with line and reason
+
+
+# data.max_length: auto. The memory rule: a training batch of train.batch_size inputs of the chosen
+# length holds at most this many tokens (the batch of 32 x 256 that was the default before auto).
+AUTO_BATCH_TOKENS = 8192
+AUTO_PERCENTILE = 99
+AUTO_BLOCK = 256  # blocks (masked_lm, causal_lm text) are always full: their length is a cost, not a fit
+
+
+@dataclass
+class LengthChoice:
+    """The value data.max_length: auto resolved to, and why (for the log and data.json)."""
+
+    value: int
+    rule: str
+    longer: int | None = None  # training inputs longer than value (None for blocks: nothing is cut)
+    examples: int = 0
+
+    def record(self) -> dict[str, Any]:
+        return {"value": self.value, "rule": self.rule, "longer": self.longer, "examples": self.examples}
+
+
+def _round_up(n: float, step: int = 8) -> int:
+    return int(-(-int(np.ceil(n)) // step) * step)
+
+
+def length_cap(max_positions: int | None, batch_size: int) -> tuple[int, str]:
+    """The most that auto may choose: the model's positions and the memory rule, whichever is lower
+    (a multiple of 8, at least 8)."""
+    by_memory = max(8, AUTO_BATCH_TOKENS // batch_size // 8 * 8)
+    if max_positions and max_positions // 8 * 8 < by_memory:
+        return max(8, max_positions // 8 * 8), f"the model's {max_positions} positions"
+    return by_memory, f"{AUTO_BATCH_TOKENS} tokens per batch of {batch_size}; a smaller train.batch_size allows longer"
+
+
+def percentile_length(lengths: list[int], cap: tuple[int, str], what: str = "training inputs", most: int | None = None) -> LengthChoice:
+    """The 99th percentile of the lengths rounded up to a multiple of 8, capped (and at most `most`)."""
+    if not lengths:
+        raise LmtuneError("data.max_length: auto needs training examples to measure")
+    p = float(np.percentile(lengths, AUTO_PERCENTILE))
+    value, limit = _round_up(p), cap[0]
+    rule = f"the {AUTO_PERCENTILE}th percentile of {len(lengths)} {what} ({int(np.ceil(p))} tokens), rounded up to a multiple of 8"
+    if most is not None and most < limit:
+        limit, cap = most, (most, f"{most} at most")
+    if value > limit:
+        value = limit
+        rule += f", capped at {limit} ({cap[1]})"
+    value = max(8, value)
+    return LengthChoice(value, rule, sum(n > value for n in lengths), len(lengths))
+
+
+def fixed_length(size: int, cap: tuple[int, str], what: str) -> LengthChoice:
+    value = max(8, min(size, cap[0]))
+    rule = f"{what} of {size} tokens" + (f", capped at {value} ({cap[1]})" if value < size else "")
+    return LengthChoice(value, rule)
 
 
 def tokenize_texts(

@@ -23,7 +23,7 @@ from ..data.readers import Table
 from ..data.split import random_holdout
 from ..errors import LmtuneError
 from .causal_lm import read_texts
-from .common import TaskData
+from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length
 
 METRICS = ("loss", "perplexity")
 GREATER_IS_BETTER = {"loss": False, "perplexity": False}
@@ -190,6 +190,12 @@ class Collator:
             word_ids = torch.tensor([pad(f["word_ids"], -1) for f in features])
             input_ids, labels = self.mask(input_ids, special, word_ids)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, str]) -> LengthChoice:
+    """data.max_length: auto: blocks of AUTO_BLOCK tokens (the documents are joined and cut into
+    full blocks, so no length of theirs is a fit)."""
+    return fixed_length(AUTO_BLOCK, cap, "blocks")
 
 
 def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[list[dict[str, Any]], int]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..data.readers import Table, read_table
 from ..errors import LmtuneError
-from .common import TaskData
+from .common import LengthChoice, TaskData, percentile_length
 
 METRICS = ("f1", "exact_match", "loss")
 GREATER_IS_BETTER = {"f1": True, "exact_match": True, "loss": False}
@@ -265,6 +265,17 @@ def answer_positions(window: dict[str, Any], answer: dict[str, Any] | None, cls_
     start = next(i for i in inside if window["_offsets"][i][1] > start_char)
     end = next(i for i in reversed(inside) if window["_offsets"][i][0] < end_char)
     return start, end
+
+
+AUTO_WINDOW = 384  # data.max_length: auto at most: the usual SQuAD window; longer contexts become windows
+
+
+def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, str]) -> LengthChoice:
+    """data.max_length: auto: the 99th percentile of the training (question, context) pairs' token
+    lengths, at most AUTO_WINDOW (a longer context is cut into overlapping windows, never lost)."""
+    rows = table.rows
+    enc = tokenizer([r["question"] for r in rows], [r["context"] for r in rows], truncation=False, padding=False, verbose=False)
+    return percentile_length([len(ids) for ids in enc["input_ids"]], cap, "training question-context pairs", most=AUTO_WINDOW)
 
 
 def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[list[dict[str, Any]], int]:

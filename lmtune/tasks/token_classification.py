@@ -10,8 +10,8 @@ holds all of its subwords. Predictions are read from the first subword of each w
 
 Metrics: entity-level precision, recall and F1 (seqeval; strict for IOB2 and BIOES, conlleval
 rules for IOB1), overall (micro) and per entity type, plus token accuracy and the mean token loss.
-They are computed per window: an entity that a window boundary cuts (only in sentences longer than
-max_length) is scored as two parts.
+The windows of a long sentence are merged back into the sentence before seqeval (each word's tag
+from the window that labels it), so an entity across a window boundary is scored once, whole.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from ..data.conll import ConllTable, read_conll
 from ..data.readers import Table, read_table
 from ..errors import LmtuneError
-from .common import TaskData, load_labelled_model
+from .common import LengthChoice, TaskData, load_labelled_model, percentile_length
 
 METRICS = ("f1", "precision", "recall", "accuracy", "loss")
 GREATER_IS_BETTER = {m: m != "loss" for m in METRICS}
@@ -267,6 +267,13 @@ def continuation(tag: str, known: dict[str, int]) -> str:
     return f"I-{kind}" if sep and f"I-{kind}" in known else tag
 
 
+def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, str]) -> LengthChoice:
+    """data.max_length: auto: the 99th percentile of the training sentences' subword counts (the
+    longer ones are windowed, not cut)."""
+    enc = tokenizer([r["tokens"] for r in table.rows], is_split_into_words=True, truncation=False, padding=False, verbose=False)
+    return percentile_length([len(ids) for ids in enc["input_ids"]], cap, "training sentences")
+
+
 def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[list[dict[str, Any]], int]:
     """Features, one per window, and how many sentences were longer than max_length (windowed)."""
     d = cfg.data
@@ -277,6 +284,9 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[
     features = []
     for win in wins:
         f: dict[str, Any] = dict(win.features)
+        # for the metrics: the sentence, and the (position, word) of each word's first subword
+        f["_sentence"] = win.sample
+        f["_words"] = [(pos, w) for pos, w, first in win.words if first]
         tags = table.rows[win.sample].get("tags")
         if tags is not None:
             ids = [IGNORE] * len(f["input_ids"])
@@ -304,10 +314,20 @@ def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str
     return load_labelled_model(AUTO_MODEL, path, cfg, labels, attn_implementation)
 
 
-def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Any:
-    from transformers import DataCollatorForTokenClassification
+class Collator:
+    """Pads inputs and labels; keys starting with '_' (the window's sentence and words) stay behind."""
 
-    return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE)
+    def __init__(self, tokenizer: Any) -> None:
+        from transformers import DataCollatorForTokenClassification
+
+        self.pad = DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE)
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        return self.pad([{k: v for k, v in f.items() if not k.startswith("_")} for f in features])
+
+
+def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
+    return Collator(tokenizer)
 
 
 def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
@@ -360,17 +380,41 @@ def entity_scores(y_true: list[list[str]], y_pred: list[list[str]], scheme: str)
     return out
 
 
+def sentence_tags(
+    outputs: dict[str, np.ndarray], labels: Sequence[str], features: Sequence[dict[str, Any]] | None
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Reference and predicted tags per sentence, its windows merged back: each word's tags from the
+    window that labels it, in word order. Without the features (their `_sentence` and `_words`),
+    each output row counts as a sentence of its labelled positions."""
+    references, predictions = outputs["references"], outputs["predictions"]
+    names = np.array(list(labels), dtype=object)
+    if not features or "_sentence" not in features[0]:
+        mask = references != IGNORE
+        rows = [(names[r[m]].tolist(), names[p[m]].tolist()) for r, p, m in zip(references, predictions, mask) if m.any()]
+        return [t for t, _ in rows], [p for _, p in rows]
+    if len(features) != len(references):
+        raise LmtuneError("token_classification metrics need the evaluated windows (features), one per output row")
+    words: dict[int, dict[int, tuple[int, int]]] = {}  # sentence -> word -> (reference, prediction)
+    for f, ref, pred in zip(features, references, predictions):
+        mine = words.setdefault(f["_sentence"], {})
+        for pos, w in f["_words"]:
+            if ref[pos] != IGNORE:
+                mine[w] = (int(ref[pos]), int(pred[pos]))
+    y_true, y_pred = [], []
+    for s in sorted(words):
+        if words[s]:
+            pairs = [words[s][w] for w in sorted(words[s])]
+            y_true.append([labels[r] for r, _ in pairs])
+            y_pred.append([labels[p] for _, p in pairs])
+    return y_true, y_pred
+
+
 def compute_metrics(
     outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None, features: Any = None
 ) -> dict[str, Any]:
     references, predictions = outputs["references"], outputs["predictions"]
     mask = references != IGNORE
-    names = np.array(list(labels), dtype=object)
-    y_true, y_pred = [], []
-    for ref, pred, m in zip(references, predictions, mask):
-        if m.any():
-            y_true.append(list(names[ref[m]]))
-            y_pred.append(list(names[pred[m]]))
+    y_true, y_pred = sentence_tags(outputs, labels, features)
     out = entity_scores(y_true, y_pred, scheme_of(labels, cfg))
     n = int(mask.sum())
     out["accuracy"] = float((references[mask] == predictions[mask]).mean()) if n else 0.0
