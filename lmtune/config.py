@@ -225,8 +225,18 @@ class GradualStrategy(Section):
     decay: float = Field(1.0, gt=0, le=1, description="per-layer learning-rate decay from the top (1: none)")
 
 
+class AutoStrategy(Section):
+    """Choose lora, partial or full from the model's size, the number of training examples and the
+    task (lmtune/strategy_choice.py): a model of 1,000M parameters or more: lora; fewer than 1,000
+    training examples (causal_lm: 10,000): lora from 100M parameters, else partial with the bottom
+    half of the layers frozen; more: full. The log says which and why; the run folder's config.yaml
+    holds the chosen strategy, data.json the rule."""
+
+    name: Literal["auto"]
+
+
 Strategy = Annotated[
-    Union[FullStrategy, PartialStrategy, AdaptiveStrategy, LoraStrategy, GradualStrategy],
+    Union[FullStrategy, PartialStrategy, AdaptiveStrategy, LoraStrategy, GradualStrategy, AutoStrategy],
     Field(discriminator="name"),
 ]
 STRATEGY_CLASSES: dict[str, type[Section]] = {
@@ -235,6 +245,7 @@ STRATEGY_CLASSES: dict[str, type[Section]] = {
     "adaptive": AdaptiveStrategy,
     "lora": LoraStrategy,
     "gradual": GradualStrategy,
+    "auto": AutoStrategy,
 }
 
 
@@ -284,6 +295,62 @@ class TrainConfig(Section):
     )
 
 
+_Int = int  # (a field of Distribution is named int)
+
+
+class Distribution(Section):
+    """One dimension of a search space: exactly one of loguniform, uniform, int or choice."""
+
+    loguniform: list[float] | None = Field(None, description="[low, high], sampled on a log scale (learning rates)")
+    uniform: list[float] | None = Field(None, description="[low, high]")
+    int: list[_Int] | None = Field(None, description="[low, high], both included")
+    choice: list[bool | _Int | float | str | None] | None = Field(None, description="the values to choose from")
+
+    def kind(self) -> str | None:
+        given = [k for k in ("loguniform", "uniform", "int", "choice") if getattr(self, k) is not None]
+        return given[0] if len(given) == 1 else None
+
+
+class StopWhen(Section):
+    """The target that ends a search: the first trial whose validation metric reaches it."""
+
+    metric: str = Field(description="a validation metric of the task (e.g. accuracy, f1, loss)")
+    at_least: float | None = Field(None, description="reached when the metric is at least this (scores)")
+    at_most: float | None = Field(None, description="reached when the metric is at most this (losses)")
+
+    def reached(self, value: float | None) -> bool:
+        if value is None or value != value:  # missing or NaN
+            return False
+        return value >= self.at_least if self.at_least is not None else value <= self.at_most  # type: ignore[operator]
+
+
+class SearchConfig(Section):
+    """Hyperparameter search (`lmtune search`; `lmtune train` runs the config as it is): Optuna's TPE
+    sampler over `space`, pruning fed by every evaluation, one run folder per trial."""
+
+    space: dict[str, Distribution] = Field(
+        description="config key -> distribution, e.g. train.lr: {loguniform: [1e-5, 1e-3]}; keys of a strategy "
+        "are sampled only in trials that draw that strategy"
+    )
+    metric: str | None = Field(None, description="validation metric to optimise; default: train.metric (the task's)")
+    direction: Literal["auto", "maximize", "minimize"] = Field(
+        "auto", description="auto: minimize losses and perplexity, maximize the rest"
+    )
+    trials: int = Field(20, ge=1, description="trials to finish (complete, pruned or failed) before the search ends")
+    timeout: float | None = Field(None, gt=0, description="wall seconds for the whole search; null: no limit")
+    stop_when: StopWhen | None = Field(None, description="end the search at the first trial that reaches this target")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="stop hopeless trials after their first evaluations (set train.eval_steps for more of them)"
+    )
+    seed: int | None = Field(None, description="sampler seed; default: train.seed")
+    storage: str | None = Field(
+        None, description="an Optuna RDB URL shared by several machines (postgresql://...); default: "
+        "study.db (SQLite) in the search folder"
+    )
+    study: str | None = Field(None, description="study name in the storage; default: the search folder's name")
+    parallel: int = Field(1, ge=1, description="trials at once on this machine, each a process with its share of the CPU threads (or its own GPU)")
+
+
 class RunConfig(Section):
     """One fine-tuning run."""
 
@@ -296,10 +363,13 @@ class RunConfig(Section):
     strategy: Strategy = Field(default_factory=FullStrategy)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    search: SearchConfig | None = Field(None, description="read by lmtune search only")
 
     def to_yaml(self) -> str:
         """The resolved config: every key of this task, defaults filled (other tasks' keys left out)."""
         raw = self.model_dump(mode="json")
+        if raw.get("search") is None:
+            raw.pop("search", None)
         for section in ("data", "eval"):
             fields = type(getattr(self, section)).model_fields
             raw[section] = {k: v for k, v in raw[section].items() if self.task in (key_tasks(fields[k]) or [self.task])}
@@ -380,16 +450,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             parsed = yaml_load(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = parsed
+        set_key(raw, key, parsed)
     if problems:
         raise LmtuneError(*problems)
     return raw
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key (`train.lr`) in a raw config mapping, making the sections on the way."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
 
 
 # ---------------------------------------------------------------- validation
@@ -573,9 +648,11 @@ def reference(task: str | None = None) -> list[tuple[str, str, str, str]]:
             default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
             rows.append((key, kind, default, f.description or ""))
             # an optional section (data.clean, data.augment): null by default, its own keys below it
+            # (a mapping of sections, search.space: its keys are the user's, shown as KEY)
+            below = key + (".KEY." if getattr(ann, "__origin__", None) is dict else ".")
             for inner in getattr(ann, "__args__", ()):
                 if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    walk(inner, key + ".")
+                    walk(inner, below)
 
     walk(RunConfig, "")
     return rows

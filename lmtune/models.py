@@ -110,8 +110,8 @@ def describe(name_or_path: str) -> ModelInfo:
                      max_positions=int(positions) if positions else None)
 
 
-def module_names(name_or_path: str) -> set[str]:
-    """Names of the linear layers of a model, from its config alone (built on the meta device)."""
+def _meta_model(name_or_path: str):
+    """The model's body (no task head) built from its config on the meta device: no weights read."""
     import torch
     from transformers import AutoConfig, AutoModel
 
@@ -121,8 +121,19 @@ def module_names(name_or_path: str) -> set[str]:
     else:
         config = AutoConfig.from_pretrained(source)
     with torch.device("meta"):
-        model = AutoModel.from_config(config)
-    return {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        return AutoModel.from_config(config)
+
+
+def module_names(name_or_path: str) -> set[str]:
+    """Names of the linear layers of a model, from its config alone (built on the meta device)."""
+    import torch
+
+    return {n for n, m in _meta_model(name_or_path).named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def parameter_count(name_or_path: str) -> int:
+    """Parameters of the model's body (no task head), from its config alone; tied weights count once."""
+    return sum(p.numel() for p in _meta_model(name_or_path).parameters())
 
 
 def resolve(name_or_path: str) -> Path:

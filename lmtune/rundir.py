@@ -61,12 +61,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 
@@ -110,8 +110,8 @@ class RunDir:
             shutil.rmtree(p)
             busy = False
         if busy and self.config.is_file():
-            saved = _flat(yaml.safe_load(self.config.read_text()))
-            now = _flat(yaml.safe_load(config_yaml))
+            saved = flatten(yaml.safe_load(self.config.read_text()))
+            now = flatten(yaml.safe_load(config_yaml))
             changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
             if changed:
                 raise LmtuneError(

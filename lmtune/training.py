@@ -26,6 +26,7 @@ from . import collectives, models, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
+from .memory import PeakMemory
 from .rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
 from .tasks import get_task
 
@@ -189,13 +190,29 @@ def eval_metrics(task: Any, model: Any, loader: Any, accelerator: Any, labels: l
 
 
 def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tuple[RunConfig, dict[str, Any], list[str]]:
-    """A copy of the config with data.max_length: auto and train.lr: null made numbers, what was
-    chosen (for data.json) and the lines that say so (for the log). The run folder's config.yaml holds the numbers, so that eval
-    and predict read the run's own length; a resumed run resolves them again from the same data and
-    strategy, so its config still matches the saved one (a changed training file does not)."""
+    """A copy of the config with strategy.name: auto made a strategy, and data.max_length: auto and
+    train.lr: null made numbers, what was chosen (for data.json) and the lines that say so (for the
+    log). The run folder's config.yaml holds the choices, so that eval and predict read the run's own
+    length; a resumed run resolves them again from the same data, so its config still matches the
+    saved one (a changed training file does not). The strategy comes first: the lr default is its."""
     from .tasks.common import length_cap
 
-    d, t, record, notes = cfg.data, cfg.train, {}, []
+    record, notes = {}, []
+    if cfg.strategy.name == "auto":
+        from .config import STRATEGY_CLASSES
+        from .strategy_choice import resolve_auto
+
+        section, choice = resolve_auto(cfg.task, str(models.resolve(cfg.model)), len(data.train))
+        if choice.name == "lora" and cfg.train.distributed == "fsdp":
+            raise LmtuneError(f"strategy.name: auto chose lora ({choice.rule}), which is not offered with "
+                              f"train.distributed: fsdp; name a strategy or use ddp")
+        cfg = cfg.model_copy(update={"strategy": STRATEGY_CLASSES[choice.name](**section)})
+        record["strategy"] = {"setting": "auto", "value": choice.name, "rule": choice.rule}
+        settings = ", ".join(f"{k} {v}" for k, v in section.items() if k != "name")
+        notes.append(f"strategy.name: auto -> {choice.name}{f' ({settings})' if settings else ''}: {choice.rule}")
+    else:
+        record["strategy"] = {"setting": cfg.strategy.name, "value": cfg.strategy.name}
+    d, t = cfg.data, cfg.train
     data_update, train_update = {}, {}
     if d.max_length == "auto":
         # (from the plain folder: a GGUF file's config is read from the whole file)
@@ -234,6 +251,13 @@ def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int], resolved:
     }
 
 
+def seeded_sample(n: int, k: int, seed: int) -> list[int]:
+    """At most k of the indices 0..n-1, drawn with `seed`, in order."""
+    import random
+
+    return list(range(n)) if n <= k else sorted(random.Random(seed).sample(range(n), k))
+
+
 def train(
     config: RunConfig | str | dict[str, Any],
     *,
@@ -241,8 +265,11 @@ def train(
     overwrite: bool = False,
     on_evaluate: EvalCallback | None = None,
     progress: bool = True,
+    train_sample_rows: int = 0,
 ) -> RunResult:
-    """Fine-tune as the config says; write the run folder; return the final metrics."""
+    """Fine-tune as the config says; write the run folder; return the final metrics.
+    `train_sample_rows`: also score the final model, like validation, on a seeded sample of at most
+    this many training examples (metrics["train_sample"]: the gap to validation shows overfitting)."""
     from accelerate.utils import set_seed
 
     cfg = as_config(config)
@@ -273,6 +300,9 @@ def train(
             how = truncated[name].describe() if hasattr(truncated[name], "describe") else ""
             log(f"{name}: {truncated[name]} of {len(table)} inputs longer than data.max_length={cfg.data.max_length} "
                 f"were truncated" + (f": {how}" if how else ""))
+    if train_sample_rows:  # (not in the data record: these examples are in the train split already)
+        sample = data.train.subset(seeded_sample(len(data.train), train_sample_rows, t.seed))
+        features["train_sample"], _ = task.prepare(sample, tokenizer, cfg, data.labels)
     for note in data.notes:
         log(note)
     if main:
@@ -385,11 +415,12 @@ def train(
         f"{len(features['train'])} examples, global batch "
         f"{t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, {total_steps} steps"
     )
-    stopped_early = fit(
-        cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, plan.update, train_loader,
-        train_sampler, loaders["validation"], state, total_steps, on_evaluate, progress,
-    )
-    return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early)
+    with PeakMemory(accelerator.device) as peak:
+        stopped_early = fit(
+            cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, plan.update, train_loader,
+            train_sampler, loaders["validation"], state, total_steps, on_evaluate, progress,
+        )
+    return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early, peak.megabytes)
 
 
 def fit(
@@ -577,6 +608,7 @@ def finish(
     loaders: dict[str, Any],
     state: LoopState,
     stopped_early: bool,
+    peak_megabytes: float | None = None,
 ) -> RunResult:
     """Put the best model in model/, evaluate it on validation and test, write metrics.json."""
     if run.best.is_dir() and sharding.is_sharded(model):
@@ -606,6 +638,10 @@ def finish(
         "tokens_per_second": round(state.train_tokens / seconds, 1),
         "best_step": state.best_step,
         "stopped_early": stopped_early,
+        # what trained by the end (gradual unfreezing: everything it unfroze), and the whole model
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "peak_memory_mb": peak_megabytes,  # GPU: allocated by torch; CPU: the process's resident set
     }
     history = []
     if accelerator.is_main_process:

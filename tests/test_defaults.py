@@ -106,6 +106,20 @@ def test_causal_lm_instructions_measure_the_whole_rendered_example(tiny_llama, t
     assert record["max_length"]["examples"] == 90 and record["max_length"]["longer"] == sum(n > cfg.data.max_length for n in lengths)
 
 
+def test_packed_instructions_get_rows_of_a_block_not_of_one_example(tiny_llama, tmp_path, capfd):
+    rows = [{"instruction": t, "output": "dog runs ."} for t in _texts(100, 20)]
+    raw = {"model": str(tiny_llama), "task": "causal_lm", "data": {"train": str(_jsonl(tmp_path / "d.jsonl", rows))},
+           "output_dir": str(tmp_path / "r")}
+    unpacked, _ = _resolve(raw)
+    assert unpacked.data.max_length < 64  # one example's length: a packed row that long holds one example
+    raw["data"]["packing"] = True
+    cfg, record = _resolve(raw)
+    assert cfg.data.max_length == 256 and record["max_length"]["longer"] == 0
+    assert "packed rows of 256 tokens, several examples to a row (the 99th percentile" in capfd.readouterr().err
+    raw["train"] = {"batch_size": 64}  # the memory rule still caps the row: 8192 / 64
+    assert _resolve(raw)[0].data.max_length == 128
+
+
 @pytest.mark.parametrize("task, expected", [("masked_lm", 64), ("causal_lm", 256)])
 def test_blocks_are_256_tokens_capped(tiny_bert, tiny_llama, tmp_path, task, expected):
     text = tmp_path / "t.txt"

@@ -15,7 +15,7 @@ from lmtune.config import RunConfig
 REQUIRED = "required"
 NO_DEFAULT = object()  # a default_factory: the JSON schema does not carry it
 STRATEGY_HEADER = re.compile(r"^strategy\.name: (\w+)$")
-KEY_LINE = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*)\s+(\S+)")
+KEY_LINE = re.compile(r"^([a-z_]+(?:\.(?:[a-z_]+|KEY))*)\s+(\S+)")
 
 
 def _schema_keys() -> list[tuple[str | None, str, Any]]:
@@ -50,6 +50,8 @@ def _schema_keys() -> list[tuple[str | None, str, Any]]:
             refs = [o["$ref"] for o in prop.get("anyOf", []) if "$ref" in o]
             if refs:  # an optional section: its own fields are keys too
                 walk(resolve(refs[0]), key + ".", strategy)
+            if "$ref" in prop.get("additionalProperties", {}):  # a mapping of sections (search.space)
+                walk(resolve(prop["additionalProperties"]["$ref"]), key + ".KEY.", strategy)
 
     walk(schema, "", None)
     return rows
@@ -102,8 +104,11 @@ def test_keys_shows_hand_picked_defaults_and_every_strategy(capsys):
     assert printed[(None, "data.clean")] is None and printed[(None, "data.clean.dedupe")] == "exact"
     assert printed[(None, "data.augment.p_delete")] == 0.1 and printed[(None, "data.augment.protect")] == []
     assert printed[(None, "eval.generate_rows")] == 16
+    assert printed[(None, "search")] is None and printed[(None, "search.trials")] == 20
+    assert printed[(None, "search.space")] == REQUIRED and printed[(None, "search.space.KEY.loguniform")] is None
+    assert printed[(None, "search.pruner")] == "median" and printed[(None, "search.stop_when.metric")] == REQUIRED
     headers = [s for s, k, _ in listed if k.startswith("strategy.name:")]
-    assert headers == ["full", "partial", "adaptive", "lora", "gradual"]
+    assert headers == ["full", "partial", "adaptive", "lora", "gradual", "auto"]
     # the same key name, a default per strategy
     assert printed[("adaptive", "strategy.decay")] == 0.8 and printed[("gradual", "strategy.decay")] == 1.0
     assert printed[("partial", "strategy.freeze_layers")] == REQUIRED

@@ -424,11 +424,18 @@ def encode_table(table: Table, tokenizer: Any, cfg: Any, shape: str) -> list[Enc
 
 def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, str], shape: str | None = None) -> LengthChoice:
     """data.max_length: auto: instructions and chats: the 99th percentile of the training examples'
-    token lengths (whole, template included); text: blocks of AUTO_BLOCK tokens."""
+    token lengths (whole, template included); packed, rows of at least AUTO_BLOCK tokens (a row the
+    length of one example would hold one example); text: blocks of AUTO_BLOCK tokens."""
     shape = shape or detect_shape(table, cfg)
     if shape == "text":
         return fixed_length(AUTO_BLOCK, cap, "text blocks")
-    return percentile_length([len(e.ids) for e in encode_table(table, tokenizer, cfg, shape)], cap, "training examples")
+    lengths = [len(e.ids) for e in encode_table(table, tokenizer, cfg, shape)]
+    choice = percentile_length(lengths, cap, "training examples")
+    if cfg.data.packing and choice.value < min(AUTO_BLOCK, cap[0]):
+        block = fixed_length(AUTO_BLOCK, cap, "packed rows")
+        rule = f"{block.rule}, several examples to a row ({choice.rule})"
+        return LengthChoice(block.value, rule, sum(n > block.value for n in lengths), len(lengths))
+    return choice
 
 
 def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: str | None = None) -> tuple[list[dict[str, Any]], int]:
