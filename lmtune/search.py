@@ -233,11 +233,19 @@ def objective(s: Search, trial: Any) -> float:
     trial.set_user_attr("config", raw)
     trial.set_user_attr("run", str(run_dir))
     pruned_at: list[int] = []
+    # Evaluations are reported by the training examples seen, so that trials of other batch sizes
+    # are compared at the same amount of data; the pruner is asked from a trial's second evaluation
+    # on (a slow start is not a hopeless trial).
+    t = validate(raw, check_files=False).train
+    per_step = t.batch_size * t.gradient_accumulation_steps
+    evaluations: list[int] = []
 
     def on_evaluate(step: int, metrics: dict[str, Any]) -> bool:
-        trial.report(float(metrics[s.metric]), step)
-        if trial.should_prune():
-            pruned_at.append(step)
+        seen = step * per_step
+        trial.report(float(metrics[s.metric]), seen)
+        evaluations.append(seen)
+        if len(evaluations) >= 2 and trial.should_prune():
+            pruned_at.append(seen)
             return True
         return False
 
@@ -259,7 +267,7 @@ def objective(s: Search, trial: Any) -> float:
     if s.spec.stop_when is not None:
         trial.set_user_attr("stop_value", validation.get(s.spec.stop_when.metric))
     if pruned_at:
-        raise optuna.TrialPruned(f"pruned at step {pruned_at[0]}")
+        raise optuna.TrialPruned(f"pruned after {pruned_at[0]} training examples")
     value = float(validation[s.metric])
     if value != value:  # Optuna fails a trial whose value is NaN; say why
         trial.set_user_attr("error", f"validation {s.metric} is NaN: the run diverged (a lower train.lr?)")
@@ -287,8 +295,8 @@ def print_trial(s: Search, study: Any, trial: Any) -> None:
     state = trial.state.name.lower()
     shown = f"{s.metric} {trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("error", "")
     if state == "pruned" and trial.intermediate_values:
-        step = max(trial.intermediate_values)
-        shown = f"pruned at step {step} ({s.metric} {trial.intermediate_values[step]:.4f})"
+        seen = max(trial.intermediate_values)
+        shown = f"pruned after {seen} training examples ({s.metric} {trial.intermediate_values[seen]:.4f})"
     try:
         best = study.best_trial
         best_text = f"; best {s.metric} {best.value:.4f} (trial {best.number})"
@@ -401,7 +409,7 @@ def leaderboard(s: Search, study: Any) -> list[dict[str, Any]]:
         elif t.user_attrs.get("retry_of") is not None:
             note = f"retry of trial {t.user_attrs['retry_of']}"
         if t.state.name == "PRUNED" and t.intermediate_values:
-            note = f"pruned at step {max(t.intermediate_values)}"
+            note = f"pruned after {max(t.intermediate_values)} training examples"
         rows.append({
             "trial": t.number,
             "state": t.state.name.lower(),

@@ -110,8 +110,10 @@ def test_a_hopeless_trial_is_pruned_after_its_first_evaluations(tiny_bert, toy_d
         assert t.params["train.lr"] == 1e-9
         history = (tmp_path / "s" / "trials" / f"{t.number:04d}" / "history.jsonl").read_text().splitlines()
         evals = [json.loads(line) for line in history if "eval" in json.loads(line)]
-        assert evals[-1]["step"] < 36, "a pruned trial stops before its last step"
-    assert any(r["state"] == "pruned" and r["note"].startswith("pruned at step") for r in rows(tmp_path / "s"))
+        assert 2 <= len(evals) and evals[-1]["step"] < 36, "a pruned trial stops before its last step, not at its first evaluation"
+        # reported by training examples seen (8 a step): comparable across batch sizes
+        assert sorted(t.intermediate_values) == [e["step"] * 8 for e in evals]
+    assert any(r["state"] == "pruned" and r["note"].startswith("pruned after") for r in rows(tmp_path / "s"))
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tiny_bert, toy_data, tmp_path, monkeypatch):
