@@ -152,7 +152,7 @@ def gradual(model: nn.Module, cfg: GradualStrategy, lr: float, weight_decay: flo
             for name, _ in named:
                 params[name].requires_grad_(True)
         state["stage"] = stage
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainable, _ = parameter_counts(model)
         what = "the embeddings" if stage == len(stages) - 1 else f"layer {len(lay.layers) - stage}"
         return f"gradual unfreezing: {what} unfrozen; {trainable:,} parameters train now"
 
@@ -221,9 +221,14 @@ def apply(model: nn.Module, cfg: Any, lr: float, weight_decay: float) -> Plan:
     return STRATEGIES[cfg.name](model, cfg, lr, weight_decay)
 
 
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameters of the model as it is now."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def describe(model: nn.Module, groups: list[dict[str, Any]]) -> str:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable, total = parameter_counts(model)
     lrs = sorted({g["lr"] for g in groups})
     lr_text = f"lr {lrs[0]:.3g}" if len(lrs) == 1 else f"lr {lrs[0]:.3g} .. {lrs[-1]:.3g} in {len(lrs)} groups"
     return f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.1f}%), {lr_text}"

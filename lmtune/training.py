@@ -629,6 +629,7 @@ def finish(
     with accelerator.autocast(), torch.compiler.set_stance("force_eager"):
         metrics["validation"].update(task.extra_metrics(accelerator.unwrap_model(model), tokenizer, data, cfg))
     seconds = max(state.train_seconds, 1e-9)
+    trainable, parameters = strategies.parameter_counts(model)
     metrics["train"] = {
         "steps": state.step,
         "samples": state.train_samples,
@@ -639,8 +640,8 @@ def finish(
         "best_step": state.best_step,
         "stopped_early": stopped_early,
         # what trained by the end (gradual unfreezing: everything it unfroze), and the whole model
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": trainable,
+        "parameters": parameters,
         "peak_memory_mb": peak_megabytes,  # GPU: allocated by torch; CPU: the process's resident set
     }
     history = []
