@@ -16,6 +16,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def cpu_kind() -> str:
+    """The CPU's model name and whether it is fast in bf16 (AMX or AVX512-BF16), as torch sees it."""
+    import platform
+
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpu = getattr(torch, "cpu", None)
+    fast = "AMX" if cpu and cpu._is_amx_tile_supported() else "AVX512-BF16" if cpu and cpu._is_avx512_bf16_supported() else "no fast bf16"
+    return f"{name} ({fast})"
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -14,26 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED  # noqa: E402
+from common import SHARED, cpu_kind  # noqa: E402
 
 AG_NEWS = SHARED / "ag_news" / "train.tsv"
-
-
-def cpu_kind() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_samples(folder: Path, rows: int, val_rows: int, seed: int = 0) -> tuple[Path, Path]:

@@ -62,18 +62,15 @@ def score(model_or_run: str, rows: list[dict[str, str]], max_new_tokens: int) ->
     from lmtune.generation import Generator
     from lmtune.tasks import causal_lm
 
+    from lmtune.decoding import GenerationSettings
+
     gen = Generator.load(model_or_run)
-    stops = set(causal_lm.turn_end_ids(gen.tokenizer, gen.model))
-    predictions, hits, lengths = [], 0, []
+    prompts = [gen.row_prompt(row, f"row {i}", TEMPLATE)[0] for i, row in enumerate(rows)]
     start = time.perf_counter()
-    for i, row in enumerate(rows):
-        prompt, _ = gen.row_prompt(row, f"row {i}", TEMPLATE)
-        ids = causal_lm.generate_ids(gen.model, gen.tokenizer, prompt, max_new_tokens=max_new_tokens)
-        hits += not (ids and ids[-1] in stops)
-        lengths.append(len(ids))
-        predictions.append(gen.tokenizer.decode(ids, skip_special_tokens=True).strip())
-        if (i + 1) % 10 == 0:
-            print(f"generated {i + 1} of {len(rows)} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    generations = gen.generate_batch(prompts, GenerationSettings(max_new_tokens=max_new_tokens))
+    predictions = [g.text for g in generations]
+    hits = sum(g.finish_reason == "length" for g in generations)
+    lengths = [g.completion_tokens for g in generations]
     scores = causal_lm.text_scores(predictions, [r["summary"] for r in rows])
     return {
         "rougeL": round(scores["rougeL"], 4),

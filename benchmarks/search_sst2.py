@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED  # noqa: E402
-from compare_ag_news import cpu_kind  # noqa: E402
+from common import cpu_kind  # noqa: E402
 
 SST2 = SHARED / "sst2"
 

@@ -11,20 +11,18 @@ from .errors import LmtuneError
 
 if TYPE_CHECKING:
     from .config import RunConfig
-    from .generation import Generator
-    from .predict import Predictor
+    from .inference import Predictor
     from .training import RunResult
 
 
-def load(run_dir: str) -> "Predictor | Generator":
-    """Load a finished run (or a saved model folder, or a bundled model name for generation):
-    a classifier gives `.predict(["text", ...])`, a causal LM `.generate(prompt)`."""
-    from .generation import Generator, is_generative
-    from .predict import Predictor
+def load(run_dir: str) -> "Predictor":
+    """Load a finished run (or a saved model folder, or a bundled model name for generation): a
+    Predictor with `.predict(inputs)`, `.predict_rows(inputs)` and `.evaluate_file(path)`; for a
+    causal LM a Generator, which also has `.generate(prompt)`, `.generate_batch(prompts)` and
+    `.stream(prompt)`."""
+    from .inference import load as _load
 
-    if is_generative(run_dir):
-        return Generator.load(run_dir)
-    return Predictor.from_run(run_dir)
+    return _load(run_dir)
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> "RunConfig":

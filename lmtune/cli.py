@@ -1,4 +1,4 @@
-"""The `lmtune` command: train | search | compare | eval | predict | generate | export | data | models | keys."""
+"""The `lmtune` command: train | search | compare | eval | predict | generate | serve | export | data | models | keys."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import LmtuneError
 from .tasks import TASKS
+
+if TYPE_CHECKING:
+    from .decoding import GenerationSettings
 
 
 def _print_json(obj: object) -> None:
@@ -94,15 +98,11 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .generation import Generator, is_generative
-    from .predict import Predictor
+    from .inference import load
 
-    if is_generative(args.run_dir):
-        _no_columns_for_generation(args)
-        _print_json(Generator.load(args.run_dir).evaluate_file(args.data_file))
-        return 0
-    predictor = Predictor.from_run(args.run_dir)
-    metrics = predictor.evaluate_file(args.data_file, columns=args.columns)
+    model = load(args.run_dir)
+    model.progress = True
+    metrics = model.evaluate_file(args.data_file, columns=args.columns)
     per_class = metrics.pop("per_class", None)
     if per_class:
         width = max(len(k) for k in per_class)
@@ -117,78 +117,67 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _no_columns_for_generation(args: argparse.Namespace) -> None:
-    if args.columns is not None:
-        raise LmtuneError(f"--columns: {args.run_dir} generates text; its files are read with their header "
-                          "(or as JSON lines or plain text), so column names are not taken")
-
-
-def _write_lines(lines: list[str], args: argparse.Namespace) -> None:
-    if args.output:
-        out = Path(args.output)
-        if out.exists() and not args.overwrite:
-            raise LmtuneError(f"{out} exists; use --overwrite to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        from .rundir import write_text_atomic
-
-        write_text_atomic(out, "\n".join(lines) + "\n")
-        print(f"wrote {len(lines)} predictions to {out}", file=sys.stderr)
-    else:
-        print("\n".join(lines))
+def _write_lines(lines: Iterator[str], args: argparse.Namespace) -> None:
+    """Each line to stdout as it comes, or to -o FILE: written to a temporary file beside it as they
+    come and renamed into place at the end (an interrupted run leaves no half file)."""
+    if not args.output:
+        for line in lines:
+            print(line, flush=True)
+        return
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise LmtuneError(f"{out} exists; use --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    count = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+                count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {count} predictions to {out}", file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import Generator
 
+    settings = _generation_settings(args)
     gen = Generator.load(args.target)
-    gen.generate(gen.prompt(args.prompt, raw=args.raw), max_new_tokens=args.max_new_tokens,
-                 temperature=args.temperature, top_p=args.top_p, stream=True)
-    return 0
-
-
-def _predict_generations(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from .generation import Generator
-    from .tasks.causal_lm import read_texts
-
-    table = read_texts(args.input_file, "auto")
-    gen = Generator.load(args.run_dir)
-    template = args.prompt_template.replace("\\n", "\n").replace("\\t", "\t") if args.prompt_template else None
-    prompts = [gen.row_prompt(row, table.where(i), template) for i, row in enumerate(table.rows)]
-    lines = []
-    for prompt, reference in tqdm(prompts, disable=None, unit="row", file=sys.stderr):
-        text = gen.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-        row = {"prompt": prompt, "generation": text, **({"reference": reference} if reference is not None else {})}
-        lines.append(json.dumps(row, ensure_ascii=False))
-    _write_lines(lines, args)
+    gen.generate(gen.prompt(args.prompt, raw=args.raw), settings=settings, stream=True)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .generation import is_generative
-    from .predict import Predictor
+    from .inference import load
 
-    if is_generative(args.run_dir):
-        _no_columns_for_generation(args)
-        return _predict_generations(args)
-    predictor = Predictor.from_run(args.run_dir)
-    _, texts, pairs = predictor.read_inputs(args.input_file, columns=args.columns)
-    predictions = predictor.predict(texts, pairs)
-    lines = []
-    for i, (text, pred) in enumerate(zip(texts, predictions)):
-        if predictor.task_name == "question_answering":
-            row = {"question": text, **pred}
-        elif predictor.task_name == "masked_lm":  # per mask token, the likeliest tokens
-            row = {"text": text, "masks": pred}
-        elif isinstance(pred, dict):
-            row = {"text": text, **({"text_pair": pairs[i]} if pairs else {}), **pred}
-        elif isinstance(text, list):  # token_classification on tokens: one tag per token
-            row = {"tokens": text, "tags": pred}
-        else:  # token_classification on a raw text: its entities
-            row = {"text": text, "entities": pred}
-        lines.append(json.dumps(row, ensure_ascii=False))
-    _write_lines(lines, args)
+    settings = _generation_settings(args)
+    model = load(args.run_dir)
+    model.settings, model.progress = settings, True
+    if args.batch_size is not None:
+        model.batch_size = args.batch_size
+    template = args.prompt_template.replace("\\n", "\n").replace("\\t", "\t") if args.prompt_template else None
+    rows = model.predict_file(args.input_file, columns=args.columns, template=template)
+    _write_lines((json.dumps(row, ensure_ascii=False) for row in rows), args)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.app import create_app
+    from .serve.options import ServeOptions
+    from .serve.server import serve
+
+    options = ServeOptions(
+        host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LMTUNE_API_KEY") or None,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
+        max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
+    ).check()
+    app = create_app(args.target, options)
+    serve(app, options, announce=f"{args.target} ")
     return 0
 
 
@@ -372,6 +361,24 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (0: all)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the text before this string (repeatable; \\n for a new line)")
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+
+
+def _generation_settings(args: argparse.Namespace) -> "GenerationSettings":
+    from .decoding import GenerationSettings
+
+    stops = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                  top_k=args.top_k, repetition_penalty=args.repetition_penalty, stop=stops, seed=args.seed)
+    problems = settings.problems()
+    if problems:
+        flags = ["--" + key.replace("_", "-") + ":" + rest for key, rest in (p.split(":", 1) for p in problems)]
+        raise LmtuneError("\n".join(flags))
+    return settings
 
 
 def _column_list(text: str) -> list[str]:
@@ -473,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--columns", type=_column_list, default=None, metavar="NAME,NAME",
                     help=COLUMNS_HELP + " (default: the run's data.columns)")
     _generation_flags(pr)
+    pr.add_argument("--batch-size", type=int, default=None,
+                    help="inputs per batch (default: the run's evaluation batch, 64 for a model folder; generation 16)")
     pr.set_defaults(func=cmd_predict)
 
     g = sub.add_parser("generate", help="generate from one prompt, streamed to the terminal")
@@ -481,6 +490,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
     _generation_flags(g)
     g.set_defaults(func=cmd_generate)
+
+    sv = sub.add_parser("serve", help="HTTP server for a run or model: /v1/predict, OpenAI-style chat and completions")
+    sv.add_argument("target", help="a finished run folder, a model name (lmtune models) or a model folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="0: any free port (printed at start)")
+    sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on /v1/* (or set LMTUNE_API_KEY)")
+    sv.add_argument("--max-batch", type=int, default=16, help="inputs gathered into one model call")
+    sv.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests; more are answered 503 with Retry-After")
+    sv.add_argument("--max-inputs", type=int, default=256, help="inputs (or prompts x n) per request; more: 413")
+    sv.add_argument("--max-body-bytes", type=int, default=1_000_000, help="longest request body; longer: 413")
+    sv.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask (422 above)")
+    sv.set_defaults(func=cmd_serve)
 
     x = sub.add_parser("export", help="write a run's model as a plain transformers folder")
     x.add_argument("run_dir")

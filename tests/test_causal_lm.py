@@ -12,6 +12,7 @@ import lmtune
 from lmtune.cli import main
 from lmtune.config import validate
 from lmtune.data.readers import Table
+from lmtune.decoding import GenerationSettings
 from lmtune.errors import LmtuneError
 from lmtune.models import load_tokenizer
 from lmtune.tasks import causal_lm
@@ -449,11 +450,15 @@ def test_a_tuned_model_ends_its_answers(tiny_llama, tmp_path):
     assert result.metrics["validation"]["hit_token_limit"] == 0  # both generations ended
     gen = lmtune.load(str(result.output_dir))
     tok = gen.tokenizer
-    ids = causal_lm.generate_ids(gen.model, tok, gen.prompt("what does a flat fix cost ?"), max_new_tokens=20)
-    assert len(ids) < 20 and ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
-    assert tok.decode(ids, skip_special_tokens=True).strip() == "twelve euro ."
-    ids = causal_lm.generate_ids(gen.model, tok, gen.prompt("when do you open ?"), max_new_tokens=20)
-    assert len(ids) < 20 and ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    settings = GenerationSettings(max_new_tokens=20)
+    first, second = gen.generate_batch([gen.prompt("what does a flat fix cost ?"), gen.prompt("when do you open ?")], settings)
+    for g in (first, second):
+        assert g.finish_reason == "stop" and g.completion_tokens < 20
+        assert g.token_ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert first.text == "twelve euro ."
+    # batched and one by one give the same greedy answers
+    assert [gen.generate_batch([p], settings)[0].text for p in (gen.prompt("what does a flat fix cost ?"), gen.prompt("when do you open ?"))] \
+        == [first.text, second.text]
 
 
 def test_turn_end_ids_name_the_eos_and_the_templates_end_token(tiny_llama, tmp_path):

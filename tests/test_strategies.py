@@ -194,7 +194,7 @@ def test_lora_run_saves_an_adapter_that_predicts_and_merges(tiny_bert, toy_data,
     before = _weights(tiny_bert)
     predictor = Predictor.from_run(result.output_dir)
     texts = ["good great superb", "awful terrible bad", "the movie was quite dull"]
-    adapter_logits = predictor.logits(texts)
+    adapter_logits, _ = predictor.task.logits(predictor, texts, None)
     merged = export(result.output_dir, tmp_path / "merged", merge=True)
     from transformers import AutoModelForSequenceClassification
 

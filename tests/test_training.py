@@ -120,7 +120,7 @@ def test_integer_labels_and_text_pairs_from_tsv(tiny_bert, tmp_path):
     }
     result = lmtune.train(cfg, progress=False)
     p = Predictor.from_run(tmp_path / "run")
-    assert p.labels == ["0", "1"] and p.text_pair_column == "hypothesis"
+    assert p.labels == ["0", "1"] and p.data.text_pair_column == "hypothesis"
     val_rows = rows[32:]
     out = p.predict([r[0] for r in val_rows], [r[1] for r in val_rows])
     assert [o["label"] for o in out] == [str(r[2]) for r in val_rows]  # the integer labels, as strings

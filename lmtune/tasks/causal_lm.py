@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -586,28 +588,6 @@ def compute_metrics(
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens)}
 
 
-def generate_ids(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, streamer: Any = None) -> list[int]:
-    """The new tokens for the prompt, up to and with the first turn-end token (turn_end_ids)."""
-    import torch
-
-    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-    with torch.no_grad():
-        out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-            eos_token_id=turn_end_ids(tokenizer, model), streamer=streamer, **sampling,
-        )
-    return out[0, enc["input_ids"].shape[1]:].tolist()
-
-
-def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int, temperature: float = 0.0,
-                  top_p: float = 1.0, streamer: Any = None) -> str:
-    ids = generate_ids(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_p=top_p, streamer=streamer)
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-
 def text_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """ROUGE-1/2/L F1 (rouge-score, stemmed) and corpus BLEU and chrF (sacrebleu), all as shares
     (0-1) like every other metric (sacrebleu reports 0-100)."""
@@ -628,19 +608,20 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, 
     n = cfg.eval.generate_rows
     if shape == "text" or n == 0:
         return {}
-    was_training = model.training
-    model.eval()
-    stops = set(turn_end_ids(tokenizer, model))
-    predictions, references, unfinished = [], [], 0
+    from ..decoding import GenerationSettings, generate
+
+    prompts, references = [], []
     for i, row in enumerate(data.validation.rows[:n]):
         messages = conversation(row, data.validation.where(i), shape, cfg)
         last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
-        prompt = prompt_text(messages[:last], tokenizer)
-        ids = generate_ids(model, tokenizer, prompt, max_new_tokens=cfg.eval.max_new_tokens)
-        unfinished += not (ids and ids[-1] in stops)
-        predictions.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        prompts.append(prompt_text(messages[:last], tokenizer))
         references.append(messages[last]["content"])
+    was_training = model.training
+    model.eval()
+    generations = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens))
     model.train(was_training)
+    predictions = [g.text for g in generations]
+    unfinished = sum(g.finish_reason == "length" for g in generations)
     # hit_token_limit: the share of generations that ran to eval.max_new_tokens without ending
     return {**text_scores(predictions, references), "hit_token_limit": unfinished / max(len(predictions), 1),
             "generated_rows": len(predictions)}
@@ -662,3 +643,124 @@ def show_mask(feature: dict[str, Any], tokenizer: Any, *, color: bool) -> str:
             out.append(text)
             start = i
     return "".join(out)
+
+
+# ------------------------------------------------------------ inference (see tasks/contract.py)
+
+GENERATIVE = True
+
+
+def bare_labels(model: Any) -> list[str]:
+    return []
+
+
+def bare_data(labels: list[str]) -> dict[str, Any]:
+    return {}
+
+
+def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | None) -> tuple[str, str | None]:
+    """(prompt, reference) for a row: chat messages up to the last assistant turn, a prompt template
+    over the row's columns, instruction fields, or a text column (continued as it is)."""
+    tokenizer = session.tokenizer
+    if "messages" in row or "conversations" in row:
+        from ..config import RunConfig
+
+        cfg = session.cfg or RunConfig.model_validate({"model": "x", "data": {"train": "x"}})
+        messages = messages_of(row, where, cfg, need_answer=False)
+        reference = None
+        if messages[-1]["role"] == "assistant":
+            reference = messages.pop()["content"]
+        return prompt_text(messages, tokenizer), reference
+    d = session.cfg.data if session.cfg else None
+    template = template or (d.prompt_template if d else None)
+    response_column = d.response_column if d else "output"
+    if template is None and "instruction" in row:
+        template = "{instruction}" + ("\n\n{input}" if str(row.get("input") or "").strip() else "")
+    if template is not None:
+        missing = [f for f in _template_fields(template) if f not in row]
+        if missing:
+            raise LmtuneError(f"{where}: the prompt template names column {missing[0]!r}, which the row does not have")
+        text = template.format(**{k: "" if v is None else v for k, v in row.items()})
+        reference = row.get(response_column)
+        prompt = prompt_text([{"role": "user", "content": text}], tokenizer) if getattr(tokenizer, "chat_template", None) else text
+        return prompt, reference if isinstance(reference, str) else None
+    for column in ("prompt", "text"):
+        if isinstance(row.get(column), str):
+            return row[column], None
+    raise LmtuneError(f"{where}: no messages, instruction, prompt or text column, and no --prompt-template")
+
+
+def read_inputs(session: Any, path: Path, columns: list[str] | None, template: str | None) -> tuple[Table, list[str], list[str | None]]:
+    """A prompt per row (see row_prompt) and the row's reference answer, if it has one."""
+    if columns is not None:
+        raise LmtuneError(f"--columns: {path} is read by a generative model with its header "
+                          "(or as JSON lines or plain text), so column names are not taken")
+    table = read_texts(path, "auto")
+    pairs = [row_prompt(session, row, table.where(i), template) for i, row in enumerate(table.rows)]
+    return table, [p for p, _ in pairs], [r for _, r in pairs]
+
+
+def input_chunks(session: Any, path: Path, columns: list[str] | None, template: str | None, rows: int) -> Any:
+    """read_inputs a chunk of rows at a time for a CSV, TSV or JSONL file (a .txt file, documents
+    separated by blank lines, and a JSON file are read whole)."""
+    from .inputs import table_chunks
+
+    if path.suffix.lower() not in (".csv", ".tsv", ".jsonl"):
+        yield read_inputs(session, path, columns, template)
+        return
+    if columns is not None:
+        read_inputs(session, path, columns, None)  # raises the --columns error
+    for table in table_chunks(path, None, rows):
+        pairs = [row_prompt(session, row, table.where(i), template) for i, row in enumerate(table.rows)]
+        yield table, [p for p, _ in pairs], [r for _, r in pairs]
+
+
+def _generations(session: Any, prompts: list[Any]) -> list[Any]:
+    from tqdm.auto import tqdm
+
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p:
+            raise LmtuneError(f"input {i + 1}: expected a prompt (a non-empty text), got {str(p)[:80]}")
+    with tqdm(total=len(prompts), disable=not session.progress or None, unit="row", file=sys.stderr) as bar:
+        return session.generate_batch(prompts, progress=bar.update)
+
+
+def predict(session: Any, prompts: list[Any], references: Any) -> list[str]:
+    """The generated text for each prompt (used as it is: see Generator.prompt for the chat format),
+    with the session's generation settings."""
+    return [g.text for g in _generations(session, prompts)]
+
+
+def predict_rows(session: Any, prompts: list[Any], references: list[str | None] | None) -> list[dict[str, Any]]:
+    rows = []
+    for i, g in enumerate(_generations(session, prompts)):
+        reference = references[i] if references else None
+        rows.append({"prompt": prompts[i], "generation": g.text, **({"reference": reference} if reference is not None else {})})
+    return rows
+
+
+def evaluate_file(session: Any, path: Path, columns: list[str] | None) -> dict[str, Any]:
+    """Loss, perplexity and (for instructions and chats) generation metrics on a file shaped like
+    the run's training data."""
+    from .common import TaskData
+
+    cfg = session.cfg
+    if cfg is None:
+        raise LmtuneError("evaluating a generative model needs its run folder (for the data columns and template)")
+    if columns is not None:
+        read_inputs(session, path, columns, None)  # the --columns error
+    table = read_texts(path, "auto")
+    shape = detect_shape(table, cfg)
+    _check_table(table, shape, cfg)
+    unpacked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"packing": False})})
+    features, truncated = prepare(table, session.tokenizer, unpacked, [], shape)
+    rows = session.run_batches(
+        features, lambda model, batch: eval_step(model, {k: v for k, v in batch.items() if k != "num_tokens"}, cfg),
+        collator(session.tokenizer, cfg, session.model))
+    metrics = compute_metrics({k: np.stack([r[k] for r in rows]) for k in ("loss_sum", "tokens")}, [], cfg)
+    data = TaskData(table, table, None, [], [])
+    data.shape = shape  # type: ignore[attr-defined]
+    metrics.update(extra_metrics(session.model, session.tokenizer, data, cfg))
+    metrics["examples"] = len(table)
+    metrics["truncated"] = truncated
+    return metrics

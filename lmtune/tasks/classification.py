@@ -222,3 +222,103 @@ def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
         }
         for p in probs
     ]
+
+
+# ------------------------------------------------------------ inference (see tasks/contract.py)
+
+GENERATIVE = False
+
+
+def bare_labels(model: Any) -> list[str]:
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def bare_data(labels: list[str]) -> dict[str, Any]:
+    return {}
+
+
+def read_inputs(session: Any, path: Any, columns: list[str] | None, template: str | None) -> tuple[Table, list[Any], list[str] | None]:
+    from .inputs import no_template, read_texts
+
+    no_template(session, template)
+    return read_texts(session, path, columns)
+
+
+def input_chunks(session: Any, path: Any, columns: list[str] | None, template: str | None, rows: int) -> Any:
+    from .inputs import no_template, text_chunks
+
+    no_template(session, template)
+    return text_chunks(session, path, columns, rows)
+
+
+def _split_pairs(inputs: list[Any], pairs: list[str] | None) -> tuple[list[str], list[str] | None]:
+    """Texts and second texts from Python inputs: texts (with `pairs`), [text, text_pair] or
+    {text, text_pair}."""
+    from .inputs import check_texts
+
+    if pairs is not None or all(isinstance(x, str) for x in inputs):
+        if pairs is not None and len(pairs) != len(inputs):
+            raise LmtuneError(f"{len(inputs)} texts but {len(pairs)} second texts")
+        return check_texts(inputs), pairs
+    texts, seconds = [], []
+    for i, x in enumerate(inputs):
+        if isinstance(x, dict) and isinstance(x.get("text"), str) and isinstance(x.get("text_pair"), str):
+            texts.append(x["text"])
+            seconds.append(x["text_pair"])
+        elif isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(t, str) for t in x):
+            texts.append(x[0])
+            seconds.append(x[1])
+        else:
+            raise LmtuneError(f"input {i + 1}: expected a text, [text, text_pair] or {{text, text_pair}}, got {str(x)[:80]}")
+    return texts, seconds
+
+
+def logits(session: Any, texts: list[str], pairs: list[str] | None) -> tuple[np.ndarray, list[bool]]:
+    """The model's logits [inputs, labels] in input order, and which inputs were cut to the
+    model's max_length."""
+    tokenizer = session.tokenizer
+    full = tokenizer(texts, pairs, truncation=False, verbose=False)
+    cut = [len(ids) > session.max_length for ids in full["input_ids"]]
+    enc = tokenizer(texts, pairs, truncation=True, max_length=session.max_length) if any(cut) else full
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    features = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+    rows = session.run_batches(features, lambda model, batch: {"logits": model(**batch).logits}, collator(tokenizer))
+    return np.stack([r["logits"] for r in rows]).astype(np.float32), cut
+
+
+def predict(session: Any, inputs: list[Any], pairs: list[str] | None) -> list[dict[str, Any]]:
+    texts, pairs = _split_pairs(inputs, pairs)
+    return decode(logits(session, texts, pairs)[0], session.labels)
+
+
+def predict_rows(session: Any, inputs: list[Any], pairs: list[str] | None) -> list[dict[str, Any]]:
+    texts, pairs = _split_pairs(inputs, pairs)
+    scores, cut = logits(session, texts, pairs)
+    rows = []
+    for i, pred in enumerate(decode(scores, session.labels)):
+        row = {"text": texts[i], **({"text_pair": pairs[i]} if pairs else {}), **pred}
+        if cut[i]:
+            row["truncated"] = True
+        rows.append(row)
+    return rows
+
+
+def evaluate_file(session: Any, path: Any, columns: list[str] | None) -> dict[str, Any]:
+    import torch
+
+    table, texts, pairs = read_inputs(session, path, columns, None)
+    label_column = session.data.label_column
+    table.require_columns(label_column)
+    label_ids = {label: i for i, label in enumerate(session.labels)}
+    refs = []
+    for i, row in enumerate(table.rows):
+        label = str(row[label_column])
+        if label not in label_ids:
+            raise LmtuneError(f"{table.where(i)}: label {label!r} is not one the model knows ({', '.join(session.labels)})")
+        refs.append(label_ids[label])
+    scores, _ = logits(session, texts, pairs)
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(scores), torch.tensor(refs), reduction="none")
+    metrics = compute_metrics({"logits": scores, "references": np.array(refs), "loss": loss.numpy()}, session.labels)
+    metrics["examples"] = len(refs)
+    return metrics

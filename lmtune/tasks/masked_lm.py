@@ -266,3 +266,85 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, 
 
 def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
     raise LmtuneError("masked_lm predictions fill in mask tokens: see Predictor.predict")
+
+
+# ------------------------------------------------------------ inference (see tasks/contract.py)
+
+GENERATIVE = False
+TOP_K = 5  # candidates shown per mask token
+
+
+def bare_labels(model: Any) -> list[str]:
+    return []
+
+
+def bare_data(labels: list[str]) -> dict[str, Any]:
+    return {}
+
+
+def read_inputs(session: Any, path: Any, columns: list[str] | None, template: str | None) -> tuple[Table, list[Any], None]:
+    from .inputs import no_template, read_texts
+
+    no_template(session, template)
+    table, texts, _ = read_texts(session, path, columns)
+    return table, texts, None
+
+
+def input_chunks(session: Any, path: Any, columns: list[str] | None, template: str | None, rows: int) -> Any:
+    from .inputs import no_template, text_chunks
+
+    no_template(session, template)
+    for table, texts, _ in text_chunks(session, path, columns, rows):
+        yield table, texts, None
+
+
+def _fill(session: Any, texts: list[str]) -> tuple[list[list[list[dict[str, Any]]]], list[bool]]:
+    """Per text, per mask token, the TOP_K likeliest tokens {token, score}; and which texts were cut
+    to the model's max_length (a mask token past the cut is not filled in)."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    from .inputs import check_texts
+
+    tokenizer = session.tokenizer
+    mask = tokenizer.mask_token
+    check_texts(texts)
+    if any(mask not in t for t in texts):
+        raise LmtuneError(f"input {next(i for i, t in enumerate(texts) if mask not in t) + 1}: no {mask} token to fill in")
+    full = tokenizer(texts, truncation=False, verbose=False)
+    cut = [len(ids) > session.max_length for ids in full["input_ids"]]
+    enc = tokenizer(texts, truncation=True, max_length=session.max_length) if any(cut) else full
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    features = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+    def step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        probs, ids = torch.softmax(model(**batch).logits.float(), -1).topk(TOP_K, dim=-1)
+        return {"probs": probs, "ids": ids}
+
+    out = []
+    for feature, row in zip(features, session.run_batches(features, step, DataCollatorWithPadding(tokenizer))):
+        n, width = len(feature["input_ids"]), row["ids"].shape[0]
+        offset = width - n if tokenizer.padding_side == "left" else 0
+        where = [offset + j for j, t in enumerate(feature["input_ids"]) if t == tokenizer.mask_token_id]
+        out.append([
+            [{"token": tokenizer.decode([int(i)]).strip(), "score": round(float(p), 6)} for p, i in zip(row["probs"][j], row["ids"][j])]
+            for j in where
+        ])
+    return out, cut
+
+
+def predict(session: Any, inputs: list[Any], pairs: Any) -> list[list[list[dict[str, Any]]]]:
+    return _fill(session, inputs)[0]
+
+
+def predict_rows(session: Any, inputs: list[Any], pairs: Any) -> list[dict[str, Any]]:
+    masks, cut = _fill(session, inputs)
+    return [{"text": t, "masks": m, **({"truncated": True} if c else {})} for t, m, c in zip(inputs, masks, cut)]
+
+
+def evaluate_file(session: Any, path: Any, columns: list[str] | None) -> dict[str, Any]:
+    """Masked once with the run's seed, like its validation set."""
+    from .inputs import column_names
+
+    column_names(session, path, columns, named=False)
+    return session.evaluate_table(read_table_to_mask(path, session.data))

@@ -446,3 +446,74 @@ def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any 
 
 def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, Any]:
     return {}
+
+
+# ------------------------------------------------------------ inference (see tasks/contract.py)
+
+GENERATIVE = False
+
+
+def bare_labels(model: Any) -> list[str]:
+    return []  # a bare model folder: SQuAD v1.1, always an answer
+
+
+def bare_data(labels: list[str]) -> dict[str, Any]:
+    return {}
+
+
+def read_inputs(session: Any, path: Path, columns: list[str] | None, template: str | None) -> tuple[Table, list[str], list[str]]:
+    """Questions and their contexts (SQuAD JSON, or rows with question and context columns)."""
+    from .inputs import column_names, no_template
+
+    no_template(session, template)
+    column_names(session, path, columns, named=False)
+    table = read_questions(path, session.data.model_copy(update={"format": "auto"}), answers=False)
+    return table, [r["question"] for r in table.rows], [r["context"] for r in table.rows]
+
+
+def input_chunks(session: Any, path: Path, columns: list[str] | None, template: str | None, rows: int) -> Any:
+    """The whole file at once (its reader checks it as a whole)."""
+    yield read_inputs(session, path, columns, template)
+
+
+def predict(session: Any, questions: list[Any], contexts: list[str] | None) -> list[dict[str, Any]]:
+    """For each question, {answer, score, start, end} with character offsets into its context (an
+    empty answer at -1 when a SQuAD v2.0 model finds none). Questions are texts with `contexts`,
+    or {question, context} objects."""
+    from types import SimpleNamespace
+
+    if contexts is None:
+        if not all(isinstance(q, dict) and "question" in q and "context" in q for q in questions):
+            raise LmtuneError("question answering needs contexts: predict(questions, contexts) or [{question, context}, ...]")
+        questions, contexts = [q["question"] for q in questions], [q["context"] for q in questions]
+    if len(questions) != len(contexts):
+        raise LmtuneError(f"{len(questions)} questions but {len(contexts)} contexts")
+    for i, (q, c) in enumerate(zip(questions, contexts)):
+        if not isinstance(q, str) or not q.strip() or not isinstance(c, str) or not c.strip():
+            raise LmtuneError(f"input {i + 1}: the question and the context must be non-empty texts")
+    d = session.data
+    wins, _ = windows(session.tokenizer, questions, contexts, d.max_length, d.doc_stride)
+    cfg = SimpleNamespace(data=d)  # eval_step pads every window's logits to data.max_length
+    rows = session.run_batches(wins, lambda model, batch: eval_step(model, batch, cfg), collator(session.tokenizer))
+    start = np.stack([r["start_logits"] for r in rows])
+    end = np.stack([r["end_logits"] for r in rows])
+    return best_answers(start, end, wins, len(questions), contexts, d.max_answer_length, NO_ANSWER in session.labels)
+
+
+def predict_rows(session: Any, inputs: list[Any], pairs: list[str] | None) -> list[dict[str, Any]]:
+    """A question's answer in its context (long contexts are read in overlapping windows, never cut)."""
+    questions = [q["question"] if isinstance(q, dict) and "question" in q else q for q in inputs]
+    return [{"question": q, **pred} for q, pred in zip(questions, predict(session, inputs, pairs))]
+
+
+def evaluate_file(session: Any, path: Path, columns: list[str] | None) -> dict[str, Any]:
+    import sys
+
+    from .inputs import column_names
+
+    column_names(session, path, columns, named=False)
+    table = read_questions(path, session.data.model_copy(update={"format": "auto"}))
+    table, note = drop_broken_answers(table, session.data.max_broken_answers)
+    if note:
+        print(f"lmtune: {note}", file=sys.stderr)
+    return session.evaluate_table(table)

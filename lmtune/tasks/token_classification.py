@@ -490,3 +490,92 @@ def decode(
         else:
             out.append([t if t is not None else "O" for t in tags])
     return out
+
+
+# ------------------------------------------------------------ inference (see tasks/contract.py)
+
+GENERATIVE = False
+
+
+def bare_labels(model: Any) -> list[str]:
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def bare_data(labels: list[str]) -> dict[str, Any]:
+    return {"tag_scheme": scheme_of(labels)}
+
+
+def read_inputs(session: Any, path: Path, columns: list[str] | None, template: str | None) -> tuple[Table, list[Any], None]:
+    """CoNLL (tags, if any, ignored), rows with a list of tokens or a text column, or a .txt file of
+    texts."""
+    from .inputs import column_names, no_template, read_texts
+
+    no_template(session, template)
+    d = session.data
+    if path.suffix.lower() == ".txt":
+        table, texts, _ = read_texts(session, path, columns)
+        return table, texts, None
+    if is_conll(path, "auto"):
+        column_names(session, path, columns, named=False)
+        table = read_sentences(path, d, tags=False)
+        return table, [r["tokens"] for r in table.rows], None
+    table = read_table(path, columns=column_names(session, path, columns, named=True))
+    if d.tokens_column in table.columns:
+        table = read_sentences(path, d.model_copy(update={"format": "auto"}), tags=False)
+        return table, [r["tokens"] for r in table.rows], None
+    table.require_columns(d.text_column)
+    return table, [str(r[d.text_column]) for r in table.rows], None
+
+
+def _window_probabilities(session: Any, features: list[dict[str, Any]]) -> list[np.ndarray]:
+    """Tag probabilities [tokens, tags] of each window, unpadded."""
+    import torch
+
+    rows = session.run_batches(features, lambda model, batch: {"probs": torch.softmax(model(**batch).logits.float(), -1)},
+                               collator(session.tokenizer))
+    out = []
+    for feature, row in zip(features, rows):
+        n, probs = len(feature["input_ids"]), row["probs"]
+        out.append(probs[:n] if session.tokenizer.padding_side == "right" else probs[probs.shape[0] - n :])
+    return out
+
+
+def input_chunks(session: Any, path: Path, columns: list[str] | None, template: str | None, rows: int) -> Any:
+    """The whole file at once (its reader checks it as a whole)."""
+    yield read_inputs(session, path, columns, template)
+
+
+def predict(session: Any, inputs: list[Any], pairs: Any) -> list[Any]:
+    for i, x in enumerate(inputs):
+        if not isinstance(x, str) and not (isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x)):
+            raise LmtuneError(f"input {i + 1}: expected a text or a list of tokens (strings), got {str(x)[:80]}")
+    out: list[Any] = [[] if isinstance(x, (list, tuple)) and not x else None for x in inputs]
+    for split in (False, True):
+        which = [i for i, x in enumerate(inputs) if isinstance(x, str) != split and out[i] is None]
+        if not which:
+            continue
+        group = [list(inputs[i]) if split else inputs[i] for i in which]
+        wins, _, encoding, _ = windows(session.tokenizer, group, session.data.max_length, session.data.doc_stride,
+                                       split_into_words=split)
+        probs = _window_probabilities(session, [w.features for w in wins])
+        for i, pred in zip(which, decode(probs, session.labels, wins, group, encoding)):
+            out[i] = pred
+    return out
+
+
+def predict_rows(session: Any, inputs: list[Any], pairs: Any) -> list[dict[str, Any]]:
+    """A raw text's entities, or a tag per token of a list of tokens (long inputs are read in
+    overlapping windows, never cut)."""
+    return [{"tokens": list(x), "tags": pred} if isinstance(x, (list, tuple)) else {"text": x, "entities": pred}
+            for x, pred in zip(inputs, predict(session, inputs, pairs))]
+
+
+def evaluate_file(session: Any, path: Path, columns: list[str] | None) -> dict[str, Any]:
+    from .inputs import column_names
+
+    column_names(session, path, columns, named=False)
+    known = path.suffix.lower() in (*CONLL_SUFFIXES, ".jsonl", ".json")
+    table = read_sentences(path, session.data.model_copy(update={"format": "auto"}) if known else session.data)
+    check_tags(table, session.data.tag_scheme, session.labels, where="the model's tags")
+    return session.evaluate_table(table)

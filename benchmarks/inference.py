@@ -1,0 +1,140 @@
+"""Inference throughput: lmtune against `transformers.pipeline` on the same model, inputs and machine,
+in one run.
+
+- classification: MiniLM-L6 with a seeded two-label head (saved as a model folder), the first N
+  sentences of ../shared/data/sst2/train.tsv; `lmtune.load(folder).predict(texts)` against
+  `pipeline("text-classification")` at its default batch size (1) and at batch 64.
+- generation: SmolLM2-135M-Instruct, the first N SAMSum dialogues as "Summarize this dialogue" chat
+  prompts, greedy, a fixed number of new tokens; `Generator.generate_batch` against
+  `pipeline("text-generation")` one prompt at a time (its default).
+
+Predictions are compared: labels (and the largest probability difference) for classification, the
+generated texts for generation.
+
+    python benchmarks/inference.py [--sentences 5000] [--prompts 64] [--new-tokens 64] [--skip-generation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, cpu_kind  # noqa: E402
+
+SST2 = SHARED / "sst2" / "train.tsv"
+SAMSUM = SHARED / "samsum" / "val.csv"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def classification(n: int, folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    import lmtune
+    from lmtune import models
+
+    with SST2.open(encoding="utf-8") as f:
+        texts = [row["sentence"].strip() for row in csv.DictReader(f, delimiter="\t")][:n]
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        models.resolve("minilm-l6"), num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1})
+    model.save_pretrained(folder)
+    models.load_tokenizer(models.resolve("minilm-l6")).save_pretrained(folder)
+
+    predictor = lmtune.load(str(folder))
+    precision = "bf16" if predictor.accelerator.mixed_precision == "bf16" else "fp32"
+    predictor.predict(texts[:64])  # warm-up
+    ours, t_ours = timed(lambda: predictor.predict(texts))
+    pipe = pipeline("text-classification", model=str(folder), tokenizer=str(folder), device="cpu", top_k=None)
+    pipe(texts[:64])
+    theirs1, t1 = timed(lambda: pipe(texts))
+    theirs64, t64 = timed(lambda: pipe(texts, batch_size=64))
+
+    def probs(rows):
+        return [{d["label"]: d["score"] for d in row} for row in rows]
+
+    p1 = probs(theirs1)
+    same = sum(o["label"] == max(p, key=p.get) for o, p in zip(ours, p1))
+    diff = max(abs(o["probabilities"][k] - p[k]) for o, p in zip(ours, p1) for k in p)
+    same64 = sum(max(a, key=a.get) == max(b, key=b.get) for a, b in zip(p1, probs(theirs64)))
+    print(f"\nclassification: MiniLM-L6, {len(texts)} SST-2 sentences, lmtune {precision}, pipeline fp32")
+    print(f"{'':28s} {'seconds':>8s} {'sentences/s':>12s} {'vs pipeline':>12s}")
+    for name, t in (("pipeline (batch 1, default)", t1), ("pipeline (batch 64)", t64), ("lmtune", t_ours)):
+        print(f"{name:28s} {t:8.1f} {len(texts) / t:12.1f} {t1 / t:11.2f}x")
+    print(f"same label as the pipeline: {same} of {len(texts)} (largest probability difference {diff:.1e}); "
+          f"pipeline batch 64 vs batch 1: {same64} of {len(texts)}")
+
+
+def generation(n: int, new_tokens: int) -> None:
+    import torch
+    from transformers import pipeline
+
+    from lmtune.decoding import GenerationSettings
+    from lmtune.generation import Generator
+
+    with SAMSUM.open(encoding="utf-8") as f:
+        dialogues = [row["dialogue"] for row in csv.DictReader(f)][:n]
+    gen = Generator.load("smollm2-135m")
+    prompts = [gen.chat_prompt([{"role": "user", "content": f"Summarize this dialogue:\n{d}"}]) for d in dialogues]
+    settings = GenerationSettings(max_new_tokens=new_tokens)
+    dtype = str(next(gen.model.parameters()).dtype).replace("torch.", "")
+    gen.generate_batch(prompts[:2], GenerationSettings(max_new_tokens=4))  # warm-up
+    ours, t_ours = timed(lambda: gen.generate_batch(prompts, settings))
+
+    pipe = pipeline("text-generation", model=gen.model, tokenizer=gen.tokenizer, device="cpu")
+    kwargs = dict(max_new_tokens=new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                  return_full_text=False, eos_token_id=gen.model.generation_config.eos_token_id,
+                  pad_token_id=gen.tokenizer.pad_token_id)
+    pipe(prompts[:1], max_new_tokens=4, do_sample=False)
+    with torch.inference_mode():
+        theirs, t_theirs = timed(lambda: [pipe(p, **kwargs)[0]["generated_text"] for p in prompts])
+    tokens = sum(g.completion_tokens for g in ours)
+    same = sum(g.text == t.strip() for g, t in zip(ours, theirs))
+    print(f"\ngeneration: SmolLM2-135M-Instruct, {len(prompts)} SAMSum prompts, up to {new_tokens} new tokens, "
+          f"greedy, {dtype}; lmtune batches of 16 (left-padded), the pipeline one prompt at a time")
+    print(f"{'':28s} {'seconds':>8s} {'new tokens/s':>13s} {'vs pipeline':>12s}")
+    for name, t in (("pipeline (one at a time)", t_theirs), ("lmtune", t_ours)):
+        print(f"{name:28s} {t:8.1f} {tokens / t:13.1f} {t_theirs / t:11.2f}x")
+    print(f"same text as the pipeline: {same} of {len(prompts)}")
+    for g, t in zip(ours, theirs):
+        if g.text != t.strip():
+            print(f"  first difference: lmtune {g.text[:120]!r}\n                    pipeline {t.strip()[:120]!r}")
+            break
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sentences", type=int, default=5000)
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--skip-generation", action="store_true")
+    p.add_argument("--skip-classification", action="store_true")
+    args = p.parse_args()
+    if not SST2.is_file() or not SAMSUM.is_file():
+        print(f"skipped: {SST2} or {SAMSUM} not found (the data sets live in ../shared/data beside the repo)")
+        return 0
+    import torch
+
+    print(f"{cpu_kind()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}", flush=True)
+    if not args.skip_classification:
+        with tempfile.TemporaryDirectory() as tmp:
+            classification(args.sentences, Path(tmp))
+    if not args.skip_generation:
+        generation(args.prompts, args.new_tokens)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The one inference path: a saved run's model, tokenizer and data settings on the run's device
+(`Predictor`; `Generator` adds text generation), and one batched loop (`Predictor.run_batches`).
+
+Everything a task does with inputs (read them from a file, predict, turn predictions into rows,
+score a labelled file) is the task module's (see lmtune/tasks/contract.py); `lmtune eval`,
+`lmtune predict`, `lmtune.load(run)` and `lmtune serve` all come here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import decoding, models
+from .config import DataConfig, RunConfig
+from .data.readers import Table
+from .decoding import Generation, GenerationSettings
+from .errors import LmtuneError
+from .saved_run import SavedRun, load_model, read_run
+from .tasks import get_task
+
+Step = Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]
+GENERATION_BATCH = 16  # a Generator's default batch (lmtune predict --batch-size sets it)
+
+
+class Predictor:
+    """A saved run's model ready for inference. Inputs are sorted by length and batched, run under
+    torch.inference_mode() on the run's device, in bf16 where the hardware is fast in it
+    (train.precision: auto), and come back in input order."""
+
+    def __init__(self, saved: SavedRun | str | Path, cfg: RunConfig | None = None) -> None:
+        from .training import make_accelerator
+
+        if not isinstance(saved, SavedRun):
+            saved = read_run(saved)
+        if cfg is not None:
+            saved = replace(saved, cfg=cfg, task=cfg.task)
+        self.saved = saved
+        self.cfg = saved.cfg
+        self.model_dir = saved.model_dir
+        self.task_name = saved.task
+        self.task = get_task(saved.task)
+        self.tokenizer = models.load_tokenizer(saved.model_dir)
+        model = load_model(saved, self.task)
+        self.labels: list[str] = saved.labels if saved.labels is not None else self.task.bare_labels(model)
+        cfg = self.cfg
+        # the run's data settings, or the defaults for a bare model folder (which has no training
+        # data to size inputs by: windows and blocks of 256 tokens, single texts up to 512)
+        self.data: DataConfig = cfg.data if cfg else DataConfig(train="", max_length=256, **self.task.bare_data(self.labels))
+        self.max_length: int = cfg.data.max_length if cfg else 512
+        self.batch_size: int = (cfg.train.eval_batch_size or 2 * cfg.train.batch_size) if cfg else 64
+        self.accelerator = make_accelerator(cfg.train.precision if cfg else "auto")
+        self.model = self.accelerator.prepare(model)
+        self.model.eval()
+        self.settings = GenerationSettings()  # for generative tasks: what predict_rows generates with
+        self.progress = False  # a progress bar on stderr for long inputs (lmtune predict and eval set it)
+
+    @classmethod
+    def from_run(cls, target: str | Path) -> "Predictor":
+        return cls(read_run(target))
+
+    @property
+    def name(self) -> str:
+        return self.saved.name
+
+    # ------------------------------------------------------------ the batched loop
+
+    def run_batches(self, features: list[dict[str, Any]], step: Step, collate: Callable[[list[Any]], Any],
+                    progress: Callable[[int], Any] | None = None) -> list[dict[str, np.ndarray]]:
+        """`step(model, batch)` over the features, longest first, `batch_size` at a time; for each
+        feature (in input order) the rows of step's outputs that belong to it (padded to its batch's
+        width)."""
+        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+        out: list[dict[str, np.ndarray]] = [{}] * len(features)
+        device = self.accelerator.device
+        if progress is None and self.progress and len(features) > self.batch_size:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=len(features), unit="input", file=sys.stderr) as bar:
+                return self.run_batches(features, step, collate, bar.update)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                ids = order[start : start + self.batch_size]
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate([features[i] for i in ids]).items()}
+                with self.accelerator.autocast():
+                    result = step(self.model, batch)
+                arrays = {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in result.items()}
+                for j, i in enumerate(ids):
+                    out[i] = {k: a[j] for k, a in arrays.items()}
+                if progress is not None:
+                    progress(len(ids))
+        return out
+
+    def evaluate_table(self, table: Table) -> dict[str, Any]:
+        """Task metrics on examples that the task prepares as for its validation set (its eval_step
+        outputs have the same width in every batch)."""
+        from types import SimpleNamespace
+
+        cfg = self.cfg if self.cfg is not None else SimpleNamespace(data=self.data, train=SimpleNamespace(seed=0))
+        features, _ = self.task.prepare(table, self.tokenizer, cfg, self.labels)
+        rows = self.run_batches(features, lambda model, batch: self.task.eval_step(model, batch, cfg),
+                                self.task.collator(self.tokenizer, cfg, self.model))
+        outputs = {k: np.stack([r[k] for r in rows]) for k in rows[0]} if rows else {}
+        metrics = self.task.compute_metrics(outputs, self.labels, cfg, features)
+        metrics["examples"] = len(table)
+        return metrics
+
+    # ------------------------------------------------------------ what the task does
+
+    def predict(self, inputs: list[Any] | Any, pairs: list[str] | None = None) -> list[Any]:
+        """Predictions for Python inputs, in input order (see the task module's `predict`):
+        classification {label, score, probabilities}; token classification entities with character
+        offsets (or a tag per token for lists of tokens); question answering (questions with
+        `pairs` as contexts, or {question, context} objects) {answer, score, start, end}; masked LM
+        the likeliest tokens per mask token; causal LM generated texts."""
+        if isinstance(inputs, (str, dict)):
+            inputs = [inputs]
+        inputs = list(inputs)
+        return self.task.predict(self, inputs, pairs) if inputs else []
+
+    def predict_rows(self, inputs: list[Any], pairs: list[str] | None = None) -> list[dict[str, Any]]:
+        """The rows that `lmtune predict` writes, one per input, in input order. Inputs are texts;
+        for text pairs also [text, text_pair] or {text, text_pair}; for question answering
+        {question, context}; for token classification also lists of tokens. An input longer than
+        the model takes is cut, and its row says "truncated": true."""
+        inputs = list(inputs)
+        return self.task.predict_rows(self, inputs, pairs) if inputs else []
+
+    def read_inputs(self, path: str | Path, columns: list[str] | None = None,
+                    template: str | None = None) -> tuple[Table, list[Any], list[Any] | None]:
+        """The inputs of a file: the table, the inputs (texts, token lists, questions or prompts)
+        and their second parts (pairs' second texts, contexts, or generation references).
+        `columns`: the column names of a CSV/TSV file without a header; `template`: a prompt
+        template over the columns (generation only)."""
+        return self.task.read_inputs(self, Path(path), columns, template)
+
+    def predict_file(self, path: str | Path, columns: list[str] | None = None, template: str | None = None,
+                     chunk_rows: int | None = None) -> Iterator[dict[str, Any]]:
+        """predict_rows for every input of a file, in file order, read and predicted a chunk of
+        rows at a time where the format allows it (.txt, .csv, .tsv, .jsonl; see each task's
+        input_chunks), so that a file larger than memory streams through."""
+        from .tasks.inputs import CHUNK_ROWS
+
+        bar, shown = None, self.progress
+        if shown:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(unit="row", file=sys.stderr)
+        self.progress = False  # one bar for the file, not one per chunk
+        try:
+            for _, inputs, pairs in self.task.input_chunks(self, Path(path), columns, template, chunk_rows or CHUNK_ROWS):
+                yield from self.predict_rows(inputs, pairs)
+                if bar is not None:
+                    bar.update(len(inputs))
+        finally:
+            self.progress = shown
+            if bar is not None:
+                bar.close()
+
+    def evaluate_file(self, path: str | Path, columns: list[str] | None = None) -> dict[str, Any]:
+        """Task metrics on a labelled file shaped like the training data (`columns`: the column
+        names of a CSV/TSV file without a header, by default the run's data.columns)."""
+        return self.task.evaluate_file(self, Path(path), columns)
+
+
+class Generator(Predictor):
+    """A causal LM ready to generate: batched (left padding, KV cache) or streamed."""
+
+    def __init__(self, saved: SavedRun | str | Path, cfg: RunConfig | None = None) -> None:
+        super().__init__(saved, cfg)
+        self.model.config.use_cache = True
+        # prompts generated at a time: each holds a KV cache as long as the prompt and its answer
+        self.batch_size = GENERATION_BATCH
+
+    @classmethod
+    def load(cls, target: str | Path) -> "Generator":
+        return cls(read_run(target))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return self.accelerator.autocast()
+
+    def prompt(self, text: str, *, raw: bool = False) -> str:
+        """A user message in the model's chat format (or the text itself with raw=True or when the
+        tokenizer has no chat template)."""
+        if raw or not getattr(self.tokenizer, "chat_template", None):
+            return text
+        return self.chat_prompt([{"role": "user", "content": text}])
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The text that asks the model for the next assistant turn after `messages`
+        ([{role, content}, ...]) in the model's chat format."""
+        return self.task.prompt_text(messages, self.tokenizer)
+
+    def generate_batch(self, prompts: list[str], settings: GenerationSettings | None = None, *,
+                       batch_size: int | None = None, progress: Callable[[int], Any] | None = None) -> list[Generation]:
+        """One Generation (text, token counts, finish reason) per prompt, in order, generated in
+        batches of `batch_size` (default: the Generator's batch_size; see lmtune.decoding.generate)."""
+        with self._autocast():
+            return decoding.generate(self.model, self.tokenizer, prompts, settings or self.settings,
+                                     batch_size=batch_size or self.batch_size, progress=progress)
+
+    def stream(self, prompt: str, settings: GenerationSettings | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        """The text of one generation piece by piece; the generator returns the Generation.
+        Setting `cancel` ends the generation after the token in progress."""
+        return decoding.stream(self.model, self.tokenizer, prompt, settings or self.settings, context=self._autocast,
+                               cancel=cancel)
+
+    def generate(self, prompt: str, *, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                 stream: bool = False, settings: GenerationSettings | None = None) -> str:
+        """The generated text for one prompt (printed to stdout as it comes with stream=True)."""
+        settings = settings or GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        if not stream:
+            return self.generate_batch([prompt], settings)[0].text
+        pieces = []
+        for piece in self.stream(prompt, settings):
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return "".join(pieces).strip()
+
+    def row_prompt(self, row: dict[str, Any], where: str, template: str | None) -> tuple[str, str | None]:
+        """(prompt, reference) for a row of a file (see the causal_lm task's `row_prompt`)."""
+        return self.task.row_prompt(self, row, where, template)
+
+
+def load(target: str | Path) -> Predictor:
+    """A finished run, a model folder, a GGUF file or a bundled model name, ready for inference:
+    a Generator for generative tasks, else a Predictor."""
+    saved = read_run(target)
+    generative = get_task(saved.task).GENERATIVE
+    if not generative and saved.cfg is None and str(target) in models.BUNDLED:
+        raise LmtuneError(f"{target}: a bundled encoder has no task head yet; fine-tune it first (lmtune train)")
+    return (Generator if generative else Predictor)(saved)
