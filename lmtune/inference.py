@@ -83,7 +83,7 @@ class Predictor:
         if progress is None and self.progress and len(features) > self.batch_size:
             from tqdm.auto import tqdm
 
-            with tqdm(total=len(features), unit="input", file=sys.stderr) as bar:
+            with tqdm(total=len(features), unit="input", file=sys.stderr, disable=None) as bar:
                 return self.run_batches(features, step, collate, bar.update)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
@@ -149,13 +149,13 @@ class Predictor:
         from .tasks.inputs import CHUNK_ROWS
 
         bar, shown = None, self.progress
-        if shown:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(unit="row", file=sys.stderr)
         self.progress = False  # one bar for the file, not one per chunk
         try:
             for _, inputs, pairs in self.task.input_chunks(self, Path(path), columns, template, chunk_rows or CHUNK_ROWS):
+                if shown and bar is None:  # after the first chunk was read: a bad file is only its error line
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(unit="row", file=sys.stderr, disable=None)
                 yield from self.predict_rows(inputs, pairs)
                 if bar is not None:
                     bar.update(len(inputs))
