@@ -226,11 +226,11 @@ class GradualStrategy(Section):
 
 
 class AutoStrategy(Section):
-    """Choose lora, partial or full from the model's size, the number of training examples and the
-    task (lmtune/strategy_choice.py): a model of 1,000M parameters or more: lora; fewer than 1,000
-    training examples (causal_lm: 10,000): lora from 100M parameters, else partial with the bottom
-    half of the layers frozen; more: full. The log says which and why; the run folder's config.yaml
-    holds the chosen strategy, data.json the rule."""
+    """Choose lora or full from the model's size, the number of training examples and the task
+    (lmtune/strategy_choice.py): a model of 1,000M parameters or more: lora; fewer than 1,000
+    training examples (causal_lm: 10,000) on a model of 100M parameters or more: lora; otherwise
+    full. The log says which and why; the run folder's config.yaml holds the chosen strategy,
+    data.json the rule."""
 
     name: Literal["auto"]
 

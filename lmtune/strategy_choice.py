@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# Below this many parameters a model is small enough to fine-tune in full on a few examples without
-# an adapter; at or above LARGE_MODEL, full fine-tuning's AdamW state (16 bytes a parameter with the
+# Below this many parameters a model is small enough to fine-tune in full even on a few examples
+# (measured against partial and lora: see the README's strategy comparison); at or above LARGE_MODEL, full fine-tuning's AdamW state (16 bytes a parameter with the
 # weights and gradients) no longer fits common memory, so LoRA is chosen whatever the data.
 MEDIUM_MODEL = 100_000_000
 LARGE_MODEL = 1_000_000_000
@@ -39,9 +39,9 @@ def choose_strategy(task: str, parameters: int, examples: int) -> StrategyChoice
     1. a model of at least 1,000M parameters (LARGE_MODEL): lora, whatever the data;
     2. few training examples (fewer than 1,000; causal_lm fewer than 10,000) and a model of at
        least 100M parameters (MEDIUM_MODEL): lora;
-    3. few training examples and a smaller model: partial, the bottom half of the layers and the
-       embeddings frozen;
-    4. otherwise (enough examples to move every weight): full.
+    3. otherwise (enough examples to move every weight, or a model small enough to move them on
+       few): full. Freezing the bottom half (partial) or training adapters (lora) on a small
+       model with few examples scored lower than full in the strategy comparison (README).
 
     `parameters` counts the model's body (no task head); `examples` the training split (after the
     validation split is held out and any augmentation)."""
@@ -54,8 +54,8 @@ def choose_strategy(task: str, parameters: int, examples: int) -> StrategyChoice
         return StrategyChoice("lora", f"{count} (fewer than {few:,} for {task}) and {size} "
                                       f"(at least {MEDIUM_MODEL / 1e6:,.0f}M): lora")
     if examples < few:
-        return StrategyChoice("partial", f"{count} (fewer than {few:,} for {task}) and {size} "
-                                         f"(under {MEDIUM_MODEL / 1e6:,.0f}M): partial, the bottom half frozen")
+        return StrategyChoice("full", f"{count} (fewer than {few:,} for {task}) and {size} "
+                                      f"(under {MEDIUM_MODEL / 1e6:,.0f}M, small enough to train whole): full")
     return StrategyChoice("full", f"{count} (at least {few:,} for {task}) and {size} "
                                   f"(under {LARGE_MODEL / 1e6:,.0f}M): full")
 

@@ -26,15 +26,15 @@ M = 1_000_000
         # a large model: lora whatever the data
         ("classification", 1000 * M, 1_000_000, "lora"),
         ("classification", 1000 * M - 1, 1_000_000, "full"),
-        # few examples (fewer than 1,000): lora from 100M parameters, partial below
+        # few examples (fewer than 1,000): lora from 100M parameters, full below
         ("classification", 100 * M, 999, "lora"),
-        ("classification", 100 * M - 1, 999, "partial"),
+        ("classification", 100 * M - 1, 999, "full"),
         ("classification", 100 * M, 1_000, "full"),
-        ("token_classification", 1, 999, "partial"),
+        ("token_classification", 1, 999, "full"),
         ("token_classification", 1, 1_000, "full"),
         # causal_lm: few below 10,000
         ("causal_lm", 100 * M, 9_999, "lora"),
-        ("causal_lm", 100 * M - 1, 9_999, "partial"),
+        ("causal_lm", 100 * M - 1, 9_999, "full"),
         ("causal_lm", 100 * M, 10_000, "full"),
         ("causal_lm", 1000 * M, 10_000_000, "lora"),
     ],
@@ -71,17 +71,17 @@ def _run(tiny_bert, toy_data, tmp_path, capsys, **train):
     return saved, resolved, capsys.readouterr().err
 
 
-def test_auto_run_records_partial_for_few_examples_on_a_small_model(tiny_bert, toy_data, tmp_path, capsys):
+def test_auto_run_records_full_for_few_examples_on_a_small_model(tiny_bert, toy_data, tmp_path, capsys):
     # 96 training examples, a body of 21,568 parameters: rule 3
     saved, resolved, err = _run(tiny_bert, toy_data, tmp_path, capsys, lr=None)
-    assert saved["strategy"] == {"name": "partial", "freeze_layers": 1, "freeze_embeddings": True}
-    assert resolved["strategy"]["setting"] == "auto" and resolved["strategy"]["value"] == "partial"
+    assert saved["strategy"] == {"name": "full"}
+    assert resolved["strategy"]["setting"] == "auto" and resolved["strategy"]["value"] == "full"
     assert resolved["strategy"]["rule"] == choose_strategy("classification", 21_568, 96).rule
     assert "96 training examples" in resolved["strategy"]["rule"]
-    assert saved["train"]["lr"] == strategies.DEFAULT_LR["partial"]
-    assert f"strategy.name: auto -> partial (freeze_layers 1): {resolved['strategy']['rule']}" in err
-    # and the run trained as partial: the bottom layer of 2 and the embeddings frozen
-    assert "strategy partial: 9,666 of 21,634 parameters trainable" in err
+    assert saved["train"]["lr"] == strategies.DEFAULT_LR["full"]
+    assert f"strategy.name: auto -> full: {resolved['strategy']['rule']}" in err
+    # and the run trained every parameter
+    assert "strategy full: 21,634 of 21,634 parameters trainable" in err
 
 
 def test_auto_run_takes_the_lr_of_the_chosen_strategy(tiny_bert, toy_data, tmp_path, capsys, monkeypatch):
