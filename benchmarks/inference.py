@@ -90,8 +90,8 @@ def generation(n: int, new_tokens: int) -> None:
     prompts = [gen.chat_prompt([{"role": "user", "content": f"Summarize this dialogue:\n{d}"}]) for d in dialogues]
     settings = GenerationSettings(max_new_tokens=new_tokens)
     dtype = str(next(gen.model.parameters()).dtype).replace("torch.", "")
-    gen.generate_batch(prompts[:2], GenerationSettings(max_new_tokens=4))  # warm-up
-    ours, t_ours = timed(lambda: gen.generate_batch(prompts, settings))
+    gen.generate_batch(prompts[:2], GenerationSettings(max_new_tokens=4), raw=True)  # warm-up
+    ours, t_ours = timed(lambda: gen.generate_batch(prompts, settings, raw=True))
 
     pipe = pipeline("text-generation", model=gen.model, tokenizer=gen.tokenizer, device="cpu")
     kwargs = dict(max_new_tokens=new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,

@@ -19,7 +19,8 @@ def load(run_dir: str) -> "Predictor":
     """Load a finished run (or a saved model folder, or a bundled model name for generation): a
     Predictor with `.predict(inputs)`, `.predict_rows(inputs)` and `.evaluate_file(path)`; for a
     causal LM a Generator, which also has `.generate(prompt)`, `.generate_batch(prompts)` and
-    `.stream(prompt)`."""
+    `.stream(prompt)`: each prompt a user message in the model's chat template, as `lmtune generate`
+    takes it (raw=True: the text continued as it is)."""
     from .inference import load as _load
 
     return _load(run_dir)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .errors import LmtuneError
+from .errors import LmtuneError, command_line
 from .tasks import TASKS
 
 if TYPE_CHECKING:
@@ -21,19 +21,42 @@ def _print_json(obj: object) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # Everything that can be wrong in the config, the run folder or the data is said before torch is
+    # imported (seconds): config, then folder, then data.
     from .config import load_config
+    from .rundir import RunDir
+    from .tasks import get_task
+
+    if args.config is None and not args.overrides:
+        raise LmtuneError("lmtune train needs a config file (lmtune train config.yaml) or the config as key=value "
+                          "overrides (lmtune train model=minilm-l6 data.train=train.csv); to continue a run: "
+                          "lmtune train RUN_FOLDER --resume")
+    if args.config is not None and Path(args.config).is_dir() and not args.resume:
+        raise LmtuneError(f"{args.config} is a folder, not a config file; to continue the run in it: "
+                          f"lmtune train {args.config} --resume")
+    first = int(os.environ.get("RANK", "0")) == 0
+    notes: list[str] = []
+    if args.resume:  # the run goes on with the config it started with
+        from .resume import resume_config
+
+        cfg, notes = resume_config(args.config, args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    if cfg.search is not None:
+        notes.append("note: the search section is read by lmtune search; lmtune train runs the config as it is")
+    run = RunDir(cfg.output_dir or "runs/run")
+    if "LOCAL_RANK" not in os.environ:  # (a process of a launched run: its first process decides)
+        run.check(resume=args.resume, overwrite=args.overwrite)
+        if args.resume and run.last_checkpoint() is None:
+            notes.append(f"note: {run.path} has no checkpoint to resume from; the run starts from the beginning")
+    for note in notes if first else []:
+        print(note, file=sys.stderr)
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch(args)
+    data = get_task(cfg.task).load_data(cfg)
     from .training import train
 
-    cfg = load_config(args.config, args.overrides)  # a bad config fails here, before any process starts
-    if cfg.search is not None and int(os.environ.get("RANK", "0")) == 0:
-        print("note: the search section is read by lmtune search; lmtune train runs the config as it is",
-              file=sys.stderr)
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from .rundir import RunDir
-
-        RunDir(cfg.output_dir or "runs/run").check(resume=args.resume, overwrite=args.overwrite)
-        return _launch(args)
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    result = train(cfg, data=data, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.output_dir}", file=sys.stderr)
         _print_json({k: {m: v for m, v in d.items() if m != "per_class"} for k, d in result.metrics.items()})
@@ -97,12 +120,23 @@ def _launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _renamed_columns(args: argparse.Namespace) -> dict[str, tuple[str, str | None]]:
+    """The run's column keys that --text-column / --label-column give the input file's names for."""
+    return {"text_column": ("--text-column", args.text_column),
+            "label_column": ("--label-column", getattr(args, "label_column", None))}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .preflight import check_run_and_file
+
+    # the run, the file, its columns and labels: all read and checked before the model is loaded
+    checked = check_run_and_file(args.run_dir, args.data_file, columns=args.columns, renamed=_renamed_columns(args),
+                                 labelled=True)
     from .inference import load
 
-    model = load(args.run_dir)
-    model.progress = True
-    metrics = model.evaluate_file(args.data_file, columns=args.columns)
+    model = load(checked.saved)
+    model.data, model.progress = checked.data, True
+    metrics = model.evaluate_labelled(checked.labelled)
     per_class = metrics.pop("per_class", None)
     if per_class:
         width = max(len(k) for k in per_class)
@@ -144,44 +178,59 @@ def _write_lines(lines: Iterator[str], args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .saved_run import read_run
+
+    read_run(args.target)  # a wrong target is said before torch is imported
     from .generation import Generator
 
     settings = _generation_settings(args)
     gen = Generator.load(args.target)
-    gen.generate(gen.prompt(args.prompt, raw=args.raw), settings=settings, stream=True)
+    gen.generate(args.prompt, raw=args.raw, settings=settings, stream=True)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .preflight import check_output, check_run_and_file
+
+    check_output(args.output, args.overwrite)
+    settings = _generation_settings(args)
+    template = args.prompt_template.replace("\\n", "\n").replace("\\t", "\t") if args.prompt_template else None
+    # the run, the file's first rows and their columns: checked before the model is loaded
+    checked = check_run_and_file(args.run_dir, args.input_file, columns=args.columns, renamed=_renamed_columns(args),
+                                 template=template)
     from .inference import load
 
-    settings = _generation_settings(args)
-    model = load(args.run_dir)
-    model.settings, model.progress = settings, True
+    model = load(checked.saved)
+    model.data, model.settings, model.progress = checked.data, settings, True
     if args.batch_size is not None:
         model.batch_size = args.batch_size
-    template = args.prompt_template.replace("\\n", "\n").replace("\\t", "\t") if args.prompt_template else None
     rows = model.predict_file(args.input_file, columns=args.columns, template=template)
     _write_lines((json.dumps(row, ensure_ascii=False) for row in rows), args)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve.app import create_app
+    from .saved_run import read_for_inference
     from .serve.options import ServeOptions
-    from .serve.server import serve
 
     options = ServeOptions(
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LMTUNE_API_KEY") or None,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
         max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
     ).check()
+    read_for_inference(args.target)  # a wrong target is said before the server's imports
+    from .serve.app import create_app
+    from .serve.server import serve
+
     app = create_app(args.target, options)
     serve(app, options, announce=f"{args.target} ")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .saved_run import read_run
+
+    read_run(args.run_dir)  # a wrong folder is said before torch is imported
     from .predict import export
 
     out = export(args.run_dir, args.output, merge=args.merge, overwrite=args.overwrite)
@@ -213,19 +262,20 @@ def cmd_data_clean(args: argparse.Namespace) -> int:
     for target in (out, dropped_file):
         if target.exists() and not args.overwrite:
             raise LmtuneError(f"{target} exists; use --overwrite to replace it")
-    options = CleanOptions(strip_html=args.strip_html, lowercase=args.lowercase, min_chars=args.min_chars,
-                           max_chars=args.max_chars, dedupe=args.dedupe, conflicts=args.conflicts)
+    options = CleanOptions(fix_mojibake=args.fix_mojibake, strip_html=args.strip_html, lowercase=args.lowercase,
+                           min_chars=args.min_chars, max_chars=args.max_chars, dedupe=args.dedupe, conflicts=args.conflicts)
     summary, rows = clean_file(src, out, dropped_file, args.text_column or "text", args.label_column, options,
                                fmt=args.format, columns=args.columns)
     reasons = ", ".join(f"{k} {v}" for k, v in summary["dropped_by_reason"].items()) or "none"
     print(f"kept {summary['kept']} of {rows} rows -> {out}; dropped: {reasons} (each with its line in "
-          f"{dropped_file}); {summary['texts_changed']} texts changed", file=sys.stderr)
+          f"{dropped_file}); {summary['texts_changed']} texts changed"
+          + (f" ({summary['mojibake_repaired']} with mojibake repaired)" if args.fix_mojibake else ""), file=sys.stderr)
     _print_json(summary)
     return 0
 
 
 def cmd_data_augment(args: argparse.Namespace) -> int:
-    from .data.augment import AugmentOptions, augment_sentences, augment_stream, gather_synonyms
+    from .data.augment import AugmentOptions, Skipped, augment_sentences, augment_stream, gather_synonyms
     from .data.readers import RowReader
     from .data.writers import RowWriter, write_rows
     from .tasks import token_classification as ner
@@ -244,6 +294,7 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
         from . import models
 
         model = models.resolve(args.model)
+    skipped = Skipped()
     if tagged:  # sentences are held: entity mentions are swapped between them
         for flag, value in (("--text-column", args.text_column), ("--label-column", args.label_column),
                             ("--columns", args.columns)):
@@ -255,7 +306,8 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
         ner.check_tags(table, args.tag_scheme)
         words = {t.lower() for r in table.rows for t, tag in zip(r["tokens"], r["tags"]) if tag == "O"}
         synonyms = gather_synonyms(args.synonyms, model, words)
-        new = augment_sentences(table.rows, table.lines, ner.spans, options, synonyms, args.seed, args.tag_scheme)
+        new = augment_sentences(table.rows, table.lines, ner.spans, options, synonyms, args.seed, args.tag_scheme,
+                                skipped)
         write_rows(out, [], ([*({**r, "augmented_from": None} for r in table.rows), *new]), "jsonl")
         rows, copies = len(table), len(new)
     else:  # streamed: the rows as they are, then (a second reading) their copies
@@ -274,17 +326,20 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
             reader.require_columns(text_column, args.label_column)
             rows = w.rows
             synonyms = gather_synonyms(args.synonyms, model, words)
-            for row in augment_stream(reader, text_column, options, synonyms, args.seed):
+            for row in augment_stream(reader, text_column, options, synonyms, args.seed, skipped):
                 w.write(row)
             copies = w.rows - rows
     what = "sentences" if tagged else "rows"
     print(f"wrote {rows} {what} and {copies} augmented copies (marked by augmented_from) to {out}", file=sys.stderr)
-    _print_json({what: rows, "augmented": copies, "synonym_words": len(synonyms)})
+    if skipped.total:
+        print(skipped.describe(rows * options.n_per_example), file=sys.stderr)
+    _print_json({what: rows, "augmented": copies, "skipped": skipped.total, "skipped_by_reason": skipped.by_reason(),
+                 "synonym_words": len(synonyms)})
     return 0
 
 
 def cmd_data_split(args: argparse.Namespace) -> int:
-    from .data.split import parse_ratios, split_file
+    from .data.split import parse_ratios, split_file, split_warnings
 
     report = split_file(args.file, args.output, parse_ratios(args.ratios), seed=args.seed,
                         text_column=args.text_column or "text", label_column=args.label_column,
@@ -293,6 +348,8 @@ def cmd_data_split(args: argparse.Namespace) -> int:
     for name, part in report.items():
         labels = ", ".join(f"{k} {v}" for k, v in part.get("labels", {}).items())
         print(f"{name}: {part['rows']} rows -> {part['file']}" + (f" ({labels})" if labels else ""), file=sys.stderr)
+    for warning in split_warnings(report):
+        print(f"warning: {warning}", file=sys.stderr)
     _print_json(report)
     return 0
 
@@ -404,20 +461,52 @@ class _Unused(argparse.Action):
         parser.error(f"{option_string}: {self.reason}")
 
 
-def _column_flags(p: argparse.ArgumentParser, *, group: str | None = None) -> None:
+def _column_flags(p: argparse.ArgumentParser, *, group: str | None = None, run: bool = False, labels: bool = True) -> None:
     """The column options that every data command takes, added here so that the commands cannot
-    drift apart. `group`: what --group-column does for this command (None: it is an error here)."""
-    p.add_argument("--text-column", default=None, help="column with the text (default: text)")
-    p.add_argument("--label-column", default=None, help="column with the label (default: 'label' when the file has it)")
+    drift apart. `group`: what --group-column does for this command (None: it is an error here).
+    `run`: lmtune predict and eval, which read a file with a run's settings: the names given are the
+    file's own for the run's columns (data.text_column, data.label_column), and the format goes by
+    the file's extension. `labels`: whether the command reads labels (--label-column)."""
+    def default(key: str, plain: str) -> str:
+        return f" (default: the run's data.{key})" if run else plain
+
+    p.add_argument("--text-column", default=None, help="column with the text" + default("text_column", " (default: text)"))
+    if labels:
+        p.add_argument("--label-column", default=None, help="column with the label" + default(
+            "label_column", " (default: 'label' when the file has it)"))
+    else:
+        p.add_argument("--label-column", action=_Unused, default=None, help=argparse.SUPPRESS,
+                       reason=f"{p.prog} reads no labels (lmtune eval does)")
     if group:
         p.add_argument("--group-column", default=None, help=group)
     else:
         p.add_argument("--group-column", action=_Unused, default=None, help=argparse.SUPPRESS,
                        reason=f"only lmtune data split uses it (rows sharing a value stay in one part); "
                               f"{p.prog} does not")
-    p.add_argument("--columns", type=_column_list, default=None, metavar="NAME,NAME", help=COLUMNS_HELP)
-    p.add_argument("--format", default="auto", choices=["auto", "csv", "tsv", "jsonl", "json"],
-                   help="file format (auto: by the extension)")
+    p.add_argument("--columns", type=_column_list, default=None, metavar="NAME,NAME",
+                   help=COLUMNS_HELP + default("columns", ""))
+    if run:
+        p.add_argument("--format", action=_Unused, default=None, help=argparse.SUPPRESS,
+                       reason=f"{p.prog} reads a file by its extension (.txt, .csv, .tsv, .jsonl, .json; "
+                              f".conll for tagged sentences)")
+    else:
+        p.add_argument("--format", default="auto", choices=["auto", "csv", "tsv", "jsonl", "json"],
+                       help="file format (auto: by the extension)")
+
+
+CLEAN_DEFAULTS = (
+    "By default: Unicode NFKC, whitespace collapsed, empty texts dropped, repeated texts dropped after the first "
+    "(--dedupe exact), and every copy of a text that carries different labels dropped (--conflicts drop). Mojibake "
+    "repair, HTML stripping, lower-casing and length limits only when asked. Each dropped row goes to dropped.jsonl "
+    "with its line and reason; the input file is never changed."
+)
+
+
+AUGMENT_LABELS = (
+    "Copies keep their row's label. Embedding-neighbour synonyms keep the word's sentiment polarity (VADER lexicon, "
+    "English) and negations are never replaced, deleted or moved, but a deletion or a swap can still change what a "
+    "copy says: protect the words the labels hang on (--protect) and look at a sample of the copies."
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -428,13 +517,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .rundir import RESUMABLE
+
     p = Parser(prog="lmtune", description="Fine-tune pretrained language models for your task.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="fine-tune as a YAML config says")
-    t.add_argument("config", help="YAML run config (or, without one, the first key=value: every key on the command line)")
+    t.add_argument("config", nargs="?", default=None,
+                   help="YAML run config (or, without one, every key as key=value; with --resume, also a run folder)")
     t.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.lr=3e-5")
-    t.add_argument("--resume", action="store_true", help="continue an unfinished run from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an unfinished run from its last checkpoint, with the config it started with "
+                   f"(overrides need not be given again; only {', '.join(RESUMABLE)} may change)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -465,8 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="metrics of a run's model on a labelled file (JSON on the last line)")
     e.add_argument("run_dir")
     e.add_argument("data_file")
-    e.add_argument("--columns", type=_column_list, default=None, metavar="NAME,NAME",
-                   help=COLUMNS_HELP + " (default: the run's data.columns)")
+    _column_flags(e, run=True)
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="predict (or generate) for each input row, one JSON line each")
@@ -477,8 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", help="write JSON lines here instead of stdout")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     pr.add_argument("--prompt-template", help="generation: prompt from columns, e.g. 'Summarize:\\n{dialogue}'")
-    pr.add_argument("--columns", type=_column_list, default=None, metavar="NAME,NAME",
-                    help=COLUMNS_HELP + " (default: the run's data.columns)")
+    _column_flags(pr, run=True, labels=False)
     _generation_flags(pr)
     pr.add_argument("--batch-size", type=int, default=None,
                     help="inputs per batch (default: the run's evaluation batch, 64 for a model folder; generation 16)")
@@ -525,20 +617,27 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--max-length", type=int, default=None, help="with --model: count texts longer than this")
     di.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     di.set_defaults(func=cmd_data_inspect)
-    dc = dsub.add_parser("clean", help="normalise texts; drop empty, out-of-range, conflicting and duplicate rows, each with its reason")
+    dc = dsub.add_parser("clean", help="normalise texts; drop empty, out-of-range, conflicting and duplicate rows, each with its reason",
+                         description=CLEAN_DEFAULTS)
     dc.add_argument("file")
     dc.add_argument("-o", "--output", required=True, help="the cleaned file; dropped.jsonl is written beside it")
     _column_flags(dc)
-    dc.add_argument("--strip-html", action="store_true", help="remove HTML tags and unescape entities")
-    dc.add_argument("--lowercase", action="store_true")
-    dc.add_argument("--min-chars", type=int, default=None)
-    dc.add_argument("--max-chars", type=int, default=None)
-    dc.add_argument("--dedupe", default="exact", choices=["none", "exact", "normalised"])
+    dc.add_argument("--fix-mojibake", action="store_true",
+                    help="repair mojibake with ftfy (UTF-8 read as Latin-1/CP-1252: 'cafÃ©' becomes 'café'); default: off")
+    dc.add_argument("--strip-html", action="store_true", help="remove HTML tags and unescape entities; default: off")
+    dc.add_argument("--lowercase", action="store_true", help="lower-case the text; default: off")
+    dc.add_argument("--min-chars", type=int, default=None, help="drop texts shorter than this; default: no limit")
+    dc.add_argument("--max-chars", type=int, default=None, help="drop texts longer than this; default: no limit")
+    dc.add_argument("--dedupe", default="exact", choices=["none", "exact", "normalised"],
+                    help="drop repeated texts after the first: none, exact (the default) or normalised (NFKC, "
+                    "case-folded, single spaces)")
     dc.add_argument("--conflicts", default="drop", choices=["keep", "drop", "majority"],
-                    help="texts whose copies carry different labels")
+                    help="texts whose copies carry different labels: keep them, drop every copy (the default), or "
+                    "keep the copies with the majority label")
     dc.add_argument("--overwrite", action="store_true")
     dc.set_defaults(func=cmd_data_clean)
-    da = dsub.add_parser("augment", help="EDA augmentation: random deletion, swap, insertion and synonym replacement")
+    da = dsub.add_parser("augment", help="EDA augmentation: random deletion, swap, insertion and synonym replacement",
+                         description=AUGMENT_LABELS)
     da.add_argument("file")
     da.add_argument("-o", "--output", required=True, help="the rows and their augmented copies")
     _column_flags(da)
@@ -546,13 +645,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="token_classification: tagged sentences (CoNLL, or JSON lines of tokens and tags), tags kept "
                     "aligned; default: token_classification for .conll, .iob and .bio files")
     da.add_argument("--tag-scheme", choices=["IOB1", "IOB2", "BIOES"], default="IOB2")
-    da.add_argument("--n-per-example", type=int, default=1)
+    da.add_argument("--n-per-example", type=int, default=1,
+                    help="augmented copies of each row; a copy that comes out the same as its row or an earlier copy "
+                    "is skipped, and the summary counts why")
     for op in ("delete", "swap", "insert", "synonym"):
         da.add_argument(f"--p-{op}", type=float, default=0.1, help=f"per-word probability of {op}")
     da.add_argument("--p-entity", type=float, default=0.1,
                     help="tagged sentences: per-entity probability of replacement by another mention of its type")
     da.add_argument("--synonyms", default=None, help="synonym file: JSON {word: [synonyms]} or 'word<TAB>syn,syn' lines")
-    da.add_argument("--model", default=None, help="also take synonyms from this model's input-embedding neighbours")
+    da.add_argument("--model", default=None, help="also take synonyms from this model's input-embedding neighbours "
+                    "(only those that keep the word's sentiment polarity: neighbours include antonyms)")
     da.add_argument("--protect", default=None, help="comma-separated words never changed (label-bearing words)")
     da.add_argument("--seed", type=int, default=42)
     da.add_argument("--overwrite", action="store_true")
@@ -591,13 +693,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += [x for x in extra if not x.startswith("-")]
         extra = [x for x in extra if x.startswith("-")]
         # no YAML, only keys: `lmtune train model=minilm-l6 data.train=reviews.csv`
-        if "=" in args.config and not Path(args.config).is_file():
+        if args.config is not None and "=" in args.config and not Path(args.config).is_file():
             args.overrides.insert(0, args.config)
             args.config = None
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        with command_line():  # error messages name flags (--overwrite), not keyword arguments
+            return args.func(args)
     except LmtuneError as e:
         for problem in e.problems:
             print(f"lmtune: error: {problem}", file=sys.stderr)

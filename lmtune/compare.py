@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from .config import STRATEGY_CLASSES, RunConfig, apply_overrides, load_config, validate
-from .errors import LmtuneError
+from .errors import LmtuneError, option
 
 COMPARABLE = tuple(name for name in STRATEGY_CLASSES if name != "auto")
 TRAIN_SAMPLE_ROWS = 1000
@@ -122,19 +122,20 @@ def _split_list(text: str) -> list[str]:
 
 def _strategy_problems(names: list[str]) -> list[str]:
     problems = []
+    flag = option("--strategies", "strategies")
     if not all(names):
-        problems.append(f"--strategies {','.join(names)!r}: expected comma-separated names, e.g. full,lora")
+        problems.append(f"{flag} {','.join(names)!r}: expected comma-separated names, e.g. full,lora")
     for name in filter(None, names):
         if name == "auto":
-            problems.append("--strategies: auto picks one strategy for a run; compare the strategies themselves "
+            problems.append(f"{flag}: auto picks one strategy for a run; compare the strategies themselves "
                             f"({', '.join(COMPARABLE)})")
         elif name not in COMPARABLE:
             close = difflib.get_close_matches(name, COMPARABLE, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"--strategies: unknown strategy {name!r}{hint}; expected some of {', '.join(COMPARABLE)}")
+            problems.append(f"{flag}: unknown strategy {name!r}{hint}; expected some of {', '.join(COMPARABLE)}")
     repeated = sorted({n for n in names if names.count(n) > 1 and n})
     if repeated:
-        problems.append(f"--strategies: {', '.join(repeated)} given more than once")
+        problems.append(f"{flag}: {', '.join(repeated)} given more than once")
     return problems
 
 
@@ -142,16 +143,17 @@ def _parse_sets(sets: list[str], compared: list[str]) -> tuple[dict[str, list[st
     """`STRATEGY.key=value` items as {strategy: [key=value, ...]} and the problems found."""
     by_strategy: dict[str, list[str]] = {}
     problems = []
+    flag, strategies = option("--set", "sets"), option("--strategies", "strategies")
     for item in sets:
         target, sep, value = item.partition("=")
         name, dot, key = target.partition(".")
         if not sep or not dot or not name or not key or any(not part for part in key.split(".")):
-            problems.append(f"--set {item!r}: expected STRATEGY.key=value, e.g. partial.freeze_layers=2")
+            problems.append(f"{flag} {item!r}: expected STRATEGY.key=value, e.g. partial.freeze_layers=2")
         elif key == "name":
-            problems.append(f"--set {item!r}: a run's strategy name comes from --strategies")
+            problems.append(f"{flag} {item!r}: a run's strategy name comes from {strategies}")
         elif name not in compared:
             what = "is not compared" if name in COMPARABLE else "is not a strategy"
-            problems.append(f"--set {item!r}: {name!r} {what} (--strategies {','.join(compared)})")
+            problems.append(f"{flag} {item!r}: {name!r} {what} ({strategies} {','.join(compared)})")
         else:
             by_strategy.setdefault(name, []).append(f"{key}={value}")
     return by_strategy, problems
@@ -161,11 +163,12 @@ def _parse_seeds(text: str | list[int] | None) -> tuple[list[int] | None, list[s
     if text is None:
         return None, []
     parts = _split_list(text) if isinstance(text, str) else [str(seed) for seed in text]
+    flag = option("--seeds", "seeds")
     if not all(p.lstrip("-").isdigit() for p in parts):
-        return None, [f"--seeds {text!r}: expected comma-separated whole numbers, e.g. 1,2,3"]
+        return None, [f"{flag} {text!r}: expected comma-separated whole numbers, e.g. 1,2,3"]
     seeds = [int(p) for p in parts]
     if len(set(seeds)) != len(seeds):
-        return None, [f"--seeds {text!r}: a seed given more than once"]
+        return None, [f"{flag} {text!r}: a seed given more than once"]
     return seeds, []
 
 
@@ -173,7 +176,7 @@ def _folder_problem(path: Path, overwrite: bool) -> str | None:
     if path.exists() and not path.is_dir():
         return f"output_dir {path} exists and is not a folder"
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        return f"output_dir {path} exists and is not empty; use --overwrite to replace it"
+        return f"output_dir {path} exists and is not empty; use {option('--overwrite', 'overwrite=True')} to replace it"
     return None
 
 

@@ -10,18 +10,57 @@ from __future__ import annotations
 
 import difflib
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from .errors import LmtuneError
+from .tasks import TASKS
+
+
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_INT_TEXT = re.compile(r"[-+]?[0-9]+")
+
+
+def number_from_text(value: Any, annotation: Any) -> Any:
+    """`value` as the number a field of type `annotation` takes, when it is a text that reads as
+    one (PyYAML's YAML 1.1 leaves `1e-4` a string, so a config read with yaml.safe_load has such
+    texts); anything else as it is, for the schema to judge. A field that also takes text (a
+    search choice) keeps its texts."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [m for m in get_args(annotation) if m is not type(None)]
+        if str in members:
+            return value
+        for member in members:
+            number = number_from_text(value, member)
+            if number is not value:
+                return number
+        return value
+    if get_origin(annotation) is list and isinstance(value, list):
+        (item,) = get_args(annotation)
+        return [number_from_text(v, item) for v in value]
+    if isinstance(value, str) and annotation is float and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, str) and annotation is int and _INT_TEXT.fullmatch(value.strip()):
+        return int(value)
+    return value
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_from_text(cls, data: Any) -> Any:
+        """Strict, but `lr: "1e-4"` is a number (see number_from_text); `lr: fast` is still an error."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: number_from_text(v, fields[k].annotation) if k in fields else v for k, v in data.items()}
 
 
 def only(*tasks: str) -> dict[str, Any]:
@@ -42,6 +81,9 @@ class CleanConfig(Section):
 
     nfkc: bool = Field(True, description="Unicode NFKC normalisation")
     collapse_whitespace: bool = Field(True, description="runs of whitespace become one space; ends trimmed")
+    fix_mojibake: bool = Field(
+        False, description="repair mojibake with ftfy (UTF-8 read as Latin-1/CP-1252: 'cafÃ©' becomes 'café'), before the other changes"
+    )
     strip_html: bool = Field(False, description="remove HTML tags and unescape entities")
     lowercase: bool = Field(False, description="lower-case the text")
     drop_empty: bool = Field(True, description="drop rows whose text is empty after cleaning")
@@ -82,6 +124,15 @@ def _max_length(value: Any) -> int | str:
 
 
 MaxLength = Annotated[Union[int, Literal["auto"]], PlainValidator(_max_length)]
+
+
+def _threads(value: Any) -> int | str:
+    if value == "auto" or (type(value) is int and value >= 1):
+        return value
+    raise PydanticCustomError("threads", "expected auto or a whole number of threads, at least 1")
+
+
+Threads = Annotated[Union[int, Literal["auto"]], PlainValidator(_threads)]
 
 
 class DataConfig(Section):
@@ -286,12 +337,21 @@ class TrainConfig(Section):
     )
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps; null: each epoch")
     log_steps: int = Field(10, ge=1, description="log loss and speed every N steps")
+    threads: Threads = Field(
+        "auto", description="CPU threads of this run (torch.set_num_threads); auto: torch's own choice (one per "
+        "core, or OMP_NUM_THREADS); fewer leave cores to other processes"
+    )
     metric: str | None = Field(
         None,
-        description="validation metric that picks the best checkpoint; default: the task's (accuracy, loss, f1)",
+        description="validation metric that picks the best checkpoint (a tie: the lower validation loss) and that "
+        "early stopping watches; default: the task's (accuracy, loss, f1)",
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many evaluations without improvement"
+    )
+    keep_checkpoints: Literal["last", "best", "none"] = Field(
+        "last", description="the checkpoints kept once the run has finished (model/ always is): last (the whole "
+        "training state, optimizer included), best (the best weights, which model/ holds too) or none"
     )
 
 
@@ -431,8 +491,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise LmtuneError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if raw is None:
-        raw = {}
+    if raw is None:  # (comments alone read as nothing, too)
+        raise LmtuneError(f"{path}: the config file is empty; it needs at least model and data.train (lmtune keys lists every key)")
     if not isinstance(raw, dict):
         raise LmtuneError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
     return raw
@@ -492,6 +552,13 @@ def _section_class(loc: tuple[Any, ...], raw: dict[str, Any]) -> type[BaseModel]
     return cls
 
 
+def _keys_named(name: str, raw: dict[str, Any]) -> list[str]:
+    """The config keys (of the run's task) whose last part is `name`, in schema order."""
+    task = raw.get("task")
+    keys = [row[0] for row in reference(task if isinstance(task, str) and task in TASKS else None) if row[1]]
+    return list(dict.fromkeys(k for k in keys if k.rsplit(".", 1)[-1] == name))
+
+
 def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     loc = list(err["loc"])
     # A discriminated union puts the tag into the path: strategy.partial.freeze_layers.
@@ -503,8 +570,11 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
         owner = _section_class(tuple(loc[:-1]), raw)
         valid = list(owner.model_fields) if owner else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
-        if not close and valid:
+        # a typo of a key of this section, else the same name in another section (`lr` for train.lr)
+        meant = [".".join([*map(str, loc[:-1]), close[0]])] if close else \
+            [k for k in _keys_named(str(loc[-1]), raw) if k != key]
+        hint = " (did you mean " + " or ".join(f"'{k}'" for k in meant) + "?)" if meant else ""
+        if not meant and valid:
             hint = f" (valid keys here: {', '.join(valid)})"
         return f"{key}: unknown key{hint}"
     if kind == "missing":
@@ -607,10 +677,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read a YAML config, apply overrides, fill the default output_dir, and validate it. Without a
     path, the overrides are the whole config (`model=minilm-l6 data.train=reviews.csv`)."""
     raw = apply_overrides(read_yaml(path) if path is not None else {}, overrides or [])
-    if raw.get("output_dir") is None:
-        name = Path(path).stem if path is not None else str(raw.get("task") or "classification")
-        raw["output_dir"] = str(Path("runs") / name)
+    raw["output_dir"] = output_dir_of(path, raw)
     return validate(raw)
+
+
+def output_dir_of(path: str | Path | None, raw: dict[str, Any]) -> str:
+    """The run folder of a config (read from `path`, overrides applied): its output_dir, by default
+    runs/<config file name> (runs/<task> for a config of overrides only)."""
+    if raw.get("output_dir") is not None:
+        return raw["output_dir"]
+    name = Path(path).stem if path is not None else str(raw.get("task") or "classification")
+    return str(Path("runs") / name)
 
 
 def as_config(config: RunConfig | str | Path | dict[str, Any]) -> RunConfig:

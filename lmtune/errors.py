@@ -2,9 +2,35 @@
 
 The command line prints it as one clear line (one per problem) and exits with status 2. Anything
 else that escapes is a bug and keeps its traceback.
+
+A message that tells how to go on names the option the caller has: `option("--overwrite",
+"overwrite=True")` is the flag on the command line (inside `command_line()`) and the keyword
+argument in a Python call.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator
+
+_ON_COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("lmtune_on_command_line", default=False)
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Error messages raised within name command-line flags (lmtune.cli.main runs every command in it)."""
+    token = _ON_COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _ON_COMMAND_LINE.reset(token)
+
+
+def option(flag: str, argument: str) -> str:
+    """How a message names an option: `flag` (`--overwrite`) on the command line, else `argument`
+    (`overwrite=True`), as a Python caller writes it."""
+    return flag if _ON_COMMAND_LINE.get() else argument
 
 
 class LmtuneError(Exception):

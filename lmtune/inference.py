@@ -22,8 +22,8 @@ from . import decoding, models
 from .config import DataConfig, RunConfig
 from .data.readers import Table
 from .decoding import Generation, GenerationSettings
-from .errors import LmtuneError
-from .saved_run import SavedRun, load_model, read_run
+from .errors import LmtuneError, option
+from .saved_run import SavedRun, load_model, read_for_inference, read_run
 from .tasks import get_task
 
 Step = Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]
@@ -167,13 +167,29 @@ class Predictor:
     def evaluate_file(self, path: str | Path, columns: list[str] | None = None) -> dict[str, Any]:
         """Task metrics on a labelled file shaped like the training data (`columns`: the column
         names of a CSV/TSV file without a header, by default the run's data.columns)."""
-        return self.task.evaluate_file(self, Path(path), columns)
+        return self.evaluate_labelled(self.task.read_labelled(self, Path(path), columns))
+
+    def evaluate_labelled(self, labelled: Any) -> dict[str, Any]:
+        """Task metrics on what the task's read_labelled read of a labelled file."""
+        return self.task.evaluate_labelled(self, labelled)
 
 
 class Generator(Predictor):
-    """A causal LM ready to generate: batched (left padding, KV cache) or streamed."""
+    """A causal LM ready to generate: batched (left padding, KV cache) or streamed.
+
+    `generate`, `generate_batch` and `stream` take a prompt as a user message and put it in the
+    model's chat format (see `prompt`), as `lmtune generate` does; with raw=True they continue the
+    text as it is (a plain-text model's input, or a prompt already in the chat format from
+    `chat_prompt`)."""
 
     def __init__(self, saved: SavedRun | str | Path, cfg: RunConfig | None = None) -> None:
+        if not isinstance(saved, SavedRun):
+            saved = read_run(saved)
+        task = cfg.task if cfg is not None else saved.task
+        if not get_task(task).GENERATIVE:
+            instead = option(f"lmtune predict {saved.folder} FILE", "lmtune.load(run).predict(inputs)")
+            raise LmtuneError(f"{saved.folder}: a {task} {'run' if saved.cfg is not None else 'model'} does not "
+                              f"generate text; use {instead} for its predictions")
         super().__init__(saved, cfg)
         self.model.config.use_cache = True
         # prompts generated at a time: each holds a KV cache as long as the prompt and its answer
@@ -188,7 +204,7 @@ class Generator(Predictor):
 
     def prompt(self, text: str, *, raw: bool = False) -> str:
         """A user message in the model's chat format (or the text itself with raw=True or when the
-        tokenizer has no chat template)."""
+        tokenizer has no chat template): what generate, generate_batch and stream generate from."""
         if raw or not getattr(self.tokenizer, "chat_template", None):
             return text
         return self.chat_prompt([{"role": "user", "content": text}])
@@ -198,29 +214,33 @@ class Generator(Predictor):
         ([{role, content}, ...]) in the model's chat format."""
         return self.task.prompt_text(messages, self.tokenizer)
 
-    def generate_batch(self, prompts: list[str], settings: GenerationSettings | None = None, *,
+    def generate_batch(self, prompts: list[str], settings: GenerationSettings | None = None, *, raw: bool = False,
                        batch_size: int | None = None, progress: Callable[[int], Any] | None = None) -> list[Generation]:
         """One Generation (text, token counts, finish reason) per prompt, in order, generated in
-        batches of `batch_size` (default: the Generator's batch_size; see lmtune.decoding.generate)."""
+        batches of `batch_size` (default: the Generator's batch_size; see lmtune.decoding.generate).
+        Each prompt is a user message in the chat format; raw=True: the texts as they are."""
+        texts = [self.prompt(p, raw=raw) for p in prompts]
         with self._autocast():
-            return decoding.generate(self.model, self.tokenizer, prompts, settings or self.settings,
+            return decoding.generate(self.model, self.tokenizer, texts, settings or self.settings,
                                      batch_size=batch_size or self.batch_size, progress=progress)
 
     def stream(self, prompt: str, settings: GenerationSettings | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
+               cancel: threading.Event | None = None, *, raw: bool = False) -> Iterator[str]:
         """The text of one generation piece by piece; the generator returns the Generation.
-        Setting `cancel` ends the generation after the token in progress."""
-        return decoding.stream(self.model, self.tokenizer, prompt, settings or self.settings, context=self._autocast,
-                               cancel=cancel)
+        Setting `cancel` ends the generation after the token in progress. The prompt is a user
+        message in the chat format; raw=True: the text as it is."""
+        return decoding.stream(self.model, self.tokenizer, self.prompt(prompt, raw=raw), settings or self.settings,
+                               context=self._autocast, cancel=cancel)
 
     def generate(self, prompt: str, *, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-                 stream: bool = False, settings: GenerationSettings | None = None) -> str:
-        """The generated text for one prompt (printed to stdout as it comes with stream=True)."""
+                 stream: bool = False, settings: GenerationSettings | None = None, raw: bool = False) -> str:
+        """The generated text for one prompt, a user message in the model's chat format (raw=True:
+        the text continued as it is), printed to stdout as it comes with stream=True."""
         settings = settings or GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         if not stream:
-            return self.generate_batch([prompt], settings)[0].text
+            return self.generate_batch([prompt], settings, raw=raw)[0].text
         pieces = []
-        for piece in self.stream(prompt, settings):
+        for piece in self.stream(prompt, settings, raw=raw):
             pieces.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -232,11 +252,8 @@ class Generator(Predictor):
         return self.task.row_prompt(self, row, where, template)
 
 
-def load(target: str | Path) -> Predictor:
-    """A finished run, a model folder, a GGUF file or a bundled model name, ready for inference:
-    a Generator for generative tasks, else a Predictor."""
-    saved = read_run(target)
-    generative = get_task(saved.task).GENERATIVE
-    if not generative and saved.cfg is None and str(target) in models.BUNDLED:
-        raise LmtuneError(f"{target}: a bundled encoder has no task head yet; fine-tune it first (lmtune train)")
-    return (Generator if generative else Predictor)(saved)
+def load(target: str | Path | SavedRun) -> Predictor:
+    """A finished run, a model folder, a GGUF file or a bundled model name (or what read_for_inference
+    read of one), ready for inference: a Generator for generative tasks, else a Predictor."""
+    saved = target if isinstance(target, SavedRun) else read_for_inference(target)
+    return (Generator if get_task(saved.task).GENERATIVE else Predictor)(saved)

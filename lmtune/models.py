@@ -93,8 +93,13 @@ def source_of(name_or_path: str) -> Path:
 
 
 def describe(name_or_path: str) -> ModelInfo:
-    """Architecture facts needed to validate a config, read without loading weights."""
+    """Architecture facts needed to validate a config, read without loading weights (from the
+    folder's config.json where it says them all: transformers, seconds to import, is not needed to
+    check a config)."""
     source = source_of(name_or_path)
+    plain = _described_in_json(source)
+    if plain is not None:
+        return plain
     from transformers import AutoConfig
 
     try:
@@ -108,6 +113,22 @@ def describe(name_or_path: str) -> ModelInfo:
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     return ModelInfo(source=source, model_type=config.model_type, num_layers=int(layers),
                      max_positions=int(positions) if positions else None)
+
+
+def _described_in_json(source: Path) -> ModelInfo | None:
+    """describe() from a model folder's config.json, or None where it does not hold every fact (a
+    key left at its class default is not written there) or cannot be read as JSON."""
+    try:
+        config = json.loads((source / "config.json").read_text()) if source.is_dir() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    layers = config.get("num_hidden_layers") or config.get("n_layer")
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if not (isinstance(config.get("model_type"), str) and isinstance(layers, int) and isinstance(positions, int)):
+        return None
+    return ModelInfo(source=source, model_type=config["model_type"], num_layers=layers, max_positions=positions)
 
 
 def _meta_model(name_or_path: str):
@@ -176,6 +197,9 @@ def import_gguf(path: Path, *, log=print) -> Path:
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "lmtune_source.json").write_text(json.dumps({"gguf": str(path.resolve())}) + "\n")
+    from .rundir import as_new_files
+
+    as_new_files(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import models
-from .errors import LmtuneError
+from .errors import LmtuneError, option
 from .inference import Predictor
 
 __all__ = ["Predictor", "export"]
@@ -19,12 +19,13 @@ def export(run_dir: str | Path, out: str | Path, *, merge: bool, overwrite: bool
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise LmtuneError(f"{out} exists; use --overwrite to replace it")
+        raise LmtuneError(f"{out} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
     predictor = Predictor.from_run(run_dir)
     model = predictor.accelerator.unwrap_model(predictor.model)
     if models.is_adapter(model):
         if not merge:
-            raise LmtuneError(f"{run_dir}: the model is a LoRA adapter; pass --merge to fold it into the base weights")
+            raise LmtuneError(f"{run_dir}: the model is a LoRA adapter; pass {option('--merge', 'merge=True')} "
+                              "to fold it into the base weights")
         model = model.merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -4,8 +4,10 @@
     run.json         versions, model source and hashes of the data files (to reproduce the run)
     data.json        what was done to the data (splits, label counts, truncations)
     history.jsonl    one line per logged step and per evaluation
-    checkpoints/last full training state for --resume (model, optimizer, scheduler, RNG, position)
+    checkpoints/last full training state for --resume (model, optimizer, scheduler, RNG, position;
+                     of a LoRA model only what trains: the frozen base is the config's model)
     checkpoints/best the best model so far (by train.metric)
+                     (once the run has finished, only the one that train.keep_checkpoints names is kept)
     model/           the final model: plain transformers format, with tokenizer and labels
     metrics.json     final validation/test metrics; its presence marks the run finished
 """
@@ -17,11 +19,11 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from .errors import LmtuneError
+from .errors import LmtuneError, option
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -34,9 +36,22 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def as_new_files(folder: Path) -> None:
+    """Give every file under `folder` the mode of a newly created file (0666 less the umask: 0644
+    under umask 022). safetensors writes its files 0600, which would hide a run's weights from
+    the other users who can read the rest of the run folder."""
+    umask = os.umask(0o022)  # (reading the umask means setting it; it is put back at once)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~umask)
+
+
 def replace_dir_atomic(tmp: Path, target: Path) -> None:
-    """Move a fully written folder `tmp` into place as `target`. A kill at any moment leaves
-    either the old or the new folder in place (the old one as `<target>.old` for a moment)."""
+    """Move a fully written folder `tmp` into place as `target`, its files with the modes of new
+    files (see as_new_files). A kill at any moment leaves either the old or the new folder in
+    place (the old one as `<target>.old` for a moment)."""
+    as_new_files(tmp)
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -70,6 +85,11 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys a resumed run may change: how it logs, how many threads it takes, how patient its early
+# stopping is, which checkpoints it keeps at the end; the rest of its config stays as it started.
+RESUMABLE = ("train.log_steps", "train.threads", "train.early_stopping_patience", "train.keep_checkpoints")
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -93,13 +113,13 @@ class RunDir:
         if p.exists() and not p.is_dir():
             raise LmtuneError(f"output_dir {p} exists and is not a folder")
         busy = p.is_dir() and any(p.iterdir()) and not overwrite
+        overwrite_option = option("--overwrite", "overwrite=True")
         if busy and self.finished:
             nothing = "nothing to resume; " if resume else ""
-            raise LmtuneError(f"output_dir {p} holds a finished run; {nothing}use --overwrite to replace it")
+            raise LmtuneError(f"output_dir {p} holds a finished run; {nothing}use {overwrite_option} to replace it")
         if busy and not resume:
-            raise LmtuneError(
-                f"output_dir {p} holds an unfinished run; use --resume to continue it or --overwrite to replace it"
-            )
+            raise LmtuneError(f"output_dir {p} holds an unfinished run; use {option('--resume', 'resume=True')} "
+                              f"to continue it or {overwrite_option} to replace it")
 
     def start(self, config_yaml: str, *, resume: bool, overwrite: bool) -> bool:
         """Prepare the folder; return True when an earlier checkpoint should be resumed."""
@@ -112,7 +132,9 @@ class RunDir:
         if busy and self.config.is_file():
             saved = flatten(yaml.safe_load(self.config.read_text()))
             now = flatten(yaml.safe_load(config_yaml))
-            changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+            # (output_dir names this folder however it was reached; a few keys may change on resume)
+            changed = sorted(k for k in saved.keys() | now.keys()
+                             if saved.get(k) != now.get(k) and k != "output_dir" and k not in RESUMABLE)
             if changed:
                 raise LmtuneError(
                     f"cannot resume {p}: the config differs from the saved one in "
@@ -121,6 +143,18 @@ class RunDir:
         p.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.config, config_yaml)
         return busy and self.last_checkpoint() is not None
+
+    def prune_checkpoints(self, keep: Literal["last", "best", "none"]) -> None:
+        """At the end of a finished run: remove the checkpoints other than `keep` (last, best or none),
+        with any half-written or half-replaced copy (`.tmp`, `.old`) of either."""
+        for name in ("last", "best"):
+            if name == keep:
+                continue
+            for suffix in ("", ".tmp", ".old"):
+                shutil.rmtree(self.path / "checkpoints" / f"{name}{suffix}", ignore_errors=True)
+        folder = self.path / "checkpoints"
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
     def append_history(self, record: dict[str, Any]) -> None:
         with open(self.history, "a", encoding="utf-8") as f:

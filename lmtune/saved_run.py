@@ -13,7 +13,7 @@ import yaml
 
 from . import models
 from .config import RunConfig
-from .errors import LmtuneError
+from .errors import LmtuneError, option
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,14 @@ class SavedRun:
     attention: str | None  # the attention kernel the run trained and evaluated with (None: transformers' default)
 
     @property
+    def folder(self) -> Path:
+        """The run folder, else the model folder."""
+        return self.model_dir.parent if self.cfg is not None else self.model_dir
+
+    @property
     def name(self) -> str:
         """What the model is called: the run folder's name, else the model folder's."""
-        return (self.model_dir.parent if self.cfg is not None else self.model_dir).name
+        return self.folder.name
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -57,6 +62,17 @@ def _task_of(model_dir: Path, info: dict[str, Any]) -> str:
     return "classification"
 
 
+def did_you_mean(path: Path, *, folders: bool = True) -> str:
+    """'; did you mean runs/b?': the folder (or file) beside a missing `path` whose name is
+    closest to its name, if one is close."""
+    import difflib
+
+    parent = path.parent
+    siblings = sorted(p.name for p in parent.iterdir() if p.is_dir() == folders) if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    return f"; did you mean {parent / close[0]}?" if close else ""
+
+
 def read_run(target: str | Path) -> SavedRun:
     """A run folder (with config.yaml and model/), a model folder, a .gguf file or a bundled model
     name. Raises LmtuneError for an unfinished run or something that is none of these."""
@@ -69,17 +85,44 @@ def read_run(target: str | Path) -> SavedRun:
     elif _is_model_dir(path):
         cfg, model_dir = None, path
     elif (path / "config.yaml").is_file():
-        raise LmtuneError(f"{path}: the run has no model/ yet (unfinished? resume it with lmtune train --resume)")
+        how = option("lmtune train --resume", "lmtune.train(config, resume=True)")
+        raise LmtuneError(f"{path}: the run has no model/ yet (unfinished? resume it with {how})")
     elif str(target) in models.BUNDLED or (path.is_file() and path.suffix == ".gguf"):
         cfg, model_dir = None, models.resolve(str(target))  # a base model (a GGUF file converted once)
     elif path.exists():
         raise LmtuneError(f"{path}: not a run folder or model folder (no model/config.json)")
     else:
-        raise LmtuneError(f"{target}: not a run folder, a model folder or a model name (no such folder; "
-                          f"bundled models: {', '.join(models.BUNDLED)})")
+        raise LmtuneError(f"{target}: not a run folder, a model folder or a model name: it does not exist "
+                          f"(bundled models: {', '.join(models.BUNDLED)}){did_you_mean(path)}")
     info = _info(model_dir)
     task = cfg.task if cfg is not None else _task_of(model_dir, info)
     return SavedRun(model_dir, cfg, task, info.get("labels"), info.get("attention"))
+
+
+def read_for_inference(target: str | Path) -> SavedRun:
+    """read_run, for a model to predict with: a bundled encoder (no task head yet) is refused."""
+    from .tasks import get_task
+
+    saved = read_run(target)
+    if not get_task(saved.task).GENERATIVE and saved.cfg is None and str(target) in models.BUNDLED:
+        raise LmtuneError(f"{target}: a bundled encoder has no task head yet; fine-tune it first (lmtune train)")
+    return saved
+
+
+def adapter_base(saved: SavedRun, adapter: Path) -> Path:
+    """The folder of an adapter's base model. adapter_config.json names the base as the run's config
+    did (a bundled name, a folder or a .gguf file; runs of earlier versions: a folder of the machine
+    that trained them), resolved on this machine; where that fails, the run config's model is."""
+    base = json.loads(adapter.read_text()).get("base_model_name_or_path") or ""
+    names = dict.fromkeys(n for n in (base, saved.cfg.model if saved.cfg is not None else "") if n)
+    problems = []
+    for name in names:
+        try:
+            return models.resolve(name)
+        except LmtuneError as e:
+            problems += e.problems
+    raise LmtuneError(f"{adapter}: the base model {base!r} is not here: "
+                      + (problems[0] if problems else "base_model_name_or_path is empty"))
 
 
 def load_model(saved: SavedRun, task: Any) -> Any:
@@ -89,9 +132,7 @@ def load_model(saved: SavedRun, task: Any) -> Any:
         return models.load_pretrained(task.AUTO_MODEL, saved.model_dir, attn_implementation=saved.attention)
     from peft import PeftModel
 
-    base = json.loads(adapter.read_text())["base_model_name_or_path"]
-    if not Path(base).exists():
-        raise LmtuneError(f"{adapter}: the base model {base} is not there any more")
+    base = adapter_base(saved, adapter)
     if saved.cfg is not None:
         body = task.build_model(base, saved.cfg, saved.labels or [], attn_implementation=saved.attention)
         return PeftModel.from_pretrained(body, saved.model_dir)

@@ -36,7 +36,7 @@ import yaml
 
 from . import search_space
 from .config import RunConfig, SearchConfig, apply_overrides, read_yaml, validate
-from .errors import LmtuneError
+from .errors import LmtuneError, option
 from .rundir import flatten, write_text_atomic
 from .tasks import get_task
 
@@ -99,7 +99,8 @@ def _folder_problem(folder: Path, resume: bool, overwrite: bool) -> str | None:
         return f"output_dir {folder} exists and is not a folder"
     busy = folder.is_dir() and any(folder.iterdir())
     if busy and not (resume or overwrite):
-        return f"output_dir {folder} holds a search; use --resume to continue it or --overwrite to start again"
+        return (f"output_dir {folder} holds a search; use {option('--resume', 'resume=True')} to continue it "
+                f"or {option('--overwrite', 'overwrite=True')} to start again")
     if resume and not overwrite and not (folder / "search.yaml").is_file():
         return f"output_dir {folder}: no search to resume there (no search.yaml)"
     return None
@@ -336,7 +337,7 @@ def _workers(s: Search, config_path: Path) -> None:
     failed = [c for c in codes if c != 0]
     if failed:
         raise LmtuneError(f"search.parallel: {len(failed)} of {n} worker processes ended with an error "
-                          f"(exit {failed[0]}); the study keeps what they finished: --resume continues it")
+                          f"(exit {failed[0]}); the study keeps what they finished: {option('--resume', 'resume=True')} continues it")
 
 
 def run(raw: dict[str, Any], *, resume: bool = False, overwrite: bool = False, worker: bool = False) -> SearchResult:

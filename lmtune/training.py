@@ -17,12 +17,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from . import collectives, models, sharding, strategies
+from . import adapter_checkpoint, collectives, models, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
@@ -51,6 +51,7 @@ class LoopState:
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of `epoch` already trained on
     best_metric: float | None = None
+    best_loss: float | None = None  # the best evaluation's validation loss (breaks ties of best_metric)
     best_step: int | None = None
     bad_evals: int = 0
     history_lines: int = 0
@@ -86,6 +87,53 @@ def mixed_precision(setting: str) -> str:
     if setting == "auto":
         return "bf16" if bf16_available() else "no"
     return "bf16" if setting == "bf16" else "no"
+
+
+def fp32_reason() -> str:
+    """Why train.precision: auto chose fp32 here (bf16 is only fast with hardware support)."""
+    if torch.cuda.is_available():
+        return "this GPU has no bf16"
+    return "this CPU has no fast bf16 (no AMX, no AVX-512 BF16)"
+
+
+def other_cpu_load(samples: int = 5) -> float:
+    """How many other threads want a core now: on Linux the runnable count of /proc/loadavg less
+    this one, the median of a few readings 10 ms apart (the 1-minute load average would count this
+    process's own loading and tokenizing, and the trials before it in a search); elsewhere the
+    1-minute load average."""
+    try:
+        readings = []
+        for i in range(samples):
+            if i:
+                time.sleep(0.01)
+            with open("/proc/loadavg", encoding="ascii") as f:
+                readings.append(int(f.read().split()[3].split("/")[0]) - 1)
+        return float(sorted(readings)[samples // 2])
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def busy_cpu_note(load: float, cores: int, threads: int) -> str | None:
+    """A warning when other processes already keep the cores busy (`load`: other runnable threads,
+    about 0 on an idle machine; `threads`: this run's): training would share them."""
+    if load < 1.0 or load < 0.5 * cores:
+        return None
+    return (f"warning: other processes are keeping the CPU busy (load {load:.1f} on {cores} cores): this run "
+            f"shares the cores with them and trains slower; train.threads (now {threads}) sets its threads")
+
+
+@contextlib.contextmanager
+def cpu_threads(setting: int | str) -> Iterator[None]:
+    """train.threads: torch's CPU threads for the run, as they were afterwards (auto: left as they are)."""
+    if setting == "auto":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(setting))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def choose_attention(setting: str, device_type: str, lengths: list[int], eager_max_length: int) -> str:
@@ -141,8 +189,15 @@ def make_accelerator(precision: str) -> Any:
     return Accelerator(mixed_precision=mixed_precision(precision), cpu=cpu)
 
 
-def _is_better(value: float, best: float | None, greater: bool) -> bool:
-    return best is None or (value > best if greater else value < best)
+def is_better(value: float, loss: float | None, best: float | None, best_loss: float | None, greater: bool) -> bool:
+    """Whether an evaluation beats the best so far: a better metric, or the same metric with a lower
+    validation loss (a metric that saturates, f1 1.0 at every evaluation, still picks the model
+    that fits best). Early stopping counts the same improvements."""
+    if best is None:
+        return True
+    if value != best:
+        return value > best if greater else value < best
+    return loss is not None and best_loss is not None and loss < best_loss
 
 
 def _loader(features: list[dict[str, Any]], sampler: EpochBatchSampler, collate: Any) -> torch.utils.data.DataLoader:
@@ -266,17 +321,27 @@ def train(
     on_evaluate: EvalCallback | None = None,
     progress: bool = True,
     train_sample_rows: int = 0,
+    data: Any = None,
 ) -> RunResult:
     """Fine-tune as the config says; write the run folder; return the final metrics.
     `train_sample_rows`: also score the final model, like validation, on a seeded sample of at most
-    this many training examples (metrics["train_sample"]: the gap to validation shows overfitting)."""
+    this many training examples (metrics["train_sample"]: the gap to validation shows overfitting).
+    `data`: what the task's load_data read for this config, when the caller has read it already."""
+    cfg = as_config(config)
+    with cpu_threads(cfg.train.threads):
+        return _run(cfg, data, resume=resume, overwrite=overwrite, on_evaluate=on_evaluate, progress=progress,
+                    train_sample_rows=train_sample_rows)
+
+
+def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluate: EvalCallback | None,
+         progress: bool, train_sample_rows: int) -> RunResult:
+    """The run itself (see train)."""
     from accelerate.utils import set_seed
 
-    cfg = as_config(config)
     task = get_task(cfg.task)
     run = RunDir(cfg.output_dir or "runs/run")
     # Read and check all data before anything is written or loaded.
-    data = task.load_data(cfg)
+    data = task.load_data(cfg) if data is None else data
     model_path = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(model_path)
     cfg, resolved, resolved_notes = resolve_defaults(cfg, task, data, tokenizer)  # before config.yaml is written
@@ -288,6 +353,12 @@ def train(
     resume = collectives.main_decides(accelerator, resume)  # the run folder's answer, for every process
     for note in resolved_notes:  # (only now: a refused run folder prints its error alone)
         log(note)
+    if t.precision == "auto" and accelerator.mixed_precision == "no":
+        log(f"train.precision: auto -> fp32: {fp32_reason()}")
+    if accelerator.device.type == "cpu" and accelerator.is_main_process:
+        busy = busy_cpu_note(other_cpu_load(), os.cpu_count() or 1, torch.get_num_threads())
+        if busy:
+            log(busy)
     set_seed(t.seed)
 
     splits = {"train": data.train, "validation": data.validation}
@@ -330,6 +401,11 @@ def train(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     plan = strategies.apply(model, cfg.strategy, t.lr, t.weight_decay)
     model = plan.model
+    if models.is_adapter(model):
+        # the saved adapter names its base as the config does (smollm2-135m), not by a folder of this
+        # machine such as the GGUF cache, so that the run folder loads on another machine too
+        for adapter in model.peft_config.values():
+            adapter.base_model_name_or_path = cfg.model
     log(f"model {cfg.model}; strategy {cfg.strategy.name}: {strategies.describe(model, plan.groups)}")
     groups = plan.groups
     fsdp = t.distributed == "fsdp"
@@ -360,6 +436,8 @@ def train(
     train_loader = _loader(features["train"], train_sampler, collate)
     if not fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
+    if models.is_adapter(accelerator.unwrap_model(model)):  # checkpoints without the frozen base model
+        adapter_checkpoint.leave_out_frozen_base(accelerator)
 
     micro_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(micro_per_epoch / t.gradient_accumulation_steps)
@@ -408,10 +486,12 @@ def train(
     elif main:
         run.history.unlink(missing_ok=True)
 
+    threads = torch.get_num_threads()
+    cpu_threads_each = f" ({threads} thread{'s' if threads > 1 else ''} each)" if accelerator.device.type == "cpu" else ""
     log(
-        f"training on {accelerator.num_processes} x {accelerator.device.type}"
+        f"training on {accelerator.num_processes} x {accelerator.device.type}{cpu_threads_each}"
         f"{' (FSDP: parameters, gradients and optimizer state sharded)' if fsdp and accelerator.num_processes > 1 else ''}, precision "
-        f"{accelerator.mixed_precision}, {attention} attention{', compiled blocks' if compiled else ''}: "
+        f"{'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision}, {attention} attention{', compiled blocks' if compiled else ''}: "
         f"{len(features['train'])} examples, global batch "
         f"{t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, {total_steps} steps"
     )
@@ -420,7 +500,8 @@ def train(
             cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, plan.update, train_loader,
             train_sampler, loaders["validation"], state, total_steps, on_evaluate, progress,
         )
-    return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early, peak.megabytes)
+    return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early, peak.megabytes,
+                  progress=progress)
 
 
 def fit(
@@ -515,6 +596,8 @@ def fit(
                 }
                 log_record(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
+                if not progress:  # no bar: the same numbers as a line
+                    log(step_line(record, total_steps))
                 window_loss, window_batches, window_samples, window_tokens = 0.0, 0, 0, 0
                 window_start = time.perf_counter()
 
@@ -525,9 +608,10 @@ def fit(
             if due or last:
                 metrics = eval_metrics(task, model, val_loader, accelerator, labels, cfg)
                 value = metrics[t.metric]
-                improved = _is_better(value, state.best_metric, greater)
+                improved = is_better(value, metrics.get("loss"), state.best_metric, state.best_loss, greater)
                 if improved:
-                    state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
+                    state.best_metric, state.best_loss, state.best_step = value, metrics.get("loss"), state.step
+                    state.bad_evals = 0
                     save_model(accelerator, model, run.best)
                 else:
                     state.bad_evals += 1
@@ -564,6 +648,12 @@ def fit(
     return False
 
 
+def step_line(record: dict[str, Any], total_steps: int) -> str:
+    """A logged step as one line (what the progress bar shows, for runs without it)."""
+    return (f"step {record['step']}/{total_steps}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
+            f"{record['samples_per_second']:.1f} samples/s, {record['tokens_per_second']:.0f} tokens/s")
+
+
 def save_model(accelerator: Any, model: Any, target: Path, tokenizer: Any = None) -> None:
     """Save a loadable model folder atomically (only the main process writes)."""
     accelerator.wait_for_everyone()
@@ -571,7 +661,11 @@ def save_model(accelerator: Any, model: Any, target: Path, tokenizer: Any = None
     if accelerator.is_main_process:
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+        unwrapped = accelerator.unwrap_model(model)
+        # LoRA never changes the embeddings; peft's "auto" would look the base up by its name to
+        # compare vocabularies, on the Hugging Face Hub for a short name such as smollm2-135m
+        extra = {"save_embedding_layers": False} if models.is_adapter(unwrapped) else {}
+        unwrapped.save_pretrained(tmp, state_dict=state_dict, **extra)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -581,7 +675,8 @@ def save_model(accelerator: Any, model: Any, target: Path, tokenizer: Any = None
 
 def save_checkpoint(accelerator: Any, run: RunDir, state: LoopState, shards: tuple[Any, Any] | None = None) -> None:
     """Full training state (model, optimizer, scheduler, RNG) plus the loop position, atomically.
-    With `shards` (model, optimizer of an FSDP run), those two go to torch.distributed.checkpoint."""
+    With `shards` (model, optimizer of an FSDP run), those two go to torch.distributed.checkpoint;
+    of an adapter model, only what trains is saved (lmtune/adapter_checkpoint.py)."""
     tmp = run.last.with_name("last.tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -609,8 +704,11 @@ def finish(
     state: LoopState,
     stopped_early: bool,
     peak_megabytes: float | None = None,
+    *,
+    progress: bool = True,
 ) -> RunResult:
-    """Put the best model in model/, evaluate it on validation and test, write metrics.json."""
+    """Put the best model in model/, evaluate it on validation and test, write metrics.json.
+    `progress`: a progress bar for long work here (the generation pass of a causal LM)."""
     if run.best.is_dir() and sharding.is_sharded(model):
         sharding.load_folder(model, run.best)
     elif run.best.is_dir():
@@ -627,7 +725,8 @@ def finish(
         metrics[name] = eval_metrics(task, model, loader, accelerator, labels, cfg)
     # generation runs the blocks eagerly: its growing KV cache would make compiled blocks recompile
     with accelerator.autocast(), torch.compiler.set_stance("force_eager"):
-        metrics["validation"].update(task.extra_metrics(accelerator.unwrap_model(model), tokenizer, data, cfg))
+        metrics["validation"].update(task.extra_metrics(accelerator.unwrap_model(model), tokenizer, data, cfg, log=log,
+                                                        progress=progress and accelerator.is_main_process))
     seconds = max(state.train_seconds, 1e-9)
     trainable, parameters = strategies.parameter_counts(model)
     metrics["train"] = {
@@ -647,6 +746,7 @@ def finish(
     history = []
     if accelerator.is_main_process:
         write_json_atomic(run.metrics, metrics)
+        run.prune_checkpoints(cfg.train.keep_checkpoints)  # only now: a run killed before metrics.json resumes
         history = [json.loads(line) for line in run.history.read_text().splitlines() if line.strip()]
     accelerator.wait_for_everyone()
     return RunResult(run.path, metrics, state.best_step, stopped_early, history)

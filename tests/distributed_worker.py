@@ -15,7 +15,7 @@ config, out = sys.argv[1], Path(sys.argv[2])
 finish = training.finish
 
 
-def record(cfg, task, data, run, accelerator, model, *rest):
+def record(cfg, task, data, run, accelerator, model, *rest, **kw):
     params, held = {}, 0
     for name, p in accelerator.unwrap_model(model).named_parameters():
         local = p.to_local() if hasattr(p, "to_local") else p
@@ -24,7 +24,7 @@ def record(cfg, task, data, run, accelerator, model, *rest):
         params[name] = float(whole.detach().double().sum())
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{os.environ['RANK']}.json").write_text(json.dumps({"params": params, "held": held}))
-    return finish(cfg, task, data, run, accelerator, model, *rest)
+    return finish(cfg, task, data, run, accelerator, model, *rest, **kw)
 
 
 training.finish = record

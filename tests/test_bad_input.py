@@ -255,6 +255,32 @@ def test_existing_run_folder_needs_resume_or_overwrite(ws, capsys, existing, men
     assert (out / existing).read_text() == '{"validation": {"accuracy": 0.5}}\n'
 
 
+def test_the_python_api_names_keyword_arguments_where_the_command_line_names_flags(ws, capsys):
+    import lmtune
+    from lmtune.errors import LmtuneError, command_line, option
+    from lmtune.predict import export
+
+    out = ws / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}\n")
+    cfg = write_config(ws)
+    with pytest.raises(LmtuneError) as e:
+        lmtune.train(cfg, progress=False)
+    assert str(e.value) == "output_dir out holds a finished run; use overwrite=True to replace it"
+    (out / "metrics.json").unlink()
+    (out / "config.yaml").write_text("model: minilm-l6\n")
+    with pytest.raises(LmtuneError) as e:
+        lmtune.train(cfg, progress=False)
+    assert str(e.value) == "output_dir out holds an unfinished run; use resume=True to continue it or overwrite=True to replace it"
+    with pytest.raises(LmtuneError, match=r"^out exists; use overwrite=True to replace it$"):
+        export("anything", "out", merge=True)
+    assert one(expect_error(capsys, ws, "train", cfg)) == \
+        "output_dir out holds an unfinished run; use --resume to continue it or --overwrite to replace it"
+    with command_line():
+        assert option("--resume", "resume=True") == "--resume"
+    assert option("--resume", "resume=True") == "resume=True"
+
+
 @pytest.mark.parametrize("command", ["eval", "predict"])
 @pytest.mark.parametrize("kind", ["empty-folder", "missing-folder", "unfinished-run"])
 def test_eval_and_predict_need_a_run_folder(ws, capsys, command, kind):

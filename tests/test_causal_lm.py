@@ -451,14 +451,17 @@ def test_a_tuned_model_ends_its_answers(tiny_llama, tmp_path):
     gen = lmtune.load(str(result.output_dir))
     tok = gen.tokenizer
     settings = GenerationSettings(max_new_tokens=20)
-    first, second = gen.generate_batch([gen.prompt("what does a flat fix cost ?"), gen.prompt("when do you open ?")], settings)
+    first, second = gen.generate_batch(["what does a flat fix cost ?", "when do you open ?"], settings)
     for g in (first, second):
         assert g.finish_reason == "stop" and g.completion_tokens < 20
         assert g.token_ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
     assert first.text == "twelve euro ."
     # batched and one by one give the same greedy answers
-    assert [gen.generate_batch([p], settings)[0].text for p in (gen.prompt("what does a flat fix cost ?"), gen.prompt("when do you open ?"))] \
+    assert [gen.generate_batch([p], settings, raw=True)[0].text for p in (gen.prompt("what does a flat fix cost ?"), gen.prompt("when do you open ?"))] \
         == [first.text, second.text]
+    # a prompt is a user message in the chat format, in Python as on the command line
+    assert gen.generate("what does a flat fix cost ?", max_new_tokens=20) == "twelve euro ."
+    assert "".join(gen.stream("when do you open ?", settings)).strip() == second.text
 
 
 def test_turn_end_ids_name_the_eos_and_the_templates_end_token(tiny_llama, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lmtune.config import apply_overrides, load_config, validate, yaml_load
@@ -72,9 +74,49 @@ def test_semantic_checks(tmp_path):
         validate(raw)
 
 
+def test_keep_checkpoints_is_last_best_or_none(tmp_path):
+    assert validate(_raw(tmp_path)).train.keep_checkpoints == "last"
+    raw = _raw(tmp_path)
+    raw["train"] = {"keep_checkpoints": "all"}
+    with pytest.raises(LmtuneError) as e:
+        validate(raw)
+    assert e.value.problems == ["train.keep_checkpoints: input should be 'last', 'best' or 'none' (got 'all')"]
+
+
 def test_load_config_defaults_output_dir_to_config_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\n")
     (tmp_path / "my-run.yaml").write_text("model: minilm-l6\ndata:\n  train: train.csv\n")
     cfg = load_config(tmp_path / "my-run.yaml", ["train.seed=7"])
     assert cfg.output_dir == "runs/my-run" and cfg.train.seed == 7
+
+
+def test_numbers_that_yaml_1_1_reads_as_text_are_numbers(tmp_path):
+    import yaml
+
+    raw = _raw(tmp_path)
+    raw["train"] = yaml.safe_load("lr: 1e-4\nweight_decay: 1E-2\nmax_grad_norm: 5e-1\nepochs: '2'")
+    assert raw["train"]["lr"] == "1e-4"  # PyYAML follows YAML 1.1: no dot, no float
+    raw["strategy"] = {"name": "lora", "alpha": "3e1", "dropout": "5e-2"}
+    raw["search"] = {"space": {"train.lr": {"loguniform": ["1e-5", "1e-3"]}, "train.batch_size": {"int": ["4", "16"]},
+                               "train.scheduler": {"choice": ["linear", "cosine"]}}}
+    cfg = validate(raw)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.max_grad_norm) == (1e-4, 1e-2, 0.5)
+    assert cfg.train.epochs == 2 and type(cfg.train.epochs) is int
+    assert (cfg.strategy.alpha, cfg.strategy.dropout) == (30.0, 0.05)
+    space = cfg.search.space
+    assert space["train.lr"].loguniform == [1e-5, 1e-3] and space["train.batch_size"].int == [4, 16]
+    assert space["train.scheduler"].choice == ["linear", "cosine"]
+    # an example config read with plain PyYAML, as lmtune.train(yaml.safe_load(...)) gets it
+    example = Path(__file__).parents[1] / "examples" / "sentiment.yaml"
+    assert validate(yaml.safe_load(example.read_text()), check_files=False).train.lr == 1e-4
+
+
+def test_text_that_is_not_a_number_is_still_refused(tmp_path):
+    raw = _raw(tmp_path)
+    raw["train"] = {"lr": "fast", "epochs": "2.5", "warmup_ratio": "1e-2x"}
+    with pytest.raises(LmtuneError) as e:
+        validate(raw)
+    assert e.value.problems == ["train.epochs: input should be a valid integer (got '2.5')",
+                                "train.lr: input should be a valid number (got 'fast')",
+                                "train.warmup_ratio: input should be a valid number (got '1e-2x')"]

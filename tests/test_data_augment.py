@@ -197,3 +197,80 @@ def test_token_classification_training_augments_the_training_sentences_only(tmp_
     assert record["prep"]["augment"]["original"] == 24 and 24 < record["prep"]["augment"]["augmented"] <= 48
     assert record["examples"]["train"] == 24 + record["prep"]["augment"]["augmented"]
     assert record["examples"]["validation"] == 8
+
+
+# ---------------------------------------------------------------- polarity and skipped copies
+
+REVIEW = "Not bad at all for the price".split()
+
+
+def test_polarity_of_words_and_negations():
+    from lmtune.data.polarity import is_negation, keeps_polarity, polarity
+
+    assert (polarity("good"), polarity("Bad,"), polarity("price")) == (1, -1, 0)
+    assert all(is_negation(w) for w in ("Not", "never", "don't", "isn’t", "n't", "no", "without"))
+    assert not is_negation("nothingness") and not is_negation("note")
+    assert keeps_polarity("bad", "awful") and keeps_polarity("price", "cost")
+    assert not keeps_polarity("bad", "good") and not keeps_polarity("price", "scam") and not keeps_polarity("bad", "price")
+    assert not keeps_polarity("good", "not") and not keeps_polarity("never", "always")
+
+
+def test_embedding_neighbours_that_would_flip_polarity_are_left_out(monkeypatch):
+    from lmtune.data import augment
+
+    near = {"bad": ["good", "awful", "poor"], "price": ["cost", "bargain", "scam"], "not": ["never"], "all": ["every"]}
+    monkeypatch.setattr(augment, "embedding_neighbours", lambda model, words: near)
+    synonyms = augment.gather_synonyms(None, "a model", {w.lower() for w in REVIEW})
+    assert synonyms == {"bad": ["awful", "poor"], "price": ["cost"], "all": ["every"]}
+    for seed in range(20):  # "Not bad at all" never becomes "Not good at all"
+        out = augment_words(REVIEW, only("synonym"), synonyms, random.Random(seed))
+        assert out[0] == "Not" and out[1] in ("awful", "poor") and out[-1] == "cost"
+
+
+def test_negations_are_never_replaced_deleted_or_moved_and_keep_their_reach():
+    for seed in range(20):
+        deleted = augment_words(REVIEW, only("delete"), {}, random.Random(seed))
+        assert deleted == ["Not"]
+        swapped = augment_words(REVIEW, only("swap", 0.5), {}, random.Random(seed))
+        assert swapped[:4] == REVIEW[:4] and sorted(swapped) == sorted(REVIEW)  # "bad at all" stays in its reach
+        inserted = augment_words(REVIEW, only("insert"), {"price": ["cost"], "bad": ["awful"]}, random.Random(seed))
+        at = inserted.index("Not")  # (words may come before it, none between it and what it governs)
+        assert inserted[at : at + 4] == REVIEW[:4] and sorted(inserted) == sorted([*REVIEW, "cost", "awful"])
+        replaced = augment_words(["I", "don't", "like", "it"], only("synonym"), {"don't": ["do"]}, random.Random(seed))
+        assert replaced[1] == "don't"
+
+
+def test_skipped_copies_are_counted_with_their_reason():
+    from lmtune.data.augment import Skipped
+
+    rows = [{"text": "good film"}, {"text": "plot"}, {"text": ""}, {"text": "the  plot was good"}]
+    skipped = Skipped()
+    new = augment_rows(rows, [2, 3, 4, 5], "text", only("synonym", n_per_example=3), SYN, seed=0, skipped=skipped)
+    # "good film" -> "fine film" once (then repeats); "plot" -> "story" once; "" nothing; "the plot was good" once
+    assert sorted(r["text"] for r in new) == ["fine film", "story", "the story was fine"]
+    assert (skipped.repeated, skipped.unchanged, skipped.empty) == (6, 0, 3)
+    assert len(new) + skipped.total == 3 * len(rows)
+    unchanged = Skipped()  # a copy that only respaces its row is no copy
+    assert augment_rows([{"text": "the  plot"}], [2], "text", only("delete", 0.0), {}, 0, unchanged) == []
+    assert unchanged.by_reason() == {"unchanged": 1}
+    assert skipped.describe(12) == ("9 of 12 copies skipped: 6 the same as an earlier copy of their source; "
+                                    "3 for empty texts")
+
+
+def test_command_says_how_many_copies_it_skipped_and_why(tmp_path, capsys):
+    import json
+
+    src = tmp_path / "in.csv"
+    texts = ["ok", "fine", "great film", "a good plot", "the plot", "bad", "so dull", "nice", "the actors were great",
+             "it was good", "meh"]
+    src.write_text("text,label\n" + "".join(f"{t},pos\n" for t in texts))
+    assert main(["data", "augment", str(src), "-o", str(tmp_path / "out.csv"), "--n-per-example", "2"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["rows"] == 11 and summary["augmented"] + summary["skipped"] == 22 and summary["skipped"] > 0
+    assert sum(summary["skipped_by_reason"].values()) == summary["skipped"]
+    assert f"{summary['skipped']} of 22 copies skipped: " in captured.err and "the same as their source" in captured.err
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 1 + 11 + summary["augmented"]
+    with pytest.raises(SystemExit):
+        main(["data", "augment", "--help"])
+    assert "Copies keep their row's label" in " ".join(capsys.readouterr().out.split())

@@ -86,3 +86,41 @@ def test_training_run_cleans_before_the_split_and_records_what_it_dropped(tiny_b
     dropped = [json.loads(line) for line in (result.output_dir / "dropped.jsonl").read_text().splitlines()]
     assert len(dropped) == record["prep"]["clean"]["dropped"] and all({"line", "reason", "row"} <= set(d) for d in dropped)
     assert record["examples"]["train"] + record["examples"]["validation"] == 65 - len(dropped)
+
+
+def test_mojibake_is_repaired_only_when_asked_and_counted():
+    texts = ["CafÃ© au lait", "donâ€™t stop", "plain text"]
+    out = _clean(texts, fix_mojibake=True)
+    assert [r["text"] for r in out.rows] == ["Café au lait", "don’t stop", "plain text"]
+    assert out.summary()["mojibake_repaired"] == 2 and out.summary()["texts_changed"] == 2
+    plain = _clean(texts)  # (NFKC alone would turn "â€™" into "â€TM", beyond repair: the repair comes first)
+    assert plain.rows[0]["text"] == "CafÃ© au lait" and plain.summary()["mojibake_repaired"] == 0
+    # repaired first: a mojibake copy of a text is then its duplicate
+    assert [r["text"] for r in _clean(["café", "cafÃ©"], fix_mojibake=True).rows] == ["café"]
+
+
+def test_clean_command_repairs_mojibake_and_its_help_states_the_defaults(tmp_path, capsys):
+    import pytest
+
+    src = tmp_path / "in.csv"
+    src.write_text("text,label\nCafÃ© au lait,a\nplain,b\n", encoding="utf-8")
+    out = tmp_path / "clean.csv"
+    assert main(["data", "clean", str(src), "-o", str(out), "--fix-mojibake"]) == 0
+    captured = capsys.readouterr()
+    assert out.read_text(encoding="utf-8").splitlines() == ["text,label", "Café au lait,a", "plain,b"]
+    assert json.loads(captured.out.strip().splitlines()[-1])["mojibake_repaired"] == 1
+    assert "(1 with mojibake repaired)" in captured.err
+    with pytest.raises(SystemExit):
+        main(["data", "clean", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "By default: Unicode NFKC, whitespace collapsed, empty texts dropped" in text
+    assert "exact (the default)" in text and "drop every copy (the default)" in text and "--fix-mojibake" in text
+
+
+def test_fix_mojibake_is_a_data_clean_key(capsys):
+    from lmtune.config import CleanConfig
+
+    assert CleanOptions(**CleanConfig().model_dump()) == CleanOptions()  # the config and the options agree
+    assert main(["keys"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("data.clean.fix_mojibake "))
+    assert line.split()[1] == "False"

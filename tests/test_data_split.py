@@ -79,6 +79,7 @@ def test_split_command_writes_the_parts_and_keeps_duplicates_together(tmp_path, 
             w.writerow([f"Text number {i % 45}" + ("" if i < 45 else "  "), "pos" if i % 3 else "neg", f"u{i % 7}"])
     assert main(["data", "split", str(src), "-o", str(tmp_path / "out")]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(p["empty_texts"] == 0 and "empty_text_lines" not in p for p in report.values())
     assert sum(p["rows"] for p in report.values()) == 60 and set(report) == {"train", "validation", "test"}
     texts = {}
     for name in report:
@@ -144,3 +145,20 @@ def test_a_group_column_keeps_its_rows_on_one_side_of_the_automatic_split(tmp_pa
     assert "data.group_column applies to tasks classification and causal_lm only, not to this run's task masked_lm" in str(e.value)
     with pytest.raises(LmtuneError, match="data.validation is given"):
         validate({"model": str(tiny_bert), "data": {"train": str(src), "validation": str(src), "group_column": "author"}})
+
+
+def test_split_command_warns_about_empty_texts_with_their_first_lines(tmp_path, capsys):
+    src = tmp_path / "d.csv"
+    rows = [[f"text {i}" if i not in (2, 5) else " " * (i == 5), "pos" if i % 2 else "neg"] for i in range(40)]
+    with open(src, "w", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], *rows])
+    assert main(["data", "split", str(src), "-o", str(tmp_path / "out"), "--ratios", "0.5,0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: 2 empty text(s) at lines 4, 7" in captured.err  # line 1 is the header
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert sum(p["empty_texts"] for p in report.values()) == 2
+    assert sorted(x for p in report.values() for x in p.get("empty_text_lines", [])) == [4, 7]
+    with open(src, "a", newline="") as f:
+        csv.writer(f).writerows([["", "pos"]] * 6)
+    assert main(["data", "split", str(src), "-o", str(tmp_path / "out"), "--ratios", "0.5,0.5", "--overwrite"]) == 0
+    assert "warning: 8 empty text(s), first at lines 4, 7, 42, 43, 44" in capsys.readouterr().err

@@ -159,3 +159,30 @@ def test_fsdp_shards_a_decoder_with_tied_embeddings_under_gradual_unfreezing(tin
 
     before, after = load_file(tiny_llama / "model.safetensors"), load_file(tmp_path / "out" / "model" / "model.safetensors")
     assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])  # trained, shards and all
+
+
+def test_a_lora_run_stopped_on_one_process_resumes_on_two(tiny_bert, tmp_path):
+    """A LoRA checkpoint holds what trains under the bare model's names, whatever the number of
+    processes (no DDP wrapper's prefix): one process's loads into two, and theirs is named alike."""
+    from safetensors.torch import load_file
+
+    from lmtune.adapter_checkpoint import TRAINABLE
+
+    from .conftest import write_sentiment
+    from .test_resume import Killed, _kill_at
+
+    train = write_sentiment(tmp_path / "train.csv", 60, seed=1)
+    val = write_sentiment(tmp_path / "val.csv", 12, seed=2)
+    cfg = {"model": str(tiny_bert), "output_dir": str(tmp_path / "out"), "data": {"train": str(train), "validation": str(val)},
+           "strategy": {"name": "lora", "r": 4},
+           "train": {**TRAIN, "epochs": 2, "batch_size": 4, "eval_steps": 5, "metric": "loss"}}
+    with pytest.raises(Killed):  # one process: stopped after the checkpoint of step 10
+        lmtune.train(cfg, progress=False, on_evaluate=_kill_at(15))
+    last = tmp_path / "out" / "checkpoints" / "last"
+    one = load_file(str(last / TRAINABLE)).keys()
+    assert not (last / "model.safetensors").exists()
+
+    proc = _run(cfg, tmp_path, "--resume", "--nproc", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "going on with 2" in proc.stderr
+    assert load_file(str(last / TRAINABLE)).keys() == one  # written by two processes

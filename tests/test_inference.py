@@ -144,9 +144,9 @@ def test_batched_greedy_generation_equals_one_at_a_time_and_the_stream(llama):
     gen = lmtune.load(str(llama))
     prompts = [gen.prompt("what does a flat fix cost ?"), gen.prompt("hi"), gen.prompt("when do you open on sunday ?")]
     settings = GenerationSettings(max_new_tokens=10)
-    batched = gen.generate_batch(prompts, settings)
-    assert [g.text for g in batched] == [gen.generate_batch([p], settings)[0].text for p in prompts]
-    pieces = list(gen.stream(prompts[0], settings))
+    batched = gen.generate_batch(prompts, settings, raw=True)
+    assert [g.text for g in batched] == [gen.generate_batch([p], settings, raw=True)[0].text for p in prompts]
+    pieces = list(gen.stream(prompts[0], settings, raw=True))
     assert "".join(pieces).strip() == batched[0].text
     for g in batched:
         assert g.completion_tokens <= 10 and g.finish_reason in ("stop", "length")
@@ -156,15 +156,15 @@ def test_batched_greedy_generation_equals_one_at_a_time_and_the_stream(llama):
 def test_max_new_tokens_and_stop_strings_are_honoured(llama):
     gen = lmtune.load(str(llama))
     prompt = gen.prompt("what does a flat fix cost ?")
-    long = gen.generate_batch([prompt], GenerationSettings(max_new_tokens=12))[0]
-    short = gen.generate_batch([prompt], GenerationSettings(max_new_tokens=3))[0]
+    long = gen.generate_batch([prompt], GenerationSettings(max_new_tokens=12), raw=True)[0]
+    short = gen.generate_batch([prompt], GenerationSettings(max_new_tokens=3), raw=True)[0]
     assert short.completion_tokens <= 3 and long.text.startswith(short.text)
     words = long.text.split()
     assert len(words) >= 3, long.text
     stop = words[2]
-    cut = gen.generate_batch([prompt], GenerationSettings(max_new_tokens=12, stop=(stop,)))[0]
+    cut = gen.generate_batch([prompt], GenerationSettings(max_new_tokens=12, stop=(stop,)), raw=True)[0]
     assert cut.text == long.text[: long.text.find(stop)].strip() and cut.finish_reason == "stop"
-    streamed = "".join(gen.stream(prompt, GenerationSettings(max_new_tokens=12, stop=(stop,))))
+    streamed = "".join(gen.stream(prompt, GenerationSettings(max_new_tokens=12, stop=(stop,)), raw=True))
     assert stop not in streamed and streamed.strip() == cut.text
 
 
@@ -172,9 +172,9 @@ def test_seeded_sampling_is_reproducible(llama):
     gen = lmtune.load(str(llama))
     prompts = [gen.prompt("hi"), gen.prompt("what is the price ?")]
     sampled = GenerationSettings(max_new_tokens=12, temperature=1.5, seed=7)
-    first = [g.text for g in gen.generate_batch(prompts, sampled)]
-    assert [g.text for g in gen.generate_batch(prompts, sampled)] == first
-    others = {tuple(g.text for g in gen.generate_batch(prompts, GenerationSettings(max_new_tokens=12, temperature=1.5, seed=s)))
+    first = [g.text for g in gen.generate_batch(prompts, sampled, raw=True)]
+    assert [g.text for g in gen.generate_batch(prompts, sampled, raw=True)] == first
+    others = {tuple(g.text for g in gen.generate_batch(prompts, GenerationSettings(max_new_tokens=12, temperature=1.5, seed=s), raw=True))
               for s in range(1, 6)}
     assert len(others) > 1  # the seed matters
 
@@ -199,3 +199,50 @@ def test_a_file_streams_through_in_chunks_with_the_same_rows(classifier, llama, 
     whole = gen.predict_rows(prompts, references)
     assert list(gen.predict_file(tmp_path / "chats.jsonl", chunk_rows=2)) == whole
     assert [r["prompt"] for r in whole] == [gen.prompt(q) for q in ("hi", "what is the price ?", "when do you open ?")]
+
+
+def test_python_generation_puts_a_prompt_in_the_chat_format_as_the_command_line_does(llama, capsys):
+    from lmtune.cli import main
+
+    gen = lmtune.load(str(llama))
+    question = "when do you open ?"
+    templated = gen.prompt(question)
+    assert templated != question  # the tiny llama has a chat template
+    settings = GenerationSettings(max_new_tokens=6)
+    [expected] = gen.generate_batch([templated], settings, raw=True)
+    [asked] = gen.generate_batch([question], settings)
+    assert asked.prompt_tokens == expected.prompt_tokens == len(gen.tokenizer(templated, add_special_tokens=False)["input_ids"])
+    assert asked.text == expected.text
+    assert gen.generate(question, max_new_tokens=6) == expected.text
+    assert "".join(gen.stream(question, settings)).strip() == expected.text
+    # raw=True: the text continued as it is
+    [as_is] = gen.generate_batch([question], settings, raw=True)
+    assert as_is.prompt_tokens == len(gen.tokenizer(question, add_special_tokens=False)["input_ids"]) < asked.prompt_tokens
+    assert gen.generate(question, max_new_tokens=6, raw=True) == as_is.text
+    # the command line answers the same; `lmtune predict` uses a file's prompts as they are
+    assert main(["generate", str(llama), "--prompt", question, "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip() == expected.text
+    gen.settings = settings
+    assert gen.predict_rows([question]) == [{"prompt": question, "generation": as_is.text}]
+
+
+def test_generation_from_a_model_that_does_not_generate_is_refused_in_one_line(classifier, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    from lmtune.cli import main
+    from lmtune.generation import Generator
+
+    run = tmp_path / "sentiment"  # a classification run folder (its model: the tiny classifier)
+    shutil.copytree(classifier, run / "model")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": str(classifier), "data": {"train": "train.csv"}}))
+    assert main(["generate", str(run), "--prompt", "hi"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"lmtune: error: {run}: a classification run does not generate text; "
+                   f"use lmtune predict {run} FILE for its predictions\n")
+    with pytest.raises(LmtuneError, match=r"a classification run does not generate text; use lmtune\.load\(run\)\.predict"):
+        Generator.load(run)
+    with pytest.raises(LmtuneError, match=f"{classifier}: a classification model does not generate text"):
+        Generator(str(classifier))

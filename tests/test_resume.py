@@ -45,7 +45,7 @@ def test_resume_gives_the_same_weights_as_an_unbroken_run(tiny_bert, toy_data, t
     state = json.loads((run.last / "loop_state.json").read_text())
     assert state["step"] == 12 and state["epoch"] == 1 and state["batches_in_epoch"] == 0
 
-    with pytest.raises(LmtuneError, match="--resume"):
+    with pytest.raises(LmtuneError, match=r"use resume=True to continue it or overwrite=True"):
         lmtune.train(broken_cfg, progress=False)
     resumed = lmtune.train(broken_cfg, progress=False, resume=True)
 

@@ -233,5 +233,5 @@ def test_bad_search_configs_are_reported_at_once_and_nothing_is_written(tiny_ber
     folder.mkdir()
     (folder / "search.yaml").write_text("x: 1\n")
     raw["search"] = {"space": {"train.lr": {"loguniform": [1e-5, 1e-3]}}}
-    with pytest.raises(LmtuneError, match="holds a search; use --resume to continue it or --overwrite"):
+    with pytest.raises(LmtuneError, match=r"holds a search; use resume=True to continue it or overwrite=True"):
         search.prepare(raw)

@@ -359,7 +359,7 @@ def _chat(openai_client: Any, **kw: Any) -> Any:
 def test_chat_equals_the_python_generator(openai_client: Any, generator: Any) -> None:
     reply = _chat(openai_client, max_tokens=8, temperature=0)
     prompt = generator.chat_prompt([{"role": "user", "content": "when does the bike shop open"}])
-    [expected] = generator.generate_batch([prompt], GenerationSettings(max_new_tokens=8, temperature=0))
+    [expected] = generator.generate_batch([prompt], GenerationSettings(max_new_tokens=8, temperature=0), raw=True)
     assert reply.object == "chat.completion" and reply.model == "tiny-llama" and reply.id
     [choice] = reply.choices
     assert choice.message.role == "assistant" and choice.message.content == expected.text
@@ -428,6 +428,18 @@ def test_openai_client_sees_errors_as_exceptions(openai_client: Any) -> None:
         _chat(openai_client, max_tokens=10_000)
 
 
+def test_completions_continue_the_prompt_as_it_is_and_chats_use_the_template(openai_client: Any, generator: Any) -> None:
+    settings = GenerationSettings(max_new_tokens=6, temperature=0)
+    [as_is] = generator.generate_batch(["the bike"], settings, raw=True)
+    completion = openai_client.completions.create(model="tiny-llama", prompt="the bike", max_tokens=6, temperature=0)
+    assert completion.choices[0].text == as_is.text and completion.usage.prompt_tokens == as_is.prompt_tokens
+    [templated] = generator.generate_batch(["the bike"], settings)  # Python: a user message, by default
+    reply = openai_client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "the bike"}],
+                                                  max_tokens=6, temperature=0)
+    assert reply.choices[0].message.content == templated.text
+    assert reply.usage.prompt_tokens == templated.prompt_tokens > as_is.prompt_tokens
+
+
 # ---------------------------------------------------------------- streams whose client leaves
 
 
@@ -442,9 +454,10 @@ class RecordingGenerator:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._generator, name)
 
-    def stream(self, prompt: str, settings: GenerationSettings, cancel: threading.Event | None = None) -> Iterator[str]:
+    def stream(self, prompt: str, settings: GenerationSettings, cancel: threading.Event | None = None, *,
+               raw: bool = False) -> Iterator[str]:
         self.cancels.append(cancel)
-        generation = yield from self._generator.stream(prompt, settings, cancel=cancel)
+        generation = yield from self._generator.stream(prompt, settings, cancel=cancel, raw=raw)
         self.streamed.append(generation)
         return generation
 

@@ -74,11 +74,39 @@ def test_early_stopping(tiny_bert, toy_data, tmp_path):
     assert result.metrics["train"]["stopped_early"] is True
     from safetensors.torch import load_file
 
-    best = load_file(str(result.output_dir / "checkpoints" / "best" / "model.safetensors"))
+    best = load_file(str(result.output_dir / "model" / "model.safetensors"))  # the best model (checkpoints/best is pruned)
     last = load_file(str(result.output_dir / "checkpoints" / "last" / "model.safetensors"))
     assert best.keys() == last.keys()
     for name in best:  # 4 more steps at 1e-12 between the two
         assert (best[name] - last[name]).abs().max() <= 1e-10, name
+
+
+@pytest.mark.parametrize("keep, kept", [(None, {"last"}), ("best", {"best"}), ("none", set())])
+def test_keep_checkpoints_prunes_a_finished_run_and_keeps_the_model(tiny_bert, toy_data, tmp_path, keep, kept):
+    extra = {"keep_checkpoints": keep} if keep else {}  # None: the default
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", max_steps=4, eval_steps=2, **extra)
+    folder = tmp_path / "run" / "checkpoints"
+    during = []  # at the second evaluation, before its checkpoint: both are there
+    lmtune.train(cfg, progress=False, on_evaluate=lambda step, m: during.append({p.name for p in folder.iterdir()}))
+    assert during[-1] == {"best", "last"}
+    assert ({p.name for p in folder.iterdir()} if folder.exists() else set()) == kept
+    preds = lmtune.load(tmp_path / "run").predict(["good great superb"])
+    assert preds[0]["label"] in ("positive", "negative")
+
+
+def test_keep_checkpoints_may_change_on_resume_and_may_be_missing_from_an_older_run(tiny_bert, toy_data, tmp_path):
+    from .test_resume import Killed, _kill_at
+
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", max_steps=8, eval_steps=4)
+    with pytest.raises(Killed):  # after the checkpoint of step 4
+        lmtune.train(cfg, progress=False, on_evaluate=_kill_at(8))
+    saved = tmp_path / "run" / "config.yaml"
+    raw = yaml.safe_load(saved.read_text())
+    del raw["train"]["keep_checkpoints"]  # as a run folder written before the key existed
+    saved.write_text(yaml.safe_dump(raw))
+    cfg["train"]["keep_checkpoints"] = "none"
+    assert lmtune.train(cfg, progress=False, resume=True).metrics["train"]["steps"] == 8
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_stratified_split_without_validation(tiny_bert, toy_data, tmp_path):
@@ -176,3 +204,74 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tiny_bert, toy_data, 
     assert any(not torch.equal(a[f"bert.{k}"], start[k]) for k in start if f"bert.{k}" in a)  # it trained
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=2e-6, rtol=1e-4, msg=name)
+
+
+def test_a_tie_of_the_metric_goes_to_the_lower_validation_loss():
+    from lmtune.training import is_better
+
+    assert is_better(0.9, 0.5, None, None, greater=True)  # the first evaluation
+    assert is_better(1.0, 0.7, 0.9, 0.1, greater=True) and not is_better(0.8, 0.01, 0.9, 0.5, greater=True)
+    assert is_better(1.0, 0.3, 1.0, 0.7, greater=True)  # f1 1.0 again, at a lower loss
+    assert not is_better(1.0, 0.7, 1.0, 0.7, greater=True) and not is_better(1.0, 0.8, 1.0, 0.7, greater=True)
+    assert is_better(2.0, 0.3, 2.0, 0.4, greater=False) and not is_better(2.1, 0.1, 2.0, 0.4, greater=False)
+    assert not is_better(0.4, 0.4, 0.4, 0.4, greater=False)  # the metric is the loss: a tie is a tie
+
+
+def test_best_step_and_early_stopping_follow_the_loss_while_the_metric_saturates(tiny_bert, toy_data, tmp_path, monkeypatch):
+    from lmtune import training
+
+    losses = iter([0.7, 0.3, 0.3, 0.5])  # at steps 1..4; accuracy 1.0 at each
+    real = training.eval_metrics
+
+    def saturated(*args: object, **kwargs: object) -> dict:
+        metrics = real(*args, **kwargs)
+        loss = next(losses, None)
+        return metrics if loss is None else {**metrics, "accuracy": 1.0, "loss": loss}
+
+    monkeypatch.setattr(training, "eval_metrics", saturated)
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", max_steps=8, eval_steps=1, metric="accuracy",
+                      early_stopping_patience=2)
+    result = lmtune.train(cfg, progress=False)
+    # step 2 ties step 1 at a lower loss: the best; steps 3 (same loss) and 4 (higher) are not: stopped
+    assert [h["step"] for h in result.history if "eval" in h] == [1, 2, 3, 4]
+    assert result.best_step == 2 and result.stopped_early
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]["best_step"] == 2
+
+
+def test_a_lora_run_names_its_base_as_given_and_writes_readable_files(tiny_bert, toy_data, tmp_path, monkeypatch):
+    import os
+    import shutil
+    import stat
+
+    from lmtune import models
+    from lmtune.predict import export
+
+    # "tiny-base" stands for a bundled name whose folder is machine-specific (a GGUF file's cache)
+    real = models.source_of
+    monkeypatch.setattr(models, "source_of", lambda name: tiny_bert if name == "tiny-base" else real(name))
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", max_steps=2)
+    cfg["model"], cfg["strategy"] = "tiny-base", {"name": "lora", "r": 4}
+    umask = os.umask(0o022)
+    try:
+        lmtune.train(cfg, progress=False)
+        exported = export(tmp_path / "run", tmp_path / "exported", merge=True)
+    finally:
+        os.umask(umask)
+    adapter = tmp_path / "run" / "model" / "adapter_config.json"
+    assert json.loads(adapter.read_text())["base_model_name_or_path"] == "tiny-base"
+    for folder in (tmp_path / "run" / "model", exported):
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
+        assert any(name.endswith(".safetensors") for name in modes) and set(modes.values()) == {0o644}, modes
+    expected = lmtune.load(tmp_path / "run").predict(["good great superb"])
+    # moved to another place, it loads by the name; so does a run folder of an earlier version that
+    # names its base by a folder, whether that folder is still there or not (then: config.yaml's model)
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(tmp_path / "run", moved)
+    assert lmtune.load(moved).predict(["good great superb"]) == expected
+    moved_adapter = moved / "model" / "adapter_config.json"
+    for base in (str(tiny_bert), str(tmp_path / "gone")):
+        moved_adapter.write_text(json.dumps({**json.loads(adapter.read_text()), "base_model_name_or_path": base}))
+        assert lmtune.load(moved).predict(["good great superb"]) == expected
+    with pytest.raises(lmtune.LmtuneError, match=r"adapter_config.json: the base model '.*gone' is not here"):
+        lmtune.load(moved / "model")  # the adapter folder alone: no config to fall back on
+    assert lmtune.load(exported).predict(["good great superb"])[0]["label"] == expected[0]["label"]

@@ -4,9 +4,14 @@ swap, random insertion and synonym replacement, each applied with its own probab
 Synonyms come from a file the user gives (JSON `{"word": ["synonym", ...]}` or lines
 `word<TAB>synonym,synonym`) and/or from the nearest neighbours of a word in a model's input
 embeddings (cosine similarity), among whole-word vocabulary entries that are alphabetic and not
-stop words. Words the user protects (label-bearing words, say) are never replaced, deleted or
-moved. Deletion never empties a text. Augmented rows are copies of their source with the text
-changed; `augmented_from` says which line they came from.
+stop words. Embedding neighbours include antonyms ("bad" sits next to "good"), so a neighbour is
+only taken when it keeps the word's sentiment polarity (see polarity.py); a synonym file is taken
+as written. Negations ("not", "never", "n't", ...) and the words the user protects (label-bearing
+words, say) are never replaced, deleted or moved; in a text row, the three words after a negation
+(its reach) are not moved either, and nothing is inserted within it. Deletion never empties a text. Augmented rows
+are copies of their source with the text changed; `augmented_from` says which line they came
+from. A copy that comes out the same as its source or as an earlier copy of it is not kept, and
+is counted in `Skipped`.
 
 Tagged sentences (named entities) keep their tags aligned: the word operations touch only words
 tagged O, an entity moves and stays as a whole, and with `p_entity` an entity is replaced by another
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import LmtuneError
+from .polarity import is_negation, negated, polarity_safe
 
 STOP_WORDS = frozenset("""
 a about above after again against all am an and any are as at be because been before being below between both
@@ -49,6 +55,32 @@ class AugmentOptions:
         """From a config's data.augment section."""
         return cls(p_delete=a.p_delete, p_swap=a.p_swap, p_insert=a.p_insert, p_synonym=a.p_synonym,
                    p_entity=a.p_entity, n_per_example=a.n_per_example, protect=frozenset(w.lower() for w in a.protect))
+
+
+@dataclass
+class Skipped:
+    """Augmented copies asked for but not kept, by why."""
+
+    empty: int = 0  # the text was empty
+    unchanged: int = 0  # the operations left the text as it was
+    repeated: int = 0  # the same as an earlier copy of its source
+
+    @property
+    def total(self) -> int:
+        return self.empty + self.unchanged + self.repeated
+
+    def by_reason(self) -> dict[str, int]:
+        return {k: v for k, v in (("unchanged", self.unchanged), ("repeated", self.repeated), ("empty", self.empty)) if v}
+
+    def describe(self, asked: int) -> str:
+        """One line: how many copies of `asked` were skipped and why ('' when none were)."""
+        if not self.total:
+            return ""
+        why = {"unchanged": "the same as their source (the random operations changed nothing: short texts, low "
+                            "probabilities, few synonyms)",
+               "repeated": "the same as an earlier copy of their source",
+               "empty": "for empty texts"}
+        return f"{self.total} of {asked} copies skipped: " + "; ".join(f"{n} {why[k]}" for k, n in self.by_reason().items())
 
 
 def read_synonyms(path: str | Path) -> dict[str, list[str]]:
@@ -105,17 +137,20 @@ def embedding_neighbours(model_path: str | Path, words: set[str], k: int = 5) ->
 
 
 def gather_synonyms(file: str | None, model_path: str | Path | None, words: set[str]) -> dict[str, list[str]]:
-    """Synonyms of `words` from a synonym file and/or a model's input-embedding neighbours."""
+    """Synonyms of `words` from a synonym file and/or a model's input-embedding neighbours (only
+    those that keep the word's polarity: neighbours include antonyms)."""
     synonyms = read_synonyms(file) if file else {}
     if model_path is not None:
-        for word, near in embedding_neighbours(model_path, words).items():
+        for word, near in polarity_safe(embedding_neighbours(model_path, words)).items():
             synonyms.setdefault(word, []).extend(near)
     return synonyms
 
 
 def augment_words(words: list[str], o: AugmentOptions, synonyms: dict[str, list[str]], rng: random.Random) -> list[str]:
     """One augmented copy of a list of words."""
-    protected = [w.lower() in o.protect for w in words]
+    protected = [w.lower() in o.protect or is_negation(w) for w in words]
+    # never moved: those, and the words a negation governs ("not bad" must not become "bad ... not")
+    pinned = [p or n for p, n in zip(protected, negated(words))]
 
     def synonym_of(word: str) -> str | None:
         options = [s for s in synonyms.get(word.lower(), []) if s.lower() != word.lower()]
@@ -128,13 +163,14 @@ def augment_words(words: list[str], o: AugmentOptions, synonyms: dict[str, list[
             if s is not None:
                 out[i] = s
     inserts = [w for i, w in enumerate(words) if not protected[i] and rng.random() < o.p_insert]
-    for w in inserts:  # random insertion: a synonym of a word, anywhere
+    for w in inserts:  # random insertion: a synonym of a word, anywhere out of a negation's reach
         s = synonym_of(w)
         if s is not None:
-            pos = rng.randrange(len(out) + 1)
+            pos = rng.choice([p for p, reached in enumerate(negated([*out, ""])) if not reached])
             out.insert(pos, s)
             protected.insert(pos, False)
-    movable = [i for i in range(len(out)) if not protected[i]]
+            pinned.insert(pos, False)
+    movable = [i for i in range(len(out)) if not pinned[i]]
     for _ in range(sum(rng.random() < o.p_swap for _ in out)):  # random swap
         if len(movable) >= 2:
             a, b = rng.sample(movable, 2)
@@ -145,26 +181,35 @@ def augment_words(words: list[str], o: AugmentOptions, synonyms: dict[str, list[
 
 def augment_stream(
     rows: Iterable[tuple[int, dict[str, Any]]], text_column: str, o: AugmentOptions,
-    synonyms: dict[str, list[str]], seed: int,
+    synonyms: dict[str, list[str]], seed: int, skipped: Skipped | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """`n_per_example` augmented copies of each (line, row) in turn (a copy identical to its
-    source is left out); a file of any size streams through."""
+    """`n_per_example` augmented copies of each (line, row) in turn; a file of any size streams
+    through. A copy the same as its source or an earlier copy of it is left out, and counted in
+    `skipped` when given."""
     rng = random.Random(seed)
+    skipped = skipped if skipped is not None else Skipped()
     for line, row in rows:
         words = str(row.get(text_column) or "").split()
         if not words:
+            skipped.empty += o.n_per_example
             continue
+        source = " ".join(words)  # (a copy that only respaces the text is no copy)
+        seen = {source}
         for _ in range(o.n_per_example):
             new = " ".join(augment_words(words, o, synonyms, rng))
-            if new != row[text_column]:
-                yield {**row, text_column: new, "augmented_from": line}
+            if new in seen:
+                skipped.unchanged += new == source
+                skipped.repeated += new != source
+                continue
+            seen.add(new)
+            yield {**row, text_column: new, "augmented_from": line}
 
 
 def augment_rows(
     rows: list[dict[str, Any]], lines: list[int], text_column: str, o: AugmentOptions,
-    synonyms: dict[str, list[str]], seed: int,
+    synonyms: dict[str, list[str]], seed: int, skipped: Skipped | None = None,
 ) -> list[dict[str, Any]]:
-    return list(augment_stream(zip(lines, rows), text_column, o, synonyms, seed))
+    return list(augment_stream(zip(lines, rows), text_column, o, synonyms, seed, skipped))
 
 
 # ---------------------------------------------------------------- tagged sentences
@@ -214,7 +259,7 @@ def augment_tagged(
             i += 1
 
     def free(unit: Unit) -> bool:  # an O word that may change
-        return unit[0] is None and unit[1][0].lower() not in o.protect
+        return unit[0] is None and unit[1][0].lower() not in o.protect and not is_negation(unit[1][0])
 
     def synonym_of(word: str) -> str | None:
         options = [s for s in synonyms.get(word.lower(), []) if s.lower() != word.lower()]
@@ -241,11 +286,11 @@ def augment_tagged(
 
 def augment_sentences(
     rows: list[dict[str, Any]], lines: list[int], spans_of: Any, o: AugmentOptions, synonyms: dict[str, list[str]],
-    seed: int, scheme: str,
+    seed: int, scheme: str, skipped: Skipped | None = None,
 ) -> list[dict[str, Any]]:
-    """`n_per_example` augmented copies of each {"tokens", "tags"} row (copies equal to their source
-    are left out). `spans_of(tags)` gives a sentence's entities; the mentions to swap in are those
-    of all rows."""
+    """`n_per_example` augmented copies of each {"tokens", "tags"} row (copies the same as their
+    source or an earlier copy of it are left out, and counted in `skipped` when given).
+    `spans_of(tags)` gives a sentence's entities; the mentions to swap in are those of all rows."""
     mentions: dict[str, set[tuple[str, ...]]] = {}
     parsed = []
     for row in rows:
@@ -255,10 +300,18 @@ def augment_sentences(
             mentions.setdefault(kind, set()).add(tuple(row["tokens"][a : b + 1]))
     pool = {kind: sorted(m) for kind, m in mentions.items()}
     rng = random.Random(seed)
+    skipped = skipped if skipped is not None else Skipped()
     out = []
     for row, line, entities in zip(rows, lines, parsed):
+        source = (tuple(row["tokens"]), tuple(row["tags"]))
+        seen = {source}
         for _ in range(o.n_per_example):
             tokens, tags = augment_tagged(row["tokens"], entities, o, synonyms, pool, rng, scheme)
-            if tokens != row["tokens"] or tags != row["tags"]:
-                out.append({**row, "tokens": tokens, "tags": tags, "augmented_from": line})
+            new = (tuple(tokens), tuple(tags))
+            if new in seen:
+                skipped.unchanged += new == source
+                skipped.repeated += new != source
+                continue
+            seen.add(new)
+            out.append({**row, "tokens": tokens, "tags": tags, "augmented_from": line})
     return out

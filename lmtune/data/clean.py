@@ -1,7 +1,8 @@
 """Cleaning a table of texts: normalise, then drop what should not be trained on, saying why.
 
-Text changes (in order): HTML tags stripped and entities unescaped (optional), Unicode NFKC,
-lower case (optional), whitespace collapsed. Then rows are dropped, each with its reason: an empty
+Text changes (in order): mojibake repaired with ftfy (optional: UTF-8 that was read as
+Latin-1/CP-1252, "cafÃ©" back to "café"), HTML tags stripped and entities unescaped (optional),
+Unicode NFKC, lower case (optional), whitespace collapsed. Then rows are dropped, each with its reason: an empty
 text (`empty`), a text outside the length range (`too_short`, `too_long`), a text whose copies
 carry different labels (`conflicting_labels` when conflicts are dropped; `minority_label` for the
 copies outvoted under `majority`, all copies on a tie), and repeated texts after the first
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import ftfy
 import numpy as np
 
 from .keys import digest, normalise, votes
@@ -32,6 +34,7 @@ KEEP, EMPTY, TOO_SHORT, TOO_LONG, CONFLICTING, MINORITY, DUPLICATE = range(len(R
 class CleanOptions:
     nfkc: bool = True
     collapse_whitespace: bool = True
+    fix_mojibake: bool = False
     strip_html: bool = False
     lowercase: bool = False
     drop_empty: bool = True
@@ -47,17 +50,29 @@ class Cleaned:
     lines: list[int]
     dropped: list[dict[str, Any]] = field(default_factory=list)  # {line, reason, row}
     changed: int = 0  # kept rows whose text was changed
+    repaired: int = 0  # kept rows whose mojibake was repaired (counted in `changed` too)
 
     def summary(self) -> dict[str, Any]:
-        return summary(len(self.rows), Counter(d["reason"] for d in self.dropped), self.changed)
+        return summary(len(self.rows), Counter(d["reason"] for d in self.dropped), self.changed, self.repaired)
 
 
-def summary(kept: int, reasons: Counter, changed: int) -> dict[str, Any]:
-    return {"kept": kept, "dropped": sum(reasons.values()), "texts_changed": changed,
+def summary(kept: int, reasons: Counter, changed: int, repaired: int = 0) -> dict[str, Any]:
+    return {"kept": kept, "dropped": sum(reasons.values()), "texts_changed": changed, "mojibake_repaired": repaired,
             "dropped_by_reason": dict(sorted(reasons.items()))}
 
 
 def clean_text(text: str, o: CleanOptions) -> str:
+    return tidy(repair(text, o), o)
+
+
+def repair(text: str, o: CleanOptions) -> str:
+    """The text with its mojibake repaired, when asked (ftfy's encoding fixes only: quotes,
+    ligatures and the like are left to NFKC)."""
+    return ftfy.fix_encoding(text) if o.fix_mojibake else text
+
+
+def tidy(text: str, o: CleanOptions) -> str:
+    """The text changes after the repair."""
     if o.strip_html:
         text = html.unescape(TAG.sub(" ", text))
     if o.nfkc:
@@ -125,16 +140,20 @@ def clean_rows(
     rows: list[dict[str, Any]], lines: list[int], text_column: str, label_column: str | None, o: CleanOptions
 ) -> Cleaned:
     ledger = Ledger()
-    texts = []
+    texts, repaired = [], []
     for row in rows:
-        texts.append(clean_text(_raw(row, text_column), o))
+        raw = _raw(row, text_column)
+        fixed = repair(raw, o)
+        texts.append(tidy(fixed, o))
+        repaired.append(fixed != raw)
         ledger.add(texts[-1], row.get(label_column) if label_column else None, o)
     verdicts = ledger.decide(o, labelled=label_column is not None)
     out = Cleaned([], [])
-    for row, line, text, verdict in zip(rows, lines, texts, verdicts.tolist()):
+    for row, line, text, was_repaired, verdict in zip(rows, lines, texts, repaired, verdicts.tolist()):
         if verdict != KEEP:
             out.dropped.append({"line": line, "reason": REASONS[verdict], "row": row})
             continue
+        out.repaired += was_repaired
         out.changed += text != _raw(row, text_column)
         out.rows.append({**row, text_column: text})
         out.lines.append(line)
@@ -167,7 +186,7 @@ def clean_file(
     reader.require_columns(text_column, label_column)
     verdicts = ledger.decide(o, labelled=label_column is not None)
     reasons: Counter = Counter()
-    kept = changed = 0
+    kept = changed = repaired = 0
     fmt = "jsonl" if reader.format == "json" else reader.format
     with RowWriter(out, reader.columns, fmt) as w, RowWriter(dropped_file, [], "jsonl") as d:
         for (line, row), verdict in zip(reader, verdicts):
@@ -176,8 +195,10 @@ def clean_file(
                 d.write({"line": line, "reason": REASONS[verdict], "row": row})
                 continue
             raw = _raw(row, text_column)
-            text = clean_text(raw, o)
+            fixed = repair(raw, o)
+            text = tidy(fixed, o)
+            repaired += fixed != raw
             changed += text != raw
             kept += 1
             w.write({**row, text_column: text})
-    return summary(kept, reasons, changed), len(verdicts)
+    return summary(kept, reasons, changed, repaired), len(verdicts)

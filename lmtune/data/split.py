@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import LmtuneError
+from ..errors import LmtuneError, option
 from .keys import digest, normalise, votes
 
 
@@ -129,6 +129,20 @@ def grouped_split(
 
 
 PART_NAMES = ("train", "validation", "test")
+SHOWN_LINES = 5  # a warning names this many lines at most
+
+
+def lines_warning(count: int, what: str, lines: list[int]) -> str:
+    """'7 empty text(s), first at lines 4, 9, 12, 20, 31': a warning about rows, naming their first lines."""
+    where = f"line {lines[0]}" if len(lines) == 1 else "lines " + ", ".join(map(str, lines))
+    return f"{count} {what}, first at {where}" if count > len(lines) else f"{count} {what} at {where}"
+
+
+def split_warnings(report: dict) -> list[str]:
+    """What to look at in the parts `split_file` wrote: their empty texts, counted, with the first lines."""
+    count = sum(part.get("empty_texts", 0) for part in report.values())
+    lines = sorted(line for part in report.values() for line in part.get("empty_text_lines", []))[:SHOWN_LINES]
+    return [lines_warning(count, "empty text(s)", lines)] if count else []
 
 
 def split_file(
@@ -138,8 +152,10 @@ def split_file(
 ) -> dict:
     """Split a file into train/validation(/test) files in out_dir (same format; JSON becomes
     JSONL), grouped and stratified as `assign_parts` says. The file is read twice and never held:
-    once for each row's label and group key, once to write. Returns a report per part. `columns`:
-    the column names of a CSV or TSV file without a header (the parts get them as their header)."""
+    once for each row's label and group key, once to write. Returns a report per part: its file,
+    rows, label counts and empty texts (with the first lines of them, which `split_warnings` turns
+    into a warning). `columns`: the column names of a CSV or TSV file without a header (the parts
+    get them as their header)."""
     from pathlib import Path
 
     from .readers import RowReader
@@ -154,7 +170,7 @@ def split_file(
     targets = [out_dir / f"{n}.{fmt}" for n in names]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
-        raise LmtuneError(f"{existing[0]} exists; use --overwrite to replace it")
+        raise LmtuneError(f"{existing[0]} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
     label_key = label_column or "label"
     label_ids: dict[str, int] = {}
     labels, groups = array("i"), array("Q")
@@ -170,15 +186,23 @@ def split_file(
     parts = assign_parts(label_array, np.frombuffer(groups, np.uint64), ratios, seed, source=str(path),
                          label_names=list(label_ids))
     out_dir.mkdir(parents=True, exist_ok=True)
+    empty, empty_lines = [0] * len(ratios), [[] for _ in ratios]  # per part: empty texts, the first lines of them
     with contextlib.ExitStack() as stack:
         writers = [stack.enter_context(RowWriter(t, reader.columns, fmt)) for t in targets]
-        for (_, row), part in zip(reader, parts):
+        for (line, row), part in zip(reader, parts):
             writers[part].write(row)
+            if not str(row.get(text_column) or "").strip():
+                empty[part] += 1
+                if len(empty_lines[part]) < SHOWN_LINES:
+                    empty_lines[part].append(line)
     report = {}
     for j, (name, target) in enumerate(zip(names, targets)):
         entry: dict = {"file": str(target), "rows": int((parts == j).sum())}
         if label_array is not None:
             counts = np.bincount(label_array[parts == j], minlength=len(label_ids))
             entry["labels"] = dict(sorted((n, int(c)) for n, c in zip(label_ids, counts) if c))
+        entry["empty_texts"] = empty[j]
+        if empty[j]:
+            entry["empty_text_lines"] = empty_lines[j]
         report[name] = entry
     return report

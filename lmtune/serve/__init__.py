@@ -5,8 +5,22 @@ it under uvicorn. See app.py for the routes and batching.py for how requests sha
 
 from __future__ import annotations
 
-from .app import create_app
+from typing import Any
+
 from .options import ServeOptions
-from .server import serve
+
+
+def __getattr__(name: str) -> Any:
+    # the app and the server (FastAPI, uvicorn, the model's libraries) are imported when first used,
+    # so that `lmtune serve` checks its options and its target first
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    if name == "serve":
+        from .server import serve
+
+        return serve
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["create_app", "ServeOptions", "serve"]

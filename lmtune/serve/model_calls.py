@@ -43,7 +43,8 @@ def check_prompts(generator: Any, prompts: list[Prompt], max_tokens: int) -> Non
 
 def generate(generator: Any, settings: GenerationSettings, batch_size: int, prompts: list[Prompt]) -> list[Generation]:
     check_prompts(generator, prompts, settings.max_new_tokens)
-    return generator.generate_batch([p.text for p in prompts], settings, batch_size=batch_size)
+    # the texts as they are: a completion's prompt by OpenAI's convention, a chat's already templated
+    return generator.generate_batch([p.text for p in prompts], settings, raw=True, batch_size=batch_size)
 
 
 class Trimmed:
@@ -82,7 +83,7 @@ def stream(generator: Any, settings: GenerationSettings, feed: EventFeed,
         if cancelled.is_set():
             break
         trimmed = Trimmed()
-        pieces = generator.stream(prompt.text, settings, cancel=cancelled)
+        pieces = generator.stream(prompt.text, settings, cancel=cancelled, raw=True)
         while True:
             try:
                 piece = next(pieces)

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LmtuneError
+from ..tasks import TASKS, get_task
 from .batching import Closed, Job, MicroBatcher, QueueFull, Work
 from .errors import ApiError
 from .options import ServeOptions
-
-GENERATIVE_TASK = "causal_lm"
 
 
 def model_name(target: str) -> str:
@@ -58,11 +57,12 @@ class Served:
         else:
             loaded = target_or_model
             name = name or _name_of_loaded(loaded)
-        if hasattr(loaded, "generate_batch") and hasattr(loaded, "stream"):
-            return cls(name, getattr(loaded, "task_name", GENERATIVE_TASK), [], generator=loaded)
-        if hasattr(loaded, "predict_rows"):
-            return cls(name, loaded.task_name, list(loaded.labels), predictor=loaded)
-        raise LmtuneError(f"cannot serve a {type(loaded).__name__}: expected a run folder, a model or a loaded Predictor/Generator")
+        task = getattr(loaded, "task_name", None)
+        if task not in TASKS:
+            raise LmtuneError(f"cannot serve a {type(loaded).__name__}: expected a run folder, a model or a loaded Predictor/Generator")
+        if get_task(task).GENERATIVE:
+            return cls(name, task, [], generator=loaded)
+        return cls(name, task, list(loaded.labels), predictor=loaded)
 
     @property
     def generative(self) -> bool:

@@ -14,13 +14,13 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..data.readers import Table, read_table
 from ..data.split import grouped_holdout, random_holdout
-from ..errors import LmtuneError
+from ..errors import LmtuneError, option
 from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, percentile_length
 
 METRICS = ("loss", "perplexity")
@@ -602,8 +602,10 @@ def text_scores(predictions: list[str], references: list[str]) -> dict[str, floa
     return out
 
 
-def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, Any]:
-    """Generation metrics on the first `eval.generate_rows` validation rows that have references."""
+def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Callable[[str], None] | None = None,
+                  progress: bool = False) -> dict[str, Any]:
+    """Generation metrics on the first `eval.generate_rows` validation rows that have references.
+    `log` announces the generation (it takes a while); `progress`: a progress bar."""
     shape = getattr(data, "shape", "text")
     n = cfg.eval.generate_rows
     if shape == "text" or n == 0:
@@ -616,9 +618,16 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, 
         last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
         prompts.append(prompt_text(messages[:last], tokenizer))
         references.append(messages[last]["content"])
+    if log is not None:
+        log(f"generating {len(prompts)} validation rows for ROUGE/BLEU/chrF (eval.generate_rows: {n}; 0: none)")
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
-    generations = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens))
+    with tqdm(total=len(prompts), disable=not progress or None, unit="row", file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        generations = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens),
+                               progress=bar.update)
     model.train(was_training)
     predictions = [g.text for g in generations]
     unfinished = sum(g.finish_reason == "length" for g in generations)
@@ -660,8 +669,8 @@ def bare_data(labels: list[str]) -> dict[str, Any]:
 
 def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | None) -> tuple[str, str | None]:
     """(prompt, reference) for a row: chat messages up to the last assistant turn, a prompt template
-    over the row's columns, instruction fields, or a text column (continued as it is)."""
-    tokenizer = session.tokenizer
+    over the row's columns, instruction fields, or a text column (continued as it is). The tokenizer
+    is asked for only where a chat template applies (lmtune predict reads rows before it is loaded)."""
     if "messages" in row or "conversations" in row:
         from ..config import RunConfig
 
@@ -670,10 +679,10 @@ def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | No
         reference = None
         if messages[-1]["role"] == "assistant":
             reference = messages.pop()["content"]
-        return prompt_text(messages, tokenizer), reference
-    d = session.cfg.data if session.cfg else None
-    template = template or (d.prompt_template if d else None)
-    response_column = d.response_column if d else "output"
+        return prompt_text(messages, session.tokenizer), reference
+    d = session.data  # the run's data settings (a model folder's: the defaults)
+    template = template or d.prompt_template
+    response_column = d.response_column
     if template is None and "instruction" in row:
         template = "{instruction}" + ("\n\n{input}" if str(row.get("input") or "").strip() else "")
     if template is not None:
@@ -682,18 +691,20 @@ def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | No
             raise LmtuneError(f"{where}: the prompt template names column {missing[0]!r}, which the row does not have")
         text = template.format(**{k: "" if v is None else v for k, v in row.items()})
         reference = row.get(response_column)
+        tokenizer = session.tokenizer
         prompt = prompt_text([{"role": "user", "content": text}], tokenizer) if getattr(tokenizer, "chat_template", None) else text
         return prompt, reference if isinstance(reference, str) else None
-    for column in ("prompt", "text"):
+    for column in ("prompt", d.text_column):
         if isinstance(row.get(column), str):
             return row[column], None
-    raise LmtuneError(f"{where}: no messages, instruction, prompt or text column, and no --prompt-template")
+    raise LmtuneError(f"{where}: no messages, instruction, prompt or {d.text_column} column, "
+                      f"and no {option('--prompt-template', 'template')}")
 
 
 def read_inputs(session: Any, path: Path, columns: list[str] | None, template: str | None) -> tuple[Table, list[str], list[str | None]]:
     """A prompt per row (see row_prompt) and the row's reference answer, if it has one."""
     if columns is not None:
-        raise LmtuneError(f"--columns: {path} is read by a generative model with its header "
+        raise LmtuneError(f"{option('--columns', 'columns')}: {path} is read by a generative model with its header "
                           "(or as JSON lines or plain text), so column names are not taken")
     table = read_texts(path, "auto")
     pairs = [row_prompt(session, row, table.where(i), template) for i, row in enumerate(table.rows)]
@@ -722,7 +733,7 @@ def _generations(session: Any, prompts: list[Any]) -> list[Any]:
         if not isinstance(p, str) or not p:
             raise LmtuneError(f"input {i + 1}: expected a prompt (a non-empty text), got {str(p)[:80]}")
     with tqdm(total=len(prompts), disable=not session.progress or None, unit="row", file=sys.stderr) as bar:
-        return session.generate_batch(prompts, progress=bar.update)
+        return session.generate_batch(prompts, raw=True, progress=bar.update)
 
 
 def predict(session: Any, prompts: list[Any], references: Any) -> list[str]:
@@ -739,11 +750,8 @@ def predict_rows(session: Any, prompts: list[Any], references: list[str | None] 
     return rows
 
 
-def evaluate_file(session: Any, path: Path, columns: list[str] | None) -> dict[str, Any]:
-    """Loss, perplexity and (for instructions and chats) generation metrics on a file shaped like
-    the run's training data."""
-    from .common import TaskData
-
+def read_labelled(session: Any, path: Path, columns: list[str] | None) -> tuple[Table, str]:
+    """A file shaped like the run's training data, and its shape."""
     cfg = session.cfg
     if cfg is None:
         raise LmtuneError("evaluating a generative model needs its run folder (for the data columns and template)")
@@ -752,6 +760,15 @@ def evaluate_file(session: Any, path: Path, columns: list[str] | None) -> dict[s
     table = read_texts(path, "auto")
     shape = detect_shape(table, cfg)
     _check_table(table, shape, cfg)
+    return table, shape
+
+
+def evaluate_labelled(session: Any, labelled: tuple[Table, str]) -> dict[str, Any]:
+    """Loss, perplexity and (for instructions and chats) generation metrics."""
+    from .common import TaskData
+
+    cfg = session.cfg
+    table, shape = labelled
     unpacked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"packing": False})})
     features, truncated = prepare(table, session.tokenizer, unpacked, [], shape)
     rows = session.run_batches(
@@ -760,7 +777,8 @@ def evaluate_file(session: Any, path: Path, columns: list[str] | None) -> dict[s
     metrics = compute_metrics({k: np.stack([r[k] for r in rows]) for k in ("loss_sum", "tokens")}, [], cfg)
     data = TaskData(table, table, None, [], [])
     data.shape = shape  # type: ignore[attr-defined]
-    metrics.update(extra_metrics(session.model, session.tokenizer, data, cfg))
+    metrics.update(extra_metrics(session.model, session.tokenizer, data, cfg,
+                                 log=lambda line: print(line, file=sys.stderr), progress=session.progress))
     metrics["examples"] = len(table)
     metrics["truncated"] = truncated
     return metrics

@@ -118,16 +118,19 @@ def load_data(cfg: Any) -> TaskData:
 
 def _augment(train: Table, cfg: Any) -> tuple[Table, str, dict[str, Any]]:
     from .. import models
-    from ..data.augment import AugmentOptions, augment_rows, gather_synonyms
+    from ..data.augment import AugmentOptions, Skipped, augment_rows, gather_synonyms
 
     d, a = cfg.data, cfg.data.augment
     words = {w.lower() for r in train.rows for w in str(r[d.text_column]).split()}
     synonyms = gather_synonyms(a.synonyms, models.resolve(cfg.model) if a.embedding_synonyms else None, words)
     options = AugmentOptions.from_section(a)
-    new = augment_rows(train.rows, train.lines, d.text_column, options, synonyms, cfg.train.seed)
+    skipped = Skipped()
+    new = augment_rows(train.rows, train.lines, d.text_column, options, synonyms, cfg.train.seed, skipped)
     table = Table(train.path, train.columns, train.rows + new, train.lines + [r["augmented_from"] for r in new])
-    summary = {"original": len(train), "augmented": len(new), "synonym_words": len(synonyms)}
-    return table, f"augment: {len(new)} augmented copies of {len(train)} training examples", summary
+    summary = {"original": len(train), "augmented": len(new), "skipped": skipped.total,
+               "skipped_by_reason": skipped.by_reason(), "synonym_words": len(synonyms)}
+    why = skipped.describe(len(train) * options.n_per_example)
+    return table, f"augment: {len(new)} augmented copies of {len(train)} training examples" + (f"; {why}" if why else ""), summary
 
 
 def texts_of(table: Table, cfg: Any) -> tuple[list[str], list[str] | None]:
@@ -147,7 +150,7 @@ def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, st
 def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[list[dict[str, Any]], int]:
     """Tokenized features, one dict per example, and how many inputs were truncated."""
     texts, pairs = texts_of(table, cfg)
-    enc, truncated = tokenize_texts(tokenizer, texts, pairs, cfg.data.max_length)
+    enc, cut = tokenize_texts(tokenizer, texts, pairs, cfg.data.max_length)
     label_ids = {label: i for i, label in enumerate(labels)}
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     features = []
@@ -157,7 +160,7 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[
         if label is not None:
             f["labels"] = label_ids[label]
         features.append(f)
-    return features, truncated
+    return features, sum(cut)
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
@@ -181,7 +184,8 @@ def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, A
     }
 
 
-def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, Any]:
+def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Any = None,
+                  progress: bool = False) -> dict[str, Any]:
     return {}
 
 
@@ -278,9 +282,7 @@ def logits(session: Any, texts: list[str], pairs: list[str] | None) -> tuple[np.
     """The model's logits [inputs, labels] in input order, and which inputs were cut to the
     model's max_length."""
     tokenizer = session.tokenizer
-    full = tokenizer(texts, pairs, truncation=False, verbose=False)
-    cut = [len(ids) > session.max_length for ids in full["input_ids"]]
-    enc = tokenizer(texts, pairs, truncation=True, max_length=session.max_length) if any(cut) else full
+    enc, cut = tokenize_texts(tokenizer, texts, pairs, session.max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     features = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
     rows = session.run_batches(features, lambda model, batch: {"logits": model(**batch).logits}, collator(tokenizer))
@@ -304,9 +306,8 @@ def predict_rows(session: Any, inputs: list[Any], pairs: list[str] | None) -> li
     return rows
 
 
-def evaluate_file(session: Any, path: Any, columns: list[str] | None) -> dict[str, Any]:
-    import torch
-
+def read_labelled(session: Any, path: Any, columns: list[str] | None) -> tuple[list[str], list[str] | None, list[int]]:
+    """The texts, second texts and label ids of a labelled file (labels the model knows)."""
     table, texts, pairs = read_inputs(session, path, columns, None)
     label_column = session.data.label_column
     table.require_columns(label_column)
@@ -317,6 +318,13 @@ def evaluate_file(session: Any, path: Any, columns: list[str] | None) -> dict[st
         if label not in label_ids:
             raise LmtuneError(f"{table.where(i)}: label {label!r} is not one the model knows ({', '.join(session.labels)})")
         refs.append(label_ids[label])
+    return texts, pairs, refs
+
+
+def evaluate_labelled(session: Any, labelled: tuple[list[str], list[str] | None, list[int]]) -> dict[str, Any]:
+    import torch
+
+    texts, pairs, refs = labelled
     scores, _ = logits(session, texts, pairs)
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(scores), torch.tensor(refs), reduction="none")
     metrics = compute_metrics({"logits": scores, "references": np.array(refs), "loss": loss.numpy()}, session.labels)

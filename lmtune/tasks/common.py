@@ -80,13 +80,19 @@ def fixed_length(size: int, cap: tuple[int, str], what: str) -> LengthChoice:
 
 def tokenize_texts(
     tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int
-) -> tuple[dict[str, list[list[int]]], int]:
-    """Tokenize without padding; truncate to max_length and return how many inputs were cut."""
-    full = tokenizer(texts, pairs, truncation=False, padding=False, verbose=False)
-    truncated = sum(len(ids) > max_length for ids in full["input_ids"])
-    if truncated:
-        full = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
-    return dict(full), truncated
+) -> tuple[dict[str, list[list[int]]], list[bool]]:
+    """Tokenize without padding, each input cut to max_length; and which inputs were cut. Only the
+    inputs that are too long are tokenized a second time, with truncation."""
+    enc = dict(tokenizer(texts, pairs, truncation=False, padding=False, verbose=False))
+    cut = [len(ids) > max_length for ids in enc["input_ids"]]
+    long = [i for i, c in enumerate(cut) if c]
+    if long:
+        short = tokenizer([texts[i] for i in long], [pairs[i] for i in long] if pairs else None,
+                          truncation=True, max_length=max_length, padding=False)
+        for key, rows in enc.items():
+            for j, i in enumerate(long):
+                rows[i] = short[key][j]
+    return enc, cut
 
 
 def load_labelled_model(auto_model: str, path: Any, cfg: Any, labels: list[str], attn_implementation: str | None) -> Any:

@@ -5,7 +5,7 @@ Task modules satisfy `Task` as modules; `get_task(name)` returns one."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -26,7 +26,9 @@ class Task(Protocol):
     # per-example tensors for the metrics, of the same width in every batch
     def eval_step(self, model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]: ...
     def compute_metrics(self, outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None, features: Any = None) -> dict[str, Any]: ...
-    def extra_metrics(self, model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, Any]: ...  # e.g. generation metrics
+    # e.g. generation metrics; `log(line)` announces long work, `progress`: a progress bar for it
+    def extra_metrics(self, model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Callable[[str], None] | None = None,
+                      progress: bool = False) -> dict[str, Any]: ...
 
     # ---- inference; `session` is an lmtune.inference.Predictor (model, tokenizer, labels, data
     # settings, run_batches, evaluate_table; for generative tasks a Generator)
@@ -40,4 +42,7 @@ class Task(Protocol):
     def input_chunks(self, session: Any, path: Path, columns: list[str] | None, template: str | None, rows: int) -> Iterator[tuple[Table, list[Any], list[Any] | None]]: ...
     def predict(self, session: Any, inputs: list[Any], pairs: list[Any] | None) -> list[Any]: ...  # Python API
     def predict_rows(self, session: Any, inputs: list[Any], pairs: list[Any] | None) -> list[dict[str, Any]]: ...  # lmtune predict's rows
-    def evaluate_file(self, session: Any, path: Path, columns: list[str] | None) -> dict[str, Any]: ...
+    # a labelled file read and checked without the model (lmtune eval reads it before loading the
+    # model), and the metrics of the model on it
+    def read_labelled(self, session: Any, path: Path, columns: list[str] | None) -> Any: ...
+    def evaluate_labelled(self, session: Any, labelled: Any) -> dict[str, Any]: ...

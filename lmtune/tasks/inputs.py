@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..data.readers import Table, read_table
-from ..errors import LmtuneError
+from ..errors import LmtuneError, option
 
 
 def column_names(session: Any, path: Path, columns: list[str] | None, *, named: bool) -> list[str] | None:
@@ -15,7 +15,7 @@ def column_names(session: Any, path: Path, columns: list[str] | None, *, named: 
     the run's data.columns. `named`: whether this file is read by named columns at all."""
     if not named:
         if columns is not None:
-            raise LmtuneError(f"--columns: {path} is read by a {session.task_name} model as it is "
+            raise LmtuneError(f"{option('--columns', 'columns')}: {path} is read by a {session.task_name} model as it is "
                               f"({path.suffix or 'no extension'}), not by named CSV/TSV columns")
         return None
     if columns is not None:
@@ -26,7 +26,7 @@ def column_names(session: Any, path: Path, columns: list[str] | None, *, named: 
 
 def no_template(session: Any, template: str | None) -> None:
     if template is not None:
-        raise LmtuneError(f"--prompt-template: a {session.task_name} model does not generate; "
+        raise LmtuneError(f"{option('--prompt-template', 'template')}: a {session.task_name} model does not generate; "
                           "the template is for generative runs")
 
 

@@ -23,7 +23,7 @@ from ..data.readers import Table
 from ..data.split import random_holdout
 from ..errors import LmtuneError
 from .causal_lm import read_texts
-from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length
+from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, tokenize_texts
 
 METRICS = ("loss", "perplexity")
 GREATER_IS_BETTER = {"loss": False, "perplexity": False}
@@ -260,7 +260,8 @@ def compute_metrics(
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "masked_tokens": int(tokens)}
 
 
-def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, Any]:
+def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Any = None,
+                  progress: bool = False) -> dict[str, Any]:
     return {}
 
 
@@ -311,9 +312,7 @@ def _fill(session: Any, texts: list[str]) -> tuple[list[list[list[dict[str, Any]
     check_texts(texts)
     if any(mask not in t for t in texts):
         raise LmtuneError(f"input {next(i for i, t in enumerate(texts) if mask not in t) + 1}: no {mask} token to fill in")
-    full = tokenizer(texts, truncation=False, verbose=False)
-    cut = [len(ids) > session.max_length for ids in full["input_ids"]]
-    enc = tokenizer(texts, truncation=True, max_length=session.max_length) if any(cut) else full
+    enc, cut = tokenize_texts(tokenizer, texts, None, session.max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     features = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
@@ -342,9 +341,13 @@ def predict_rows(session: Any, inputs: list[Any], pairs: Any) -> list[dict[str, 
     return [{"text": t, "masks": m, **({"truncated": True} if c else {})} for t, m, c in zip(inputs, masks, cut)]
 
 
-def evaluate_file(session: Any, path: Any, columns: list[str] | None) -> dict[str, Any]:
+def read_labelled(session: Any, path: Any, columns: list[str] | None) -> Table:
     """Masked once with the run's seed, like its validation set."""
     from .inputs import column_names
 
     column_names(session, path, columns, named=False)
-    return session.evaluate_table(read_table_to_mask(path, session.data))
+    return read_table_to_mask(path, session.data)
+
+
+def evaluate_labelled(session: Any, labelled: Table) -> dict[str, Any]:
+    return session.evaluate_table(labelled)

@@ -444,7 +444,8 @@ def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any 
     return out
 
 
-def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, Any]:
+def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Any = None,
+                  progress: bool = False) -> dict[str, Any]:
     return {}
 
 
@@ -506,7 +507,8 @@ def predict_rows(session: Any, inputs: list[Any], pairs: list[str] | None) -> li
     return [{"question": q, **pred} for q, pred in zip(questions, predict(session, inputs, pairs))]
 
 
-def evaluate_file(session: Any, path: Path, columns: list[str] | None) -> dict[str, Any]:
+def read_labelled(session: Any, path: Path, columns: list[str] | None) -> Table:
+    """Questions with their answers (a few whose answer_start misses their text dropped, and said)."""
     import sys
 
     from .inputs import column_names
@@ -516,4 +518,8 @@ def evaluate_file(session: Any, path: Path, columns: list[str] | None) -> dict[s
     table, note = drop_broken_answers(table, session.data.max_broken_answers)
     if note:
         print(f"lmtune: {note}", file=sys.stderr)
-    return session.evaluate_table(table)
+    return table
+
+
+def evaluate_labelled(session: Any, labelled: Table) -> dict[str, Any]:
+    return session.evaluate_table(labelled)

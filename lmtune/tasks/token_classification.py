@@ -189,16 +189,20 @@ def load_data(cfg: Any) -> TaskData:
 def _augment(train: Table, cfg: Any) -> tuple[Table, str, dict[str, Any]]:
     """EDA copies of the training sentences with their tags kept aligned (see data/augment.py)."""
     from .. import models
-    from ..data.augment import AugmentOptions, augment_sentences, gather_synonyms
+    from ..data.augment import AugmentOptions, Skipped, augment_sentences, gather_synonyms
 
     a = cfg.data.augment
     words = {t.lower() for r in train.rows for t, tag in zip(r["tokens"], r["tags"]) if tag == "O"}
     synonyms = gather_synonyms(a.synonyms, models.resolve(cfg.model) if a.embedding_synonyms else None, words)
+    skipped = Skipped()
     new = augment_sentences(train.rows, train.lines, spans, AugmentOptions.from_section(a), synonyms,
-                            cfg.train.seed, cfg.data.tag_scheme)
+                            cfg.train.seed, cfg.data.tag_scheme, skipped)
     table = type(train)(train.path, train.columns, train.rows + new, train.lines + [r["augmented_from"] for r in new])
-    summary = {"original": len(train), "augmented": len(new), "synonym_words": len(synonyms)}
-    return table, f"augment: {len(new)} augmented copies of {len(train)} training sentences (tags aligned)", summary
+    summary = {"original": len(train), "augmented": len(new), "skipped": skipped.total,
+               "skipped_by_reason": skipped.by_reason(), "synonym_words": len(synonyms)}
+    why = skipped.describe(len(train) * a.n_per_example)
+    return table, (f"augment: {len(new)} augmented copies of {len(train)} training sentences (tags aligned)"
+                   + (f"; {why}" if why else "")), summary
 
 
 # ---------------------------------------------------------------- tokenizing
@@ -352,7 +356,8 @@ def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, A
     }
 
 
-def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any) -> dict[str, Any]:
+def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Any = None,
+                  progress: bool = False) -> dict[str, Any]:
     return {}
 
 
@@ -571,11 +576,16 @@ def predict_rows(session: Any, inputs: list[Any], pairs: Any) -> list[dict[str, 
             for x, pred in zip(inputs, predict(session, inputs, pairs))]
 
 
-def evaluate_file(session: Any, path: Path, columns: list[str] | None) -> dict[str, Any]:
+def read_labelled(session: Any, path: Path, columns: list[str] | None) -> Table:
+    """Tagged sentences whose tags the model knows."""
     from .inputs import column_names
 
     column_names(session, path, columns, named=False)
     known = path.suffix.lower() in (*CONLL_SUFFIXES, ".jsonl", ".json")
     table = read_sentences(path, session.data.model_copy(update={"format": "auto"}) if known else session.data)
     check_tags(table, session.data.tag_scheme, session.labels, where="the model's tags")
-    return session.evaluate_table(table)
+    return table
+
+
+def evaluate_labelled(session: Any, labelled: Table) -> dict[str, Any]:
+    return session.evaluate_table(labelled)
