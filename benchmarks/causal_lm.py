@@ -4,11 +4,15 @@ fine-tuning of the bundled SmolLM2-135M, full and LoRA, in one run.
 Data: SAMSum dialogues with their summaries (../shared/data/samsum, 20 to 200 words each), rendered
 with the model's chat template as "Summarize the dialogue:\\n<dialogue>" -> "<summary>". Both sides
 train on every token (the Trainer with DataCollatorForLanguageModeling, lmtune with
-data.train_on_prompt), bf16 on, same learning rate, warmup, epochs and batch size (8 dialogues):
+data.train_on_prompt), the same precision rule (bf16 where the CPU is fast in it, fp32 elsewhere),
+same learning rate, warmup, epochs and batch size (8 dialogues):
 the Trainer's batches are random and padded to their longest dialogue; lmtune's are grouped by
 length (or, with --packing, rows of 512 tokens that hold several dialogues without attention
 across them, 2 rows a step). Speed is real (non-padding) tokens per second of training; quality is
-the token-weighted loss on held-out dialogues, computed by one function for both sides.
+the token-weighted loss on held-out dialogues, computed by one function for both sides. Model FLOPs
+utilisation: forward and backward FLOPs of the real tokens trained (torch.utils.flop_counter, on the
+model as each strategy trains it), per second of the training loop, over a matrix-product peak
+measured here in the same precision.
 
     python benchmarks/causal_lm.py [--train-rows 320] [--val-rows 64] [--strategies full,lora] [--packing]
                                    [--attention auto|eager|sdpa]   (lmtune's train.attention)
@@ -26,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, report, run_child, table  # noqa: E402
+from common import SHARED, cpu_kind, fast_bf16, flops_per_token, matmul_peak, report, run_child, table  # noqa: E402
 
 SAMSUM = SHARED / "samsum" / "val.csv"
 TEMPLATE = "Summarize the dialogue:\n{dialogue}"
@@ -59,13 +63,14 @@ def rendered(path: str, tokenizer) -> list[str]:
 
 
 def heldout_loss(model, tokenizer, texts: list[str]) -> float:
-    """Token-weighted cross-entropy over all tokens of the held-out texts (bf16 autocast)."""
+    """Token-weighted cross-entropy over all tokens of the held-out texts (in bf16 autocast where the
+    CPU is fast in it)."""
     import torch
     import torch.nn.functional as F
 
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16()):
         for text in texts:
             ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=COMMON["max_length"],
                             return_tensors="pt")["input_ids"]
@@ -90,7 +95,7 @@ def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool, att
             "strategy": strat,
             "train": {"epochs": COMMON["epochs"], "batch_size": 2 if packing else 8, "lr": LR[strategy],
                       "weight_decay": 0.0,
-                      "warmup_ratio": COMMON["warmup_ratio"], "seed": COMMON["seed"], "precision": "bf16",
+                      "warmup_ratio": COMMON["warmup_ratio"], "seed": COMMON["seed"], "precision": "auto",
                       "log_steps": 10, "attention": attention},
             "eval": {"generate_rows": 0},
         },
@@ -102,9 +107,25 @@ def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool, att
             "quality": heldout_loss(gen.model, gen.tokenizer, rendered(val, gen.tokenizer))}
 
 
+def trained_model(strategy: str):
+    """SmolLM2-135M as the strategy trains it (LoRA: peft adapters on every projection of the blocks)."""
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.models import resolve
+
+    model = AutoModelForCausalLM.from_pretrained(resolve("smollm2-135m"))
+    if strategy == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    return model
+
+
 def run_trainer(strategy: str, train: str, val: str, out: str, packing: bool, attention: str = "auto") -> dict:
     from datasets import Dataset
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
+    from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
                               TrainingArguments)
     from transformers.utils import logging
 
@@ -118,17 +139,11 @@ def run_trainer(strategy: str, train: str, val: str, out: str, packing: bool, at
     ds = ds.map(lambda b: tok(b["text"], add_special_tokens=False, truncation=True, max_length=COMMON["max_length"]),
                 batched=True, remove_columns=["text"])
     real_tokens = sum(len(ids) for ids in ds["input_ids"])
-    model = AutoModelForCausalLM.from_pretrained(path)
-    if strategy == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    model = trained_model(strategy)
     steps = COMMON["epochs"] * -(-len(ds) // 8)
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=8, num_train_epochs=COMMON["epochs"], learning_rate=LR[strategy],
-        weight_decay=0.0, warmup_steps=round(COMMON["warmup_ratio"] * steps), lr_scheduler_type="linear", bf16=True,
+        weight_decay=0.0, warmup_steps=round(COMMON["warmup_ratio"] * steps), lr_scheduler_type="linear", bf16=fast_bf16(),
         use_cpu=True, seed=COMMON["seed"], save_strategy="no", eval_strategy="no", report_to="none",
         logging_steps=10, disable_tqdm=True,
     )
@@ -157,19 +172,37 @@ def main() -> int:
     if not SAMSUM.is_file():
         print(f"skipped: {SAMSUM} not found (the SAMSum file lives in ../shared/data/samsum beside the repo)")
         return 0
+    bf16 = fast_bf16()
+    peak = matmul_peak(bf16)
+    print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; precision {'bf16' if bf16 else 'fp32'} on both sides "
+          f"(bf16 only where the CPU is fast in it); matrix-product peak {peak / 1e9:.1f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         train, val = write_data(tmp, args.train_rows, args.val_rows)
         for strategy in args.strategies.split(","):
+            per_token = strategy_flops_per_token(strategy, train)
             results: dict[str, list[dict]] = {"trainer": [], "lmtune": []}
             for side in ("trainer", "lmtune"):
                 r = run_child(__file__, ["--child", side, strategy, train, val, f"{tmp}/{side}-{strategy}",
                                          *(["--packing"] if args.packing else []), "--attention", args.attention])
                 results[side].append(r)
                 print(f"{strategy:5s} {side:8s} {r['speed']:8.1f} tokens/s  {r['peak_rss_mb']:7.0f} MB peak RSS  "
-                      f"held-out loss {r['quality']:.4f}  ({r['train_seconds']:.0f} s)", flush=True)
-            table(f"SmolLM2-135M {strategy} on SAMSum ({args.train_rows} dialogues, {COMMON['epochs']} epoch, bf16, "
-                  f"{os.cpu_count()} CPU cores)", results, "tokens/s", "held-out loss", "lower")
+                      f"held-out loss {r['quality']:.4f}  ({r['train_seconds']:.0f} s)  "
+                      f"MFU {per_token * r['speed'] / peak:.1%}", flush=True)
+            table(f"SmolLM2-135M {strategy} on SAMSum ({args.train_rows} dialogues, {COMMON['epochs']} epoch, "
+                  f"{'bf16' if bf16 else 'fp32'}, {cpu_kind()})", results, "tokens/s", "held-out loss", "lower")
     return 0
+
+
+def strategy_flops_per_token(strategy: str, train: str, rows: int = 4) -> float:
+    """FLOPs of forward and backward per real token, on the first `rows` training dialogues."""
+    from transformers import AutoTokenizer
+
+    from lmtune.models import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    ids = [tok(t, add_special_tokens=False, truncation=True, max_length=COMMON["max_length"])["input_ids"]
+           for t in rendered(train, tok)[:rows]]
+    return flops_per_token(trained_model(strategy), ids)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """Speed and quality of lmtune against a plain transformers.Trainer, side by side, in one run.
 
 Both fine-tune the bundled MiniLM-L6 on the first 8,000 training rows of SST-2 with the same batch
-size, epochs, learning rate, schedule, warmup, weight decay and seed, bf16 on, and are scored on
-the SST-2 dev rows. Each side runs in its own process so that peak memory (RSS) is its own.
+size, epochs, learning rate, schedule, warmup, weight decay and seed, and the same precision rule
+(bf16 where the CPU is fast in it, fp32 elsewhere: lmtune's train.precision: auto), and are scored
+on the SST-2 dev rows. Each side runs in its own process so that peak memory (RSS) is its own, and
+the whole process is timed too: start-up (imports, model, tokenizing), the training loop, the
+evaluations. Model FLOPs utilisation: the FLOPs of the matrix products of forward and backward on
+the real tokens trained (counted by torch.utils.flop_counter), per second of the training loop,
+over a matrix-product peak measured here in the same precision.
 
-    python benchmarks/classification.py [--rows 8000] [--epochs 1] [--seeds 42]
+    python benchmarks/classification.py [--rows 8000] [--dev-rows N] [--epochs 1] [--seeds 42]
 
 Needs ../shared/data/sst2 beside the repo; skips with a message when it is absent.
 """
@@ -20,7 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, report, run_child, table  # noqa: E402
+from common import (SHARED, cpu_kind, fast_bf16, flops_per_token, matmul_peak, report, run_child,  # noqa: E402
+                    spread)
 
 SST2 = SHARED / "sst2"
 COMMON = {"batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.06, "max_length": 128}
@@ -40,6 +46,7 @@ def write_subset(src: Path, dst: Path, rows: int | None) -> None:
 def run_lmtune(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) -> dict:
     import lmtune
 
+    start = time.perf_counter()
     result = lmtune.train(
         {
             "model": "minilm-l6",
@@ -48,14 +55,15 @@ def run_lmtune(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) -
                      "max_length": COMMON["max_length"]},
             "train": {"epochs": epochs, "batch_size": COMMON["batch_size"], "lr": COMMON["lr"],
                       "weight_decay": COMMON["weight_decay"], "warmup_ratio": COMMON["warmup_ratio"],
-                      "seed": seed, "precision": "bf16", "log_steps": 50},
+                      "seed": seed, "precision": "auto", "log_steps": 50},
         },
         overwrite=True,
         progress=False,
     )
-    m = result.metrics
-    return {"speed": m["train"]["samples_per_second"], "train_seconds": m["train"]["seconds"],
-            "quality": m["validation"]["accuracy"]}
+    m = result.metrics["train"]
+    return {"speed": m["samples_per_second"], "train_seconds": m["seconds"], "tokens": m["tokens"],
+            "setup_seconds": m["setup_seconds"], "eval_seconds": m["eval_seconds"] + m["final_seconds"],
+            "call_seconds": time.perf_counter() - start, "quality": result.metrics["validation"]["accuracy"]}
 
 
 def run_trainer(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) -> dict:
@@ -68,6 +76,7 @@ def run_trainer(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) 
     from lmtune.models import source_of
 
     logging.set_verbosity_error()
+    begin = time.perf_counter()
     path = source_of("minilm-l6")
     tok = AutoTokenizer.from_pretrained(path)
     ds = load_dataset("csv", data_files={"train": train_csv, "validation": dev_csv})
@@ -78,7 +87,7 @@ def run_trainer(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) 
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=COMMON["batch_size"], per_device_eval_batch_size=64,
         num_train_epochs=epochs, learning_rate=COMMON["lr"], weight_decay=COMMON["weight_decay"],
-        warmup_steps=round(COMMON["warmup_ratio"] * steps), lr_scheduler_type="linear", bf16=True,
+        warmup_steps=round(COMMON["warmup_ratio"] * steps), lr_scheduler_type="linear", bf16=fast_bf16(),
         use_cpu=True, seed=seed, save_strategy="no", eval_strategy="no", report_to="none",
         logging_steps=50, disable_tqdm=True,
     )
@@ -89,7 +98,9 @@ def run_trainer(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) 
     seconds = time.perf_counter() - start
     pred = trainer.predict(ds["validation"])
     accuracy = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
-    return {"speed": epochs * len(ds["train"]) / seconds, "train_seconds": seconds, "quality": accuracy}
+    return {"speed": epochs * len(ds["train"]) / seconds, "train_seconds": seconds, "setup_seconds": start - begin,
+            "eval_seconds": time.perf_counter() - start - seconds, "call_seconds": time.perf_counter() - begin,
+            "quality": accuracy}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -118,22 +129,61 @@ def main() -> int:
         print(f"skipped: {SST2} not found (the SST-2 files live in ../shared/data/sst2 beside the repo)")
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
+    bf16 = fast_bf16()
+    peak = matmul_peak(bf16)
+    print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; precision {'bf16' if bf16 else 'fp32'} on both sides "
+          f"(bf16 only where the CPU is fast in it); matrix-product peak {peak / 1e9:.1f} GFLOP/s", flush=True)
     results: dict[str, list[dict]] = {"lmtune": [], "trainer": []}
     with tempfile.TemporaryDirectory() as tmp:
         train_csv, dev_csv = f"{tmp}/train.csv", f"{tmp}/dev.csv"
         write_subset(SST2 / "train.tsv", Path(train_csv), args.rows)
         write_subset(SST2 / "dev.tsv", Path(dev_csv), args.dev_rows)
+        per_token = model_flops_per_token(train_csv)
         for seed in seeds:
             for side in ("trainer", "lmtune"):
+                began = time.perf_counter()
                 r = run_child(__file__, ["--child", side, "--train-csv", train_csv, "--dev-csv", dev_csv,
                                          "--out", f"{tmp}/{side}-{seed}", "--epochs", str(args.epochs),
                                          "--seed", str(seed)])
+                r["process_seconds"] = time.perf_counter() - began
                 results[side].append(r)
                 print(f"seed {seed} {side:8s} {r['speed']:8.1f} samples/s  "
-                      f"{r['peak_rss_mb']:7.0f} MB peak RSS  accuracy {r['quality']:.4f}", flush=True)
-    table(f"MiniLM-L6 on SST-2 ({args.rows} train rows, {args.epochs} epoch(s), batch {COMMON['batch_size']}, "
-          f"bf16, {len(seeds)} seed(s), {os.cpu_count()} CPU cores)", results, "samples/s", "val accuracy", "higher")
+                      f"{r['peak_rss_mb']:7.0f} MB peak RSS  accuracy {r['quality']:.4f}  "
+                      f"process {r['process_seconds']:.0f} s (loop {r['train_seconds']:.0f} s)", flush=True)
+    tokens = results["lmtune"][0]["tokens"]  # real tokens trained: the same rows for both sides
+    for rows in results.values():
+        for r in rows:
+            r["mfu"] = per_token * tokens / r["train_seconds"] / peak
+            r["outside"] = r["process_seconds"] - r["train_seconds"] - r["eval_seconds"]
+    title = (f"MiniLM-L6 on SST-2 ({args.rows} train rows, {args.epochs} epoch(s), batch {COMMON['batch_size']}, "
+             f"{'bf16' if bf16 else 'fp32'}, {len(seeds)} seed(s), {cpu_kind()})")
+    table(title, results, "samples/s", "val accuracy", "higher")
+    print(f"\n{'':10s} {'MFU':>6s} {'process s':>10s} {'start-up s':>11s} {'loop s':>8s} {'eval s':>8s}  val accuracy (spread)")
+    for side in ("trainer", "lmtune"):
+        rows = results[side]
+        avg = {k: sum(r[k] for r in rows) / len(rows) for k in ("mfu", "process_seconds", "outside", "train_seconds", "eval_seconds")}
+        print(f"{side:10s} {avg['mfu']:6.1%} {avg['process_seconds']:10.1f} {avg['outside']:11.1f} "
+              f"{avg['train_seconds']:8.1f} {avg['eval_seconds']:8.1f}  {spread(rows, 'quality')}")
+    whole = sum(r["process_seconds"] for r in results["trainer"]) / sum(r["process_seconds"] for r in results["lmtune"])
+    print(f"whole process, Trainer / lmtune: {whole:.2f}x; FLOPs per real token {per_token / 1e6:.1f} M "
+          f"(forward and backward), {tokens:,} tokens trained")
     return 0
+
+
+def model_flops_per_token(train_csv: str, rows: int = 64) -> float:
+    """FLOPs of forward and backward per real token of MiniLM-L6 with a 2-label head, over the
+    first `rows` training texts."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmtune.models import source_of
+
+    path = source_of("minilm-l6")
+    tok = AutoTokenizer.from_pretrained(path)
+    with open(train_csv, encoding="utf-8") as f:
+        texts = [row[0] for row in list(csv.reader(f))[1 : rows + 1]]
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    ids = [tok(t, truncation=True, max_length=COMMON["max_length"])["input_ids"] for t in texts]
+    return flops_per_token(model, ids)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,58 @@ def cpu_kind() -> str:
     return f"{name} ({fast})"
 
 
+def fast_bf16() -> bool:
+    """The precision rule of train.precision: auto, for both sides of a benchmark: bf16 where the
+    hardware is fast in it, fp32 elsewhere."""
+    from lmtune.training import bf16_available
+
+    return bf16_available()
+
+
+def matmul_peak(bf16: bool, n: int = 2048, repeats: int = 8) -> float:
+    """FLOP/s of the best of `repeats` n x n matrix products in the run's precision, on this machine
+    now: the roof that a training step's matrix products can reach."""
+    import time
+
+    import torch
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def flops_per_token(model, rows: list[list[int]], extra: dict | None = None) -> float:
+    """Model FLOPs (matrix products of forward and backward, as torch.utils.flop_counter counts
+    them) per real token, over `rows` of token ids run one at a time without padding: the useful
+    work of a training step, the same for both sides whatever their batching."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total = tokens = 0
+    for ids in rows:
+        x = torch.tensor([ids])
+        with FlopCounterMode(display=False) as counter:
+            out = model(input_ids=x, attention_mask=torch.ones_like(x), **(extra or {}))
+            (out.loss if out.loss is not None else out.logits.float().sum()).backward()
+        total += counter.get_total_flops()
+        tokens += len(ids)
+    model.zero_grad(set_to_none=True)
+    return total / tokens
+
+
+def spread(rows: list[dict], key: str) -> str:
+    """Mean and, over several seeds, the spread (min-max) of a result."""
+    values = [r[key] for r in rows]
+    m = sum(values) / len(values)
+    return f"{m:.4f}" + (f" ({min(values):.4f}-{max(values):.4f})" if len(values) > 1 else "")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

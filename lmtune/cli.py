@@ -1,4 +1,4 @@
-"""The `lmtune` command: train | search | compare | eval | predict | generate | serve | export | data | models | keys."""
+"""The `lmtune` command: train | search | compare | eval | predict | generate | serve | explain | export | report | data | models | keys."""
 
 from __future__ import annotations
 
@@ -59,7 +59,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, data=data, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.output_dir}", file=sys.stderr)
-        _print_json({k: {m: v for m, v in d.items() if m != "per_class"} for k, d in result.metrics.items()})
+        shown = {k: {m: v for m, v in d.items() if m != "per_class"} for k, d in result.metrics.items() if k != "diagnosis"}
+        if "diagnosis" in result.metrics:  # (its lines went to stderr above; metrics.json holds all of it)
+            shown["diagnosis"] = {"verdict": result.metrics["diagnosis"].get("verdict")}
+        _print_json(shown)
     return 0
 
 
@@ -227,6 +230,54 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import check_explainable
+    from .preflight import check_output, check_run_and_file
+    from .saved_run import read_for_inference
+
+    # the outputs, the run, its task and the input file: all checked before the model is loaded
+    for flag, path, suffixes in (("-o", args.output, (".html", ".htm")), ("--attention", args.attention, (".png",))):
+        if path and Path(path).suffix.lower() not in suffixes:
+            raise LmtuneError(f"{flag} {path}: name the file {suffixes[0]} (it is written as {suffixes[0][1:].upper()})")
+        check_output(path, args.overwrite)
+    if args.steps < 1:
+        raise LmtuneError(f"--steps {args.steps}: integration needs at least 1 step")
+    layer = int(args.attention_layer) if args.attention_layer.lstrip("-").isdigit() else args.attention_layer
+    saved = read_for_inference(args.run_dir)
+    check_explainable(saved.task, saved.folder, args.word)
+    checked = None
+    if args.input is not None:
+        checked = check_run_and_file(args.run_dir, args.input, columns=args.columns, renamed=_renamed_columns(args))
+    elif args.columns is not None or args.text_column is not None:
+        raise LmtuneError(f"{'--columns' if args.columns is not None else '--text-column'}: only with --input FILE")
+    from .explain import attention_map
+    from .explain_render import color_enabled, render_html, render_text, summary
+    from .inference import load
+
+    model = load(checked.saved if checked else saved)
+    inputs: list = [args.text]
+    pairs = None
+    if checked is not None:
+        model.data = checked.data
+        _, inputs, pairs = model.read_inputs(args.input, columns=args.columns)
+    explanations = model.explain(inputs, pairs, steps=args.steps, word=args.word)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(render_html(explanations, title=f"lmtune explain: {model.name}"), encoding="utf-8")
+        os.replace(tmp, out)
+        s = summary(explanations)
+        print(f"wrote {s['predictions']} explained predictions of {s['inputs']} inputs to {out} (largest delta: "
+              f"{s['largest_relative_delta']:.2%} of the explained difference)", file=sys.stderr)
+    else:
+        print(render_text(explanations, color=color_enabled(sys.stdout)))
+    if args.attention:
+        attention_map(model, inputs[0], args.attention, pair=pairs[0] if pairs else None, layer=layer)
+        print(f"wrote the attention map of input 1 to {args.attention}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .saved_run import read_run
 
@@ -235,6 +286,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export(args.run_dir, args.output, merge=args.merge, overwrite=args.overwrite)
     print(f"wrote a plain transformers model to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import REPORT_NAME, write_report
+
+    folders = [Path(p) for p in args.run_dirs]
+    if args.output is None and len(folders) == 1:  # a run's own report is drawn from its files: drawn again
+        print(write_report(folders, folders[0] / REPORT_NAME, overwrite=True))
+        return 0
+    print(write_report(folders, Path(args.output or REPORT_NAME), overwrite=args.overwrite))
     return 0
 
 
@@ -596,12 +658,44 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask (422 above)")
     sv.set_defaults(func=cmd_serve)
 
+    ex = sub.add_parser("explain", help="which words a prediction rests on: integrated gradients, coloured text or HTML",
+                        description="Token attributions by integrated gradients on the input word embeddings "
+                        "(classification: the predicted label's logit; token classification: each word tagged other "
+                        "than O, its tag's logit at its first sub-token), from a baseline of pad tokens. Green: "
+                        "towards the prediction, red: against it. delta = sum of attributions - (logit - baseline "
+                        "logit): the integral's error; more --steps make it smaller.")
+    ex.add_argument("run_dir", help="a classification or token_classification run folder (or model folder)")
+    source = ex.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="one text to explain")
+    source.add_argument("--input", help="a file of inputs, read as lmtune predict reads it")
+    ex.add_argument("-o", "--output", help="write an HTML page here instead of coloured text to stdout")
+    ex.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ex.add_argument("--steps", type=int, default=50, help="integration steps (default 50; more: smaller delta, slower)")
+    ex.add_argument("--word", type=int, default=None, metavar="N",
+                    help="token classification: explain word N's tag (0 is the first word), O included")
+    ex.add_argument("--attention", default=None, metavar="MAP.png",
+                    help="also write the attention map (mean over heads) of the first input as a PNG")
+    ex.add_argument("--attention-layer", default="last", metavar="LAYER",
+                    help="the map's layer: last (default: the one the head reads), mean (over layers) or a number from 0")
+    _column_flags(ex, run=True, labels=False)
+    ex.set_defaults(func=cmd_explain)
+
     x = sub.add_parser("export", help="write a run's model as a plain transformers folder")
     x.add_argument("run_dir")
     x.add_argument("-o", "--output", required=True, help="folder to write")
     x.add_argument("--merge", action="store_true", help="merge LoRA adapters into the base weights")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     x.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="an HTML report (figures embedded, PNGs beside it) of a run, or several compared")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="run folders; a search or compare folder stands for its runs")
+    rp.add_argument("-o", "--output", default=None,
+                    help="the HTML file (default: RUN_DIR/report.html for one folder, report.html here for several); "
+                    "its figures go in <name>_files/ beside it")
+    rp.add_argument("--overwrite", action="store_true",
+                    help="replace an existing report file (a run's own RUN_DIR/report.html is always drawn again)")
+    rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("data", help="look at data as lmtune will train on it")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=Parser)

@@ -224,7 +224,20 @@ class DataConfig(Section):
 
 
 class EvalConfig(Section):
-    """Generation metrics (causal_lm with references): greedy outputs on some validation rows."""
+    """What every evaluation measures besides validation: the same metrics on a sample of the training
+    split (the train-validation gap shows overfitting), the perplexity of general text (forgetting),
+    and generation metrics (causal_lm with references: greedy outputs on some validation rows)."""
+
+    train_sample: int = Field(
+        1000, ge=0, description="score a seeded sample of this many training rows at every evaluation, at most as "
+        "many as the validation rows (the overfitting diagnosis compares the two); 0: none"
+    )
+    forgetting: bool | str = Field(
+        False, description="causal_lm and masked_lm: the perplexity of a general-domain text at every evaluation, "
+        "beside the base model's (did tuning make the model worse at what it knew?); true: the text that ships "
+        "with lmtune, or a text file (.txt, one passage a line, or .jsonl with a text field)",
+        json_schema_extra=only("causal_lm", "masked_lm"),
+    )
 
     generate_rows: int = Field(16, ge=0, description="validation rows to generate for (ROUGE, BLEU, chrF); 0: none", json_schema_extra=only("causal_lm"))
     max_new_tokens: int = Field(64, ge=1, description="new tokens per generation", json_schema_extra=only("causal_lm"))
@@ -348,6 +361,11 @@ class TrainConfig(Section):
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many evaluations without improvement"
+    )
+    report: bool = Field(True, description="write report.html (curves, diagnosis, per-task tables) into the run folder at the end")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="trackers that receive the logged scalars and the "
+        "hyperparameters (accelerate's trackers); tensorboard writes event files into the run folder; []: none"
     )
     keep_checkpoints: Literal["last", "best", "none"] = Field(
         "last", description="the checkpoints kept once the run has finished (model/ always is): last (the whole "

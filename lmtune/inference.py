@@ -173,6 +173,14 @@ class Predictor:
         """Task metrics on what the task's read_labelled read of a labelled file."""
         return self.task.evaluate_labelled(self, labelled)
 
+    def explain(self, inputs: list[Any] | Any, pairs: list[str] | None = None, **options: Any) -> list[Any]:
+        """Which words each prediction rests on (integrated gradients; classification and token
+        classification): one lmtune.explain.Explanation per input. Options: steps, word,
+        internal_batch_size (see lmtune.explain.explain)."""
+        from .explain import explain
+
+        return explain(self, inputs, pairs, **options)
+
 
 class Generator(Predictor):
     """A causal LM ready to generate: batched (left padding, KV cache) or streamed.

@@ -86,8 +86,11 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 # Keys a resumed run may change: how it logs, how many threads it takes, how patient its early
-# stopping is, which checkpoints it keeps at the end; the rest of its config stays as it started.
-RESUMABLE = ("train.log_steps", "train.threads", "train.early_stopping_patience", "train.keep_checkpoints")
+# stopping is, which checkpoints it keeps at the end, whether it writes report.html and which
+# trackers it reports to (none of them changes what is computed); the rest of its config stays as
+# it started.
+RESUMABLE = ("train.log_steps", "train.threads", "train.early_stopping_patience", "train.keep_checkpoints",
+             "train.report", "train.report_to")
 
 
 class RunDir:

@@ -56,8 +56,10 @@ class LoopState:
     bad_evals: int = 0
     history_lines: int = 0
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0  # evaluations and checkpoints during the loop
     train_samples: int = 0
     train_tokens: int = 0  # real (non-padding) tokens
+    base_perplexity: float | None = None  # of the general text (eval.forgetting) before the first step
     processes: int = 1  # a mid-epoch position counts global batches of this many processes
     # [processes, global batches] of `epoch` trained before a resume with another number of processes
     earlier_in_epoch: list[list[int]] = field(default_factory=list)
@@ -170,10 +172,11 @@ def compile_blocks(model: Any) -> None:
         block.compile(dynamic=True)
 
 
-def make_accelerator(precision: str) -> Any:
+def make_accelerator(precision: str, **options: Any) -> Any:
     """An Accelerator for one run. accelerate keeps its settings in a process-wide singleton, so a
     second run in the same process (a search, a test, a notebook) with another precision would be
-    refused: reset those settings, but keep the process group of a distributed launch."""
+    refused: reset those settings, but keep the process group of a distributed launch. `options`:
+    more Accelerator arguments (the trackers of lmtune.tracking)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -186,7 +189,7 @@ def make_accelerator(precision: str) -> Any:
     GradientState._reset_state()
     # under torchrun without GPUs, accelerate only forms a (gloo) process group when told to use the CPU
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision(precision), cpu=cpu)
+    return Accelerator(mixed_precision=mixed_precision(precision), cpu=cpu, **options)
 
 
 def is_better(value: float, loss: float | None, best: float | None, best_loss: float | None, greater: bool) -> bool:
@@ -198,6 +201,70 @@ def is_better(value: float, loss: float | None, best: float | None, best_loss: f
     if value != best:
         return value > best if greater else value < best
     return loss is not None and best_loss is not None and loss < best_loss
+
+
+@dataclass
+class Evaluation:
+    """What every evaluation runs: validation (it picks the best model; early stopping watches it)
+    and beside it a sample of the training split (the train-validation gap shows overfitting) and
+    general text (its perplexity against the base model's shows forgetting)."""
+
+    validation: Any
+    train_sample: Any = None
+    general_text: Any = None
+    # the latest evaluation's per-example outputs by split, and its step: when that step's model is
+    # the final one, the final evaluation reuses them instead of running the same forwards again
+    outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    outputs_step: int | None = None
+
+    def run(self, task: Any, model: Any, accelerator: Any, labels: list[str], cfg: RunConfig,
+            state: LoopState) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the validation metrics, the evaluation record's other parts: train_eval, forgetting)."""
+        self.outputs, self.outputs_step = {}, state.step
+        metrics = self.scores("validation", task, model, accelerator, labels, cfg)
+        more: dict[str, Any] = {}
+        if self.train_sample is not None:
+            more["train_eval"] = brief(self.scores("train_sample", task, model, accelerator, labels, cfg))
+        if self.general_text is not None and state.base_perplexity is not None:
+            more["forgetting"] = self.forgetting(task, model, accelerator, cfg, state.base_perplexity)
+        return metrics, more
+
+    def scores(self, name: str, task: Any, model: Any, accelerator: Any, labels: list[str], cfg: RunConfig) -> dict[str, Any]:
+        loader = getattr(self, name)
+        self.outputs[name] = evaluate(task, model, loader, accelerator, cfg)
+        return task.compute_metrics(self.outputs[name], labels, cfg, loader.dataset)
+
+    def perplexity(self, task: Any, model: Any, accelerator: Any, cfg: RunConfig) -> float:
+        return float(eval_metrics(task, model, self.general_text, accelerator, [], cfg)["perplexity"])
+
+    def forgetting(self, task: Any, model: Any, accelerator: Any, cfg: RunConfig, base: float) -> dict[str, float]:
+        from . import forgetting
+
+        now = self.perplexity(task, model, accelerator, cfg)
+        return {"perplexity": round(now, 4), "base_perplexity": round(base, 4),
+                "change": round(forgetting.change(base, now), 4)}
+
+
+def brief(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as a history record holds them (without the per-class table)."""
+    return {k: v for k, v in metrics.items() if k != "per_class"}
+
+
+def general_text_features(task: Any, tokenizer: Any, cfg: RunConfig) -> list[dict[str, Any]] | None:
+    """eval.forgetting: the general text as the task's own evaluation blocks (plain text, cut into
+    blocks of data.max_length; a masked LM's masked once with train.seed), or None when unset."""
+    from . import forgetting
+    from .data.readers import Table
+
+    path = forgetting.text_path(cfg.eval.forgetting)
+    if path is None:
+        return None
+    column = cfg.data.text_column
+    passages = forgetting.read_passages(path)
+    table = Table(path, [column], [{column: p} for p in passages], list(range(1, len(passages) + 1)))
+    table.mask_once = True  # type: ignore[attr-defined]
+    as_text = cfg.model_copy(update={"data": cfg.data.model_copy(update={"shape": "text", "packing": False})})
+    return task.prepare(table, tokenizer, as_text, [])[0]
 
 
 def _loader(features: list[dict[str, Any]], sampler: EpochBatchSampler, collate: Any) -> torch.utils.data.DataLoader:
@@ -336,21 +403,26 @@ def train(
 def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluate: EvalCallback | None,
          progress: bool, train_sample_rows: int) -> RunResult:
     """The run itself (see train)."""
+    started = time.perf_counter()
     from accelerate.utils import set_seed
+
+    from . import tracking
 
     task = get_task(cfg.task)
     run = RunDir(cfg.output_dir or "runs/run")
+    tracking.check_installed(cfg.train.report_to)
     # Read and check all data before anything is written or loaded.
     data = task.load_data(cfg) if data is None else data
     model_path = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(model_path)
     cfg, resolved, resolved_notes = resolve_defaults(cfg, task, data, tokenizer)  # before config.yaml is written
     t = cfg.train
-    accelerator = make_accelerator(t.precision)
+    accelerator = make_accelerator(t.precision, **tracking.accelerator_options(t.report_to, run.path))
     main = accelerator.is_main_process
     if main:
         resume = run.start(cfg.to_yaml(), resume=resume, overwrite=overwrite)
     resume = collectives.main_decides(accelerator, resume)  # the run folder's answer, for every process
+    tracking.start(accelerator, cfg, run.path.name)
     for note in resolved_notes:  # (only now: a refused run folder prints its error alone)
         log(note)
     if t.precision == "auto" and accelerator.mixed_precision == "no":
@@ -371,8 +443,11 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
             how = truncated[name].describe() if hasattr(truncated[name], "describe") else ""
             log(f"{name}: {truncated[name]} of {len(table)} inputs longer than data.max_length={cfg.data.max_length} "
                 f"were truncated" + (f": {how}" if how else ""))
-    if train_sample_rows:  # (not in the data record: these examples are in the train split already)
-        sample = data.train.subset(seeded_sample(len(data.train), train_sample_rows, t.seed))
+    # the training sample, scored at every evaluation beside validation: at most as many rows as
+    # validation (the two are compared, and it must not cost more than validation does)
+    sample_rows = train_sample_rows or min(cfg.eval.train_sample, len(data.validation))
+    if sample_rows:  # (not in the data record: these examples are in the train split already)
+        sample = data.train.subset(seeded_sample(len(data.train), sample_rows, t.seed))
         features["train_sample"], _ = task.prepare(sample, tokenizer, cfg, data.labels)
     for note in data.notes:
         log(note)
@@ -434,6 +509,11 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
         if name != "train"
     }
     train_loader = _loader(features["train"], train_sampler, collate)
+    general = general_text_features(task, tokenizer, cfg)
+    general_loader = None if general is None else _loader(
+        general, EpochBatchSampler([len(f["input_ids"]) for f in general], eval_bs, seed=t.seed, shuffle=False,
+                                   pad_empty=fsdp, **shard), collate)
+    evaluation = Evaluation(loaders["validation"], loaders.get("train_sample"), general_loader)
     if not fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
     if models.is_adapter(accelerator.unwrap_model(model)):  # checkpoints without the frozen base model
@@ -485,6 +565,9 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
         log(f"resumed from {ckpt} at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_in_epoch})")
     elif main:
         run.history.unlink(missing_ok=True)
+    if general_loader is not None and state.base_perplexity is None and not resume:
+        state.base_perplexity = evaluation.perplexity(task, model, accelerator, cfg)
+        log(f"eval.forgetting: the base model's perplexity on the general text is {state.base_perplexity:.2f}")
 
     threads = torch.get_num_threads()
     cpu_threads_each = f" ({threads} thread{'s' if threads > 1 else ''} each)" if accelerator.device.type == "cpu" else ""
@@ -495,13 +578,14 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
         f"{len(features['train'])} examples, global batch "
         f"{t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, {total_steps} steps"
     )
+    setup_seconds = time.perf_counter() - started
     with PeakMemory(accelerator.device) as peak:
         stopped_early = fit(
             cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, plan.update, train_loader,
-            train_sampler, loaders["validation"], state, total_steps, on_evaluate, progress,
+            train_sampler, evaluation, state, total_steps, on_evaluate, progress,
         )
     return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early, peak.megabytes,
-                  progress=progress)
+                  progress=progress, evaluation=evaluation, setup_seconds=setup_seconds)
 
 
 def fit(
@@ -516,7 +600,7 @@ def fit(
     update_strategy: Callable[[int, int], "str | None"],
     train_loader: Any,
     sampler: EpochBatchSampler,
-    val_loader: Any,
+    evaluation: Evaluation,
     state: LoopState,
     total_steps: int,
     on_evaluate: EvalCallback | None,
@@ -525,6 +609,8 @@ def fit(
     """The loop. Returns True when early stopping (or a callback) ended it."""
     from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
+
+    from . import tracking
 
     t = cfg.train
     main = accelerator.is_main_process
@@ -543,6 +629,7 @@ def fit(
         if main:
             run.append_history(record)
             state.history_lines += 1
+            tracking.log(accelerator, record)
 
     for epoch in range(state.epoch, t.epochs if not t.max_steps else 10**9):
         if state.step >= total_steps:
@@ -591,6 +678,7 @@ def fit(
                     "epoch": round(epoch + (micro + 1) / n_micro, 4),
                     "loss": round(collectives.mean(accelerator, window_loss / window_batches), 6),
                     "lr": scheduler.get_last_lr()[0],
+                    "lrs": group_lrs(optimizer, scheduler),
                     "samples_per_second": round(window_samples / elapsed, 2),
                     "tokens_per_second": round(window_tokens / elapsed, 1),
                 }
@@ -606,7 +694,7 @@ def fit(
             last = state.step >= total_steps
             stop = False
             if due or last:
-                metrics = eval_metrics(task, model, val_loader, accelerator, labels, cfg)
+                metrics, more = evaluation.run(task, model, accelerator, labels, cfg, state)
                 value = metrics[t.metric]
                 improved = is_better(value, metrics.get("loss"), state.best_metric, state.best_loss, greater)
                 if improved:
@@ -615,13 +703,9 @@ def fit(
                     save_model(accelerator, model, run.best)
                 else:
                     state.bad_evals += 1
-                shown = {k: v for k, v in metrics.items() if k != "per_class"}
-                log_record({"step": state.step, "epoch": round(epoch + (micro + 1) / n_micro, 4), "eval": shown})
-                brief = dict.fromkeys([t.metric, "accuracy", "f1_macro", "loss"])
-                log(
-                    f"step {state.step} eval: " + ", ".join(f"{k} {shown[k]:.4f}" for k in brief if k in shown)
-                    + (" (best)" if improved else "")
-                )
+                shown = brief(metrics)
+                log_record({"step": state.step, "epoch": round(epoch + (micro + 1) / n_micro, 4), "eval": shown, **more})
+                log(eval_line(state.step, t.metric, shown, more, improved))
                 if t.early_stopping_patience and state.bad_evals >= t.early_stopping_patience:
                     log(f"early stopping: no better {t.metric} in {state.bad_evals} evaluations")
                     stop = True
@@ -633,6 +717,7 @@ def fit(
                 if end_of_epoch:
                     state.next_epoch(epoch)
                 save_checkpoint(accelerator, run, state, (model, optimizer) if t.distributed == "fsdp" else None)
+                state.eval_seconds += time.perf_counter() - now
                 tick = time.perf_counter()  # evaluation and saving are not training time
                 window_start = tick
             elif end_of_epoch:
@@ -646,6 +731,25 @@ def fit(
         state.next_epoch(epoch)
     bar.close()
     return False
+
+
+def eval_line(step: int, metric: str, shown: dict[str, Any], more: dict[str, Any], improved: bool) -> str:
+    """An evaluation as one line: the headline metrics, the training sample's value of the run's
+    metric beside them, and the general text's perplexity change."""
+    headline = dict.fromkeys([metric, "accuracy", "f1_macro", "loss"])
+    line = f"step {step} eval: " + ", ".join(f"{k} {shown[k]:.4f}" for k in headline if k in shown)
+    on_train = more.get("train_eval", {}).get(metric)
+    if isinstance(on_train, (int, float)):
+        line += f" (training sample: {metric} {on_train:.4f})"
+    if "forgetting" in more:
+        line += f"; general text perplexity {more['forgetting']['change']:+.0%}"
+    return line + (" (best)" if improved else "")
+
+
+def group_lrs(optimizer: Any, scheduler: Any) -> dict[str, float]:
+    """The learning rate of each parameter group by its name (the strategy's: layers, head, their
+    no-decay twins), so that a report can draw adaptive and gradual strategies layer by layer."""
+    return {group.get("name", f"group{i}"): lr for i, (group, lr) in enumerate(zip(optimizer.param_groups, scheduler.get_last_lr()))}
 
 
 def step_line(record: dict[str, Any], total_steps: int) -> str:
@@ -706,13 +810,22 @@ def finish(
     peak_megabytes: float | None = None,
     *,
     progress: bool = True,
+    evaluation: Evaluation | None = None,
+    setup_seconds: float | None = None,
 ) -> RunResult:
-    """Put the best model in model/, evaluate it on validation and test, write metrics.json.
+    """Put the best model in model/, evaluate it on validation and test (and the training sample),
+    write metrics.json with the diagnosis, validation_samples.jsonl and report.html.
     `progress`: a progress bar for long work here (the generation pass of a causal LM)."""
-    if run.best.is_dir() and sharding.is_sharded(model):
-        sharding.load_folder(model, run.best)
-    elif run.best.is_dir():
-        models.load_saved_weights(accelerator.unwrap_model(model), run.best)
+    started = time.perf_counter()
+    # the model in memory is the best one when the best evaluation was the latest (the usual end of a
+    # run whose validation still improved): neither its weights nor its outputs need computing again
+    current = evaluation is not None and state.best_step is not None and evaluation.outputs_step == state.best_step
+    reused = evaluation.outputs if current and evaluation is not None else {}
+    if run.best.is_dir() and not current:
+        if sharding.is_sharded(model):
+            sharding.load_folder(model, run.best)
+        else:
+            models.load_saved_weights(accelerator.unwrap_model(model), run.best)
     labels = data.labels
     save_model(accelerator, model, run.model, tokenizer)
     if accelerator.is_main_process:
@@ -721,12 +834,20 @@ def finish(
         write_json_atomic(run.model / "lmtune.json", {"task": cfg.task, "labels": labels, "model": cfg.model,
                                                       "attention": attention})
     metrics: dict[str, Any] = {}
+    samples: list[dict[str, Any]] = []
     for name, loader in loaders.items():
-        metrics[name] = eval_metrics(task, model, loader, accelerator, labels, cfg)
+        outputs = reused[name] if name in reused else evaluate(task, model, loader, accelerator, cfg)
+        metrics[name] = task.compute_metrics(outputs, labels, cfg, loader.dataset)
+        if name == "validation":  # what the model answered, for the report
+            samples = task.validation_samples(outputs, labels, cfg, loader.dataset, data.validation)
     # generation runs the blocks eagerly: its growing KV cache would make compiled blocks recompile
     with accelerator.autocast(), torch.compiler.set_stance("force_eager"):
-        metrics["validation"].update(task.extra_metrics(accelerator.unwrap_model(model), tokenizer, data, cfg, log=log,
-                                                        progress=progress and accelerator.is_main_process))
+        extra = task.extra_metrics(accelerator.unwrap_model(model), tokenizer, data, cfg, log=log,
+                                   progress=progress and accelerator.is_main_process)
+    samples += extra.pop("samples", [])
+    metrics["validation"].update(extra)
+    if evaluation is not None and evaluation.general_text is not None and state.base_perplexity is not None:
+        metrics["forgetting"] = evaluation.forgetting(task, model, accelerator, cfg, state.base_perplexity)
     seconds = max(state.train_seconds, 1e-9)
     trainable, parameters = strategies.parameter_counts(model)
     metrics["train"] = {
@@ -742,11 +863,54 @@ def finish(
         "trainable_parameters": trainable,
         "parameters": parameters,
         "peak_memory_mb": peak_megabytes,  # GPU: allocated by torch; CPU: the process's resident set
+        # the time outside the training steps: reading, tokenizing and loading before the first step;
+        # evaluations and checkpoints during the loop; the final model's evaluation (generation too)
+        "setup_seconds": None if setup_seconds is None else round(setup_seconds, 2),
+        "eval_seconds": round(state.eval_seconds, 2),
+        "final_seconds": round(time.perf_counter() - started, 2),
     }
     history = []
     if accelerator.is_main_process:
+        history = [json.loads(line) for line in run.history.read_text().splitlines() if line.strip()]
+        metrics["diagnosis"] = run_diagnosis(cfg, task, history, metrics)
+        write_text_atomic(run.path / "validation_samples.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
         write_json_atomic(run.metrics, metrics)
         run.prune_checkpoints(cfg.train.keep_checkpoints)  # only now: a run killed before metrics.json resumes
-        history = [json.loads(line) for line in run.history.read_text().splitlines() if line.strip()]
+        if cfg.train.report:
+            write_report(run.path)
+    from . import tracking
+
+    tracking.end(accelerator)
     accelerator.wait_for_everyone()
     return RunResult(run.path, metrics, state.best_step, stopped_early, history)
+
+
+def run_diagnosis(cfg: RunConfig, task: Any, history: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The overfitting diagnosis of the run (lmtune.diagnosis), logged line by line. The chance
+    level of accuracy is the majority class's share of validation, where the task counts classes."""
+    from .diagnosis import diagnose, lines
+
+    per_class = metrics["validation"].get("per_class") or {}
+    supports = [row.get("support", 0) for row in per_class.values() if isinstance(row, dict)]
+    chance = {"accuracy": max(supports) / sum(supports)} if supports and sum(supports) else {}
+    metric = cfg.train.metric
+    try:
+        diagnosis = diagnose(history, metric, task.GREATER_IS_BETTER[metric], chance=chance,
+                             config=cfg.model_dump(mode="json"))
+    except Exception as exc:  # noqa: BLE001 (a diagnosis never fails a run that has succeeded)
+        log(f"warning: no diagnosis: {type(exc).__name__}: {exc}")
+        return {"verdict": "unknown", "error": f"{type(exc).__name__}: {exc}"}
+    for line in lines(diagnosis):
+        log(line)
+    return diagnosis
+
+
+def write_report(path: Path) -> None:
+    """report.html into the run folder; a report that cannot be built is a warning, never a failed run."""
+    try:
+        from .report import write_run_report
+
+        log(f"report: {write_run_report(path)}")
+    except Exception as exc:  # noqa: BLE001 (the run itself has succeeded: say why, go on)
+        log(f"warning: report.html was not written: {type(exc).__name__}: {exc}")

@@ -206,3 +206,16 @@ def wait_for_checkpoint(run_dir: Path, ready, proc, timeout: float = 600) -> dic
             return state
         time.sleep(0.05)
     return loop_state(run_dir)
+
+
+def report_sections(run_dir: Path) -> set[str]:
+    """The sections of a run's report.html (their ids), after checking that every embedded image
+    is a PNG and that the page has no script."""
+    import base64
+    import re
+
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert images and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "<script" not in page
+    return set(re.findall(r'<section id="([^"]+)"', page))

@@ -17,6 +17,8 @@ from lmtune.errors import LmtuneError
 from lmtune.models import load_tokenizer
 from lmtune.tasks import causal_lm
 
+from .conftest import report_sections
+
 CHATS = [
     {"messages": [{"role": "user", "content": "what does a flat fix cost ?"},
                   {"role": "assistant", "content": "twelve euro please ."}]},
@@ -182,6 +184,9 @@ def test_lora_changes_only_adapters_and_merges_to_the_same_logits(tiny_llama, tm
     cfg = _cfg(tiny_llama, tmp_path, train)
     cfg["strategy"] = {"name": "lora", "r": 4, "alpha": 8}
     result = lmtune.train(cfg, progress=False)
+    assert {"diagnosis", "metrics", "loss", "perplexity", "generations"} <= report_sections(result.output_dir)
+    samples = [json.loads(line) for line in (result.output_dir / "validation_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all({"prompt", "reference", "generated"} <= set(r) for r in samples)
     adapter = load_file(str(result.output_dir / "model" / "adapter_model.safetensors"))
     assert adapter and all("lora_" in k for k in adapter)
     assert any(float(v.abs().sum()) > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero

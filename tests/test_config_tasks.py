@@ -75,7 +75,7 @@ def test_the_resolved_config_holds_the_run_tasks_keys_only(tmp_path):
     train = tmp_path / "t.csv"
     train.write_text("text,label\na,x\nb,y\n")
     saved = yaml.safe_load(validate({"model": "minilm-l6", "data": {"train": str(train)}}).to_yaml())
-    assert "label_column" in saved["data"] and "packing" not in saved["data"] and saved["eval"] == {}
+    assert "label_column" in saved["data"] and "packing" not in saved["data"] and saved["eval"] == {"train_sample": 1000}
     # and reading it back (as `lmtune eval` does with a run's config.yaml) is valid
     assert validate(saved, check_files=False).data.label_column == "label"
 

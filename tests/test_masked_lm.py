@@ -18,7 +18,7 @@ from lmtune.models import load_tokenizer
 from lmtune.predict import Predictor
 from lmtune.tasks import masked_lm
 
-from .conftest import WORDS, write_sentiment
+from .conftest import WORDS, report_sections, write_sentiment
 
 
 def _text(path, n_docs=30, seed=0):
@@ -122,6 +122,7 @@ def test_mlm_then_classification_chain(tiny_bert, tmp_path):
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-6)
     adapted = tmp_path / "mlm" / "model"
     assert (adapted / "config.json").is_file()
+    assert {"diagnosis", "metrics", "loss", "perplexity"} <= report_sections(tmp_path / "mlm")
 
     # the validation loss by hand: the held-out documents masked once with train.seed, each block
     # through the saved model alone, -log p(original token) averaged over the masked tokens

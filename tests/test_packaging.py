@@ -12,8 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # distributions that come with a declared one and are imported through it
 COMES_WITH = {"pydantic-core": "pydantic"}
-# declared though not imported by name: transformers imports it when lmtune loads a .gguf model
-USED_THROUGH_ANOTHER = {"gguf"}
+# declared though not imported by name: transformers imports gguf when lmtune loads a .gguf model;
+# accelerate's TensorBoard tracker (train.report_to: tensorboard, the default) imports tensorboard through torch
+USED_THROUGH_ANOTHER = {"gguf", "tensorboard"}
 
 
 def _canonical(name: str) -> str:

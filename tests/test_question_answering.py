@@ -19,7 +19,7 @@ from lmtune.config import DataConfig
 from lmtune.errors import LmtuneError
 from lmtune.tasks import question_answering as qa
 
-from .conftest import build_tiny_bert
+from .conftest import build_tiny_bert, report_sections
 
 NAMES = "john maria peter anna".split()
 CITIES = "paris berlin london madrid rome oslo".split()
@@ -266,6 +266,7 @@ def test_train_evaluate_and_predict_end_to_end(qa_bert, tmp_path):
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     losses = [h["eval"]["loss"] for h in history if "eval" in h]
     assert losses[-1] < losses[0]
+    assert {"diagnosis", "metrics", "loss", "answers"} <= report_sections(run)
 
     predictor = lmtune.load(run)
     again = predictor.evaluate_file(val)

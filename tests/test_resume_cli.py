@@ -79,5 +79,6 @@ def test_an_override_that_disagrees_with_the_run_is_refused(runs, capfd):
     assert main(["train", "cfg.yaml", "--resume", "train.lr=0.5", "train.epochs=2"]) == 2
     err = capfd.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("lmtune: error: train.lr=0.5: the run in broken started with train.lr=0.003")
-    assert "train.log_steps, train.threads, train.early_stopping_patience, train.keep_checkpoints may change" in err[0]
+    assert ("train.log_steps, train.threads, train.early_stopping_patience, train.keep_checkpoints, train.report, "
+            "train.report_to may change") in err[0]
     assert (broken / "config.yaml").read_text() == before

@@ -17,7 +17,7 @@ from lmtune.data.conll import read_conll
 from lmtune.errors import LmtuneError
 from lmtune.tasks import token_classification as tc
 
-from .conftest import build_tiny_bert
+from .conftest import build_tiny_bert, report_sections
 
 # "merkel" and "garcia" are not in the vocabulary: they split into mer ##kel and gar ##cia
 VOCAB = (
@@ -320,6 +320,7 @@ def test_train_predict_and_evaluate_end_to_end(ner_bert, tmp_path):
     assert set(metrics["validation"]) >= {"f1", "precision", "recall", "accuracy", "loss", "per_class"}
     assert metrics["validation"]["f1"] >= 0.8  # the toy set is easy
     assert json.loads((run / "data.json").read_text())["labels"][0] == "O"
+    assert {"diagnosis", "metrics", "loss", "per_class", "sentences"} <= report_sections(run)
 
     predictor = lmtune.load(run)
     text = "Angela Merkel visited Paris."

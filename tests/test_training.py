@@ -23,9 +23,11 @@ def test_run_folder_holds_everything(tiny_bert, toy_data, tmp_path):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["lr"] == 3e-3 and saved["strategy"] == {"name": "full"}
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"validation", "test", "train"}
+    assert set(metrics) == {"validation", "test", "train", "train_sample", "diagnosis"}
     assert metrics["validation"]["accuracy"] >= 0.9  # the toy set is separable
     assert metrics["test"]["accuracy"] >= 0.9
+    # validation accuracy at its ceiling: a loss that still falls is no underfitting
+    assert metrics["diagnosis"]["verdict"] == "healthy", metrics["diagnosis"]["reasons"]
     data = json.loads((run / "data.json").read_text())
     assert data["labels"] == ["negative", "positive"] and len(data["files"]["train"]["sha256"]) == 64
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
@@ -221,14 +223,14 @@ def test_best_step_and_early_stopping_follow_the_loss_while_the_metric_saturates
     from lmtune import training
 
     losses = iter([0.7, 0.3, 0.3, 0.5])  # at steps 1..4; accuracy 1.0 at each
-    real = training.eval_metrics
+    real = training.Evaluation.scores
 
-    def saturated(*args: object, **kwargs: object) -> dict:
-        metrics = real(*args, **kwargs)
-        loss = next(losses, None)
+    def saturated(self: object, name: str, *args: object, **kwargs: object) -> dict:
+        metrics = real(self, name, *args, **kwargs)
+        loss = next(losses, None) if name == "validation" else None
         return metrics if loss is None else {**metrics, "accuracy": 1.0, "loss": loss}
 
-    monkeypatch.setattr(training, "eval_metrics", saturated)
+    monkeypatch.setattr(training.Evaluation, "scores", saturated)
     cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", max_steps=8, eval_steps=1, metric="accuracy",
                       early_stopping_patience=2)
     result = lmtune.train(cfg, progress=False)
@@ -275,3 +277,28 @@ def test_a_lora_run_names_its_base_as_given_and_writes_readable_files(tiny_bert,
     with pytest.raises(lmtune.LmtuneError, match=r"adapter_config.json: the base model '.*gone' is not here"):
         lmtune.load(moved / "model")  # the adapter folder alone: no config to fall back on
     assert lmtune.load(exported).predict(["good great superb"])[0]["label"] == expected[0]["label"]
+
+
+def test_the_final_evaluation_reuses_the_latest_one_when_that_model_is_the_best(tiny_bert, toy_data, tmp_path, monkeypatch):
+    import lmtune.training as training
+
+    calls = []
+    plain = training.evaluate
+
+    def counted(task, model, loader, accelerator, cfg):
+        calls.append(len(loader.dataset))
+        return plain(task, model, loader, accelerator, cfg)
+
+    monkeypatch.setattr(training, "evaluate", counted)
+    run = tmp_path / "run"
+    result = lmtune.train(tiny_config(tiny_bert, toy_data, run, epochs=2, dropout=0.0, report=False, report_to=[]),
+                          progress=False)
+    evals = [h for h in result.history if "eval" in h]
+    assert result.best_step == evals[-1]["step"]  # the toy set: accuracy 1.0 early, the loss still falling
+    # two evaluations of validation (32 rows) and the training sample (32 rows), none more at the end
+    assert calls == [32, 32, 32, 32]
+    assert {k: v for k, v in result.metrics["validation"].items() if k != "per_class"} == evals[-1]["eval"]
+    # the numbers are the saved model's own
+    again = lmtune.load(run).evaluate_file(toy_data["validation"])
+    assert again["accuracy"] == result.metrics["validation"]["accuracy"]
+    assert again["loss"] == pytest.approx(result.metrics["validation"]["loss"], rel=1e-5)

@@ -588,6 +588,13 @@ def compute_metrics(
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens)}
 
 
+def validation_samples(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any, features: Any,
+                       table: Table) -> list[dict[str, Any]]:
+    """None from the loss pass: the samples of a causal LM are its generations, which extra_metrics
+    returns under "samples"."""
+    return []
+
+
 def text_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """ROUGE-1/2/L F1 (rouge-score, stemmed) and corpus BLEU and chrF (sacrebleu), all as shares
     (0-1) like every other metric (sacrebleu reports 0-100)."""
@@ -604,7 +611,9 @@ def text_scores(predictions: list[str], references: list[str]) -> dict[str, floa
 
 def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Callable[[str], None] | None = None,
                   progress: bool = False) -> dict[str, Any]:
-    """Generation metrics on the first `eval.generate_rows` validation rows that have references.
+    """Generation metrics on the first `eval.generate_rows` validation rows that have references,
+    and under "samples" those rows: {prompt, reference, generated, finished} (finished: it ended
+    before eval.max_new_tokens; the caller takes them out of the metrics).
     `log` announces the generation (it takes a while); `progress`: a progress bar."""
     shape = getattr(data, "shape", "text")
     n = cfg.eval.generate_rows
@@ -632,8 +641,10 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Calla
     predictions = [g.text for g in generations]
     unfinished = sum(g.finish_reason == "length" for g in generations)
     # hit_token_limit: the share of generations that ran to eval.max_new_tokens without ending
+    samples = [{"prompt": p, "reference": r, "generated": g.text, "finished": g.finish_reason != "length"}
+               for p, r, g in zip(prompts, references, generations)]
     return {**text_scores(predictions, references), "hit_token_limit": unfinished / max(len(predictions), 1),
-            "generated_rows": len(predictions)}
+            "generated_rows": len(predictions), "samples": samples}
 
 
 def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
@@ -777,8 +788,10 @@ def evaluate_labelled(session: Any, labelled: tuple[Table, str]) -> dict[str, An
     metrics = compute_metrics({k: np.stack([r[k] for r in rows]) for k in ("loss_sum", "tokens")}, [], cfg)
     data = TaskData(table, table, None, [], [])
     data.shape = shape  # type: ignore[attr-defined]
-    metrics.update(extra_metrics(session.model, session.tokenizer, data, cfg,
-                                 log=lambda line: print(line, file=sys.stderr), progress=session.progress))
+    generated = extra_metrics(session.model, session.tokenizer, data, cfg,
+                              log=lambda line: print(line, file=sys.stderr), progress=session.progress)
+    generated.pop("samples", None)  # (the run's report shows them; eval prints metrics only)
+    metrics.update(generated)
     metrics["examples"] = len(table)
     metrics["truncated"] = truncated
     return metrics

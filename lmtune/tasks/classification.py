@@ -228,6 +228,22 @@ def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
     ]
 
 
+def validation_samples(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any, features: Any,
+                       table: Table) -> list[dict[str, Any]]:
+    """One row per validation example, in data order: its text (and second text), gold label,
+    predicted label and the predicted label's probability (for the report's confusion matrix and
+    its most confident errors)."""
+    logits, references = outputs["logits"], outputs["references"]
+    if len(logits) != len(table):
+        raise LmtuneError(f"{table.path}: {len(table)} validation rows but {len(logits)} evaluated outputs")
+    texts, pairs = texts_of(table, cfg)
+    rows = []
+    for i, pred in enumerate(decode(logits, labels)):
+        rows.append({"text": texts[i], **({"text_pair": pairs[i]} if pairs else {}), "label": labels[int(references[i])],
+                     "predicted": pred["label"], "confidence": pred["score"]})
+    return rows
+
+
 # ------------------------------------------------------------ inference (see tasks/contract.py)
 
 GENERATIVE = False

@@ -26,7 +26,13 @@ class Task(Protocol):
     # per-example tensors for the metrics, of the same width in every batch
     def eval_step(self, model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]: ...
     def compute_metrics(self, outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None, features: Any = None) -> dict[str, Any]: ...
-    # e.g. generation metrics; `log(line)` announces long work, `progress`: a progress bar for it
+    # the final model's validation predictions as JSON rows for the run's report (validation_samples.jsonl):
+    # `outputs` and `features` as compute_metrics gets them (the whole split, in data order), `table` the
+    # validation Table
+    def validation_samples(self, outputs: dict[str, np.ndarray], labels: list[str], cfg: Any, features: Any,
+                           table: Table) -> list[dict[str, Any]]: ...
+    # e.g. generation metrics (causal_lm: also "samples", its generations, for the report, which the
+    # caller takes out); `log(line)` announces long work, `progress`: a progress bar for it
     def extra_metrics(self, model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Callable[[str], None] | None = None,
                       progress: bool = False) -> dict[str, Any]: ...
 

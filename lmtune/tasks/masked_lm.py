@@ -260,6 +260,12 @@ def compute_metrics(
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "masked_tokens": int(tokens)}
 
 
+def validation_samples(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any, features: Any,
+                       table: Table) -> list[dict[str, Any]]:
+    """None: blocks of masked tokens are not examples worth reading (the report shows perplexity)."""
+    return []
+
+
 def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Any = None,
                   progress: bool = False) -> dict[str, Any]:
     return {}

@@ -426,8 +426,9 @@ def squad_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> 
     return out
 
 
-def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None,
-                    features: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+def evaluated_answers(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any,
+                      features: Sequence[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[list[str]]]:
+    """Per question of the evaluated windows: the best answer (see best_answers) and the gold answers."""
     if features is None or len(features) != len(outputs["start_logits"]):
         raise LmtuneError("question_answering metrics need the evaluated windows (features), one per output row")
     n = max(f["_example"] for f in features) + 1
@@ -437,11 +438,50 @@ def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any 
     max_answer_length = cfg.data.max_answer_length if cfg is not None else 30
     answers = best_answers(outputs["start_logits"], outputs["end_logits"], features, n, contexts,
                            max_answer_length, NO_ANSWER in labels)
+    return answers, golds
+
+
+def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any = None,
+                    features: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    answers, golds = evaluated_answers(outputs, labels, cfg, features)
+    n = len(answers)
     out = squad_scores([a["answer"] for a in answers], golds)
     if "loss" in outputs:
         out["loss"] = float(np.mean(outputs["loss"]))
     out["examples"] = n
     return out
+
+
+SAMPLE_CONTEXT_CHARS = 300  # the context shown with a validation sample: this much around its answer
+
+
+def context_excerpt(context: str, start: int, end: int, width: int = SAMPLE_CONTEXT_CHARS) -> str:
+    """About `width` characters of the context centred on [start, end) ("..." where it is cut)."""
+    if len(context) <= width:
+        return context
+    middle = (start + end) // 2 if start >= 0 else 0
+    a = max(0, min(middle - width // 2, len(context) - width))
+    b = a + width
+    return ("..." if a > 0 else "") + context[a:b] + ("..." if b < len(context) else "")
+
+
+def validation_samples(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any, features: Any,
+                       table: Table) -> list[dict[str, Any]]:
+    """One row per validation question, in data order: the question, its context cut to about
+    SAMPLE_CONTEXT_CHARS around the (first gold, else predicted) answer, the gold answers, the
+    predicted answer ("" for none) and its F1 against the gold (the best over them)."""
+    answers, golds = evaluated_answers(outputs, labels, cfg, features)
+    if len(answers) != len(table):
+        raise LmtuneError(f"{table.path}: {len(table)} validation questions but {len(answers)} evaluated ones")
+    rows = []
+    for i, (pred, gold) in enumerate(zip(answers, golds)):
+        row = table.rows[i]
+        first = row["answers"][0] if row["answers"] else None
+        start, end = (first["start"], first["start"] + len(first["text"])) if first else (pred["start"], pred["end"])
+        rows.append({"question": row["question"], "context": context_excerpt(row["context"], start, end),
+                     "answers": list(gold), "predicted": pred["answer"],
+                     "f1": round(max(token_f1(pred["answer"], g) for g in (gold or [""])), 4)})
+    return rows
 
 
 def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Any = None,

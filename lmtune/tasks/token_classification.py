@@ -385,6 +385,23 @@ def entity_scores(y_true: list[list[str]], y_pred: list[list[str]], scheme: str)
     return out
 
 
+def word_labels(
+    outputs: dict[str, np.ndarray], features: Sequence[dict[str, Any]] | None
+) -> dict[int, dict[int, tuple[int, int]]]:
+    """sentence -> word -> (reference, prediction) label ids, from the windows that label the words
+    (their `_sentence` and `_words`)."""
+    references, predictions = outputs["references"], outputs["predictions"]
+    if not features or "_sentence" not in features[0] or len(features) != len(references):
+        raise LmtuneError("token_classification metrics need the evaluated windows (features), one per output row")
+    words: dict[int, dict[int, tuple[int, int]]] = {}
+    for f, ref, pred in zip(features, references, predictions):
+        mine = words.setdefault(f["_sentence"], {})
+        for pos, w in f["_words"]:
+            if ref[pos] != IGNORE:
+                mine[w] = (int(ref[pos]), int(pred[pos]))
+    return words
+
+
 def sentence_tags(
     outputs: dict[str, np.ndarray], labels: Sequence[str], features: Sequence[dict[str, Any]] | None
 ) -> tuple[list[list[str]], list[list[str]]]:
@@ -397,14 +414,7 @@ def sentence_tags(
         mask = references != IGNORE
         rows = [(names[r[m]].tolist(), names[p[m]].tolist()) for r, p, m in zip(references, predictions, mask) if m.any()]
         return [t for t, _ in rows], [p for _, p in rows]
-    if len(features) != len(references):
-        raise LmtuneError("token_classification metrics need the evaluated windows (features), one per output row")
-    words: dict[int, dict[int, tuple[int, int]]] = {}  # sentence -> word -> (reference, prediction)
-    for f, ref, pred in zip(features, references, predictions):
-        mine = words.setdefault(f["_sentence"], {})
-        for pos, w in f["_words"]:
-            if ref[pos] != IGNORE:
-                mine[w] = (int(ref[pos]), int(pred[pos]))
+    words = word_labels(outputs, features)
     y_true, y_pred = [], []
     for s in sorted(words):
         if words[s]:
@@ -429,6 +439,21 @@ def compute_metrics(
     per_class = out.pop("per_class")
     out["per_class"] = per_class  # last, as in the other tasks
     return out
+
+
+def validation_samples(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any, features: Any,
+                       table: Table) -> list[dict[str, Any]]:
+    """One row per validation sentence, in data order: its words and, per word, the gold and the
+    predicted tag as the metrics read them (windows merged back); None for a word no window labels."""
+    words = word_labels(outputs, features)
+    rows = []
+    for s, row in enumerate(table.rows):
+        mine = words.get(s, {})
+        n = len(row["tokens"])
+        gold = [labels[mine[w][0]] if w in mine else row["tags"][w] for w in range(n)]
+        rows.append({"tokens": list(row["tokens"]), "gold": gold,
+                     "predicted": [labels[mine[w][1]] if w in mine else None for w in range(n)]})
+    return rows
 
 
 # ---------------------------------------------------------------- predictions

@@ -1,0 +1,133 @@
+"""Where one training step's time goes, and how close it runs to the machine's limit.
+
+MiniLM-L6 on SST-2 rows, batch 32, the precision rule of train.precision: auto (bf16 where the CPU
+is fast in it, else fp32). Two loops over the same rows, each step timed in phases (data, forward,
+backward, optimizer: clipping, AdamW, schedule, zeroing), in this one process:
+  - lmtune's: length-grouped batches, the attention kernel of train.attention: auto, fused AdamW;
+  - a plain Trainer's defaults: random batches padded to their longest row, SDPA, fused AdamW
+    (transformers' default with torch 2.8 and later).
+Model FLOPs of each step are counted by torch.utils.flop_counter (the matrix products of forward
+and backward on the real, unpadded rows: the useful work), and the utilisation (MFU) is those FLOP/s
+over a matrix-product peak measured here, in the same precision.
+
+    python benchmarks/step_breakdown.py [--rows 2048] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, cpu_kind, flops_per_token, matmul_peak  # noqa: E402
+
+import torch  # noqa: E402
+
+SST2 = SHARED / "sst2"
+BATCH = 32
+
+
+def read_rows(rows: int) -> list[str]:
+    lines = (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1 : rows + 1]
+    return [line.split("\t") for line in lines]
+
+
+def run_loop(name: str, model, optimizer, scheduler, batches: list[dict], autocast, steps: int) -> dict:
+    phases = dict.fromkeys(("data", "forward", "backward", "optimizer"), 0.0)
+    model.train()
+    warmup = 3
+    wall = 0.0
+    for step, batch in enumerate(batches[: steps + warmup]):
+        t0 = time.perf_counter()
+        batch = {k: v.clone() for k, v in batch.items()}  # (the collated batch, as a loader hands it over)
+        t1 = time.perf_counter()
+        with autocast():
+            loss = model(**batch).loss
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        if step >= warmup:
+            for key, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                phases[key] += seconds
+            wall += t4 - t0
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[warmup : warmup + steps])
+    return {"name": name, "phases": {k: v / steps for k, v in phases.items()}, "step": wall / steps,
+            "tokens_per_step": tokens / steps}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=40)
+    args = p.parse_args()
+    if not (SST2 / "train.tsv").is_file():
+        print(f"skipped: {SST2} not found (the SST-2 files live in ../shared/data/sst2 beside the repo)")
+        return 0
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
+
+    from lmtune import strategies
+    from lmtune.config import FullStrategy
+    from lmtune.data.batching import EpochBatchSampler
+    from lmtune.models import source_of
+    from lmtune.training import bf16_available, choose_attention
+
+    bf16 = bf16_available()
+    peak = matmul_peak(bf16)
+    print(f"CPU: {cpu_kind()}; {torch.get_num_threads()} threads; precision {'bf16' if bf16 else 'fp32'} "
+          f"(train.precision: auto); matrix-product peak {peak / 1e9:.1f} GFLOP/s")
+    path = source_of("minilm-l6")
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = read_rows(args.rows)
+    encoded = [dict(tok(text, truncation=True, max_length=128), labels=int(label)) for text, label in rows]
+    collate = DataCollatorWithPadding(tok)
+    lengths = [len(e["input_ids"]) for e in encoded]
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    sampler = EpochBatchSampler(lengths, BATCH, seed=42, group_by_length=True)
+    sampler.use_epoch(0)
+    grouped = [collate([encoded[i] for i in idx]) for idx in sampler]
+    order = list(range(len(encoded)))
+    random.Random(42).shuffle(order)
+    plain = [collate([encoded[i] for i in order[s : s + BATCH]]) for s in range(0, len(order), BATCH)]
+    steps = min(args.steps, len(grouped) - 3, len(plain) - 3)
+
+    results = []
+    from lmtune.tasks import classification
+
+    eager_max = classification.EAGER_MAX_LENGTH
+    for name, batches, attention in (("Trainer defaults", plain, "sdpa"),
+                                     ("lmtune", grouped, choose_attention("auto", "cpu", lengths, eager_max))):
+        torch.manual_seed(42)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation=attention)
+        groups = strategies.apply(model, FullStrategy(), 5e-5, 0.01).groups
+        optimizer = torch.optim.AdamW(groups, lr=5e-5, fused=True)
+        scheduler = get_scheduler("linear", optimizer, num_warmup_steps=3, num_training_steps=steps + 3)
+        r = run_loop(name, model, optimizer, scheduler, batches, autocast, steps)
+        r["attention"] = attention
+        results.append(r)
+
+    per_token = flops_per_token(model, [e["input_ids"] for e in encoded[:64]])
+    for r in results:
+        r["flops_per_step"] = per_token * r["tokens_per_step"]
+    print(f"\none step, mean of {steps} (batch {BATCH}, {args.rows} SST-2 rows):")
+    print(f"{'':18s} {'data':>8s} {'forward':>8s} {'backward':>8s} {'optimizer':>9s} {'step':>8s} {'GFLOP':>7s} {'MFU':>6s}")
+    for r in results:
+        ph = r["phases"]
+        mfu = r["flops_per_step"] / r["step"] / peak
+        print(f"{r['name'] + ' (' + r['attention'] + ')':18s} " + " ".join(f"{ph[k] * 1000:7.1f}ms" for k in ph)
+              + f" {r['step'] * 1000:7.1f}ms {r['flops_per_step'] / 1e9:7.2f} {mfu:6.1%}")
+    print(f"ratio of step times: {results[0]['step'] / results[1]['step']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The sections made from the final model's validation predictions (validation_samples.jsonl, whose
+rows each task writes: tasks/*.py validation_samples) and the per-class metrics. A section is drawn
+from the rows' shape: {label, predicted, confidence} rows (classification), {tokens, gold,
+predicted} (tagging), {question, answers, predicted} (question answering), {prompt, reference,
+generated} (generation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .read import Run
+from .tables import Figures, Section, esc, number, table
+
+CONFIDENT_ERRORS = 10
+SENTENCES = 8
+ANSWERS = 12
+GENERATIONS = 10
+TEXT_CHARS = 400  # a longer text is cut in the tables (the whole row is in validation_samples.jsonl)
+PER_CLASS_TITLE = {"token_classification": "Per entity type"}  # the others: "Per class"
+
+
+def _cut(text: Any, limit: int = TEXT_CHARS) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _rows(run: Run, *keys: str) -> list[dict[str, Any]]:
+    return [r for r in run.samples if all(k in r for k in keys)]
+
+
+def per_class(run: Run) -> Section | None:
+    """Precision, recall, F1 and support of each class (entity type) on validation."""
+    rows = (run.metrics.get("validation") or {}).get("per_class")
+    if not isinstance(rows, dict) or not rows:
+        return None
+    title = PER_CLASS_TITLE.get(run.task, "Per class")
+    body = table([title.removeprefix("Per ").lower(), "precision", "recall", "F1", "support"],
+                 [[name, r.get("precision"), r.get("recall"), r.get("f1-score"), r.get("support")]
+                  for name, r in rows.items() if isinstance(r, dict)])
+    return Section(f"{title}: precision, recall, F1", body, "per_class")
+
+
+def _label_order(run: Run, rows: list[dict[str, Any]]) -> list[str]:
+    seen = {str(r["label"]) for r in rows} | {str(r["predicted"]) for r in rows}
+    known = list((run.metrics.get("validation") or {}).get("per_class") or {}) or run.labels
+    return list(known) + sorted(seen - set(known))
+
+
+def confusion(run: Run, figs: Figures) -> Section | None:
+    rows = _rows(run, "label", "predicted", "confidence")
+    if not rows:
+        return None
+    from . import plots
+
+    labels = _label_order(run, rows)
+    index = {label: i for i, label in enumerate(labels)}
+    counts = np.zeros((len(labels), len(labels)), dtype=int)
+    for r in rows:
+        counts[index[str(r["label"])], index[str(r["predicted"])]] += 1
+    image = figs.add("confusion_matrix", plots.confusion(labels, counts), "Confusion matrix (validation)")
+    grid = table(["gold \\ predicted", *labels], [[label, *map(int, counts[i])] for i, label in enumerate(labels)],
+                 css="confusion")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    body = (f"<p>{len(rows):,} validation examples, {number(float(accuracy))} correct; rows are the gold labels, "
+            f"columns the predicted ones.</p>{image}{grid}")
+    return Section("Confusion matrix", body, "confusion")
+
+
+def confident_errors(run: Run) -> Section | None:
+    """The wrong predictions the model was surest of: mislabelled examples often show up here."""
+    rows = [r for r in _rows(run, "label", "predicted", "confidence") if str(r["label"]) != str(r["predicted"])]
+    if not rows:
+        return None
+    rows.sort(key=lambda r: -float(r["confidence"]))
+    pairs = any("text_pair" in r for r in rows)
+    headers = ["text", *(["second text"] if pairs else []), "gold", "predicted", "confidence"]
+    body = table(headers, [[_cut(r.get("text")), *([_cut(r.get("text_pair"))] if pairs else []), r["label"],
+                            r["predicted"], float(r["confidence"])] for r in rows[:CONFIDENT_ERRORS]])
+    return Section(f"Most confident errors (top {min(len(rows), CONFIDENT_ERRORS)} of {len(rows):,})", body, "errors")
+
+
+def _marked(tokens: list[str], tags: list[Any], other: set[tuple[str, int, int]], ok: str, bad: str) -> str:
+    """The sentence with its entities marked: class `ok` where the same entity is in `other` (the
+    other side: gold or predicted), else `bad`; the type after each entity."""
+    from ..tasks.token_classification import spans
+
+    found = spans([t if isinstance(t, str) else None for t in tags])
+    starts = {a: (kind, b) for kind, a, b in found}
+    out, i = [], 0
+    while i < len(tokens):
+        if i in starts:
+            kind, b = starts[i]
+            css = ok if (kind, i, b) in other else bad
+            words = esc(" ".join(tokens[i : b + 1]))
+            out.append(f'<span class="ent {css}">{words}<sub>{esc(kind)}</sub></span>')
+            i = b + 1
+        else:
+            out.append(esc(tokens[i]))
+            i += 1
+    return " ".join(out)
+
+
+def sentences(run: Run) -> Section | None:
+    """A few validation sentences, those with a wrong entity first, gold and predicted entities marked."""
+    rows = [r for r in _rows(run, "tokens", "gold", "predicted") if isinstance(r["tokens"], list) and r["tokens"]]
+    if not rows:
+        return None
+    from ..tasks.token_classification import spans
+
+    wrong = [r for r in rows if list(r["gold"]) != list(r["predicted"])]
+    right = [r for r in rows if list(r["gold"]) == list(r["predicted"])]
+    shown = (wrong + right)[:SENTENCES]
+    lines = []
+    for r in shown:
+        gold = set(spans([t if isinstance(t, str) else None for t in r["gold"]]))
+        pred = set(spans([t if isinstance(t, str) else None for t in r["predicted"]]))
+        lines.append([_marked(r["tokens"], r["gold"], pred, "ok", "missed"), _marked(r["tokens"], r["predicted"], gold, "ok", "wrong")])
+    body = (f"<p>{len(wrong):,} of {len(rows):,} validation sentences have a wrong tag; {len(shown)} shown, those first. "
+            '<span class="ent ok">found</span> <span class="ent missed">missed</span> '
+            '<span class="ent wrong">wrong</span></p>' + table(["gold", "predicted"], lines, raw=(0, 1), css="sentences"))
+    return Section("Sentences: gold vs predicted entities", body, "sentences")
+
+
+def _context(context: str, answer: str) -> str:
+    """The context with the predicted answer marked (its first occurrence)."""
+    at = context.find(answer) if answer else -1
+    if at < 0:
+        return esc(context)
+    return esc(context[:at]) + f"<mark>{esc(answer)}</mark>" + esc(context[at + len(answer) :])
+
+
+def _answered(row: dict[str, Any]) -> bool:
+    """Whether the predicted answer is one of the gold ones (the empty answer for none)."""
+    if isinstance(row.get("f1"), (int, float)):
+        return float(row["f1"]) >= 1.0
+    return row["predicted"] in (row["answers"] or [""])
+
+
+def answers(run: Run) -> Section | None:
+    rows = _rows(run, "question", "answers", "predicted")
+    if not rows:
+        return None
+    v = run.metrics.get("validation") or {}
+    wrong = [r for r in rows if not _answered(r)]
+    right = [r for r in rows if _answered(r)]
+    shown = (wrong + right)[:ANSWERS]
+    head = "".join(f"{name} <b>{esc(number(v[key]))}</b>; " for key, name in (("exact_match", "exact match"), ("f1", "F1"))
+                   if isinstance(v.get(key), (int, float)))
+    body = (f"<p>{head}{len(wrong):,} of {len(rows):,} validation questions not answered exactly; "
+            f"{len(shown)} shown, those first. The predicted answer is marked in the context.</p>"
+            + table(["question", "context", "gold", "predicted", "F1"],
+                    [[esc(_cut(r["question"])), _context(str(r.get("context", "")), str(r["predicted"])),
+                      esc(" | ".join(map(str, r["answers"])) or "(no answer)"), esc(r["predicted"] or "(no answer)"),
+                      esc(number(r.get("f1")))] for r in shown], raw=(0, 1, 2, 3, 4), css="answers"))
+    return Section("Answers vs gold", body, "answers")
+
+
+def generations(run: Run) -> Section | None:
+    rows = _rows(run, "prompt", "generated")
+    if not rows:
+        return None
+    unfinished = sum(r.get("finished") is False for r in rows)
+    shown = rows[:GENERATIONS]
+    body = (f"<p>{len(rows):,} validation rows generated greedily, {unfinished:,} cut at eval.max_new_tokens; "
+            f"{len(shown)} shown.</p>"
+            + table(["prompt", "reference", "generated", "finished"],
+                    [[f"<pre>{esc(_cut(r['prompt'], 1200))}</pre>", f"<pre>{esc(_cut(r.get('reference'), 1200))}</pre>",
+                      f"<pre>{esc(_cut(r['generated'], 1200))}</pre>", esc(number(r.get("finished")))] for r in shown],
+                    raw=(0, 1, 2, 3), css="generations"))
+    return Section("Generations vs references", body, "generations")
+
+
+def sections(run: Run, figs: Figures) -> list[Section]:
+    """Every sample section the run has data for, in the order shown."""
+    found = [per_class(run), confusion(run, figs), confident_errors(run), sentences(run), answers(run), generations(run)]
+    return [s for s in found if s is not None]
