@@ -53,6 +53,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/classification.py
+	$(PY) benchmarks/step_breakdown.py
 	$(PY) benchmarks/causal_lm.py
 
 clean:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (SHARED, cpu_kind, fast_bf16, flops_per_token, matmul_peak, report, run_child,  # noqa: E402
-                    spread)
+                    spread, table)
 
 SST2 = SHARED / "sst2"
 COMMON = {"batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.06, "max_length": 128}

@@ -43,22 +43,24 @@ def fast_bf16() -> bool:
     return bf16_available()
 
 
-def matmul_peak(bf16: bool, n: int = 2048, repeats: int = 8) -> float:
-    """FLOP/s of the best of `repeats` n x n matrix products in the run's precision, on this machine
-    now: the roof that a training step's matrix products can reach."""
+def matmul_peak(bf16: bool, sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 10) -> float:
+    """FLOP/s of the fastest square matrix product in the run's precision, on this machine now, over
+    a few sizes and `repeats` tries each (one size and few tries read up to a quarter low when
+    another process wakes): the roof that a training step's matrix products can reach."""
     import time
 
     import torch
 
     dtype = torch.bfloat16 if bf16 else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    peak = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            peak = max(peak, 2 * n**3 / (time.perf_counter() - start))
+    return peak
 
 
 def flops_per_token(model, rows: list[list[int]], extra: dict | None = None) -> float:
