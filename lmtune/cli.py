@@ -54,12 +54,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(args)
     data = get_task(cfg.task).load_data(cfg)
-    from .training import train
+    from .training import brief, train
 
     result = train(cfg, data=data, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.output_dir}", file=sys.stderr)
-        shown = {k: {m: v for m, v in d.items() if m != "per_class"} for k, d in result.metrics.items() if k != "diagnosis"}
+        shown = {k: brief(d) for k, d in result.metrics.items() if k != "diagnosis"}
         if "diagnosis" in result.metrics:  # (its lines went to stderr above; metrics.json holds all of it)
             shown["diagnosis"] = {"verdict": result.metrics["diagnosis"].get("verdict")}
         _print_json(shown)
@@ -253,6 +253,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import attention_map
     from .explain_render import color_enabled, render_html, render_text, summary
     from .inference import load
+    from .rundir import write_text_atomic
 
     model = load(checked.saved if checked else saved)
     inputs: list = [args.text]
@@ -264,9 +265,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(render_html(explanations, title=f"lmtune explain: {model.name}"), encoding="utf-8")
-        os.replace(tmp, out)
+        write_text_atomic(out, render_html(explanations, title=f"lmtune explain: {model.name}"))
         s = summary(explanations)
         print(f"wrote {s['predictions']} explained predictions of {s['inputs']} inputs to {out} (largest delta: "
               f"{s['largest_relative_delta']:.2%} of the explained difference)", file=sys.stderr)

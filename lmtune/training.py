@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import adapter_checkpoint, collectives, models, sharding, strategies
+from . import adapter_checkpoint, collectives, dropout, models, row_gradients, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
@@ -172,6 +172,16 @@ def compile_blocks(model: Any) -> None:
         block.compile(dynamic=True)
 
 
+def clip_gradients(accelerator: Any, model: Any, max_norm: float) -> None:
+    """accelerate's clip_grad_norm_, or, for an embedding whose gradient is cleared row by row
+    (lmtune/row_gradients.py), the same clipping over its touched rows only."""
+    rows = row_gradients.of(accelerator.unwrap_model(model))
+    if rows is None or accelerator.scaler is not None:
+        accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    else:
+        rows.clip(model.parameters(), max_norm)
+
+
 def make_accelerator(precision: str, **options: Any) -> Any:
     """An Accelerator for one run. accelerate keeps its settings in a process-wide singleton, so a
     second run in the same process (a search, a test, a notebook) with another precision would be
@@ -216,6 +226,7 @@ class Evaluation:
     # the final one, the final evaluation reuses them instead of running the same forwards again
     outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     outputs_step: int | None = None
+    general_result: dict[str, float] | None = None  # (the latest evaluation's forgetting figures)
 
     def run(self, task: Any, model: Any, accelerator: Any, labels: list[str], cfg: RunConfig,
             state: LoopState) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -226,7 +237,7 @@ class Evaluation:
         if self.train_sample is not None:
             more["train_eval"] = brief(self.scores("train_sample", task, model, accelerator, labels, cfg))
         if self.general_text is not None and state.base_perplexity is not None:
-            more["forgetting"] = self.forgetting(task, model, accelerator, cfg, state.base_perplexity)
+            more["forgetting"] = self.general_result = self.forgetting(task, model, accelerator, cfg, state.base_perplexity)
         return metrics, more
 
     def scores(self, name: str, task: Any, model: Any, accelerator: Any, labels: list[str], cfg: RunConfig) -> dict[str, Any]:
@@ -490,6 +501,9 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
             groups = sharding.shard(model, groups)
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
     optimizer = torch.optim.AdamW(groups, lr=t.lr, **fused)
+    dropout.use_packed(model)  # (CPU: masks from packed random words; elsewhere torch's own)
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1:  # (DDP reduces dense gradients)
+        row_gradients.use(model, optimizer)
 
     collate = task.collator(tokenizer, cfg, model)
     # The samplers split every (global) batch between the processes themselves: accelerate's own
@@ -660,7 +674,7 @@ def fit(
             if not sync:
                 continue
             if t.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                clip_gradients(accelerator, model, t.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -820,7 +834,7 @@ def finish(
     # the model in memory is the best one when the best evaluation was the latest (the usual end of a
     # run whose validation still improved): neither its weights nor its outputs need computing again
     current = evaluation is not None and state.best_step is not None and evaluation.outputs_step == state.best_step
-    reused = evaluation.outputs if current and evaluation is not None else {}
+    reused = evaluation.outputs if current else {}
     if run.best.is_dir() and not current:
         if sharding.is_sharded(model):
             sharding.load_folder(model, run.best)
@@ -847,7 +861,8 @@ def finish(
     samples += extra.pop("samples", [])
     metrics["validation"].update(extra)
     if evaluation is not None and evaluation.general_text is not None and state.base_perplexity is not None:
-        metrics["forgetting"] = evaluation.forgetting(task, model, accelerator, cfg, state.base_perplexity)
+        metrics["forgetting"] = (evaluation.general_result if current and evaluation.general_result is not None
+                                 else evaluation.forgetting(task, model, accelerator, cfg, state.base_perplexity))
     seconds = max(state.train_seconds, 1e-9)
     trainable, parameters = strategies.parameter_counts(model)
     metrics["train"] = {

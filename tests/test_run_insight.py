@@ -81,7 +81,12 @@ def test_a_report_that_fails_is_a_warning(tiny_bert, toy_data, tmp_path, monkeyp
     assert "warning: report.html was not written: RuntimeError: no matplotlib today" in capsys.readouterr().err
 
 
-def test_forgetting_scores_the_general_text_against_the_base_model(tiny_llama, tmp_path):
+def test_forgetting_scores_the_general_text_against_the_base_model(tiny_llama, tmp_path, monkeypatch):
+    from lmtune.training import Evaluation
+
+    passes = []
+    perplexity = Evaluation.perplexity
+    monkeypatch.setattr(Evaluation, "perplexity", lambda self, *a: passes.append(1) or perplexity(self, *a))
     train = tmp_path / "train.jsonl"
     rows = [{"text": "the bike shop opens at nine and closes at six on tuesday"}] * 12
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -99,3 +104,5 @@ def test_forgetting_scores_the_general_text_against_the_base_model(tiny_llama, t
     # tuned hard on one sentence, the model got worse at general text
     assert result.metrics["forgetting"]["perplexity"] != pytest.approx(base)
     assert result.metrics["forgetting"]["base_perplexity"] == pytest.approx(base)
+    # the last evaluation's model is the final one: its figure is reused, not scored again
+    assert result.metrics["forgetting"] == evals[-1] and len(passes) == 1 + 2
