@@ -93,13 +93,15 @@ def _site(name: str) -> str:
 
 
 def use_packed(model: nn.Module) -> int:
-    """Give every dropout module of `model` (its own and a LoRA model's adapters, peft's
-    `lora_dropout`) the packed mask; returns how many it replaced."""
+    """Give every dropout of a LoRA model's adapters (peft's `lora_dropout`) the packed mask; returns
+    how many it replaced."""
     replaced = 0
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Dropout and child.p > 0:
-                site = _site(f"{parent_name}.{name}" if parent_name else name)
-                setattr(parent, name, PackedDropout(child.p, child.inplace, site))
+    for module_name, module in model.named_modules():
+        adapters = getattr(module, "lora_dropout", None)
+        if not isinstance(adapters, nn.ModuleDict):
+            continue
+        for name, dropout in adapters.items():
+            if type(dropout) is nn.Dropout:
+                adapters[name] = PackedDropout(dropout.p, dropout.inplace, f"{_site(module_name)}:{name}")
                 replaced += 1
     return replaced

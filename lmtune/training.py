@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import adapter_checkpoint, collectives, dropout, models, row_gradients, sharding, strategies
+from . import adapter_checkpoint, collectives, models, row_gradients, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
@@ -501,7 +501,6 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
             groups = sharding.shard(model, groups)
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
     optimizer = torch.optim.AdamW(groups, lr=t.lr, **fused)
-    dropout.use_packed(model)  # (CPU: masks from packed random words; elsewhere torch's own)
     if accelerator.device.type == "cpu" and accelerator.num_processes == 1:  # (DDP reduces dense gradients)
         row_gradients.use(model, optimizer)
 
