@@ -32,7 +32,6 @@ class RowGradients:
         self.touched: list[torch.Tensor] = []
         self._rows: torch.Tensor | None = None
         embedding.sparse = True
-        embedding.row_gradients = self
         self.weight.register_hook(self._on_gradient)
 
     def rows(self) -> torch.Tensor:
@@ -45,19 +44,14 @@ class RowGradients:
         """torch.nn.utils.clip_grad_norm_ for the model's `parameters`, this embedding among them;
         returns the total norm."""
         grads = [p.grad for p in parameters if p.grad is not None and p is not self.weight]
-        norms = list(torch._foreach_norm(grads)) if grads else []
         embedding = self.weight.grad
-        if embedding is not None:
-            rows = self.rows()
-            picked = embedding.index_select(0, rows)
-            norms.append(torch.linalg.vector_norm(picked))
-        if not norms:
-            return torch.tensor(0.0)
-        total = torch.linalg.vector_norm(torch.stack(norms))
+        rows = self.rows()
+        picked = embedding.index_select(0, rows) if embedding is not None else None
+        total = torch.nn.utils.get_total_norm(grads + ([picked] if picked is not None else []))
         coef = max_norm / (total + 1e-6)
         if coef < 1:
             torch._foreach_mul_(grads, coef)
-            if embedding is not None:
+            if picked is not None:
                 embedding.index_copy_(0, rows, picked.mul_(coef))
         return total
 
@@ -89,10 +83,11 @@ class RowGradients:
 
 
 def use(model: nn.Module, optimizer: torch.optim.Optimizer) -> RowGradients | None:
-    """Row-cleared gradients for `model`'s input embedding, when that is a plain nn.Embedding on the
-    CPU, not tied to the output layer, and trained by `optimizer`. Returns None where not used."""
+    """Row-cleared gradients for `model`'s input embedding, when that is a plain nn.Embedding not tied
+    to the output layer and trained by `optimizer`. Returns None where not used. (For a model on
+    the CPU, in one process: the caller's choice.)"""
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if type(embedding) is not nn.Embedding or embedding.weight.device.type != "cpu" or embedding.max_norm is not None:
+    if type(embedding) is not nn.Embedding or embedding.max_norm is not None:
         return None
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if output is not None and getattr(output, "weight", None) is embedding.weight:
@@ -103,8 +98,3 @@ def use(model: nn.Module, optimizer: torch.optim.Optimizer) -> RowGradients | No
     optimizer.register_step_post_hook(rows.after_step)
     return rows
 
-
-def of(model: nn.Module) -> RowGradients | None:
-    """The RowGradients that `use` gave `model`'s input embedding, if any."""
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return getattr(embedding, "row_gradients", None)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import adapter_checkpoint, collectives, models, row_gradients, sharding, strategies
+from . import adapter_checkpoint, collectives, first_token, models, row_gradients, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
@@ -172,14 +172,12 @@ def compile_blocks(model: Any) -> None:
         block.compile(dynamic=True)
 
 
-def clip_gradients(accelerator: Any, model: Any, max_norm: float) -> None:
-    """accelerate's clip_grad_norm_, or, for an embedding whose gradient is cleared row by row
-    (lmtune/row_gradients.py), the same clipping over its touched rows only."""
-    rows = row_gradients.of(accelerator.unwrap_model(model))
+def gradient_clipping(accelerator: Any, model: Any, rows: row_gradients.RowGradients | None) -> Callable[[float], Any]:
+    """Clipping to a maximum norm: accelerate's clip_grad_norm_, or, for an embedding whose gradient
+    is cleared row by row (`rows`, lmtune/row_gradients.py), the same clipping over its touched rows."""
     if rows is None or accelerator.scaler is not None:
-        accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    else:
-        rows.clip(model.parameters(), max_norm)
+        return lambda max_norm: accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    return lambda max_norm: rows.clip(model.parameters(), max_norm)
 
 
 def make_accelerator(precision: str, **options: Any) -> Any:
@@ -480,6 +478,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     lengths = {name: [len(f["input_ids"]) for f in feats] for name, feats in features.items()}
     attention = choose_attention(t.attention, accelerator.device.type, lengths["train"], task.EAGER_MAX_LENGTH)
     model = task.build_model(model_path, cfg, data.labels, attn_implementation=attention)
+    first_token.use(model)  # (a classifier that reads the first position: its last layer computes that one)
     if t.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise LmtuneError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
@@ -501,8 +500,9 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
             groups = sharding.shard(model, groups)
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
     optimizer = torch.optim.AdamW(groups, lr=t.lr, **fused)
+    rows = None
     if accelerator.device.type == "cpu" and accelerator.num_processes == 1:  # (DDP reduces dense gradients)
-        row_gradients.use(model, optimizer)
+        rows = row_gradients.use(model, optimizer)
 
     collate = task.collator(tokenizer, cfg, model)
     # The samplers split every (global) batch between the processes themselves: accelerate's own
@@ -529,6 +529,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     evaluation = Evaluation(loaders["validation"], loaders.get("train_sample"), general_loader)
     if not fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
+    clip = gradient_clipping(accelerator, model, rows)
     if models.is_adapter(accelerator.unwrap_model(model)):  # checkpoints without the frozen base model
         adapter_checkpoint.leave_out_frozen_base(accelerator)
 
@@ -594,7 +595,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     setup_seconds = time.perf_counter() - started
     with PeakMemory(accelerator.device) as peak:
         stopped_early = fit(
-            cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, plan.update, train_loader,
+            cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, clip, plan.update, train_loader,
             train_sampler, evaluation, state, total_steps, on_evaluate, progress,
         )
     return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early, peak.megabytes,
@@ -610,6 +611,7 @@ def fit(
     model: Any,
     optimizer: Any,
     scheduler: Any,
+    clip: Callable[[float], Any],
     update_strategy: Callable[[int, int], "str | None"],
     train_loader: Any,
     sampler: EpochBatchSampler,
@@ -673,7 +675,7 @@ def fit(
             if not sync:
                 continue
             if t.max_grad_norm:
-                clip_gradients(accelerator, model, t.max_grad_norm)
+                clip(t.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
