@@ -142,7 +142,9 @@ def choose_attention(setting: str, device_type: str, lengths: list[int], eager_m
     """On CPU, the plain (eager) attention is faster than SDPA in bf16 for short inputs and slower
     for long ones. Measured: MiniLM 0.13 s vs 0.25 s a step at 13 tokens, but SDPA ahead from about
     200 tokens; SmolLM2 226 vs 192 tokens/s on SAMSum (most dialogues 100-400 tokens), SDPA ahead
-    at 512. The task gives the length up to which eager is used (`EAGER_MAX_LENGTH`)."""
+    at 512. In fp32 on a CPU without fast bf16 the two are within 6% of each other, eager ahead up
+    to 128 tokens and SDPA from 192 (benchmarks/attention_kernel.py). The task gives the length up
+    to which eager is used (`EAGER_MAX_LENGTH`)."""
     if setting != "auto":
         return setting
     if device_type == "cpu" and lengths and float(np.percentile(lengths, 90)) <= eager_max_length:
