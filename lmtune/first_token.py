@@ -45,7 +45,7 @@ def _first_token_forward(
 
     attention = self.attention.self
     first = hidden_states[:, :1]
-    batch, length = hidden_states.shape[:2]
+    batch = hidden_states.shape[0]
     heads = (batch, -1, attention.num_attention_heads, attention.attention_head_size)
     query = attention.query(first).view(*heads).transpose(1, 2)
     key = attention.key(hidden_states).view(*heads).transpose(1, 2)
