@@ -92,7 +92,9 @@ def test_not_used_where_the_head_reads_other_positions() -> None:
     llama = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
                         num_labels=2, pad_token_id=0)
     assert not first_token.use(LlamaForSequenceClassification(llama))  # (its head reads the last token)
-    model = BertForSequenceClassification(bert)
-    forward = model.bert.encoder.layer[-1].forward
-    assert not first_token.use(BertForTokenClassification(bert))
-    assert model.bert.encoder.layer[-1].forward == forward
+    tagger = BertForTokenClassification(bert)
+    assert not first_token.use(tagger)
+    assert "forward" not in vars(tagger.bert.encoder.layer[-1])  # (nothing changed: the class's own forward)
+    classifier = BertForSequenceClassification(bert)
+    assert first_token.use(classifier)
+    assert "forward" in vars(classifier.bert.encoder.layer[-1])
