@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, cpu_kind  # noqa: E402
+from common import SHARED, cpu_kind, minilm_classifier_step, sst2_rows  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -37,10 +37,8 @@ def main() -> int:
     if not (SST2 / "train.tsv").is_file():
         print(f"skipped: {SST2} not found (the SST-2 files live in ../shared/data/sst2 beside the repo)")
         return 0
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    from lmtune import first_token, row_gradients, strategies
-    from lmtune.config import FullStrategy
     from lmtune.data.batching import EpochBatchSampler
     from lmtune.models import source_of
     from lmtune.training import bf16_available
@@ -51,9 +49,7 @@ def main() -> int:
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     path = source_of("minilm-l6")
     tok = AutoTokenizer.from_pretrained(path)
-    lines = (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1:2049]
-    encoded = [dict(tok(line.split("\t")[0], truncation=True, max_length=128), labels=int(line.split("\t")[1]))
-               for line in lines]
+    encoded = [dict(tok(text, truncation=True, max_length=128), labels=label) for text, label in sst2_rows(2048)]
     lengths = [len(e["input_ids"]) for e in encoded]
     sampler = EpochBatchSampler(lengths, BATCH, seed=42)
     sampler.use_epoch(0)
@@ -71,23 +67,16 @@ def main() -> int:
                             "labels": torch.randint(0, 2, (BATCH,), generator=g)})
         plans.append((f"{length} tokens", batches))
 
-    def build(kernel: str):  # (as lmtune/training.py builds a classifier's training step on a CPU)
-        torch.manual_seed(42)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation=kernel)
-        first_token.use(model)
-        optimizer = torch.optim.AdamW(strategies.apply(model, FullStrategy(), 5e-5, 0.01).groups, lr=5e-5, fused=True)
-        return model, optimizer, row_gradients.use(model, optimizer)
-
-    models = {k: build(k) for k in KERNELS}
+    models = {k: minilm_classifier_step(k) for k in KERNELS}
 
     def step(kernel: str, batch: dict) -> float:
-        model, optimizer, rows = models[kernel]
+        model, optimizer, clip = models[kernel]
         model.train()
         start = time.perf_counter()
         with autocast():
             loss = model(**batch).loss
         loss.backward()
-        rows.clip(model.parameters(), 1.0)
+        clip(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - start

@@ -123,3 +123,34 @@ def table(title: str, results: dict[str, list[dict]], speed: str, quality: str, 
     mem = mean(results["lmtune"], "peak_rss_mb") / mean(results["trainer"], "peak_rss_mb")
     diff = mean(results["lmtune"], "quality") - mean(results["trainer"], "quality")
     print(f"{'ratio':10s} {ratio:13.2f}x {mem:11.2f}x {diff:+14.4f} ({better} is better)")
+
+
+def sst2_rows(rows: int) -> list[tuple[str, int]]:
+    """The first `rows` (sentence, label) pairs of SST-2's training file."""
+    lines = (SHARED / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[1 : rows + 1]
+    return [(text, int(label)) for text, label in (line.split("\t") for line in lines)]
+
+
+def minilm_classifier_step(attention: str, *, lmtune: bool = True, first_token: bool = True, seed: int = 42):
+    """MiniLM-L6 with a 2-label head (seeded), its fused AdamW (lr 5e-5, weight decay 0.01) and its
+    gradient clipping: as lmtune/training.py sets up a classifier's training step on a CPU in one
+    process (the last layer for the first token only, unless `first_token` is False; the strategy's
+    parameter groups; the embedding gradient cleared by rows), or, with `lmtune` False, as a plain
+    Trainer does. Returns (model, optimizer, clip)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from lmtune import row_gradients, strategies
+    from lmtune import first_token as first_token_layer
+    from lmtune.config import FullStrategy
+    from lmtune.models import source_of
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(source_of("minilm-l6"), num_labels=2,
+                                                               attn_implementation=attention)
+    if lmtune and first_token:
+        first_token_layer.use(model)
+    # (the Trainer's groups too: weight decay for all but biases and norms)
+    optimizer = torch.optim.AdamW(strategies.apply(model, FullStrategy(), 5e-5, 0.01).groups, lr=5e-5, fused=True)
+    rows = row_gradients.use(model, optimizer) if lmtune else None
+    return model, optimizer, rows.clip if rows is not None else torch.nn.utils.clip_grad_norm_

@@ -27,17 +27,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, cpu_kind, flops_per_token, matmul_peak  # noqa: E402
+from common import SHARED, cpu_kind, flops_per_token, matmul_peak, minilm_classifier_step, sst2_rows  # noqa: E402
 
 import torch  # noqa: E402
 
 SST2 = SHARED / "sst2"
 BATCH = 32
-
-
-def read_rows(rows: int) -> list[str]:
-    lines = (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1 : rows + 1]
-    return [line.split("\t") for line in lines]
 
 
 def run_loop(name: str, model, optimizer, scheduler, batches: list[dict], autocast, steps: int, clip) -> dict:
@@ -78,8 +73,6 @@ def main() -> int:
         return 0
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
-    from lmtune import first_token, row_gradients, strategies
-    from lmtune.config import FullStrategy
     from lmtune.data.batching import EpochBatchSampler
     from lmtune.models import source_of
     from lmtune.training import bf16_available, choose_attention
@@ -90,8 +83,7 @@ def main() -> int:
           f"(train.precision: auto); matrix-product peak {peak / 1e9:.1f} GFLOP/s")
     path = source_of("minilm-l6")
     tok = AutoTokenizer.from_pretrained(path)
-    rows = read_rows(args.rows)
-    encoded = [dict(tok(text, truncation=True, max_length=128), labels=int(label)) for text, label in rows]
+    encoded = [dict(tok(text, truncation=True, max_length=128), labels=label) for text, label in sst2_rows(args.rows)]
     collate = DataCollatorWithPadding(tok)
     lengths = [len(e["input_ids"]) for e in encoded]
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -109,18 +101,10 @@ def main() -> int:
 
     eager_max = classification.EAGER_MAX_LENGTH
     lmtune_attention = choose_attention("auto", "cpu", lengths, eager_max)
-    for name, batches, attention, lmtune in (("Trainer defaults", plain, "sdpa", False),
-                                             ("lmtune, whole last layer", grouped, lmtune_attention, None),
-                                             ("lmtune", grouped, lmtune_attention, True)):
-        torch.manual_seed(42)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation=attention)
-        if lmtune:
-            first_token.use(model)
-        groups = strategies.apply(model, FullStrategy(), 5e-5, 0.01).groups
-        optimizer = torch.optim.AdamW(groups, lr=5e-5, fused=True)
-        clip = torch.nn.utils.clip_grad_norm_
-        if lmtune is not False:  # (as lmtune/training.py does on a CPU)
-            clip = row_gradients.use(model, optimizer).clip
+    for name, batches, attention, lmtune, first_token in (("Trainer defaults", plain, "sdpa", False, False),
+                                                          ("lmtune, whole last layer", grouped, lmtune_attention, True, False),
+                                                          ("lmtune", grouped, lmtune_attention, True, True)):
+        model, optimizer, clip = minilm_classifier_step(attention, lmtune=lmtune, first_token=first_token)
         scheduler = get_scheduler("linear", optimizer, num_warmup_steps=3, num_training_steps=steps + 3)
         r = run_loop(name, model, optimizer, scheduler, batches, autocast, steps, clip)
         r["attention"] = attention
