@@ -399,6 +399,8 @@ def attention_map(predictor: "Predictor", x: Any, path: str | Path, *, pair: str
     not return the weights); the model's kernel is set back afterwards."""
     import torch
 
+    from . import first_token
+
     task = check_explainable(predictor.task_name, predictor.name)
     model = _bare(predictor)
     body = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT adapter's model
@@ -410,7 +412,7 @@ def attention_map(predictor: "Predictor", x: Any, path: str | Path, *, pair: str
     if kernel != "eager":
         body.set_attn_implementation("eager")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), first_token.whole_last_layer(model):  # (every position's attention)
             out = model(**_kwargs(ids, torch.ones_like(ids), types), output_attentions=True)
     finally:
         if kernel not in (None, "eager"):

@@ -11,13 +11,16 @@ same logits: the plain layer's arithmetic, row by row.
 The last hidden state then has one position (the first). Models whose head reads other positions
 (token classification, question answering, masked LM, decoder classifiers that read the last
 token) are not changed, nor are layers with cross-attention. Applied to the model being trained
-(and evaluated) only: a saved model is the plain one.
+(and evaluated) and to a finished run's model for inference (lmtune eval, predict, serve, explain's
+attributions): a saved model is the plain one, and what reads the last layer at every position
+(explain's attention maps) runs inside `whole_last_layer`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -83,7 +86,10 @@ def _plain_layer(layer: nn.Module) -> bool:
 
 def use(model: nn.Module) -> bool:
     """Compute `model`'s last encoder layer for the first token only; False (nothing changed) where
-    its head reads more than the first position or its layers are not BERT's."""
+    its head reads more than the first position or its layers are not BERT's. `model`: a
+    transformers model, or a PEFT model around one."""
+    if hasattr(model, "get_base_model"):  # a PEFT model (a LoRA run's, for inference)
+        model = model.get_base_model()
     if type(model).__name__ not in FIRST_TOKEN_HEADS:
         return False
     encoder = getattr(getattr(model, "base_model", None), "encoder", None)
@@ -93,3 +99,23 @@ def use(model: nn.Module) -> bool:
     last = layers[-1]
     last.forward = types.MethodType(_first_token_forward, last)
     return True
+
+
+def _first_token_only(module: nn.Module) -> bool:
+    forward = vars(module).get("forward")
+    return isinstance(forward, types.MethodType) and forward.__func__ is _first_token_forward
+
+
+@contextlib.contextmanager
+def whole_last_layer(model: nn.Module) -> Iterator[None]:
+    """Inside the block, a model given to `use` computes its last layer at every position again,
+    as the plain model does (for what reads more than the head's output: attention maps, hidden
+    states); afterwards the last layer computes the first token only again."""
+    changed = [module for module in model.modules() if _first_token_only(module)]
+    for module in changed:
+        del module.forward
+    try:
+        yield
+    finally:
+        for module in changed:
+            module.forward = types.MethodType(_first_token_forward, module)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import decoding, models
+from . import decoding, first_token, models
 from .config import DataConfig, RunConfig
 from .data.readers import Table
 from .decoding import Generation, GenerationSettings
@@ -57,6 +57,7 @@ class Predictor:
         self.max_length: int = cfg.data.max_length if cfg else 512
         self.batch_size: int = (cfg.train.eval_batch_size or 2 * cfg.train.batch_size) if cfg else 64
         self.accelerator = make_accelerator(cfg.train.precision if cfg else "auto")
+        first_token.use(model)  # (a classifier that reads the first position: its last layer computes that one)
         self.model = self.accelerator.prepare(model)
         self.model.eval()
         self.settings = GenerationSettings()  # for generative tasks: what predict_rows generates with

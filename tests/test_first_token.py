@@ -98,3 +98,27 @@ def test_not_used_where_the_head_reads_other_positions() -> None:
     classifier = BertForSequenceClassification(bert)
     assert first_token.use(classifier)
     assert "forward" in vars(classifier.bert.encoder.layer[-1])
+
+
+def test_whole_last_layer_computes_every_position_inside_and_the_first_token_after() -> None:
+    plain, changed = _pair(BertForSequenceClassification, BertConfig, "eager")
+    plain.eval(), changed.eval()
+    batch = {k: v for k, v in _batch().items() if k != "labels"}
+    with torch.no_grad():
+        expected = plain(**batch, output_attentions=True, output_hidden_states=True)
+        with first_token.whole_last_layer(changed):
+            inside = changed(**batch, output_attentions=True, output_hidden_states=True)
+        after = changed(**batch, output_hidden_states=True)
+    assert len(inside.attentions) == len(expected.attentions) == 2
+    for a, b in zip(inside.attentions + inside.hidden_states, expected.attentions + expected.hidden_states):
+        torch.testing.assert_close(a, b)
+    assert after.hidden_states[-1].shape[1] == 1  # (the first-token layer again)
+    torch.testing.assert_close(after.logits, expected.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_used_through_a_peft_model() -> None:
+    model = BertForSequenceClassification(BertConfig(**SIZES))
+    lora = LoraStrategy(name="lora", r=4, dropout=0.0, target_modules=["query", "value"])
+    adapted = strategies.apply(model, lora, 1e-3, 0.0).model
+    assert first_token.use(adapted)
+    assert "forward" in vars(model.bert.encoder.layer[-1])

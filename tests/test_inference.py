@@ -79,6 +79,19 @@ def test_classification_batched_equals_one_at_a_time_and_file_equals_python(clas
     assert [r["text"] for r in model.predict_rows(TEXTS)] == TEXTS  # input order
 
 
+def test_a_classifier_predicts_with_the_first_token_layer_and_the_plain_models_probabilities(classifier):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = lmtune.load(str(classifier))
+    last = model.accelerator.unwrap_model(model.model).bert.encoder.layer[-1]
+    assert "forward" in vars(last)  # the last layer computes the first token only (lmtune/first_token.py)
+    plain = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
+    with torch.no_grad():
+        probabilities = plain(**AutoTokenizer.from_pretrained(classifier)(TEXTS, padding=True, return_tensors="pt")).logits.softmax(-1)
+    for row, expected in zip(model.predict(TEXTS), probabilities):
+        assert [row["probabilities"][label] for label in model.labels] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
 def test_text_pairs_as_lists_dicts_or_pairs_give_the_same_rows(classifier):
     model = lmtune.load(str(classifier))
     a = model.predict_rows(TEXTS[:3], TEXTS[3:])
