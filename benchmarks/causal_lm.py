@@ -16,6 +16,7 @@ measured here in the same precision.
 
     python benchmarks/causal_lm.py [--train-rows 320] [--val-rows 64] [--strategies full,lora] [--packing]
                                    [--attention auto|eager|sdpa]   (lmtune's train.attention)
+                                   [--seeds 42]   (comma-separated: each side once per seed)
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, cpu_kind, fast_bf16, flops_per_token, matmul_peak, report, run_child, table  # noqa: E402
+from common import (SHARED, cpu_kind, fast_bf16, flops_per_token, matmul_peak, report, run_child,  # noqa: E402
+                    spread, table)
 
 SAMSUM = SHARED / "samsum" / "val.csv"
 TEMPLATE = "Summarize the dialogue:\n{dialogue}"
-COMMON = {"epochs": 1, "max_length": 512, "warmup_ratio": 0.05, "seed": 42}
+COMMON = {"epochs": 1, "max_length": 512, "warmup_ratio": 0.05, "seed": 42}  # (seed: the default of --seeds)
 LR = {"full": 5e-5, "lora": 5e-4}
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 
@@ -80,39 +82,43 @@ def heldout_loss(model, tokenizer, texts: list[str]) -> float:
     return total / count
 
 
-def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool, attention: str = "auto") -> dict:
+def lmtune_config(strategy: str, train: str, val: str, out: str, packing: bool = False, attention: str = "auto",
+                  seed: int = COMMON["seed"]) -> dict:
+    """lmtune's side of the benchmark as a run config."""
+    return {
+        "model": "smollm2-135m",
+        "task": "causal_lm",
+        "output_dir": out,
+        "data": {"train": train, "validation": val, "prompt_template": TEMPLATE, "response_column": "summary",
+                 "train_on_prompt": True, "packing": packing, "max_length": COMMON["max_length"]},
+        "strategy": {"name": "lora", **LORA} if strategy == "lora" else {"name": "full"},
+        "train": {"epochs": COMMON["epochs"], "batch_size": 2 if packing else 8, "lr": LR[strategy],
+                  "weight_decay": 0.0,
+                  "warmup_ratio": COMMON["warmup_ratio"], "seed": seed, "precision": "auto",
+                  "log_steps": 10, "attention": attention},
+        "eval": {"generate_rows": 0},
+    }
+
+
+def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool, attention: str = "auto",
+               seed: int = COMMON["seed"]) -> dict:
     import lmtune
     from lmtune.generation import Generator
 
-    strat = {"name": "lora", **LORA} if strategy == "lora" else {"name": "full"}
-    result = lmtune.train(
-        {
-            "model": "smollm2-135m",
-            "task": "causal_lm",
-            "output_dir": out,
-            "data": {"train": train, "validation": val, "prompt_template": TEMPLATE, "response_column": "summary",
-                     "train_on_prompt": True, "packing": packing, "max_length": COMMON["max_length"]},
-            "strategy": strat,
-            "train": {"epochs": COMMON["epochs"], "batch_size": 2 if packing else 8, "lr": LR[strategy],
-                      "weight_decay": 0.0,
-                      "warmup_ratio": COMMON["warmup_ratio"], "seed": COMMON["seed"], "precision": "auto",
-                      "log_steps": 10, "attention": attention},
-            "eval": {"generate_rows": 0},
-        },
-        overwrite=True,
-        progress=False,
-    )
+    result = lmtune.train(lmtune_config(strategy, train, val, out, packing, attention, seed), overwrite=True, progress=False)
     gen = Generator.load(out)
     return {"speed": result.metrics["train"]["tokens_per_second"], "train_seconds": result.metrics["train"]["seconds"],
             "quality": heldout_loss(gen.model, gen.tokenizer, rendered(val, gen.tokenizer))}
 
 
-def trained_model(strategy: str):
+def trained_model(strategy: str, seed: int = COMMON["seed"]):
     """SmolLM2-135M as the strategy trains it (LoRA: peft adapters on every projection of the blocks)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     from lmtune.models import resolve
 
+    torch.manual_seed(seed)  # (LoRA's A matrices start random)
     model = AutoModelForCausalLM.from_pretrained(resolve("smollm2-135m"))
     if strategy == "lora":
         from peft import LoraConfig, get_peft_model
@@ -123,7 +129,8 @@ def trained_model(strategy: str):
     return model
 
 
-def run_trainer(strategy: str, train: str, val: str, out: str, packing: bool, attention: str = "auto") -> dict:
+def run_trainer(strategy: str, train: str, val: str, out: str, packing: bool, attention: str = "auto",
+                seed: int = COMMON["seed"]) -> dict:
     from datasets import Dataset
     from transformers import (AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
                               TrainingArguments)
@@ -139,12 +146,12 @@ def run_trainer(strategy: str, train: str, val: str, out: str, packing: bool, at
     ds = ds.map(lambda b: tok(b["text"], add_special_tokens=False, truncation=True, max_length=COMMON["max_length"]),
                 batched=True, remove_columns=["text"])
     real_tokens = sum(len(ids) for ids in ds["input_ids"])
-    model = trained_model(strategy)
+    model = trained_model(strategy, seed)
     steps = COMMON["epochs"] * -(-len(ds) // 8)
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=8, num_train_epochs=COMMON["epochs"], learning_rate=LR[strategy],
         weight_decay=0.0, warmup_steps=round(COMMON["warmup_ratio"] * steps), lr_scheduler_type="linear", bf16=fast_bf16(),
-        use_cpu=True, seed=COMMON["seed"], save_strategy="no", eval_strategy="no", report_to="none",
+        use_cpu=True, seed=seed, save_strategy="no", eval_strategy="no", report_to="none",
         logging_steps=10, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds,
@@ -163,11 +170,13 @@ def main() -> int:
     p.add_argument("--strategies", default="full,lora")
     p.add_argument("--packing", action="store_true", help="lmtune packs dialogues into 512-token rows")
     p.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa"], help="lmtune's train.attention")
-    p.add_argument("--child", nargs=5, metavar=("SIDE", "STRATEGY", "TRAIN", "VAL", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--seeds", default=str(COMMON["seed"]), help="comma-separated seeds")
+    p.add_argument("--child", nargs=6, metavar=("SIDE", "STRATEGY", "TRAIN", "VAL", "OUT", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        side, strategy, train, val, out = args.child
-        report((run_lmtune if side == "lmtune" else run_trainer)(strategy, train, val, out, args.packing, args.attention))
+        side, strategy, train, val, out, seed = args.child
+        report((run_lmtune if side == "lmtune" else run_trainer)(strategy, train, val, out, args.packing, args.attention,
+                                                                 int(seed)))
         return 0
     if not SAMSUM.is_file():
         print(f"skipped: {SAMSUM} not found (the SAMSum file lives in ../shared/data/samsum beside the repo)")
@@ -176,20 +185,26 @@ def main() -> int:
     peak = matmul_peak(bf16)
     print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; precision {'bf16' if bf16 else 'fp32'} on both sides "
           f"(bf16 only where the CPU is fast in it); matrix-product peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         train, val = write_data(tmp, args.train_rows, args.val_rows)
         for strategy in args.strategies.split(","):
             per_token = strategy_flops_per_token(strategy, train)
             results: dict[str, list[dict]] = {"trainer": [], "lmtune": []}
-            for side in ("trainer", "lmtune"):
-                r = run_child(__file__, ["--child", side, strategy, train, val, f"{tmp}/{side}-{strategy}",
-                                         *(["--packing"] if args.packing else []), "--attention", args.attention])
-                results[side].append(r)
-                print(f"{strategy:5s} {side:8s} {r['speed']:8.1f} tokens/s  {r['peak_rss_mb']:7.0f} MB peak RSS  "
-                      f"held-out loss {r['quality']:.4f}  ({r['train_seconds']:.0f} s)  "
-                      f"MFU {per_token * r['speed'] / peak:.1%}", flush=True)
+            for seed in seeds:
+                for side in ("trainer", "lmtune"):
+                    r = run_child(__file__, ["--child", side, strategy, train, val, f"{tmp}/{side}-{strategy}-{seed}",
+                                             str(seed), *(["--packing"] if args.packing else []),
+                                             "--attention", args.attention])
+                    results[side].append(r)
+                    print(f"seed {seed} {strategy:5s} {side:8s} {r['speed']:8.1f} tokens/s  {r['peak_rss_mb']:7.0f} MB peak "
+                          f"RSS  held-out loss {r['quality']:.4f}  ({r['train_seconds']:.0f} s)  "
+                          f"MFU {per_token * r['speed'] / peak:.1%}", flush=True)
             table(f"SmolLM2-135M {strategy} on SAMSum ({args.train_rows} dialogues, {COMMON['epochs']} epoch, "
-                  f"{'bf16' if bf16 else 'fp32'}, {cpu_kind()})", results, "tokens/s", "held-out loss", "lower")
+                  f"{'bf16' if bf16 else 'fp32'}, {len(seeds)} seed(s), {cpu_kind()})", results, "tokens/s",
+                  "held-out loss", "lower")
+            for side in ("trainer", "lmtune"):
+                print(f"{side:10s} held-out loss {spread(results[side], 'quality')}")
     return 0
 
 

@@ -154,3 +154,40 @@ def minilm_classifier_step(attention: str, *, lmtune: bool = True, first_token: 
     optimizer = torch.optim.AdamW(strategies.apply(model, FullStrategy(), 5e-5, 0.01).groups, lr=5e-5, fused=True)
     rows = row_gradients.use(model, optimizer) if lmtune else None
     return model, optimizer, rows.clip if rows is not None else torch.nn.utils.clip_grad_norm_
+
+
+def timed_steps(name: str, model, optimizer, scheduler, batches: list[dict], autocast, steps: int, clip,
+                warmup: int = 3) -> dict:
+    """Train on `batches` (collated, each used once), timing every step in phases: data (the batch
+    handed over as a loader would), forward, backward, optimizer (clipping to norm 1, the update,
+    the schedule, zeroing). The first `warmup` steps are not timed. Returns the mean phase and step
+    times (seconds) and the mean real (unpadded) tokens of a timed step."""
+    import time
+
+    import torch
+
+    phases = dict.fromkeys(("data", "forward", "backward", "optimizer"), 0.0)
+    model.train()
+    wall = 0.0
+    for step, batch in enumerate(batches[: steps + warmup]):
+        t0 = time.perf_counter()
+        batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k != "num_tokens"}
+        t1 = time.perf_counter()
+        with autocast():
+            loss = model(**batch).loss
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        clip(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        if step >= warmup:
+            for key, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                phases[key] += seconds
+            wall += t4 - t0
+    timed = batches[warmup : warmup + steps]
+    tokens = sum(int(b["num_tokens"]) if "num_tokens" in b else int(b["attention_mask"].sum()) for b in timed)
+    return {"name": name, "phases": {k: v / steps for k, v in phases.items()}, "step": wall / steps,
+            "tokens_per_step": tokens / steps}

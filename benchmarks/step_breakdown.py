@@ -23,44 +23,15 @@ import argparse
 import contextlib
 import random
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, cpu_kind, flops_per_token, matmul_peak, minilm_classifier_step, sst2_rows  # noqa: E402
+from common import SHARED, cpu_kind, flops_per_token, matmul_peak, minilm_classifier_step, sst2_rows, timed_steps  # noqa: E402
 
 import torch  # noqa: E402
 
 SST2 = SHARED / "sst2"
 BATCH = 32
-
-
-def run_loop(name: str, model, optimizer, scheduler, batches: list[dict], autocast, steps: int, clip) -> dict:
-    phases = dict.fromkeys(("data", "forward", "backward", "optimizer"), 0.0)
-    model.train()
-    warmup = 3
-    wall = 0.0
-    for step, batch in enumerate(batches[: steps + warmup]):
-        t0 = time.perf_counter()
-        batch = {k: v.clone() for k, v in batch.items()}  # (the collated batch, as a loader hands it over)
-        t1 = time.perf_counter()
-        with autocast():
-            loss = model(**batch).loss
-        t2 = time.perf_counter()
-        loss.backward()
-        t3 = time.perf_counter()
-        clip(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
-        if step >= warmup:
-            for key, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                phases[key] += seconds
-            wall += t4 - t0
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[warmup : warmup + steps])
-    return {"name": name, "phases": {k: v / steps for k, v in phases.items()}, "step": wall / steps,
-            "tokens_per_step": tokens / steps}
 
 
 def main() -> int:
@@ -106,7 +77,7 @@ def main() -> int:
                                                           ("lmtune", grouped, lmtune_attention, True, True)):
         model, optimizer, clip = minilm_classifier_step(attention, lmtune=lmtune, first_token=first_token)
         scheduler = get_scheduler("linear", optimizer, num_warmup_steps=3, num_training_steps=steps + 3)
-        r = run_loop(name, model, optimizer, scheduler, batches, autocast, steps, clip)
+        r = timed_steps(name, model, optimizer, scheduler, batches, autocast, steps, clip)
         r["attention"] = attention
         results.append(r)
 

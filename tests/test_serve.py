@@ -331,6 +331,23 @@ def test_junk_to_a_generator_gets_the_right_4xx(llama_client: TestClient, path: 
     _check_junk(llama_client, path, body, status, field)
 
 
+def test_a_body_nested_too_deep_is_refused_whatever_the_parsers_limit(cls_client: TestClient) -> None:
+    import sys
+
+    # torch.compile raises Python's recursion limit, and with it the depth that the JSON parser reaches
+    limit = sys.getrecursionlimit()
+    try:
+        for raised in (limit, 10_000):
+            sys.setrecursionlimit(raised)
+            response = _post(cls_client, "/v1/predict", b"[" * 1500 + b"]" * 1500)
+            assert response.status_code == 400, response.text
+            assert "more than 64 levels deep" in error_of(response)["message"]
+    finally:
+        sys.setrecursionlimit(limit)
+    shallow = _post(cls_client, "/v1/predict", {"inputs": ["[[[[{{{{" * 20]})  # (brackets inside a string)
+    assert shallow.status_code == 200, shallow.text
+
+
 def test_a_chunked_body_over_the_limit_is_refused(cls_client: TestClient) -> None:
     response = cls_client.post("/v1/predict", content=iter([b'{"inputs": ["' + b"good " * 500, b'"]}'] * 2),
                                headers={"Content-Type": "application/json"})

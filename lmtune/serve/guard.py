@@ -1,5 +1,6 @@
 """What every request passes before a route sees it, as one plain ASGI middleware: the API key
-(on /v1/* only), the body-size limit, and one access-log line per request (method, path, status, ms).
+(on /v1/* only), the body-size limit, the JSON nesting limit, and one access-log line per request
+(method, path, status, ms).
 
 Plain ASGI rather than FastAPI's `@app.middleware("http")`, so that a streamed response goes through
 untouched and still hears when its client disconnects.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -19,6 +21,12 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 access_log = logging.getLogger("lmtune.serve.access")
+
+# No request of the API nests deeper than a few levels. A deeper body gets a 400 here, whatever the
+# JSON parser's own limit (Python's recursion limit, which libraries such as torch.compile raise).
+MAX_JSON_DEPTH = 64
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 class Guard:
@@ -44,6 +52,8 @@ class Guard:
             refusal = self._refusal(scope)
             if refusal is None:
                 body, refusal = await self._read_body(scope, receive)
+            if refusal is None and nesting(body) > MAX_JSON_DEPTH:
+                refusal = 400, f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep", {}
             if refusal is not None:
                 await _answer(send_and_note, *refusal)
                 return
@@ -84,6 +94,17 @@ class Guard:
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts), None
+
+
+def nesting(body: bytes) -> int:
+    """How deep a JSON body's arrays and objects nest (brackets inside strings aside)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # (too few brackets to pass the limit: every ordinary request)
+    depth = deepest = 0
+    for bracket in _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
