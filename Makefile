@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/classification.py
 	$(PY) benchmarks/step_breakdown.py
 	$(PY) benchmarks/causal_lm.py
+	$(PY) benchmarks/causal_step_breakdown.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

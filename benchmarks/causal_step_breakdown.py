@@ -125,12 +125,14 @@ def main() -> int:
         per_token = flops_per_token(trained_model("full"), ids)
     print(f"\none step, mean of {steps} (batch {BATCH} dialogues of {args.rows} SAMSum ones; {per_token / 1e6:.0f} M FLOPs "
           f"per real token, forward and backward):")
-    print(f"{'':28s} {'data':>8s} {'forward':>9s} {'backward':>9s} {'optimizer':>9s} {'step':>9s} {'tokens':>7s} {'MFU':>6s}")
+    print(f"{'':28s} {'data':>8s} {'forward':>9s} {'backward':>9s} {'optimizer':>9s} {'step':>9s} {'tokens':>7s} "
+          f"{'padded':>7s} {'MFU':>6s}")
     for r in results:
         ph = r["phases"]
         mfu = per_token * r["tokens_per_step"] / r["step"] / peak
+        padded = 1 - r["tokens_per_step"] / r["positions_per_step"]
         print(f"{r['name'] + ' (' + r['attention'] + ')':28s} " + " ".join(f"{ph[k] * 1000:7.0f}ms" for k in ph)
-              + f" {r['step'] * 1000:7.0f}ms {r['tokens_per_step']:7.0f} {mfu:6.1%}")
+              + f" {r['step'] * 1000:7.0f}ms {r['tokens_per_step']:7.0f} {padded:7.1%} {mfu:6.1%}")
     trainer, ours = results
     speed = (ours["tokens_per_step"] / ours["step"]) / (trainer["tokens_per_step"] / trainer["step"])
     print(f"real tokens per second, lmtune / Trainer defaults: {speed:.2f}x")

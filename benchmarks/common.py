@@ -161,7 +161,8 @@ def timed_steps(name: str, model, optimizer, scheduler, batches: list[dict], aut
     """Train on `batches` (collated, each used once), timing every step in phases: data (the batch
     handed over as a loader would), forward, backward, optimizer (clipping to norm 1, the update,
     the schedule, zeroing). The first `warmup` steps are not timed. Returns the mean phase and step
-    times (seconds) and the mean real (unpadded) tokens of a timed step."""
+    times (seconds), and the mean real (unpadded) tokens and positions (padding included) of a timed
+    step."""
     import time
 
     import torch
@@ -190,4 +191,4 @@ def timed_steps(name: str, model, optimizer, scheduler, batches: list[dict], aut
     timed = batches[warmup : warmup + steps]
     tokens = sum(int(b["num_tokens"]) if "num_tokens" in b else int(b["attention_mask"].sum()) for b in timed)
     return {"name": name, "phases": {k: v / steps for k, v in phases.items()}, "step": wall / steps,
-            "tokens_per_step": tokens / steps}
+            "tokens_per_step": tokens / steps, "positions_per_step": sum(b["input_ids"].numel() for b in timed) / steps}

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lmtune.lm_loss import use_chunked_loss
 
 
-def test_chunked_loss_matches_the_model_loss_and_gradients(tiny_llama):
+class _WrappedHead(torch.nn.Linear):
+    """A head that is not a plain nn.Linear: its chunks are checkpointed instead."""
+
+
+@pytest.mark.parametrize("head", ["linear", "linear, frozen", "other module"])
+def test_chunked_loss_matches_the_model_loss_and_gradients(tiny_llama, head):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -19,6 +25,14 @@ def test_chunked_loss_matches_the_model_loss_and_gradients(tiny_llama):
 
     def loss_and_grads(chunked: bool):
         model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="eager")
+        model.config.tie_word_embeddings = False  # (an output layer of its own, with a bias: every gradient checked)
+        model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+        torch.manual_seed(1)
+        torch.nn.init.normal_(model.lm_head.weight, std=0.1)
+        torch.nn.init.normal_(model.lm_head.bias, std=0.1)
+        model.lm_head.requires_grad_(head != "linear, frozen")
+        if head == "other module":
+            model.lm_head.__class__ = _WrappedHead
         if chunked:
             assert use_chunked_loss(model, chunk=4)  # several chunks, the last one short
         loss = model(**batch, labels=ids).loss
@@ -30,6 +44,7 @@ def test_chunked_loss_matches_the_model_loss_and_gradients(tiny_llama):
     assert targets.numel() > 8
     assert torch.allclose(loss, chunked_loss, atol=1e-5)
     assert grads.keys() == chunked_grads.keys() and len(grads) > 5
+    assert ("lm_head.bias" in grads) == (head != "linear, frozen")
     for name in grads:
         assert torch.allclose(grads[name], chunked_grads[name], atol=1e-5), name
 
