@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from causal_lm import COMMON, LR, SAMSUM, lmtune_config, rendered, trained_model, write_data  # noqa: E402
-from common import cpu_kind, flops_per_token, matmul_peak, timed_steps  # noqa: E402
+from common import flops_per_token, machine, timed_steps  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -100,9 +100,7 @@ def main() -> int:
     from lmtune.training import bf16_available
 
     bf16 = bf16_available()
-    peak = matmul_peak(bf16)
-    print(f"CPU: {cpu_kind()}; {torch.get_num_threads()} threads; precision {'bf16' if bf16 else 'fp32'} "
-          f"(train.precision: auto); matrix-product peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+    peak = machine(bf16)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     clip = torch.nn.utils.clip_grad_norm_  # (lmtune's too: SmolLM2's embedding is tied to its output layer)
     results = []

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (SHARED, cpu_kind, fast_bf16, flops_per_token, matmul_peak, report, run_child,  # noqa: E402
+from common import (SHARED, cpu_kind, fast_bf16, flops_per_token, machine, report, run_child,  # noqa: E402
                     spread, table)
 
 SST2 = SHARED / "sst2"
@@ -130,9 +129,7 @@ def main() -> int:
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     bf16 = fast_bf16()
-    peak = matmul_peak(bf16)
-    print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; precision {'bf16' if bf16 else 'fp32'} on both sides "
-          f"(bf16 only where the CPU is fast in it); matrix-product peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+    peak = machine(bf16)
     results: dict[str, list[dict]] = {"lmtune": [], "trainer": []}
     with tempfile.TemporaryDirectory() as tmp:
         train_csv, dev_csv = f"{tmp}/train.csv", f"{tmp}/dev.csv"

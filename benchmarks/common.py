@@ -63,6 +63,18 @@ def matmul_peak(bf16: bool, sizes: tuple[int, ...] = (1024, 2048, 3072), repeats
     return peak
 
 
+def machine(bf16: bool) -> float:
+    """Print what the benchmark runs on (the CPU, cores and torch threads, the precision of both sides,
+    the matrix-product peak measured now in that precision) and return the peak in FLOP/s."""
+    import torch
+
+    peak = matmul_peak(bf16)
+    print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; precision "
+          f"{'bf16' if bf16 else 'fp32'} on both sides (train.precision: auto: bf16 only where the CPU is fast in it); "
+          f"matrix-product peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+    return peak
+
+
 def flops_per_token(model, rows: list[list[int]], extra: dict | None = None) -> float:
     """Model FLOPs (matrix products of forward and backward, as torch.utils.flop_counter counts
     them) per real token, over `rows` of token ids run one at a time without padding: the useful

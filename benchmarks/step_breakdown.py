@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, cpu_kind, flops_per_token, matmul_peak, minilm_classifier_step, sst2_rows, timed_steps  # noqa: E402
+from common import SHARED, flops_per_token, machine, minilm_classifier_step, sst2_rows, timed_steps  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -49,9 +49,7 @@ def main() -> int:
     from lmtune.training import bf16_available, choose_attention
 
     bf16 = bf16_available()
-    peak = matmul_peak(bf16)
-    print(f"CPU: {cpu_kind()}; {torch.get_num_threads()} threads; precision {'bf16' if bf16 else 'fp32'} "
-          f"(train.precision: auto); matrix-product peak {peak / 1e9:.1f} GFLOP/s")
+    peak = machine(bf16)
     path = source_of("minilm-l6")
     tok = AutoTokenizer.from_pretrained(path)
     encoded = [dict(tok(text, truncation=True, max_length=128), labels=label) for text, label in sst2_rows(args.rows)]
