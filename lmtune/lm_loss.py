@@ -54,7 +54,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             part, wanted = hidden[i : i + chunk], targets[i : i + chunk]
             logits = F.linear(part, weight, bias)  # (in bf16 under autocast, as the head's own call)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
-            total -= log_probs.gather(1, wanted[:, None]).sum()
+            total -= log_probs.take_along_dim(wanted[:, None], 1).sum()
             grad = log_probs.exp_()  # d(mean loss)/d(logits): (softmax - one-hot) / count
             grad.scatter_add_(1, wanted[:, None], grad.new_full((len(wanted), 1), -1.0))
             grad = grad.div_(count).to(logits.dtype)
