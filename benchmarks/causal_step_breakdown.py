@@ -29,8 +29,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from causal_lm import COMMON, LR, SAMSUM, lmtune_config, rendered, trained_model, write_data  # noqa: E402
-from common import flops_per_token, machine, timed_steps  # noqa: E402
+from causal_lm import (COMMON, LR, SAMSUM, lmtune_config, rendered, strategy_flops_per_token,  # noqa: E402
+                       trained_model, write_data)
+from common import machine, timed_steps  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -94,9 +95,8 @@ def main() -> int:
     if not SAMSUM.is_file():
         print(f"skipped: {SAMSUM} not found (the SAMSum file lives in ../shared/data/samsum beside the repo)")
         return 0
-    from transformers import AutoTokenizer, get_scheduler
+    from transformers import get_scheduler
 
-    from lmtune.models import resolve
     from lmtune.training import bf16_available
 
     bf16 = bf16_available()
@@ -118,9 +118,7 @@ def main() -> int:
             results.append(r)
             print(f"{name}: {r['step']:.2f} s a step", flush=True)
             del model, optimizer, batches
-        tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
-        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in rendered(train, tok)[:4]]
-        per_token = flops_per_token(trained_model("full"), ids)
+        per_token = strategy_flops_per_token("full", train)
     print(f"\none step, mean of {steps} (batch {BATCH} dialogues of {args.rows} SAMSum ones; {per_token / 1e6:.0f} M FLOPs "
           f"per real token, forward and backward):")
     print(f"{'':28s} {'data':>8s} {'forward':>9s} {'backward':>9s} {'optimizer':>9s} {'step':>9s} {'tokens':>7s} "

@@ -47,7 +47,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 targets: torch.Tensor, chunk: int) -> torch.Tensor:
         count = max(targets.numel(), 1)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None
         for i in range(0, hidden.shape[0], chunk):
@@ -58,7 +58,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad = log_probs.exp_()  # d(mean loss)/d(logits): (softmax - one-hot) / count
             grad.scatter_add_(1, wanted[:, None], grad.new_full((len(wanted), 1), -1.0))
             grad = grad.div_(count).to(logits.dtype)
-            grad_hidden[i : i + chunk] = grad @ weight.to(grad.dtype)
+            if grad_hidden is not None:
+                grad_hidden[i : i + chunk] = grad @ weight.to(grad.dtype)
             if grad_weight is not None:
                 grad_weight += grad.t() @ part.to(grad.dtype)
             if grad_bias is not None:
@@ -71,7 +72,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[Any, ...]:
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        return (grad_hidden * grad_loss.to(grad_hidden.dtype),
+        return (None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype),
                 None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype),
                 None if grad_bias is None else (grad_bias * grad_loss).to(ctx.weight_dtype),
                 None, None)
