@@ -45,7 +45,7 @@ class RowGradients:
         returns the total norm."""
         grads = [p.grad for p in parameters if p.grad is not None and p is not self.weight]
         embedding = self.weight.grad
-        rows = self.rows()
+        rows = self.rows() if embedding is not None else None
         picked = embedding.index_select(0, rows) if embedding is not None else None
         total = torch.nn.utils.get_total_norm(grads + ([picked] if picked is not None else []))
         coef = max_norm / (total + 1e-6)

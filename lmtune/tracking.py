@@ -89,11 +89,19 @@ def hyperparameters(cfg: Any) -> dict[str, bool | int | float | str]:
     return out
 
 
-def start(accelerator: Any, cfg: Any, run_name: str) -> None:
+def start(accelerator: Any, cfg: Any, run_name: str, resumed_at: int | None = None) -> None:
     """Start the trackers with the run's hyperparameters. wandb and mlflow name the run `run_name`
-    (the run folder's name); where they send it is theirs to decide (WANDB_MODE, MLFLOW_TRACKING_URI)."""
+    (the run folder's name); where they send it is theirs to decide (WANDB_MODE, MLFLOW_TRACKING_URI).
+
+    A run resumed from its checkpoint at step `resumed_at` logs the steps after it again: TensorBoard
+    is told to drop what its event files hold from the step after the checkpoint on (a purge step),
+    so that each step appears once, with the resumed run's values."""
     if not accelerator.log_with:
         return
+    if resumed_at is not None:
+        for tracker in accelerator.log_with:
+            if isinstance(tracker, TensorBoardTracker):
+                tracker.init_kwargs["purge_step"] = resumed_at + 1
     project = os.environ.get("WANDB_PROJECT") or PROJECT
     accelerator.init_trackers(project, config=hyperparameters(cfg),
                               init_kwargs={"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}})

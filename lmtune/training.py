@@ -433,7 +433,6 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     if main:
         resume = run.start(cfg.to_yaml(), resume=resume, overwrite=overwrite)
     resume = collectives.main_decides(accelerator, resume)  # the run folder's answer, for every process
-    tracking.start(accelerator, cfg, run.path.name)
     for note in resolved_notes:  # (only now: a refused run folder prints its error alone)
         log(note)
     if t.precision == "auto" and accelerator.mixed_precision == "no":
@@ -581,6 +580,8 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
         log(f"resumed from {ckpt} at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_in_epoch})")
     elif main:
         run.history.unlink(missing_ok=True)
+    # (after a resume, TensorBoard forgets what the stopped run logged past its checkpoint, as the history does)
+    tracking.start(accelerator, cfg, run.path.name, resumed_at=state.step if resume else None)
     if general_loader is not None and state.base_perplexity is None and not resume:
         state.base_perplexity = evaluation.perplexity(task, model, accelerator, cfg)
         log(f"eval.forgetting: the base model's perplexity on the general text is {state.base_perplexity:.2f}")

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lmtune
 from lmtune.errors import LmtuneError
@@ -57,6 +58,15 @@ def test_resume_gives_the_same_weights_as_an_unbroken_run(tiny_bert, toy_data, t
     # the history holds each step once, as in the unbroken run
     steps = lambda r: [(h["step"], "eval" in h) for h in r.history]  # noqa: E731
     assert steps(resumed) == steps(whole)
+    # and so do TensorBoard's scalars: what the killed run logged past its checkpoint is dropped
+    def losses(r):
+        events = EventAccumulator(str(r.output_dir / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+    history = [(h["step"], pytest.approx(h["loss"], rel=1e-6)) for h in resumed.history if "loss" in h]
+    assert losses(resumed) == history
+    assert [step for step, _ in losses(resumed)] == [step for step, _ in losses(whole)]
 
 
 def test_resume_in_the_middle_of_an_epoch(tiny_bert, toy_data, tmp_path):
