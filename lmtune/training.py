@@ -161,7 +161,9 @@ def compile_blocks(model: Any) -> None:
     for the whole model). Measured on SmolLM2-135M, bf16, 2-core CPU: 4.12 -> 2.87 s a step (8 rows
     of about 200 tokens), peak memory 6.7 -> 5.4 GB; the gain is in the elementwise work (norms,
     rotary embeddings, activations) that compilation fuses; none on MiniLM, whose short steps are
-    all matrix products."""
+    mostly matrix products (bf16 on AMX; and fp32 on a 2-core AVX2 CPU: median step 338 ms plain,
+    335 ms compiled, stepping alternately on 60 batches of SST-2, after 88 s of compiling), so
+    train.compile: auto compiles causal LMs only."""
     import torch._dynamo
 
     # A block may be compiled a few times over: training and evaluation (grad mode), a batch of one
