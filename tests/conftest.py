@@ -177,6 +177,15 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+def tensorboard_events(folder: Path):
+    """TensorBoard's own reader over the event files in `folder`, every scalar kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
 def loop_state(run_dir: Path) -> dict | None:
     """The loop position of a run's last checkpoint, or None while there is none. Reads through
     lmtune's own `existing_dir` (a kill may fall between the two renames of a checkpoint) and takes

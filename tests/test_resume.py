@@ -8,13 +8,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lmtune
 from lmtune.errors import LmtuneError
 from lmtune.rundir import RunDir
 
-from .conftest import tiny_config
+from .conftest import tensorboard_events, tiny_config
 
 
 class Killed(Exception):
@@ -60,9 +59,7 @@ def test_resume_gives_the_same_weights_as_an_unbroken_run(tiny_bert, toy_data, t
     assert steps(resumed) == steps(whole)
     # and so do TensorBoard's scalars: what the killed run logged past its checkpoint is dropped
     def losses(r):
-        events = EventAccumulator(str(r.output_dir / "tensorboard"), size_guidance={"scalars": 0})
-        events.Reload()
-        return [(e.step, e.value) for e in events.Scalars("train/loss")]
+        return [(e.step, e.value) for e in tensorboard_events(r.output_dir / "tensorboard").Scalars("train/loss")]
 
     history = [(h["step"], pytest.approx(h["loss"], rel=1e-6)) for h in resumed.history if "loss" in h]
     assert losses(resumed) == history

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import lmtune
-from tests.conftest import tiny_config
+from tests.conftest import tensorboard_events, tiny_config
 
 
 def _history(run: Path) -> list[dict]:
@@ -18,12 +18,9 @@ def _history(run: Path) -> list[dict]:
 
 
 def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     found: dict[str, list[tuple[int, float]]] = {}
-    for events in run.rglob("events.out.tfevents*"):
-        acc = EventAccumulator(str(events.parent))
-        acc.Reload()
+    for folder in sorted({events.parent for events in run.rglob("events.out.tfevents*")}):
+        acc = tensorboard_events(folder)
         for tag in acc.Tags()["scalars"]:
             found.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return found

@@ -8,7 +8,6 @@ import importlib.util
 
 import pytest
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lmtune import tracking
@@ -17,7 +16,7 @@ from lmtune.errors import LmtuneError
 from lmtune.rundir import RunDir
 from lmtune.training import make_accelerator
 
-from .conftest import tiny_config
+from .conftest import tensorboard_events, tiny_config
 
 STEP = {"step": 2, "epoch": 0, "loss": 0.75, "lr": 1e-3, "lrs": {"layer.0": 5e-4, "head": 1e-3, "head.no_decay": 1e-3},
         "samples_per_second": 40.5, "tokens_per_second": 1200.0}
@@ -30,12 +29,6 @@ EVAL = {"step": 4, "epoch": 0, "eval": {"accuracy": 0.625, "f1_macro": 0.6, "los
 @pytest.fixture
 def cfg(tiny_bert, toy_data, tmp_path):
     return validate(tiny_config(tiny_bert, toy_data, tmp_path / "run"))
-
-
-def _events(folder) -> EventAccumulator:
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    events.Reload()
-    return events
 
 
 def _tracked_run(cfg, run_path, records):
@@ -51,7 +44,7 @@ def test_scalars_land_in_the_run_folder_at_their_steps(cfg, tmp_path):
     run_path = tmp_path / "run"
     _tracked_run(cfg, run_path, [STEP, LATER, EVAL])
     assert [p.relative_to(run_path).parts[0] for p in run_path.rglob("*") if p.is_file()] == ["tensorboard"]
-    events = _events(run_path / "tensorboard")
+    events = tensorboard_events(run_path / "tensorboard")
     assert set(events.Tags()["scalars"]) == {
         "train/loss", "train/lr", "train/lr/layer.0", "train/lr/head", "train/lr/head.no_decay",
         "train/samples_per_second", "train/tokens_per_second",
@@ -74,7 +67,7 @@ def test_scalars_land_in_the_run_folder_at_their_steps(cfg, tmp_path):
 def test_the_config_is_recorded_as_hyperparameters_of_the_run(cfg, tmp_path):
     run_path = tmp_path / "run"
     _tracked_run(cfg, run_path, [STEP])
-    content = _events(run_path / "tensorboard").PluginTagToContent("hparams")
+    content = tensorboard_events(run_path / "tensorboard").PluginTagToContent("hparams")
     # the session start only, beside the scalars: TensorBoard pairs the run's config with its metrics
     assert list(content) == ["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info.hparams
@@ -117,8 +110,8 @@ def test_no_trackers_no_files(cfg, tmp_path):
 def test_a_second_run_in_the_same_process_gets_its_own_folder(cfg, tmp_path):
     _tracked_run(cfg, tmp_path / "first", [STEP])
     _tracked_run(cfg, tmp_path / "second", [LATER])
-    assert [e.step for e in _events(tmp_path / "first" / "tensorboard").Scalars("train/loss")] == [2]
-    assert [e.step for e in _events(tmp_path / "second" / "tensorboard").Scalars("train/loss")] == [4]
+    assert [e.step for e in tensorboard_events(tmp_path / "first" / "tensorboard").Scalars("train/loss")] == [2]
+    assert [e.step for e in tensorboard_events(tmp_path / "second" / "tensorboard").Scalars("train/loss")] == [4]
 
 
 def test_wandb_and_mlflow_name_the_run_and_the_environment_names_the_project(cfg, monkeypatch):
