@@ -61,7 +61,7 @@ def trainer_side(train: str, steps: int):
 def lmtune_side(train: str, val: str, out: str, steps: int):
     """lmtune's model, fused AdamW and grouped batches, built by the causal_lm task and lmtune's
     training module as a run of this config builds them."""
-    from lmtune import models, strategies
+    from lmtune import dropout, models, strategies
     from lmtune.config import validate
     from lmtune.data.batching import EpochBatchSampler
     from lmtune.tasks import get_task
@@ -78,6 +78,7 @@ def lmtune_side(train: str, val: str, out: str, steps: int):
     torch.manual_seed(COMMON["seed"])
     model = task.build_model(path, cfg, [], attn_implementation=attention)
     groups = strategies.apply(model, cfg.strategy, cfg.train.lr, cfg.train.weight_decay).groups
+    dropout.use_packed(model)  # (as lmtune/training.py does; SmolLM2 has no dropout layers of its own)
     optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
     compile_blocks(model)
     sampler = EpochBatchSampler(lengths, BATCH, seed=COMMON["seed"], group_by_length=True)

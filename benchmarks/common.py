@@ -147,12 +147,12 @@ def minilm_classifier_step(attention: str, *, lmtune: bool = True, first_token: 
     """MiniLM-L6 with a 2-label head (seeded), its fused AdamW (lr 5e-5, weight decay 0.01) and its
     gradient clipping: as lmtune/training.py sets up a classifier's training step on a CPU in one
     process (the last layer for the first token only, unless `first_token` is False; the strategy's
-    parameter groups; the embedding gradient cleared by rows), or, with `lmtune` False, as a plain
+    parameter groups; dropout masks from packed random words; the embedding gradient cleared by rows), or, with `lmtune` False, as a plain
     Trainer does. Returns (model, optimizer, clip)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from lmtune import row_gradients, strategies
+    from lmtune import dropout, row_gradients, strategies
     from lmtune import first_token as first_token_layer
     from lmtune.config import FullStrategy
     from lmtune.models import source_of
@@ -164,6 +164,8 @@ def minilm_classifier_step(attention: str, *, lmtune: bool = True, first_token: 
         first_token_layer.use(model)
     # (the Trainer's groups too: weight decay for all but biases and norms)
     optimizer = torch.optim.AdamW(strategies.apply(model, FullStrategy(), 5e-5, 0.01).groups, lr=5e-5, fused=True)
+    if lmtune:
+        dropout.use_packed(model)
     rows = row_gradients.use(model, optimizer) if lmtune else None
     return model, optimizer, rows.clip if rows is not None else torch.nn.utils.clip_grad_norm_
 

@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 from torch import nn
 
-from . import dropout
 from .config import AdaptiveStrategy, FullStrategy, GradualStrategy, LoraStrategy, PartialStrategy
 from .errors import LmtuneError
 
@@ -197,8 +196,6 @@ def lora(model: nn.Module, cfg: LoraStrategy, lr: float, weight_decay: float) ->
         modules_to_save=head_modules(model) or None,
     )
     wrapped = get_peft_model(model, config)
-    # the adapters' dropout masks were half of a LoRA step on CPU: draw them from packed words
-    dropout.use_packed(wrapped)
     named = [(n, p) for n, p in wrapped.named_parameters() if p.requires_grad]
     return Plan(wrapped, _groups(named, lr, weight_decay, "lora"))
 

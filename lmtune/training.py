@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import adapter_checkpoint, collectives, first_token, models, row_gradients, sharding, strategies
+from . import adapter_checkpoint, collectives, dropout, first_token, models, row_gradients, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
@@ -489,6 +489,9 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     plan = strategies.apply(model, cfg.strategy, t.lr, t.weight_decay)
     model = plan.model
+    # dropout masks from packed random words on CPU (the model's own and LoRA's): torch draws one
+    # Bernoulli number per element, a tenth of a MiniLM step and half of a LoRA step on CPU
+    dropout.use_packed(model)
     if models.is_adapter(model):
         # the saved adapter names its base as the config does (smollm2-135m), not by a folder of this
         # machine such as the GGUF cache, so that the run folder loads on another machine too

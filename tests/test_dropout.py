@@ -80,16 +80,37 @@ def test_compiled_code_draws_the_same_masks_as_eager():
     assert not torch.equal(first(x) == 0, second(x) == 0)
 
 
-def test_use_packed_replaces_the_adapter_dropouts_only():
+def test_use_packed_replaces_the_model_and_adapter_dropouts():
     from peft import LoraConfig, get_peft_model
 
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.drop, self.second, self.idle = nn.Linear(8, 8), nn.Dropout(0.1), nn.Linear(8, 2), nn.Dropout(0.0)
+
     torch.manual_seed(6)
-    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1), nn.Linear(8, 2))
-    model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["0", "2"]))
-    assert use_packed(model) == 2
-    adapters = [m for m in model.modules() if isinstance(m, PackedDropout)]
-    assert len(adapters) == 2 and all(d.p == 0.1 for d in adapters)
-    assert len({d.site for d in adapters}) == 2
-    # the model's own dropout is left as it is
+    model = get_peft_model(Net(), LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["first", "second"]))
+    assert use_packed(model) == 3  # two adapters' and the model's own
+    packed = [m for m in model.modules() if isinstance(m, PackedDropout)]
+    assert len(packed) == 3 and all(d.p == 0.1 for d in packed)
+    assert len({d.site for d in packed}) == 3
+    # a dropout that drops nothing is left as it is, and a second call finds nothing more to do
     assert sum(type(m) is nn.Dropout for m in model.modules()) == 1
     assert use_packed(model) == 0
+
+
+def test_use_packed_gives_an_encoders_layers_shared_sites():
+    """Every layer's dropouts are named below the layer, so the layers' twins share a site (as compiled
+    blocks need) and the dropouts of one layer differ."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
+    model = BertForSequenceClassification(config)
+    # per layer: the attention output's and the feed-forward network's, and the attention's own
+    # (whose p the attention function reads; the probabilities' mask stays torch's); embeddings, head
+    assert use_packed(model) == 3 * 3 + 2
+    sites = [m.site for m in model.modules() if isinstance(m, PackedDropout)]
+    assert sorted(set(sites)) == ["attention.output.dropout", "attention.self.dropout", "bert.embeddings.dropout",
+                                  "dropout", "output.dropout"]
+    assert not any(type(m) is nn.Dropout and m.p > 0 for m in model.modules())
+    assert model.bert.encoder.layer[0].attention.self.dropout.p == config.attention_probs_dropout_prob

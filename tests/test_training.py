@@ -191,11 +191,13 @@ def test_gradient_accumulation_matches_the_bigger_batch(tiny_bert, toy_data, tmp
         torch.testing.assert_close(a[name], b[name], atol=2e-6, rtol=1e-4, msg=name)
 
 
-def test_gradient_checkpointing_trains_to_the_same_weights(tiny_bert, toy_data, tmp_path):
-    """Recomputing activations in the backward pass changes memory and time, not the result."""
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_gradient_checkpointing_trains_to_the_same_weights(tiny_bert, toy_data, tmp_path, dropout):
+    """Recomputing activations in the backward pass changes memory and time, not the result: with
+    dropout too, the recomputation draws the same (packed) masks as the forward pass."""
     from safetensors.torch import load_file
 
-    common = dict(epochs=1, dropout=0.0, max_steps=3, warmup_ratio=0.0)
+    common = dict(epochs=1, dropout=dropout, max_steps=3, warmup_ratio=0.0)
     plain = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "plain", **common), progress=False)
     ckpt = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "ckpt", gradient_checkpointing=True, **common),
                         progress=False)
