@@ -161,9 +161,10 @@ def _write_lines(lines: Iterator[str], args: argparse.Namespace) -> None:
         for line in lines:
             print(line, flush=True)
         return
+    from .preflight import check_output
+
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise LmtuneError(f"{out} exists; use --overwrite to replace it")
+    check_output(out, args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     count = 0
@@ -315,14 +316,14 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 def cmd_data_clean(args: argparse.Namespace) -> int:
     from .data.clean import CleanOptions, clean_file
+    from .preflight import check_output
 
     src, out = Path(args.file), Path(args.output)
     dropped_file = out.parent / "dropped.jsonl"
     if src.resolve() == out.resolve():
         raise LmtuneError(f"{out}: the output must be another file (the input is never changed)")
     for target in (out, dropped_file):
-        if target.exists() and not args.overwrite:
-            raise LmtuneError(f"{target} exists; use --overwrite to replace it")
+        check_output(target, args.overwrite)
     options = CleanOptions(fix_mojibake=args.fix_mojibake, strip_html=args.strip_html, lowercase=args.lowercase,
                            min_chars=args.min_chars, max_chars=args.max_chars, dedupe=args.dedupe, conflicts=args.conflicts)
     summary, rows = clean_file(src, out, dropped_file, args.text_column or "text", args.label_column, options,
@@ -339,11 +340,11 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
     from .data.augment import AugmentOptions, Skipped, augment_sentences, augment_stream, gather_synonyms
     from .data.readers import RowReader
     from .data.writers import RowWriter, write_rows
+    from .preflight import check_output
     from .tasks import token_classification as ner
 
     src, out = Path(args.file), Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise LmtuneError(f"{out} exists; use --overwrite to replace it")
+    check_output(out, args.overwrite)
     tagged = args.task == "token_classification" or (args.task is None and src.suffix.lower() in (".conll", ".iob", ".bio"))
     if tagged and out.suffix.lower() != ".jsonl":
         raise LmtuneError(f"{out}: tagged sentences are written as JSON lines (tokens, tags, augmented_from): name it .jsonl")

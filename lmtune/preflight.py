@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DataConfig, key_tasks
-from .errors import LmtuneError
+from .errors import LmtuneError, option
 from .saved_run import SavedRun, did_you_mean, read_for_inference
 from .tasks import get_task
 
@@ -57,9 +57,10 @@ class Checked:
     labelled: Any = None
 
 
-def check_output(path: str | None, overwrite: bool) -> None:
+def check_output(path: str | Path | None, overwrite: bool) -> None:
+    """An output file that exists is replaced only with `overwrite`."""
     if path and Path(path).exists() and not overwrite:
-        raise LmtuneError(f"{path} exists; use --overwrite to replace it")
+        raise LmtuneError(f"{path} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
 
 
 def check_readable(path: str | Path) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import LmtuneError, option
+from ..errors import LmtuneError
 
 REPORT_NAME = "report.html"
 
@@ -23,13 +23,13 @@ def write_report(run_dirs: list[Path], output: Path, *, overwrite: bool = False)
     """Write the report of `run_dirs` (run, search or compare folders) to `output` (HTML) and its
     figures to `<output stem>_files/` beside it; returns `output`. Every folder is read and checked
     before anything is written. An existing `output` is replaced only with `overwrite`."""
+    from ..preflight import check_output
     from .page import write
     from .read import expand
 
     output = Path(output)
     runs = expand([Path(p) for p in run_dirs])
-    if output.exists() and not overwrite:
-        raise LmtuneError(f"{output} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
+    check_output(output, overwrite)
     if output.is_dir():
         raise LmtuneError(f"{output}: a folder; the report is a file (e.g. {output / REPORT_NAME})")
     return write(runs, output)
