@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import adapter_checkpoint, collectives, dropout, first_token, models, row_gradients, sharding, strategies
+from . import adapter_checkpoint, collectives, dropout, first_token, heap, models, row_gradients, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
@@ -601,13 +601,14 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
         f"{t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, {total_steps} steps"
     )
     setup_seconds = time.perf_counter() - started
-    with PeakMemory(accelerator.device) as peak:
-        stopped_early = fit(
-            cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, clip, plan.update, train_loader,
-            train_sampler, evaluation, state, total_steps, on_evaluate, progress,
-        )
-    return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early, peak.megabytes,
-                  progress=progress, evaluation=evaluation, setup_seconds=setup_seconds)
+    with heap.kept_in_heap(accelerator.device.type == "cpu"):  # (no page faults for each step's large tensors)
+        with PeakMemory(accelerator.device) as peak:
+            stopped_early = fit(
+                cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, clip, plan.update, train_loader,
+                train_sampler, evaluation, state, total_steps, on_evaluate, progress,
+            )
+        return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early, peak.megabytes,
+                      progress=progress, evaluation=evaluation, setup_seconds=setup_seconds)
 
 
 def fit(
