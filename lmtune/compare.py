@@ -22,6 +22,7 @@ import csv
 import difflib
 import io
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -108,6 +109,7 @@ class Comparison:
     summaries: list[Summary]
     reading: str
     files: dict[str, Path] = field(default_factory=dict)
+    failed: list[dict[str, Any]] = field(default_factory=list)  # runs that did not finish, and why
 
     def table(self) -> str:
         return render_table(self.summaries, self.metric, markdown=False)
@@ -284,9 +286,20 @@ def train_isolated(cfg: RunConfig, progress: bool) -> tuple[dict[str, Any], floa
             proc.terminate()
     if status == "error":
         raise LmtuneError(*payload)
+    if status != "ok" and proc.exitcode == -signal.SIGKILL:
+        raise RunKilled(KILLED)
     if status != "ok":
         raise RuntimeError(f"the run for {cfg.output_dir} stopped (exit code {proc.exitcode}); see the lines above")
     return payload
+
+
+# A run's process ended by SIGKILL: on Linux most often the kernel's out-of-memory killer, which says
+# so only in the kernel log.
+KILLED = "killed (out of memory?)"
+
+
+class RunKilled(Exception):
+    """A run's own process was killed (SIGKILL) before it finished."""
 
 
 def run_plan(p: ComparePlan, *, progress: bool = True, isolate: bool = True) -> Comparison:
@@ -299,16 +312,27 @@ def run_plan(p: ComparePlan, *, progress: bool = True, isolate: bool = True) -> 
     if p.overwrite and p.output_dir.is_dir():
         shutil.rmtree(p.output_dir)
     p.output_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, failed = [], []
     for i, planned in enumerate(p.runs, start=1):
         seed = f" seed {planned.seed}" if p.seeds is not None else ""
         _log(f"compare: run {i} of {len(p.runs)}: {planned.strategy}{seed} -> {planned.cfg.output_dir}")
-        metrics, seconds = (train_isolated if isolate else train_one)(planned.cfg, progress)
+        try:
+            metrics, seconds = (train_isolated if isolate else train_one)(planned.cfg, progress)
+        except RunKilled as e:  # the other runs go on; the table leaves this one out and says why
+            _log(f"compare: run {i} ({planned.strategy}{seed}) was {e}")
+            failed.append({"strategy": planned.strategy, "seed": planned.seed,
+                           "output_dir": str(planned.cfg.output_dir), "reason": str(e)})
+            continue
         rows.append(_row(planned, metrics, seconds, p.metric, p.greater))
-    summaries = summarise(rows, p.strategies)
+    if not rows:
+        raise LmtuneError(f"compare: every run was {KILLED}: try train.micro_batch_size or "
+                          f"train.gradient_checkpointing (see lmtune keys)")
+    summaries = summarise(rows, [name for name in p.strategies if any(r.strategy == name for r in rows)])
     text = reading([Score(s.strategy, s.validation.mean, s.validation.sd, s.seeds) for s in summaries], p.metric, p.greater)
     text += gap_note(summaries)
-    comparison = Comparison(p.output_dir, p.metric, p.greater, rows, summaries, text)
+    for f in failed:
+        text += f" Not in the table: {f['strategy']} (seed {f['seed']}) was {f['reason']}."
+    comparison = Comparison(p.output_dir, p.metric, p.greater, rows, summaries, text, failed=failed)
     write_outputs(comparison, p)
     return comparison
 
@@ -523,5 +547,6 @@ def write_outputs(c: Comparison, p: ComparePlan) -> None:
     write_json_atomic(c.files["compare.json"], {
         "metric": c.metric, "greater_is_better": c.greater, "budget": _budget(p),
         "summaries": [asdict(s) for s in c.summaries], "runs": [asdict(r) for r in c.rows], "reading": c.reading,
+        "failed": c.failed,
     })
     write_plot(c, c.files["compare.png"])

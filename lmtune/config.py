@@ -135,6 +135,15 @@ def _threads(value: Any) -> int | str:
 Threads = Annotated[Union[int, Literal["auto"]], PlainValidator(_threads)]
 
 
+def _micro_batch(value: Any) -> int | str:
+    if value == "auto" or (type(value) is int and value >= 1):
+        return value
+    raise PydanticCustomError("micro_batch_size", "expected auto or a whole number of examples, at least 1")
+
+
+MicroBatch = Annotated[Union[int, Literal["auto"]], PlainValidator(_micro_batch)]
+
+
 class DataConfig(Section):
     """Where the examples are and which columns hold what. Relative paths are relative to the
     current directory."""
@@ -320,7 +329,13 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (instead of epochs)")
     batch_size: int = Field(32, ge=1, description="examples per step and device, before accumulation")
     eval_batch_size: int | None = Field(None, ge=1, description="defaults to 2 x batch_size")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="batches per optimizer step (each of train.batch_size)")
+    micro_batch_size: MicroBatch = Field(
+        "auto", description="examples in one forward and backward pass: a batch is split into micro-batches whose "
+        "gradients add up to the batch's (the loss weighted by each part's share), so only the memory changes; "
+        "auto: train.batch_size where the estimated peak of a step fits the budget (10 GB on CPU, 80% of a GPU), "
+        "else the largest half, quarter, ... of it that does"
+    )
     lr: float | None = Field(
         None, gt=0, le=1, description="peak learning rate; null: the strategy's default (lora 2e-4, the others 5e-5)"
     )
@@ -657,6 +672,9 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     if cfg.train.distributed == "fsdp" and cfg.strategy.name == "lora":
         problems.append("train.distributed: fsdp is not offered with strategy lora (its frozen base model is what "
                         "fits on each device); use ddp")
+    if isinstance(cfg.train.micro_batch_size, int) and cfg.train.micro_batch_size > cfg.train.batch_size:
+        problems.append(f"train.micro_batch_size: {cfg.train.micro_batch_size} is more than train.batch_size "
+                        f"({cfg.train.batch_size}), which it splits")
     if cfg.data.group_column is not None and cfg.task in key_tasks(DataConfig.model_fields["group_column"]) \
             and cfg.data.validation is not None:
         problems.append("data.group_column: only the automatic validation split uses it, and data.validation is given")

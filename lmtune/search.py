@@ -24,6 +24,7 @@ import csv
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,9 @@ from .tasks import get_task
 
 WORKER_ENV = "LMTUNE_SEARCH_WORKER"  # the number of a search.parallel process
 INTERRUPTED = "interrupted"  # user attribute of a trial that was running when its search was killed
+# a trial whose worker process was ended by SIGKILL: on Linux most often the kernel's out-of-memory
+# killer, which says so only in the kernel log. Its values are not tried again (they would be killed again).
+KILLED = "killed (out of memory?)"
 
 
 @dataclass
@@ -172,6 +176,19 @@ def open_study(s: Search, *, create: bool) -> Any:
     return study
 
 
+def fail_killed(study: Any, pid: int) -> list[int]:
+    """Mark the trials that the killed worker `pid` was running as failed, killed; their numbers."""
+    from optuna.trial import TrialState
+
+    numbers = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("pid") == pid:
+            study._storage.set_trial_user_attr(t._trial_id, "error", KILLED)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            numbers.append(t.number)
+    return numbers
+
+
 def retry_interrupted(study: Any) -> list[int]:
     """Mark the trials that were running when the search was killed as failed (interrupted) and
     queue their values again; returns their numbers. Only for a study no other process works on."""
@@ -233,6 +250,7 @@ def objective(s: Search, trial: Any) -> float:
         raw.setdefault("train", {})["metric"] = s.spec.metric
     trial.set_user_attr("config", raw)
     trial.set_user_attr("run", str(run_dir))
+    trial.set_user_attr("pid", os.getpid())  # (a worker that dies names its trial by it)
     pruned_at: list[int] = []
     # Evaluations are reported by the training examples seen, so that trials of other batch sizes
     # are compared at the same amount of data; the pruner is asked from a trial's second evaluation
@@ -326,14 +344,28 @@ def _workers(s: Search, config_path: Path) -> None:
 
     n = s.spec.parallel
     gpus = torch.cuda.device_count()
-    procs = []
-    for i in range(n):
+
+    def start(i: int) -> subprocess.Popen:
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)), **{WORKER_ENV: str(i)})
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        cmd = [sys.executable, "-m", "lmtune", "search", str(config_path), "--worker"]
-        procs.append(subprocess.Popen(cmd, env=env))
-    codes = [p.wait() for p in procs]
+        return subprocess.Popen([sys.executable, "-m", "lmtune", "search", str(config_path), "--worker"], env=env)
+
+    procs, codes = [start(i) for i in range(n)], []
+    while procs:  # a worker killed (out of memory?) fails its trial; while trials remain, another takes its place
+        for proc in procs:
+            proc.wait()
+        killed = [p for p in procs if p.returncode == -signal.SIGKILL]
+        codes += [p.returncode for p in procs if p.returncode != -signal.SIGKILL]
+        procs = []
+        if killed:
+            study = open_study(s, create=False)
+            for proc in killed:
+                for number in fail_killed(study, proc.pid):
+                    print(f"trial {number} was {KILLED}: its worker process ended by SIGKILL; its values are not "
+                          f"tried again", file=sys.stderr, flush=True)
+            if counted(study) < s.spec.trials and target_reached_by(s, study) is None:
+                procs = [start(i) for i in range(len(killed))]
     failed = [c for c in codes if c != 0]
     if failed:
         raise LmtuneError(f"search.parallel: {len(failed)} of {n} worker processes ended with an error "

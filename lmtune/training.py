@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import adapter_checkpoint, collectives, dropout, first_token, heap, models, row_gradients, sharding, strategies
+from . import adapter_checkpoint, collectives, dropout, first_token, heap, memory, models, row_gradients, sharding, strategies
 from .config import RunConfig, as_config
 from .data.batching import EpochBatchSampler, examples_seen
 from .errors import LmtuneError
@@ -287,6 +287,101 @@ def _loader(features: list[dict[str, Any]], sampler: EpochBatchSampler, collate:
     return torch.utils.data.DataLoader(features, batch_sampler=sampler, collate_fn=collate, generator=generator)
 
 
+class MicroBatches:
+    """Collates a batch as micro-batches of at most `size` examples, the longest first (each padded to
+    its own width); a batch no larger than `size` as one, exactly as `collate` would."""
+
+    def __init__(self, collate: Any, size: int) -> None:
+        self.collate, self.size = collate, size
+
+    def __call__(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(features) <= self.size:
+            return [self.collate(features)]
+        ordered = sorted(features, key=lambda f: -len(f["input_ids"]))
+        return [self.collate(ordered[i:i + self.size]) for i in range(0, len(ordered), self.size)]
+
+
+@dataclass
+class MemoryPlan:
+    """A step's micro-batch and the estimate of its peak memory."""
+
+    micro_batch: int
+    estimate: memory.Estimate
+    notes: list[str]
+    estimate_for: Callable[[int, bool], memory.Estimate]  # (micro-batch, gradient checkpointing) -> estimate
+
+    def record(self) -> dict[str, Any]:
+        return {"micro_batch_size": self.micro_batch, "estimated_peak_mb": round(self.estimate.total / 2**20, 1)}
+
+
+def plan_memory(t: Any, model: Any, accelerator: Any, attention: str, length: int) -> MemoryPlan:
+    """train.micro_batch_size (auto: the largest of the batch, its half, quarter, ... whose estimated
+    peak fits the budget) and the estimate of the step's peak. The estimate counts the model as it
+    trains: its parameters' bytes, fp32 gradients and AdamW's two states for the trainable ones (over
+    the processes with FSDP), and the activations of a micro-batch of inputs `length` tokens long."""
+    shape = memory.Shape.of(model.config)
+    params = list(model.parameters())
+    share = accelerator.num_processes if t.distributed == "fsdp" else 1
+    weights = sum(p.numel() * p.element_size() for p in params) // share
+    trainable = sum(p.numel() for p in params if p.requires_grad) // share
+    flags = {"adapters": models.is_adapter(model), "eager": attention == "eager", "half": accelerator.mixed_precision != "no"}
+
+    def estimate_for(micro: int, checkpointing: bool) -> memory.Estimate:
+        return memory.training_estimate(shape, weights, trainable, micro, length, checkpointing=checkpointing, **flags)
+
+    def estimate(micro: int) -> memory.Estimate:
+        return estimate_for(micro, t.gradient_checkpointing)
+
+    notes = []
+    if t.micro_batch_size != "auto":
+        micro = t.micro_batch_size
+    elif accelerator.device.type == "cuda":
+        budget = int(memory.GPU_BUDGET_SHARE * torch.cuda.get_device_properties(accelerator.device).total_memory)
+        micro = memory.micro_batch_for(budget, t.batch_size, estimate)
+    else:
+        budget = memory.CPU_BUDGET
+        micro = memory.micro_batch_for(budget, t.batch_size, estimate)
+    if t.micro_batch_size == "auto" and micro < t.batch_size:
+        parts = -(-t.batch_size // micro)
+        notes.append(f"train.micro_batch_size: auto -> {micro}: each batch of {t.batch_size} in {parts} micro-batches; "
+                     f"a whole batch of inputs up to {length} tokens would need about {memory.gib(estimate(t.batch_size).total)} GB, "
+                     f"over the budget of {memory.gib(budget)} GB")
+    return MemoryPlan(micro, estimate(micro), notes, estimate_for)
+
+
+def memory_problem(plan: MemoryPlan, t: Any, accelerator: Any) -> str | None:
+    """Why the run cannot fit the memory free now (with what would), or None. On CPU the processes of
+    this machine share its memory; what the process holds already (the model) counts as the run's."""
+    if accelerator.device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(accelerator.device)
+        have = free + torch.cuda.memory_allocated(accelerator.device)
+        need, where = plan.estimate.total - plan.estimate.runtime, "this GPU has"
+    else:
+        free = memory.available_bytes()
+        if free is None:
+            return None
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        held = memory.resident_bytes() or 0
+        have, need = free + held * local, plan.estimate.total * local
+        where = "this machine has" if local == 1 else f"{local} processes on this machine share"
+    if need <= have:
+        return None
+    scale = need / plan.estimate.total  # (the processes that share the machine)
+    options = []
+    micro = plan.micro_batch
+    while micro > 1:
+        micro = -(-micro // 2)
+        smaller = plan.estimate_for(micro, t.gradient_checkpointing)
+        if smaller.total * scale <= have:
+            options.append(f"train.micro_batch_size: {micro} (about {memory.gib(smaller.total)} GB)")
+            break
+    if not t.gradient_checkpointing:
+        options.append(f"train.gradient_checkpointing: true (about {memory.gib(plan.estimate_for(plan.micro_batch, True).total)} GB)")
+    options.append("a shorter data.max_length")
+    return (f"memory: the run needs {plan.estimate.describe()}, and {where} {memory.gib(have)} GB free; "
+            f"set {', or '.join(options)}")
+
+
 @torch.no_grad()
 def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, accelerator: Any, cfg: RunConfig) -> dict[str, np.ndarray]:
     """The task's per-example eval outputs over a whole data set, in data order. Each process
@@ -433,6 +528,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     accelerator = make_accelerator(t.precision, **tracking.accelerator_options(t.report_to, run.path))
     main = accelerator.is_main_process
     if main:
+        new_folder = overwrite or not (run.path.is_dir() and any(run.path.iterdir()))
         resume = run.start(cfg.to_yaml(), resume=resume, overwrite=overwrite)
     resume = collectives.main_decides(accelerator, resume)  # the run folder's answer, for every process
     for note in resolved_notes:  # (only now: a refused run folder prints its error alone)
@@ -498,6 +594,15 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
         for adapter in model.peft_config.values():
             adapter.base_model_name_or_path = cfg.model
     log(f"model {cfg.model}; strategy {cfg.strategy.name}: {strategies.describe(model, plan.groups)}")
+    memory_plan = plan_memory(t, model, accelerator, attention, max(lengths["train"]))
+    for note in memory_plan.notes:
+        log(note)
+    problem = memory_problem(memory_plan, t, accelerator) if main else None
+    if collectives.main_decides(accelerator, problem is not None):  # before anything trains: nothing is lost
+        if main and new_folder and not resume:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise LmtuneError(problem or "memory: the run does not fit this machine (the first process says why)")
+    log(f"memory: {memory_plan.estimate.describe()}, micro-batches of {memory_plan.micro_batch}")
     groups = plan.groups
     fsdp = t.distributed == "fsdp"
     if fsdp:  # torch's FSDP shards the model itself; accelerate keeps the rest (RNG, scheduler, gathering)
@@ -527,7 +632,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
         for name in features
         if name != "train"
     }
-    train_loader = _loader(features["train"], train_sampler, collate)
+    train_loader = _loader(features["train"], train_sampler, MicroBatches(collate, memory_plan.micro_batch))
     general = general_text_features(task, tokenizer, cfg)
     general_loader = None if general is None else _loader(
         general, EpochBatchSampler([len(f["input_ids"]) for f in general], eval_bs, seed=t.seed, shuffle=False,
@@ -608,7 +713,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
                 train_sampler, evaluation, state, total_steps, on_evaluate, progress,
             )
         return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early, peak.megabytes,
-                      progress=progress, evaluation=evaluation, setup_seconds=setup_seconds)
+                      progress=progress, evaluation=evaluation, setup_seconds=setup_seconds, memory_record=memory_plan.record())
 
 
 def fit(
@@ -663,19 +768,22 @@ def fit(
         loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch) if state.batches_in_epoch else train_loader
         n_micro = len(train_loader)
         tick = time.perf_counter()
-        for micro, batch in enumerate(loader, start=state.batches_in_epoch):
-            batch = send_to_device(batch, accelerator.device)
+        for micro, parts in enumerate(loader, start=state.batches_in_epoch):
             sync = (micro + 1) % accum == 0 or micro + 1 == n_micro
-            tokens = batch.pop("num_tokens", None)
-            if sharded:  # reduce-scatter the gradients only at the last micro-batch of a step
-                model.set_requires_gradient_sync(sync)
-            with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
-                with autocast():
-                    loss = model(**batch).loss
-                accelerator.backward(loss / accum)
-            n = batch["input_ids"].shape[0] * accelerator.num_processes
-            n_tokens = int(tokens if tokens is not None else batch["attention_mask"].sum()) * accelerator.num_processes
-            window_loss += loss.item()
+            parts, weights, n, n_tokens = weigh_parts(task, [send_to_device(p, accelerator.device) for p in parts])
+            batch_loss = 0.0
+            for k, (part, weight) in enumerate(zip(parts, weights)):
+                last = sync and k == len(parts) - 1
+                if sharded:  # reduce-scatter the gradients only at the last micro-batch of a step
+                    model.set_requires_gradient_sync(last)
+                with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+                    with autocast():
+                        loss = model(**part).loss
+                    accelerator.backward(loss * weight / accum)
+                batch_loss += loss.item() * weight
+            n *= accelerator.num_processes
+            n_tokens *= accelerator.num_processes
+            window_loss += batch_loss
             window_batches += 1
             window_samples += n
             window_tokens += n_tokens
@@ -757,6 +865,22 @@ def fit(
     return False
 
 
+def weigh_parts(task: Any, parts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float], int, int]:
+    """The micro-batches of one batch that have something to learn, each with its share of the
+    batch's loss items (their weighted losses add up to the whole batch's mean loss, and so do their
+    gradients); and the batch's examples and real tokens."""
+    examples = sum(int(p["input_ids"].shape[0]) for p in parts)
+    tokens = sum(int(p.pop("num_tokens")) if "num_tokens" in p else int(p["attention_mask"].sum()) for p in parts)
+    if len(parts) == 1:
+        return parts, [1.0], examples, tokens
+    items = [task.loss_items(p) for p in parts]
+    total = sum(items)
+    if not total:  # (nothing labelled at all: each part as it is)
+        return parts, [1.0 / len(parts)] * len(parts), examples, tokens
+    kept = [(p, i / total) for p, i in zip(parts, items) if i]
+    return [p for p, _ in kept], [w for _, w in kept], examples, tokens
+
+
 def eval_line(step: int, metric: str, shown: dict[str, Any], more: dict[str, Any], improved: bool) -> str:
     """An evaluation as one line: the headline metrics, the training sample's value of the run's
     metric beside them, and the general text's perplexity change."""
@@ -836,6 +960,7 @@ def finish(
     progress: bool = True,
     evaluation: Evaluation | None = None,
     setup_seconds: float | None = None,
+    memory_record: dict[str, Any] | None = None,
 ) -> RunResult:
     """Put the best model in model/, evaluate it on validation and test (and the training sample),
     write metrics.json with the diagnosis, validation_samples.jsonl and report.html.
@@ -888,6 +1013,7 @@ def finish(
         "trainable_parameters": trainable,
         "parameters": parameters,
         "peak_memory_mb": peak_megabytes,  # GPU: allocated by torch; CPU: the process's resident set
+        **(memory_record or {}),  # the micro-batch and the estimated peak beside the measured one
         # the time outside the training steps: reading, tokenizing and loading before the first step;
         # evaluations and checkpoints during the loop; the final model's evaluation (generation too)
         "setup_seconds": None if setup_seconds is None else round(setup_seconds, 2),

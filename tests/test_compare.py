@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -244,3 +245,34 @@ def test_plan_settings_come_from_the_config_then_defaults_then_set(tiny_bert, to
     assert p.runs[0].cfg.strategy.freeze_layers == 0 and not p.runs[0].cfg.strategy.freeze_embeddings
     assert p.runs[0].cfg.train.seed == 42 and p.runs[0].cfg.output_dir == str(tmp_path / "cmp" / "partial")
     assert not (tmp_path / "cmp").exists()  # planning writes nothing
+
+
+KILLER = '''
+import os, signal
+import lmtune.training as training
+_train = training.train
+def train(cfg, *args, **kwargs):
+    if cfg.strategy.name == os.environ["LMTUNE_TEST_KILL"]:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    return _train(cfg, *args, **kwargs)
+training.train = train
+'''
+
+
+def test_a_run_killed_by_sigkill_is_named_and_the_others_go_on(tiny_bert, toy_data, tmp_path, monkeypatch, capsys):
+    """Each run has a process of its own: the one killed (as by the out-of-memory killer) is named as
+    such in the log, compare.md and compare.json, and the comparison goes on without it."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(KILLER)  # (started with every process of the runs)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv("LMTUNE_TEST_KILL", "full")
+    cfg = write_compare_config(tmp_path, tiny_bert, toy_data, max_steps=1)
+    assert main(["compare", cfg, "--strategies", "full,lora", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "compare: run 1 (full) was killed (out of memory?)" in err
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [s["strategy"] for s in result["summaries"]] == ["lora"]
+    assert result["failed"] == [{"strategy": "full", "seed": 42, "output_dir": str(tmp_path / "cmp" / "full"),
+                                 "reason": "killed (out of memory?)"}]
+    assert "Not in the table: full (seed 42) was killed (out of memory?)." in (tmp_path / "cmp" / "compare.md").read_text()

@@ -197,6 +197,42 @@ def test_parallel_workers_write_one_study(tiny_bert, toy_data, tmp_path):
     assert len(rows(folder)) == len(trials)
 
 
+KILL_ONCE = '''
+import os, signal
+import lmtune.training as training
+_train = training.train
+def train(*args, **kwargs):
+    marker = os.environ["LMTUNE_TEST_KILL_ONCE"]
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    return _train(*args, **kwargs)
+training.train = train
+'''
+
+
+def test_a_worker_killed_by_sigkill_fails_its_trial_as_killed_and_the_search_goes_on(tiny_bert, toy_data, tmp_path):
+    folder = tmp_path / "s"
+    raw = search_config(tiny_bert, toy_data, folder, {"train.lr": {"loguniform": [1e-4, 1e-2]}}, trials=3, parallel=2)
+    raw["train"]["max_steps"] = 2
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(KILL_ONCE)  # (started with every worker process)
+    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(hooks), *filter(None, [ENV.get("PYTHONPATH")])]),
+               LMTUNE_TEST_KILL_ONCE=str(tmp_path / "killed-one"))
+    proc = subprocess.run([sys.executable, "-m", "lmtune", "search", str(config)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    states = {t.number: t.state.name for t in study_of(folder).trials}
+    killed = [r for r in rows(folder) if r["note"] == "killed (out of memory?)"]
+    assert len(killed) == 1 and killed[0]["state"] == "fail"
+    assert f"trial {killed[0]['trial']} was killed (out of memory?)" in proc.stderr
+    assert sorted(states.values()).count("COMPLETE") == 2  # the budget of 3 counts the killed trial
+    assert "retry" not in proc.stderr  # (its values are not tried again)
+
+
 def test_bad_search_configs_are_reported_at_once_and_nothing_is_written(tiny_bert, toy_data, tmp_path):
     folder = tmp_path / "s"
     space = {

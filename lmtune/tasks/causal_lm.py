@@ -550,6 +550,13 @@ def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
     return Collator(tokenizer.pad_token_id, trained_logits_only=supported, no_cache=no_cache)
 
 
+def loss_items(batch: dict[str, Any]) -> int:
+    """The trained tokens: the loss is their mean (each position predicts the next token's label)."""
+    if "shift_labels" in batch:
+        return int(batch["shift_labels"].numel())
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
 def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     """Summed token loss and trained-token count per row (the loss is token-weighted over a set)."""
     import torch

@@ -10,7 +10,7 @@ import numpy as np
 from ..data.readers import Table, read_table
 from ..data.split import grouped_split
 from ..errors import LmtuneError
-from .common import LengthChoice, TaskData, load_labelled_model, percentile_length, tokenize_texts
+from .common import LengthChoice, TaskData, examples_in, load_labelled_model, percentile_length, tokenize_texts
 
 METRICS = (
     "accuracy",
@@ -172,6 +172,8 @@ def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Any:
 
     return DataCollatorWithPadding(tokenizer)
 
+
+loss_items = examples_in  # the loss is the mean over examples
 
 def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     import torch.nn.functional as F

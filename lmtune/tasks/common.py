@@ -108,3 +108,13 @@ def load_labelled_model(auto_model: str, path: Any, cfg: Any, labels: list[str],
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
     )
+
+
+# loss_items(batch): how many items a batch's training loss is the mean of, so that the micro-batches
+# of one batch weigh in by their share (their gradients then add up to the whole batch's)
+def examples_in(batch: dict[str, Any]) -> int:
+    return int(batch["input_ids"].shape[0])
+
+
+def labelled_tokens(batch: dict[str, Any]) -> int:
+    return int((batch["labels"] != -100).sum())

@@ -23,7 +23,7 @@ from ..data.readers import Table
 from ..data.split import random_holdout
 from ..errors import LmtuneError
 from .causal_lm import read_texts
-from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, tokenize_texts
+from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, labelled_tokens, tokenize_texts
 
 METRICS = ("loss", "perplexity")
 GREATER_IS_BETTER = {"loss": False, "perplexity": False}
@@ -239,6 +239,8 @@ def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
     whole_word = cfg.data.whole_word_mask if cfg is not None else False
     return Collator(tokenizer, probability, whole_word)
 
+
+loss_items = labelled_tokens  # the loss is the mean over masked tokens
 
 def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     """Summed loss over the masked tokens and their count, per block."""

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..data.readers import Table, read_table
 from ..errors import LmtuneError
-from .common import LengthChoice, TaskData, percentile_length
+from .common import LengthChoice, TaskData, examples_in, percentile_length
 
 METRICS = ("f1", "exact_match", "loss")
 GREATER_IS_BETTER = {"f1": True, "exact_match": True, "loss": False}
@@ -318,6 +318,8 @@ class Collator:
 def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
     return Collator(tokenizer)
 
+
+loss_items = examples_in  # the loss is the mean over windows
 
 def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     """Per window: start and end logits padded to data.max_length columns (so that batches and

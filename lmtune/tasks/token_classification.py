@@ -27,7 +27,7 @@ import numpy as np
 from ..data.conll import ConllTable, read_conll
 from ..data.readers import Table, read_table
 from ..errors import LmtuneError
-from .common import LengthChoice, TaskData, load_labelled_model, percentile_length
+from .common import LengthChoice, TaskData, labelled_tokens, load_labelled_model, percentile_length
 
 METRICS = ("f1", "precision", "recall", "accuracy", "loss")
 GREATER_IS_BETTER = {m: m != "loss" for m in METRICS}
@@ -333,6 +333,8 @@ class Collator:
 def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
     return Collator(tokenizer)
 
+
+loss_items = labelled_tokens  # the loss is the mean over labelled tokens
 
 def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     """Per window: predicted and reference label ids at the labelled positions (-100 elsewhere),
