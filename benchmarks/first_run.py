@@ -16,8 +16,8 @@ The config of a run is only what a new user writes (model, task, data, prompt te
 column, `strategy: {name: lora}`); KEY=VALUE overrides add to it, and eval.generate_rows=0 (the run's
 own generations on its validation rows come after training and change nothing in it; the held-out
 rows are scored here instead). `--low-memory` turns on
-train.gradient_checkpointing (the same weights, far less memory, about 30% more time): a batch of
-32 dialogues of 256 tokens takes about 19 GB in fp32 without it. The data is read from
+train.gradient_checkpointing (the same weights, less memory, about 30% more time); without it the
+run's micro-batches (train.micro_batch_size: auto) keep it within 10 GiB. The data is read from
 ../shared/data and written only to a temporary folder.
 """
 

@@ -176,7 +176,7 @@ class DataConfig(Section):
     max_length: MaxLength = Field(
         "auto", description="tokens per input (longer ones are cut, counted) or per block/window; auto: the 99th "
         "percentile of the training inputs rounded up to a multiple of 8, at most the model's positions and "
-        "8192 / train.batch_size (the memory rule: a batch holds at most 8192 tokens); blocks (masked_lm, "
+        "8192 / train.batch_size (the length rule: a batch holds at most 8192 tokens; micro-batches keep its memory within the budget); blocks (masked_lm, "
         "causal_lm text): 256, capped the same way; question_answering windows: the percentile, at most 384",
     )
     augment: AugmentConfig | None = Field(
@@ -333,7 +333,7 @@ class TrainConfig(Section):
     micro_batch_size: MicroBatch = Field(
         "auto", description="examples in one forward and backward pass: a batch is split into micro-batches whose "
         "gradients add up to the batch's (the loss weighted by each part's share), so only the memory changes; "
-        "auto: train.batch_size where the estimated peak of a step fits the budget (10 GB on CPU, 80% of a GPU), "
+        "auto: train.batch_size where the estimated peak of a step fits the budget (10 GiB on CPU, 80% of a GPU), "
         "else the largest half, quarter, ... of it that does"
     )
     lr: float | None = Field(

@@ -66,17 +66,18 @@ class PeakMemory:
 
 GIB = 2**30
 # On CPU a step's micro-batch is chosen so that the whole estimate stays within this: a 16 GB
-# machine runs a default run, a 24 GB one keeps more than half free. The same on every CPU machine
+# machine runs a default run, a 24 GB one keeps more than half of itself free. The same on every CPU machine
 # (a run's arithmetic does not depend on the free memory of the moment).
 CPU_BUDGET = 10 * GIB
 GPU_BUDGET_SHARE = 0.8  # on a GPU, of its whole memory
 RUNTIME = GIB // 2  # the process itself: Python, torch, transformers, the tokenizer, the data
-# Measured peak activations over the sum of the saved tensors counted below (SmolLM2-135M LoRA and
-# full, MiniLM-L6, on CPU): the backward pass holds gradients of activations beside them.
+# The measured peak of a step's activations over the sum of the saved tensors counted below
+# (SmolLM2-135M, LoRA and full, fp32, micro-batches of 8 and 16 on CPU): the backward pass holds
+# gradients of activations beside them, and the heap keeps what it freed.
 PEAK_FACTOR = 1.5
-HALF_FACTOR = 0.6  # bf16 autocast: matrix products save half-width outputs (norms and softmax stay fp32)
+HALF_FACTOR = 0.8  # bf16 autocast: matrix products save half-width outputs, but norms, softmax and the fp32 copies stay
 # Gradient checkpointing keeps each layer's input, but the peak holds far more: measured on SmolLM2-135M
-# (LoRA, 32 x 256 tokens, fp32), 0.31 of the activations without it.
+# (32 x 256 tokens, fp32), 0.31 (LoRA) and 0.19 (full) of the activations without it.
 CHECKPOINT_FACTOR = 0.35
 
 
@@ -146,7 +147,7 @@ class Estimate:
 
     def describe(self) -> str:
         parts = ", ".join(f"{name} {gib(getattr(self, name))}" for name in ("weights", "gradients", "optimizer", "activations", "runtime"))
-        return f"about {gib(self.total)} GB at the peak ({parts})"
+        return f"about {gib(self.total)} GiB at the peak ({parts})"
 
 
 def gib(n: int) -> str:

@@ -344,8 +344,8 @@ def plan_memory(t: Any, model: Any, accelerator: Any, attention: str, length: in
     if t.micro_batch_size == "auto" and micro < t.batch_size:
         parts = -(-t.batch_size // micro)
         notes.append(f"train.micro_batch_size: auto -> {micro}: each batch of {t.batch_size} in {parts} micro-batches; "
-                     f"a whole batch of inputs up to {length} tokens would need about {memory.gib(estimate(t.batch_size).total)} GB, "
-                     f"over the budget of {memory.gib(budget)} GB")
+                     f"a whole batch of inputs up to {length} tokens would need about {memory.gib(estimate(t.batch_size).total)} GiB, "
+                     f"over the budget of {memory.gib(budget)} GiB")
     return MemoryPlan(micro, estimate(micro), notes, estimate_for)
 
 
@@ -373,12 +373,12 @@ def memory_problem(plan: MemoryPlan, t: Any, accelerator: Any) -> str | None:
         micro = -(-micro // 2)
         smaller = plan.estimate_for(micro, t.gradient_checkpointing)
         if smaller.total * scale <= have:
-            options.append(f"train.micro_batch_size: {micro} (about {memory.gib(smaller.total)} GB)")
+            options.append(f"train.micro_batch_size: {micro} (about {memory.gib(smaller.total)} GiB)")
             break
     if not t.gradient_checkpointing:
-        options.append(f"train.gradient_checkpointing: true (about {memory.gib(plan.estimate_for(plan.micro_batch, True).total)} GB)")
+        options.append(f"train.gradient_checkpointing: true (about {memory.gib(plan.estimate_for(plan.micro_batch, True).total)} GiB)")
     options.append("a shorter data.max_length")
-    return (f"memory: the run needs {plan.estimate.describe()}, and {where} {memory.gib(have)} GB free; "
+    return (f"memory: the run needs {plan.estimate.describe()}, and {where} {memory.gib(have)} GiB free; "
             f"set {', or '.join(options)}")
 
 

@@ -23,7 +23,7 @@ class TaskData:
     dropped: list[dict[str, Any]] = field(default_factory=list)  # rows left out, each with line and reason
 
 
-# data.max_length: auto. The memory rule: a training batch of train.batch_size inputs of the chosen
+# data.max_length: auto. The length rule: a training batch of train.batch_size inputs of the chosen
 # length holds at most this many tokens (the batch of 32 x 256 that was the default before auto).
 AUTO_BATCH_TOKENS = 8192
 AUTO_PERCENTILE = 99
@@ -48,7 +48,7 @@ def _round_up(n: float, step: int = 8) -> int:
 
 
 def length_cap(max_positions: int | None, batch_size: int) -> tuple[int, str]:
-    """The most that auto may choose: the model's positions and the memory rule, whichever is lower
+    """The most that auto may choose: the model's positions and the length rule, whichever is lower
     (a multiple of 8, at least 8)."""
     by_memory = max(8, AUTO_BATCH_TOKENS // batch_size // 8 * 8)
     if max_positions and max_positions // 8 * 8 < by_memory:
