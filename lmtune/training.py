@@ -332,16 +332,14 @@ def plan_memory(t: Any, model: Any, accelerator: Any, attention: str, length: in
     def estimate(micro: int) -> memory.Estimate:
         return estimate_for(micro, t.gradient_checkpointing)
 
-    notes = []
     if t.micro_batch_size != "auto":
-        micro = t.micro_batch_size
-    elif accelerator.device.type == "cuda":
+        return MemoryPlan(t.micro_batch_size, estimate(t.micro_batch_size), [], estimate_for)
+    if accelerator.device.type == "cuda":
         budget = int(memory.GPU_BUDGET_SHARE * torch.cuda.get_device_properties(accelerator.device).total_memory)
-        micro = memory.micro_batch_for(budget, t.batch_size, estimate)
     else:
         budget = memory.CPU_BUDGET
-        micro = memory.micro_batch_for(budget, t.batch_size, estimate)
-    if t.micro_batch_size == "auto" and micro < t.batch_size:
+    micro, notes = memory.micro_batch_for(budget, t.batch_size, estimate), []
+    if micro < t.batch_size:
         parts = -(-t.batch_size // micro)
         notes.append(f"train.micro_batch_size: auto -> {micro}: each batch of {t.batch_size} in {parts} micro-batches; "
                      f"a whole batch of inputs up to {length} tokens would need about {memory.gib(estimate(t.batch_size).total)} GiB, "
@@ -353,7 +351,7 @@ def memory_problem(plan: MemoryPlan, t: Any, accelerator: Any) -> str | None:
     """Why the run cannot fit the memory free now (with what would), or None. On CPU the processes of
     this machine share its memory; what the process holds already (the model) counts as the run's."""
     if accelerator.device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(accelerator.device)
+        free, _ = torch.cuda.mem_get_info(accelerator.device)
         have = free + torch.cuda.memory_allocated(accelerator.device)
         need, where = plan.estimate.total - plan.estimate.runtime, "this GPU has"
     else:
