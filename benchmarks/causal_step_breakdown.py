@@ -43,7 +43,7 @@ def trainer_side(train: str, steps: int):
     """The Trainer's model (SDPA), its fused AdamW and the batches its collator makes of random dialogues."""
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
-    from lmtune.models import resolve
+    from lmtune.core.models import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
     tok.pad_token = tok.pad_token or tok.eos_token
@@ -61,8 +61,9 @@ def trainer_side(train: str, steps: int):
 def lmtune_side(train: str, val: str, out: str, steps: int):
     """lmtune's model, fused AdamW and grouped batches, built by the causal_lm task and lmtune's
     training module as a run of this config builds them."""
-    from lmtune import dropout, models, strategies
-    from lmtune.config import validate
+    from lmtune import dropout, strategies
+    from lmtune.core import models
+    from lmtune.core.config import validate
     from lmtune.data.batching import EpochBatchSampler
     from lmtune.tasks import get_task
     from lmtune.training import choose_attention, compile_blocks
@@ -98,7 +99,7 @@ def main() -> int:
         return 0
     from transformers import get_scheduler
 
-    from lmtune.training import bf16_available
+    from lmtune.core.runtime import bf16_available
 
     bf16 = bf16_available()
     peak = machine(bf16)

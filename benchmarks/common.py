@@ -38,7 +38,7 @@ def cpu_kind() -> str:
 def fast_bf16() -> bool:
     """The precision rule of train.precision: auto, for both sides of a benchmark: bf16 where the
     hardware is fast in it, fp32 elsewhere."""
-    from lmtune.training import bf16_available
+    from lmtune.core.runtime import bf16_available
 
     return bf16_available()
 
@@ -152,10 +152,9 @@ def minilm_classifier_step(attention: str, *, lmtune: bool = True, first_token: 
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from lmtune import dropout, row_gradients, strategies
-    from lmtune import first_token as first_token_layer
-    from lmtune.config import FullStrategy
-    from lmtune.models import source_of
+    from lmtune import dropout, row_gradients, strategies, first_token as first_token_layer
+    from lmtune.core.config import FullStrategy
+    from lmtune.core.models import source_of
 
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(source_of("minilm-l6"), num_labels=2,

@@ -112,7 +112,7 @@ def main() -> int:
             result.update(score(args.run, heldout, args.max_new_tokens))
         else:
             import lmtune
-            from lmtune.config import apply_overrides
+            from lmtune.core.config import apply_overrides
 
             raw = {
                 "model": "smollm2-135m",

@@ -42,7 +42,7 @@ def classification(n: int, folder: Path) -> None:
     from transformers import AutoModelForSequenceClassification, pipeline
 
     import lmtune
-    from lmtune import models
+    from lmtune.core import models
 
     with SST2.open(encoding="utf-8") as f:
         texts = [row["sentence"].strip() for row in csv.DictReader(f, delimiter="\t")][:n]

@@ -49,7 +49,7 @@ def main() -> int:
     import torch
 
     from lmtune import search
-    from lmtune.training import bf16_available
+    from lmtune.core.runtime import bf16_available
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "search"

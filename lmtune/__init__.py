@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
 __all__ = ["LmtuneError", "load", "train", "load_config"]
 
-from .errors import LmtuneError
+from .core import __version__  # (defined in core, where every layer can read it)
+from .core.errors import LmtuneError
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .core.config import RunConfig
     from .inference import Predictor
     from .training import RunResult
 
@@ -28,7 +28,7 @@ def load(run_dir: str) -> "Predictor":
 
 def load_config(path: str, overrides: list[str] | None = None) -> "RunConfig":
     """Read, override and validate a run config; raises LmtuneError listing every problem."""
-    from .config import load_config as _load
+    from .core.config import load_config as _load
 
     return _load(path, overrides or [])
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .errors import LmtuneError, command_line
+from .core.errors import LmtuneError, command_line
 from .tasks import TASKS
 
 if TYPE_CHECKING:
@@ -23,8 +23,8 @@ def _print_json(obj: object) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     # Everything that can be wrong in the config, the run folder or the data is said before torch is
     # imported (seconds): config, then folder, then data.
-    from .config import load_config
-    from .rundir import RunDir
+    from .core.config import load_config
+    from .core.rundir import RunDir
     from .tasks import get_task
 
     if args.config is None and not args.overrides:
@@ -161,7 +161,7 @@ def _write_lines(lines: Iterator[str], args: argparse.Namespace) -> None:
         for line in lines:
             print(line, flush=True)
         return
-    from .preflight import check_output
+    from .core.rundir import check_output
 
     out = Path(args.output)
     check_output(out, args.overwrite)
@@ -194,7 +194,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .preflight import check_output, check_run_and_file
+    from .core.rundir import check_output
+    from .preflight import check_run_and_file
 
     check_output(args.output, args.overwrite)
     settings = _generation_settings(args)
@@ -232,8 +233,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from .core.rundir import check_output
     from .explain import check_explainable
-    from .preflight import check_output, check_run_and_file
+    from .preflight import check_run_and_file
     from .saved_run import read_for_inference
 
     # the outputs, the run, its task and the input file: all checked before the model is loaded
@@ -251,10 +253,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         checked = check_run_and_file(args.run_dir, args.input, columns=args.columns, renamed=_renamed_columns(args))
     elif args.columns is not None or args.text_column is not None:
         raise LmtuneError(f"{'--columns' if args.columns is not None else '--text-column'}: only with --input FILE")
+    from .core.rundir import write_text_atomic
     from .explain import attention_map
     from .explain_render import color_enabled, render_html, render_text, summary
     from .inference import load
-    from .rundir import write_text_atomic
 
     model = load(checked.saved if checked else saved)
     inputs: list = [args.text]
@@ -305,7 +307,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
     tokenizer = None
     if args.model:
-        from . import models
+        from .core import models
 
         tokenizer = models.load_tokenizer(models.resolve(args.model))
     report = inspect_file(args.file, text_column=args.text_column or "text", label_column=args.label_column,
@@ -315,8 +317,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_data_clean(args: argparse.Namespace) -> int:
+    from .core.rundir import check_output
     from .data.clean import CleanOptions, clean_file
-    from .preflight import check_output
 
     src, out = Path(args.file), Path(args.output)
     dropped_file = out.parent / "dropped.jsonl"
@@ -337,10 +339,10 @@ def cmd_data_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_data_augment(args: argparse.Namespace) -> int:
+    from .core.rundir import check_output
     from .data.augment import AugmentOptions, Skipped, augment_sentences, augment_stream, gather_synonyms
     from .data.readers import RowReader
     from .data.writers import RowWriter, write_rows
-    from .preflight import check_output
     from .tasks import token_classification as ner
 
     src, out = Path(args.file), Path(args.output)
@@ -353,7 +355,7 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
                              protect=frozenset(w.lower() for w in (args.protect or "").split(",") if w))
     model = None
     if args.model:
-        from . import models
+        from .core import models
 
         model = models.resolve(args.model)
     skipped = Skipped()
@@ -417,8 +419,8 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
 
 def cmd_data_preview(args: argparse.Namespace) -> int:
-    from . import models
-    from .config import load_config
+    from .core import models
+    from .core.config import load_config
     from .data.readers import Table
     from .tasks import get_task
     from .tasks.causal_lm import show_mask
@@ -453,7 +455,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import listing
+    from .core.models import listing
 
     rows = listing()
     if args.json:
@@ -466,7 +468,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .config import reference
+    from .core.config import reference
 
     for key, kind, default, description in reference(args.task):
         if not kind:
@@ -579,7 +581,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .rundir import RESUMABLE
+    from .core.rundir import RESUMABLE
 
     p = Parser(prog="lmtune", description="Fine-tune pretrained language models for your task.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)

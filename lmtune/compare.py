@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from .config import STRATEGY_CLASSES, RunConfig, apply_overrides, load_config, validate
-from .errors import LmtuneError, option
+from .core.config import STRATEGY_CLASSES, RunConfig, apply_overrides, load_config, validate
+from .core.errors import LmtuneError, option
 
 COMPARABLE = tuple(name for name in STRATEGY_CLASSES if name != "auto")
 TRAIN_SAMPLE_ROWS = 1000
@@ -193,7 +193,7 @@ def plan(
 ) -> ComparePlan:
     """Check the whole request and build every run's config. Raises LmtuneError listing every
     problem at once (the config's, the flags', each strategy's); writes nothing."""
-    from . import models
+    from .core import models
     from .strategy_choice import required_settings
     from .tasks import get_task
 
@@ -534,7 +534,7 @@ def write_plot(c: Comparison, path: Path) -> None:
 
 
 def write_outputs(c: Comparison, p: ComparePlan) -> None:
-    from .rundir import write_json_atomic, write_text_atomic
+    from .core.rundir import write_json_atomic, write_text_atomic
 
     out = p.output_dir
     c.files = {name: out / name for name in ("compare.csv", "compare.md", "compare.json", "compare.png")}

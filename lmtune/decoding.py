@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator
 
-from .errors import LmtuneError
+from .core.errors import LmtuneError
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .errors import LmtuneError, option
+from .core.errors import LmtuneError, option
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import LmtuneError
+from .core.errors import LmtuneError
 
 SHIPPED = Path(__file__).with_name("resources") / "general_text.txt"
 KINDS = ".txt (one passage a line) or .jsonl (a \"text\" field a line)"

@@ -18,11 +18,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import decoding, first_token, models
-from .config import DataConfig, RunConfig
+from . import decoding, first_token
+from .core import models
+from .core.config import DataConfig, RunConfig
+from .core.errors import LmtuneError, option
 from .data.readers import Table
 from .decoding import Generation, GenerationSettings
-from .errors import LmtuneError, option
 from .saved_run import SavedRun, load_model, read_for_inference, read_run
 from .tasks import get_task
 
@@ -36,7 +37,7 @@ class Predictor:
     (train.precision: auto), and come back in input order."""
 
     def __init__(self, saved: SavedRun | str | Path, cfg: RunConfig | None = None) -> None:
-        from .training import make_accelerator
+        from .core.runtime import make_accelerator
 
         if not isinstance(saved, SavedRun):
             saved = read_run(saved)

@@ -14,8 +14,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig, key_tasks
-from .errors import LmtuneError, option
+from .core.config import DataConfig, key_tasks
+from .core.errors import LmtuneError
 from .saved_run import SavedRun, did_you_mean, read_for_inference
 from .tasks import get_task
 
@@ -42,7 +42,7 @@ class Reading:
 
     @cached_property
     def tokenizer(self) -> Any:
-        from . import models
+        from .core import models
 
         return models.load_tokenizer(self.saved.model_dir)
 
@@ -55,12 +55,6 @@ class Checked:
     saved: SavedRun
     data: DataConfig
     labelled: Any = None
-
-
-def check_output(path: str | Path | None, overwrite: bool) -> None:
-    """An output file that exists is replaced only with `overwrite`."""
-    if path and Path(path).exists() and not overwrite:
-        raise LmtuneError(f"{path} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
 
 
 def check_readable(path: str | Path) -> Path:

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from . import models
-from .config import RunConfig
-from .errors import LmtuneError, option
+from .core import models
+from .core.config import RunConfig
+from .core.errors import LmtuneError, option
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ from typing import Any
 import yaml
 
 from . import search_space
-from .config import RunConfig, SearchConfig, apply_overrides, read_yaml, validate
-from .errors import LmtuneError, option
-from .rundir import flatten, write_text_atomic
+from .core.config import RunConfig, SearchConfig, apply_overrides, read_yaml, validate
+from .core.errors import LmtuneError, option
+from .core.rundir import flatten, write_text_atomic
 from .tasks import get_task
 
 WORKER_ENV = "LMTUNE_SEARCH_WORKER"  # the number of a search.parallel process

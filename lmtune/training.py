@@ -13,21 +13,22 @@ import os
 import math
 import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from . import adapter_checkpoint, collectives, dropout, first_token, heap, memory, models, row_gradients, sharding, strategies
-from .config import RunConfig, as_config
+from . import adapter_checkpoint, dropout, first_token, heap, row_gradients, sharding, strategies
+from .core import collectives, memory, models
+from .core.config import RunConfig, as_config
+from .core.errors import LmtuneError
+from .core.memory import PeakMemory
+from .core.rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
+from .core.runtime import busy_cpu_note, cpu_threads, fp32_reason, log, make_accelerator, other_cpu_load
 from .data.batching import EpochBatchSampler, examples_seen
-from .errors import LmtuneError
-from .memory import PeakMemory
-from .rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
 from .tasks import get_task
 
 # on_evaluate(step, metrics) is called after every evaluation; returning True stops the run.
@@ -66,76 +67,6 @@ class LoopState:
 
     def next_epoch(self, epoch: int) -> None:
         self.epoch, self.batches_in_epoch, self.earlier_in_epoch = epoch + 1, 0, []
-
-
-def log(message: str) -> None:
-    """Progress messages go to stderr (above the progress bar); stdout is kept for results."""
-    from tqdm.auto import tqdm
-
-    if int(os.environ.get("RANK", "0")) == 0:  # one voice for a run on many processes
-        tqdm.write(message, file=sys.stderr)
-
-
-def bf16_available() -> bool:
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    cpu = getattr(torch, "cpu", None)
-    return bool(cpu and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()))
-
-
-def mixed_precision(setting: str) -> str:
-    if setting == "bf16" and not bf16_available():
-        raise LmtuneError("train.precision: bf16 is not supported on this hardware; use auto or fp32")
-    if setting == "auto":
-        return "bf16" if bf16_available() else "no"
-    return "bf16" if setting == "bf16" else "no"
-
-
-def fp32_reason() -> str:
-    """Why train.precision: auto chose fp32 here (bf16 is only fast with hardware support)."""
-    if torch.cuda.is_available():
-        return "this GPU has no bf16"
-    return "this CPU has no fast bf16 (no AMX, no AVX-512 BF16)"
-
-
-def other_cpu_load(samples: int = 5) -> float:
-    """How many other threads want a core now: on Linux the runnable count of /proc/loadavg less
-    this one, the median of a few readings 10 ms apart (the 1-minute load average would count this
-    process's own loading and tokenizing, and the trials before it in a search); elsewhere the
-    1-minute load average."""
-    try:
-        readings = []
-        for i in range(samples):
-            if i:
-                time.sleep(0.01)
-            with open("/proc/loadavg", encoding="ascii") as f:
-                readings.append(int(f.read().split()[3].split("/")[0]) - 1)
-        return float(sorted(readings)[samples // 2])
-    except (OSError, ValueError, IndexError):
-        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-
-
-def busy_cpu_note(load: float, cores: int, threads: int) -> str | None:
-    """A warning when other processes already keep the cores busy (`load`: other runnable threads,
-    about 0 on an idle machine; `threads`: this run's): training would share them."""
-    if load < 1.0 or load < 0.5 * cores:
-        return None
-    return (f"warning: other processes are keeping the CPU busy (load {load:.1f} on {cores} cores): this run "
-            f"shares the cores with them and trains slower; train.threads (now {threads}) sets its threads")
-
-
-@contextlib.contextmanager
-def cpu_threads(setting: int | str) -> Iterator[None]:
-    """train.threads: torch's CPU threads for the run, as they were afterwards (auto: left as they are)."""
-    if setting == "auto":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(setting))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def choose_attention(setting: str, device_type: str, lengths: list[int], eager_max_length: int) -> str:
@@ -182,26 +113,6 @@ def gradient_clipping(accelerator: Any, model: Any, rows: row_gradients.RowGradi
     if rows is None or accelerator.scaler is not None:
         return lambda max_norm: accelerator.clip_grad_norm_(model.parameters(), max_norm)
     return lambda max_norm: rows.clip(model.parameters(), max_norm)
-
-
-def make_accelerator(precision: str, **options: Any) -> Any:
-    """An Accelerator for one run. accelerate keeps its settings in a process-wide singleton, so a
-    second run in the same process (a search, a test, a notebook) with another precision would be
-    refused: reset those settings, but keep the process group of a distributed launch. `options`:
-    more Accelerator arguments (the trackers of lmtune.tracking)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    import logging
-
-    # accelerate warns at every checkpoint of a model with tied weights (an LM head that shares the
-    # embedding matrix) that it saved the shared tensor once: expected, and restored on load.
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    # under torchrun without GPUs, accelerate only forms a (gloo) process group when told to use the CPU
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision(precision), cpu=cpu, **options)
 
 
 def is_better(value: float, loss: float | None, best: float | None, best_loss: float | None, greater: bool) -> bool:
@@ -429,7 +340,7 @@ def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tu
 
     record, notes = {}, []
     if cfg.strategy.name == "auto":
-        from .config import STRATEGY_CLASSES
+        from .core.config import STRATEGY_CLASSES
         from .strategy_choice import resolve_auto
 
         section, choice = resolve_auto(cfg.task, str(models.resolve(cfg.model)), len(data.train))
@@ -514,7 +425,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     started = time.perf_counter()
     from accelerate.utils import set_seed
 
-    from . import tracking
+    from .core import tracking
 
     task = get_task(cfg.task)
     run = RunDir(cfg.output_dir or "runs/run")
@@ -739,7 +650,7 @@ def fit(
     from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
-    from . import tracking
+    from .core import tracking
 
     t = cfg.train
     main = accelerator.is_main_process
@@ -1030,7 +941,7 @@ def finish(
         run.prune_checkpoints(cfg.train.keep_checkpoints)  # only now: a run killed before metrics.json resumes
         if cfg.train.report:
             write_report(run.path)
-    from . import tracking
+    from .core import tracking
 
     tracking.end(accelerator)
     accelerator.wait_for_everyone()

@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 import lmtune
 from lmtune import adapter_checkpoint, strategies
 from lmtune.adapter_checkpoint import TRAINABLE, load_trainable, trainable_state
-from lmtune.config import LoraStrategy
-from lmtune.errors import LmtuneError
+from lmtune.core.config import LoraStrategy
+from lmtune.core.errors import LmtuneError
 
 from .conftest import tiny_config
 from .test_resume import Killed, _kill_at

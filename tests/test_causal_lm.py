@@ -10,11 +10,11 @@ import torch
 
 import lmtune
 from lmtune.cli import main
-from lmtune.config import validate
+from lmtune.core.config import validate
+from lmtune.core.errors import LmtuneError
+from lmtune.core.models import load_tokenizer
 from lmtune.data.readers import Table
 from lmtune.decoding import GenerationSettings
-from lmtune.errors import LmtuneError
-from lmtune.models import load_tokenizer
 from lmtune.tasks import causal_lm
 
 from .conftest import report_sections

@@ -292,8 +292,8 @@ def excused(problem: str, raw: dict[str, Any]) -> bool:
 def config_problems(config: str | None, overrides: list[str]) -> list[str]:
     """What lmtune's validation says of a config (one under examples/, or the overrides alone) with
     these overrides. A config file of the reader's own (my.yaml) is not read; its overrides' form is."""
-    from lmtune.config import apply_overrides, output_dir_of, read_yaml, validate
-    from lmtune.errors import LmtuneError
+    from lmtune.core.config import apply_overrides, output_dir_of, read_yaml, validate
+    from lmtune.core.errors import LmtuneError
 
     raw: dict[str, Any] = {}
     try:
@@ -310,7 +310,7 @@ def config_problems(config: str | None, overrides: list[str]) -> list[str]:
 
 def lmtune_problems(args: list[str]) -> list[str]:
     """Problems of one `lmtune ...` command: the parser's, then the config's, the flags' values."""
-    from lmtune.errors import LmtuneError, command_line
+    from lmtune.core.errors import LmtuneError, command_line
 
     ns, message = parse_lmtune(args)
     if ns is None:
@@ -425,8 +425,8 @@ def merged(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
 def fragment_problems(raw: dict[str, Any]) -> list[str]:
     """A section of a run config (`search:`, `train: {report_to: ...}`) checked as part of a minimal
     config: it must be valid for at least one task (its own, where it names one)."""
-    from lmtune.config import RunConfig, validate
-    from lmtune.errors import LmtuneError
+    from lmtune.core.config import RunConfig, validate
+    from lmtune.core.errors import LmtuneError
     from lmtune.tasks import TASKS
 
     unknown = [k for k in raw if k not in RunConfig.model_fields]
@@ -470,8 +470,8 @@ YAML_BLOCKS = blocks_of(YAML)
 
 @pytest.mark.parametrize("block", YAML_BLOCKS, ids=ids(YAML_BLOCKS))
 def test_yaml_block(block: Block):
-    from lmtune.config import validate
-    from lmtune.errors import LmtuneError
+    from lmtune.core.config import validate
+    from lmtune.core.errors import LmtuneError
 
     try:
         raw = yaml.safe_load(block.text)
@@ -536,7 +536,7 @@ def has_member(cls: type, name: str) -> bool:
 @cache
 def returned_types() -> dict[str, type]:
     """What the API's functions return, so that the attributes used on their results are checked."""
-    from lmtune.config import RunConfig
+    from lmtune.core.config import RunConfig
     from lmtune.inference import Generator
     from lmtune.training import RunResult
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import lmtune
-from lmtune import models
-from lmtune.config import load_config
+from lmtune.core import models
+from lmtune.core.config import load_config
 from lmtune.predict import Predictor
 from lmtune.tasks import get_task
 

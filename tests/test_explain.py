@@ -17,7 +17,7 @@ import torch
 
 import lmtune
 from lmtune.cli import main
-from lmtune.errors import LmtuneError
+from lmtune.core.errors import LmtuneError
 from lmtune.explain import attention_map, explain
 from lmtune.explain_render import color_enabled, render_html, render_text
 

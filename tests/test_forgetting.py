@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmtune import forgetting
-from lmtune.errors import LmtuneError
+from lmtune.core.errors import LmtuneError
 
 ROOT = Path(__file__).resolve().parent.parent
 

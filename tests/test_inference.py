@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import lmtune
+from lmtune.core.errors import LmtuneError
 from lmtune.decoding import GenerationSettings
-from lmtune.errors import LmtuneError
 from lmtune.tasks import TASKS, get_task
 from lmtune.tasks.contract import Task
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from lmtune.cli import main
-from lmtune.config import RunConfig
+from lmtune.core.config import RunConfig
+from lmtune.core.errors import LmtuneError
 from lmtune.data.readers import Table
-from lmtune.errors import LmtuneError
 from lmtune.report import write_report, write_run_report
 
 PNG = b"\x89PNG\r\n\x1a\n"

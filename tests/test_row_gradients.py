@@ -6,7 +6,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
 from lmtune import row_gradients, strategies
-from lmtune.config import FullStrategy, GradualStrategy
+from lmtune.core.config import FullStrategy, GradualStrategy
 
 
 def _model() -> BertForSequenceClassification:

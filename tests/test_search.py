@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from lmtune import search
-from lmtune.errors import LmtuneError
+from lmtune.core.errors import LmtuneError
 
 from .conftest import tiny_config
 

@@ -11,8 +11,8 @@ import yaml
 
 import lmtune
 from lmtune import strategies, strategy_choice
-from lmtune.config import AutoStrategy, validate
-from lmtune.errors import LmtuneError
+from lmtune.core.config import AutoStrategy, validate
+from lmtune.core.errors import LmtuneError
 from lmtune.strategy_choice import choose_strategy, required_settings
 
 from .conftest import tiny_config

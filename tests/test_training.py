@@ -166,7 +166,7 @@ def test_group_by_length_sees_every_example_each_epoch(tiny_bert, toy_data, tmp_
 
 
 def test_runs_with_different_precisions_in_one_process(tiny_bert, toy_data, tmp_path):
-    from lmtune.training import bf16_available
+    from lmtune.core.runtime import bf16_available
 
     first = "bf16" if bf16_available() else "fp32"
     a = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "a", max_steps=2, precision=first), progress=False)
@@ -247,7 +247,7 @@ def test_a_lora_run_names_its_base_as_given_and_writes_readable_files(tiny_bert,
     import shutil
     import stat
 
-    from lmtune import models
+    from lmtune.core import models
     from lmtune.predict import export
 
     # "tiny-base" stands for a bundled name whose folder is machine-specific (a GGUF file's cache)

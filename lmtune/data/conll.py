@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 from .readers import Table, _text
 
 

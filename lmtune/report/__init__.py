@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 
 REPORT_NAME = "report.html"
 
@@ -23,7 +23,7 @@ def write_report(run_dirs: list[Path], output: Path, *, overwrite: bool = False)
     """Write the report of `run_dirs` (run, search or compare folders) to `output` (HTML) and its
     figures to `<output stem>_files/` beside it; returns `output`. Every folder is read and checked
     before anything is written. An existing `output` is replaced only with `overwrite`."""
-    from ..preflight import check_output
+    from ..core.rundir import check_output
     from .page import write
     from .read import expand
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 
 EXPECTED = ("a run folder (config.yaml with history.jsonl or metrics.json), a search folder (search.yaml, "
             "trials/) or a compare folder (compare.json)")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 from ..tasks import TASKS, get_task
 from .batching import Closed, Job, MicroBatcher, QueueFull, Work
 from .errors import ApiError

@@ -17,8 +17,8 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from ..core.errors import LmtuneError
 from ..decoding import Generation
-from ..errors import LmtuneError
 from .errors import error_body
 
 

@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..core.errors import LmtuneError, option
 from ..data.readers import Table, read_table
 from ..data.split import grouped_holdout, random_holdout
-from ..errors import LmtuneError, option
 from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, percentile_length
 
 METRICS = ("loss", "perplexity")
@@ -469,7 +469,7 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: st
                 continue
             features.append({"input_ids": ids, "labels": lab})
         if empty:
-            from ..training import log
+            from ..core.runtime import log
 
             log(f"{table.path}: {empty} examples have no response tokens left within data.max_length={max_length}; skipped")
         if not features:
@@ -484,7 +484,7 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: st
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    from ..models import load_pretrained
+    from ..core.models import load_pretrained
 
     from ..lm_loss import use_chunked_loss
 
@@ -690,7 +690,7 @@ def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | No
     over the row's columns, instruction fields, or a text column (continued as it is). The tokenizer
     is asked for only where a chat template applies (lmtune predict reads rows before it is loaded)."""
     if "messages" in row or "conversations" in row:
-        from ..config import RunConfig
+        from ..core.config import RunConfig
 
         cfg = session.cfg or RunConfig.model_validate({"model": "x", "data": {"train": "x"}})
         messages = messages_of(row, where, cfg, need_answer=False)

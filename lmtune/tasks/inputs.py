@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..core.errors import LmtuneError, option
 from ..data.readers import Table, read_table
-from ..errors import LmtuneError, option
 
 
 def column_names(session: Any, path: Path, columns: list[str] | None, *, named: bool) -> list[str] | None:

@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..tasks import TASKS
 from .errors import LmtuneError
-from .tasks import TASKS
 
 
 _FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
@@ -657,8 +657,8 @@ def inapplicable_keys(raw: dict[str, Any]) -> list[str]:
 
 def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     """Problems that need more than the schema: files, the model, the metric, the strategy's fit."""
+    from ..tasks import get_task
     from . import models
-    from .tasks import get_task
 
     problems = []
     if check_files:
