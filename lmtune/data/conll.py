@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import LmtuneError
-from .readers import Table, _text
+from .table import Table, _text
 
 
 @dataclass

@@ -41,7 +41,7 @@ def read_texts(path: str, fmt: str) -> Table:
     from pathlib import Path
 
     if fmt == "txt" or (fmt == "auto" and str(path).lower().endswith(".txt")):
-        from ..data.readers import _text
+        from ..data.table import _text
 
         text = _text(Path(path))
         docs, lines, current, start = [], [], [], 1

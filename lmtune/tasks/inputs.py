@@ -32,7 +32,7 @@ def no_template(session: Any, template: str | None) -> None:
 
 def read_lines(path: Path) -> Table:
     """A .txt file: one text per non-empty line (the line numbers kept for messages)."""
-    from ..data.readers import _text
+    from ..data.table import _text
 
     rows = [(n, line) for n, line in enumerate(_text(path).splitlines(), start=1) if line.strip()]
     if not rows:
