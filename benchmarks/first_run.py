@@ -62,7 +62,7 @@ def score(model_or_run: str, rows: list[dict[str, str]], max_new_tokens: int) ->
     from lmtune.generation import Generator
     from lmtune.tasks import causal_lm
 
-    from lmtune.decoding import GenerationSettings
+    from lmtune.tasks.decoding import GenerationSettings
 
     gen = Generator.load(model_or_run)
     prompts = [gen.row_prompt(row, f"row {i}", TEMPLATE)[0] for i, row in enumerate(rows)]

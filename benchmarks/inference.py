@@ -81,8 +81,8 @@ def generation(n: int, new_tokens: int) -> None:
     import torch
     from transformers import pipeline
 
-    from lmtune.decoding import GenerationSettings
     from lmtune.generation import Generator
+    from lmtune.tasks.decoding import GenerationSettings
 
     with SAMSUM.open(encoding="utf-8") as f:
         dialogues = [row["dialogue"] for row in csv.DictReader(f)][:n]

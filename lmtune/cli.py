@@ -13,7 +13,7 @@ from .core.errors import LmtuneError, command_line
 from .tasks import TASKS
 
 if TYPE_CHECKING:
-    from .decoding import GenerationSettings
+    from .tasks.decoding import GenerationSettings
 
 
 def _print_json(obj: object) -> None:
@@ -490,7 +490,7 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _generation_settings(args: argparse.Namespace) -> "GenerationSettings":
-    from .decoding import GenerationSettings
+    from .tasks.decoding import GenerationSettings
 
     stops = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -18,14 +18,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import decoding, first_token
+from . import first_token
 from .core import models
 from .core.config import DataConfig, RunConfig
 from .core.errors import LmtuneError, option
 from .data.readers import Table
-from .decoding import Generation, GenerationSettings
 from .saved_run import SavedRun, load_model, read_for_inference, read_run
-from .tasks import get_task
+from .tasks import decoding, get_task
+from .tasks.decoding import Generation, GenerationSettings
 
 Step = Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]
 GENERATION_BATCH = 16  # a Generator's default batch (lmtune predict --batch-size sets it)
@@ -227,7 +227,7 @@ class Generator(Predictor):
     def generate_batch(self, prompts: list[str], settings: GenerationSettings | None = None, *, raw: bool = False,
                        batch_size: int | None = None, progress: Callable[[int], Any] | None = None) -> list[Generation]:
         """One Generation (text, token counts, finish reason) per prompt, in order, generated in
-        batches of `batch_size` (default: the Generator's batch_size; see lmtune.decoding.generate).
+        batches of `batch_size` (default: the Generator's batch_size; see lmtune.tasks.decoding.generate).
         Each prompt is a user message in the chat format; raw=True: the texts as they are."""
         texts = [self.prompt(p, raw=raw) for p in prompts]
         with self._autocast():

@@ -13,9 +13,9 @@ import torch
 
 import lmtune
 from lmtune.core.errors import LmtuneError
-from lmtune.decoding import GenerationSettings
 from lmtune.tasks import TASKS, get_task
 from lmtune.tasks.contract import Task
+from lmtune.tasks.decoding import GenerationSettings
 
 from .conftest import build_tiny_bert, build_tiny_llama
 

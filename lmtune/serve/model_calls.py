@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import LmtuneError
-from ..decoding import Generation, GenerationSettings
+from ..tasks.decoding import Generation, GenerationSettings
 from .streaming import Done, EventFeed, Piece, Ready
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from ..core.errors import LmtuneError
-from ..decoding import GenerationSettings
+from ..tasks.decoding import GenerationSettings
 from . import model_calls
 from .batching import Closed
 from .errors import ApiError

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from ..core.errors import LmtuneError
-from ..decoding import Generation
+from ..tasks.decoding import Generation
 from .errors import error_body
 
 
