@@ -61,12 +61,13 @@ def trainer_side(train: str, steps: int):
 def lmtune_side(train: str, val: str, out: str, steps: int):
     """lmtune's model, fused AdamW and grouped batches, built by the causal_lm task and lmtune's
     training module as a run of this config builds them."""
-    from lmtune import dropout, strategies
     from lmtune.core import models
     from lmtune.core.config import validate
     from lmtune.data.batching import EpochBatchSampler
     from lmtune.tasks import get_task
-    from lmtune.training import choose_attention, compile_blocks
+    from lmtune.training import strategies
+    from lmtune.training.cpu import dropout
+    from lmtune.training.loop import choose_attention, compile_blocks
 
     cfg = validate(lmtune_config("full", train, val, out))
     task = get_task("causal_lm")
@@ -79,7 +80,7 @@ def lmtune_side(train: str, val: str, out: str, steps: int):
     torch.manual_seed(COMMON["seed"])
     model = task.build_model(path, cfg, [], attn_implementation=attention)
     groups = strategies.apply(model, cfg.strategy, cfg.train.lr, cfg.train.weight_decay).groups
-    dropout.use_packed(model)  # (as lmtune/training.py does; SmolLM2 has no dropout layers of its own)
+    dropout.use_packed(model)  # (as lmtune/training/loop.py does; SmolLM2 has no dropout layers of its own)
     optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
     compile_blocks(model)
     sampler = EpochBatchSampler(lengths, BATCH, seed=COMMON["seed"], group_by_length=True)

@@ -47,7 +47,7 @@ def main() -> int:
     from lmtune.core.models import source_of
     from lmtune.core.runtime import bf16_available
     from lmtune.data.batching import EpochBatchSampler
-    from lmtune.training import choose_attention
+    from lmtune.training.loop import choose_attention
 
     bf16 = bf16_available()
     peak = machine(bf16)

@@ -12,7 +12,7 @@ from .core.errors import LmtuneError
 if TYPE_CHECKING:
     from .core.config import RunConfig
     from .inference import Predictor
-    from .training import RunResult
+    from .training.loop import RunResult
 
 
 def load(run_dir: str) -> "Predictor":
@@ -34,7 +34,7 @@ def load_config(path: str, overrides: list[str] | None = None) -> "RunConfig":
 
 
 def train(config: "RunConfig | str | dict[str, Any]", **kwargs: Any) -> "RunResult":
-    """Train from a config (object, YAML path or dict). See `lmtune.training.train` for the options."""
-    from .training import train as _train
+    """Train from a config (object, YAML path or dict). See `lmtune.training.loop.train` for the options."""
+    from .training.loop import train as _train
 
     return _train(config, **kwargs)

@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     first = int(os.environ.get("RANK", "0")) == 0
     notes: list[str] = []
     if args.resume:  # the run goes on with the config it started with
-        from .resume import resume_config
+        from .training.resume import resume_config
 
         cfg, notes = resume_config(args.config, args.overrides)
     else:
@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(args)
     data = get_task(cfg.task).load_data(cfg)
-    from .training import brief, train
+    from .training.loop import brief, train
 
     result = train(cfg, data=data, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -424,7 +424,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     from .data.readers import Table
     from .tasks import get_task
     from .tasks.causal_lm import show_mask
-    from .training import resolve_defaults
+    from .training.loop import resolve_defaults
 
     cfg = load_config(args.config, args.overrides)
     if cfg.task != "causal_lm":

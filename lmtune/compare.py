@@ -194,8 +194,8 @@ def plan(
     """Check the whole request and build every run's config. Raises LmtuneError listing every
     problem at once (the config's, the flags', each strategy's); writes nothing."""
     from .core import models
-    from .strategy_choice import required_settings
     from .tasks import get_task
+    from .training.strategy_choice import required_settings
 
     names = _split_list(strategies) if isinstance(strategies, str) else list(strategies)
     problems = _strategy_problems(names)
@@ -247,7 +247,7 @@ def _log(message: str) -> None:
 
 def train_one(cfg: RunConfig, progress: bool) -> tuple[dict[str, Any], float]:
     """One run in this process: its metrics (with "train_sample") and its wall time in seconds."""
-    from .training import train
+    from .training.loop import train
 
     start = time.perf_counter()
     result = train(cfg, progress=progress, train_sample_rows=TRAIN_SAMPLE_ROWS)

@@ -399,7 +399,7 @@ def attention_map(predictor: "Predictor", x: Any, path: str | Path, *, pair: str
     not return the weights); the model's kernel is set back afterwards."""
     import torch
 
-    from . import first_token
+    from .training.cpu import first_token
 
     task = check_explainable(predictor.task_name, predictor.name)
     model = _bare(predictor)

@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import first_token
 from .core import models
 from .core.config import DataConfig, RunConfig
 from .core.errors import LmtuneError, option
@@ -26,6 +25,7 @@ from .data.readers import Table
 from .saved_run import SavedRun, load_model, read_for_inference, read_run
 from .tasks import decoding, get_task
 from .tasks.decoding import Generation, GenerationSettings
+from .training.cpu import first_token
 
 Step = Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]
 GENERATION_BATCH = 16  # a Generator's default batch (lmtune predict --batch-size sets it)

@@ -240,7 +240,7 @@ def objective(s: Search, trial: Any) -> float:
     """One trial: draw its values, train its run folder, report every evaluation to the pruner."""
     import optuna
 
-    from .training import train
+    from .training.loop import train
 
     values = search_space.draw(trial, s.spec.space, s.base)
     run_dir = s.folder / "trials" / f"{trial.number:04d}"

@@ -249,7 +249,7 @@ def test_plan_settings_come_from_the_config_then_defaults_then_set(tiny_bert, to
 
 KILLER = '''
 import os, signal
-import lmtune.training as training
+import lmtune.training.loop as training
 _train = training.train
 def train(cfg, *args, **kwargs):
     if cfg.strategy.name == os.environ["LMTUNE_TEST_KILL"]:

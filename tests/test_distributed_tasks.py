@@ -165,7 +165,7 @@ def test_a_lora_run_stopped_on_one_process_resumes_on_two(tiny_bert, tmp_path):
     processes (no DDP wrapper's prefix): one process's loads into two, and theirs is named alike."""
     from safetensors.torch import load_file
 
-    from lmtune.adapter_checkpoint import TRAINABLE
+    from lmtune.training.adapter_checkpoint import TRAINABLE
 
     from .conftest import write_sentiment
     from .test_resume import Killed, _kill_at

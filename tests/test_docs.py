@@ -538,7 +538,7 @@ def returned_types() -> dict[str, type]:
     """What the API's functions return, so that the attributes used on their results are checked."""
     from lmtune.core.config import RunConfig
     from lmtune.inference import Generator
-    from lmtune.training import RunResult
+    from lmtune.training.loop import RunResult
 
     # lmtune.load gives a Predictor, or for a generative run a Generator (a Predictor with more)
     return {"lmtune.load": Generator, "lmtune.train": RunResult, "lmtune.load_config": RunConfig}

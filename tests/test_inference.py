@@ -84,7 +84,7 @@ def test_a_classifier_predicts_with_the_first_token_layer_and_the_plain_models_p
 
     model = lmtune.load(str(classifier))
     last = model.accelerator.unwrap_model(model.model).bert.encoder.layer[-1]
-    assert "forward" in vars(last)  # the last layer computes the first token only (lmtune/first_token.py)
+    assert "forward" in vars(last)  # the last layer computes the first token only (lmtune/training/cpu/first_token.py)
     plain = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
     with torch.no_grad():
         probabilities = plain(**AutoTokenizer.from_pretrained(classifier)(TEXTS, padding=True, return_tensors="pt")).logits.softmax(-1)

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import lmtune
-import lmtune.training as training
+import lmtune.training.loop as training
 from lmtune.cli import main
 from lmtune.core import runtime
 

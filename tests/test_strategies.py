@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 import lmtune
-from lmtune import strategies
 from lmtune.core.config import AdaptiveStrategy, FullStrategy, GradualStrategy, LoraStrategy, PartialStrategy
 from lmtune.core.errors import LmtuneError
+from lmtune.training import strategies
 
 from .conftest import WORDS, tiny_config
 

@@ -300,7 +300,7 @@ class GradualStrategy(Section):
 
 class AutoStrategy(Section):
     """Choose lora or full from the model's size, the number of training examples and the task
-    (lmtune/strategy_choice.py): a model of 1,000M parameters or more: lora; fewer than 1,000
+    (lmtune/training/strategy_choice.py): a model of 1,000M parameters or more: lora; fewer than 1,000
     training examples (causal_lm: 10,000) on a model of 100M parameters or more: lora; otherwise
     full. The log says which and why; the run folder's config.yaml holds the chosen strategy,
     data.json the rule."""

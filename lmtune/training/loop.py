@@ -21,15 +21,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import adapter_checkpoint, dropout, first_token, heap, row_gradients, sharding, strategies
-from .core import collectives, memory, models
-from .core.config import RunConfig, as_config
-from .core.errors import LmtuneError
-from .core.memory import PeakMemory
-from .core.rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
-from .core.runtime import busy_cpu_note, cpu_threads, fp32_reason, log, make_accelerator, other_cpu_load
-from .data.batching import EpochBatchSampler, examples_seen
-from .tasks import get_task
+from ..core import collectives, memory, models
+from ..core.config import RunConfig, as_config
+from ..core.errors import LmtuneError
+from ..core.memory import PeakMemory
+from ..core.rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
+from ..core.runtime import busy_cpu_note, cpu_threads, fp32_reason, log, make_accelerator, other_cpu_load
+from ..data.batching import EpochBatchSampler, examples_seen
+from ..tasks import get_task
+from . import adapter_checkpoint, sharding, strategies
+from .cpu import dropout, first_token, heap, row_gradients
 
 # on_evaluate(step, metrics) is called after every evaluation; returning True stops the run.
 EvalCallback = Callable[[int, dict[str, Any]], "bool | None"]
@@ -109,7 +110,7 @@ def compile_blocks(model: Any) -> None:
 
 def gradient_clipping(accelerator: Any, model: Any, rows: row_gradients.RowGradients | None) -> Callable[[float], Any]:
     """Clipping to a maximum norm: accelerate's clip_grad_norm_, or, for an embedding whose gradient
-    is cleared row by row (`rows`, lmtune/row_gradients.py), the same clipping over its touched rows."""
+    is cleared row by row (`rows`, lmtune/training/cpu/row_gradients.py), the same clipping over its touched rows."""
     if rows is None or accelerator.scaler is not None:
         return lambda max_norm: accelerator.clip_grad_norm_(model.parameters(), max_norm)
     return lambda max_norm: rows.clip(model.parameters(), max_norm)
@@ -177,8 +178,8 @@ def brief(metrics: dict[str, Any]) -> dict[str, Any]:
 def general_text_features(task: Any, tokenizer: Any, cfg: RunConfig) -> list[dict[str, Any]] | None:
     """eval.forgetting: the general text as the task's own evaluation blocks (plain text, cut into
     blocks of data.max_length; a masked LM's masked once with train.seed), or None when unset."""
+    from ..data.readers import Table
     from . import forgetting
-    from .data.readers import Table
 
     path = forgetting.text_path(cfg.eval.forgetting)
     if path is None:
@@ -336,11 +337,11 @@ def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tu
     log). The run folder's config.yaml holds the choices, so that eval and predict read the run's own
     length; a resumed run resolves them again from the same data, so its config still matches the
     saved one (a changed training file does not). The strategy comes first: the lr default is its."""
-    from .tasks.common import length_cap
+    from ..tasks.common import length_cap
 
     record, notes = {}, []
     if cfg.strategy.name == "auto":
-        from .core.config import STRATEGY_CLASSES
+        from ..core.config import STRATEGY_CLASSES
         from .strategy_choice import resolve_auto
 
         section, choice = resolve_auto(cfg.task, str(models.resolve(cfg.model)), len(data.train))
@@ -425,7 +426,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     started = time.perf_counter()
     from accelerate.utils import set_seed
 
-    from .core import tracking
+    from ..core import tracking
 
     task = get_task(cfg.task)
     run = RunDir(cfg.output_dir or "runs/run")
@@ -650,7 +651,7 @@ def fit(
     from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
-    from .core import tracking
+    from ..core import tracking
 
     t = cfg.train
     main = accelerator.is_main_process
@@ -839,7 +840,7 @@ def save_model(accelerator: Any, model: Any, target: Path, tokenizer: Any = None
 def save_checkpoint(accelerator: Any, run: RunDir, state: LoopState, shards: tuple[Any, Any] | None = None) -> None:
     """Full training state (model, optimizer, scheduler, RNG) plus the loop position, atomically.
     With `shards` (model, optimizer of an FSDP run), those two go to torch.distributed.checkpoint;
-    of an adapter model, only what trains is saved (lmtune/adapter_checkpoint.py)."""
+    of an adapter model, only what trains is saved (lmtune/training/adapter_checkpoint.py)."""
     tmp = run.last.with_name("last.tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -941,7 +942,7 @@ def finish(
         run.prune_checkpoints(cfg.train.keep_checkpoints)  # only now: a run killed before metrics.json resumes
         if cfg.train.report:
             write_report(run.path)
-    from .core import tracking
+    from ..core import tracking
 
     tracking.end(accelerator)
     accelerator.wait_for_everyone()
@@ -949,7 +950,7 @@ def finish(
 
 
 def run_diagnosis(cfg: RunConfig, task: Any, history: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
-    """The overfitting diagnosis of the run (lmtune.diagnosis), logged line by line. The chance
+    """The overfitting diagnosis of the run (lmtune.training.diagnosis), logged line by line. The chance
     level of accuracy is the majority class's share of validation, where the task counts classes."""
     from .diagnosis import diagnose, lines
 
@@ -971,7 +972,7 @@ def run_diagnosis(cfg: RunConfig, task: Any, history: list[dict[str, Any]], metr
 def write_report(path: Path) -> None:
     """report.html into the run folder; a report that cannot be built is a warning, never a failed run."""
     try:
-        from .report import write_run_report
+        from ..report import write_run_report
 
         log(f"report: {write_run_report(path)}")
     except Exception as exc:  # noqa: BLE001 (the run itself has succeeded: say why, go on)

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .core.errors import LmtuneError
-from .core.models import is_adapter
+from ..core.errors import LmtuneError
+from ..core.models import is_adapter
 
 TRAINABLE = "trainable.safetensors"
 
