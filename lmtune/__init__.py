@@ -34,7 +34,13 @@ def load_config(path: str, overrides: list[str] | None = None) -> "RunConfig":
 
 
 def train(config: "RunConfig | str | dict[str, Any]", **kwargs: Any) -> "RunResult":
-    """Train from a config (object, YAML path or dict). See `lmtune.training.loop.train` for the options."""
+    """Train from a config (object, YAML path or dict), then write the run's report.html (train.report).
+    See `lmtune.training.loop.train` for the options."""
+    from .core.config import as_config
+    from .report import report_run
     from .training.loop import train as _train
 
-    return _train(config, **kwargs)
+    cfg = as_config(config)
+    result = _train(cfg, **kwargs)
+    report_run(result.output_dir, cfg.train.report)
+    return result

@@ -54,9 +54,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(args)
     data = get_task(cfg.task).load_data(cfg)
+    from .report import report_run
     from .training.loop import brief, train
 
     result = train(cfg, data=data, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    report_run(result.output_dir, cfg.train.report)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.output_dir}", file=sys.stderr)
         shown = {k: brief(d) for k, d in result.metrics.items() if k != "diagnosis"}

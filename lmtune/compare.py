@@ -247,10 +247,12 @@ def _log(message: str) -> None:
 
 def train_one(cfg: RunConfig, progress: bool) -> tuple[dict[str, Any], float]:
     """One run in this process: its metrics (with "train_sample") and its wall time in seconds."""
+    from .report import report_run
     from .training.loop import train
 
     start = time.perf_counter()
     result = train(cfg, progress=progress, train_sample_rows=TRAIN_SAMPLE_ROWS)
+    report_run(result.output_dir, cfg.train.report)
     return result.metrics, time.perf_counter() - start
 
 

@@ -240,6 +240,7 @@ def objective(s: Search, trial: Any) -> float:
     """One trial: draw its values, train its run folder, report every evaluation to the pruner."""
     import optuna
 
+    from .report import report_run
     from .training.loop import train
 
     values = search_space.draw(trial, s.spec.space, s.base)
@@ -274,6 +275,7 @@ def objective(s: Search, trial: Any) -> float:
     try:
         with open(log, "w", encoding="utf-8") as out, contextlib.redirect_stderr(out):
             result = train(raw, on_evaluate=on_evaluate, progress=False)
+            report_run(result.output_dir, t.report)
     except Exception as e:
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
         trial.set_user_attr("error", _one_line(e))

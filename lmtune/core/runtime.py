@@ -15,11 +15,17 @@ from typing import Any, Iterator
 from .errors import LmtuneError
 
 
+def first_process() -> bool:
+    """Whether this is the first process of a run on many (torchrun and accelerate launch set RANK),
+    or the only one: the process that speaks for the run and writes what is the run's alone."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def log(message: str) -> None:
     """Progress messages go to stderr (above the progress bar); stdout is kept for results."""
     from tqdm.auto import tqdm
 
-    if int(os.environ.get("RANK", "0")) == 0:  # one voice for a run on many processes
+    if first_process():  # one voice for a run on many processes
         tqdm.write(message, file=sys.stderr)
 
 

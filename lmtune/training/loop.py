@@ -1,4 +1,6 @@
 """Training: `train(config) -> RunResult`. The loop is in `fit`, in view from batch to checkpoint.
+The run's report.html is written by whoever ran it (lmtune.train, lmtune train, a search's trials, a
+comparison's runs) with lmtune.report.report_run, once the run has finished.
 
 The run is on `accelerate`, so the same code runs on one CPU, one GPU or many processes. What is
 task-specific (data, head, metrics) comes from the task module; what is strategy-specific
@@ -875,7 +877,8 @@ def finish(
     memory_record: dict[str, Any] | None = None,
 ) -> RunResult:
     """Put the best model in model/, evaluate it on validation and test (and the training sample),
-    write metrics.json with the diagnosis, validation_samples.jsonl and report.html.
+    write metrics.json with the diagnosis and validation_samples.jsonl (report.html is the caller's:
+    lmtune.report.report_run).
     `progress`: a progress bar for long work here (the generation pass of a causal LM)."""
     started = time.perf_counter()
     # the model in memory is the best one when the best evaluation was the latest (the usual end of a
@@ -940,8 +943,6 @@ def finish(
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
         write_json_atomic(run.metrics, metrics)
         run.prune_checkpoints(cfg.train.keep_checkpoints)  # only now: a run killed before metrics.json resumes
-        if cfg.train.report:
-            write_report(run.path)
     from ..core import tracking
 
     tracking.end(accelerator)
@@ -967,13 +968,3 @@ def run_diagnosis(cfg: RunConfig, task: Any, history: list[dict[str, Any]], metr
     for line in lines(diagnosis):
         log(line)
     return diagnosis
-
-
-def write_report(path: Path) -> None:
-    """report.html into the run folder; a report that cannot be built is a warning, never a failed run."""
-    try:
-        from ..report import write_run_report
-
-        log(f"report: {write_run_report(path)}")
-    except Exception as exc:  # noqa: BLE001 (the run itself has succeeded: say why, go on)
-        log(f"warning: report.html was not written: {type(exc).__name__}: {exc}")
