@@ -102,7 +102,7 @@ def lmtune_config(strategy: str, train: str, val: str, out: str, packing: bool =
 def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool, attention: str = "auto",
                seed: int = COMMON["seed"]) -> dict:
     import lmtune
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
 
     result = lmtune.train(lmtune_config(strategy, train, val, out, packing, attention, seed), overwrite=True, progress=False)
     gen = Generator.load(out)

@@ -41,7 +41,7 @@ def main() -> int:
     import torch
     from transformers import CompileConfig
 
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
     from lmtune.tasks.decoding import GenerationSettings, _generate_kwargs
 
     with SAMSUM.open(encoding="utf-8") as f:

@@ -59,7 +59,7 @@ def repeats_a_sentence(text: str) -> bool:
 
 def score(model_or_run: str, rows: list[dict[str, str]], max_new_tokens: int) -> dict:
     """Greedy summaries of the held-out rows: ROUGE-L, limit hits, repeated sentences."""
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
     from lmtune.tasks import causal_lm
 
     from lmtune.tasks.decoding import GenerationSettings

@@ -81,7 +81,7 @@ def generation(n: int, new_tokens: int) -> None:
     import torch
     from transformers import pipeline
 
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
     from lmtune.tasks.decoding import GenerationSettings
 
     with SAMSUM.open(encoding="utf-8") as f:

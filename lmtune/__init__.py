@@ -11,7 +11,7 @@ from .core.errors import LmtuneError
 
 if TYPE_CHECKING:
     from .core.config import RunConfig
-    from .inference import Predictor
+    from .infer.predictor import Predictor
     from .training.loop import RunResult
 
 
@@ -21,7 +21,7 @@ def load(run_dir: str) -> "Predictor":
     causal LM a Generator, which also has `.generate(prompt)`, `.generate_batch(prompts)` and
     `.stream(prompt)`: each prompt a user message in the model's chat template, as `lmtune generate`
     takes it (raw=True: the text continued as it is)."""
-    from .inference import load as _load
+    from .infer.predictor import load as _load
 
     return _load(run_dir)
 

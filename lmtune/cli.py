@@ -132,12 +132,12 @@ def _renamed_columns(args: argparse.Namespace) -> dict[str, tuple[str, str | Non
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .preflight import check_run_and_file
+    from .infer.preflight import check_run_and_file
 
     # the run, the file, its columns and labels: all read and checked before the model is loaded
     checked = check_run_and_file(args.run_dir, args.data_file, columns=args.columns, renamed=_renamed_columns(args),
                                  labelled=True)
-    from .inference import load
+    from .infer.predictor import load
 
     model = load(checked.saved)
     model.data, model.progress = checked.data, True
@@ -184,10 +184,10 @@ def _write_lines(lines: Iterator[str], args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .saved_run import read_run
+    from .infer.saved_run import read_run
 
     read_run(args.target)  # a wrong target is said before torch is imported
-    from .generation import Generator
+    from .infer.generation import Generator
 
     settings = _generation_settings(args)
     gen = Generator.load(args.target)
@@ -197,7 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.rundir import check_output
-    from .preflight import check_run_and_file
+    from .infer.preflight import check_run_and_file
 
     check_output(args.output, args.overwrite)
     settings = _generation_settings(args)
@@ -205,7 +205,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # the run, the file's first rows and their columns: checked before the model is loaded
     checked = check_run_and_file(args.run_dir, args.input_file, columns=args.columns, renamed=_renamed_columns(args),
                                  template=template)
-    from .inference import load
+    from .infer.predictor import load
 
     model = load(checked.saved)
     model.data, model.settings, model.progress = checked.data, settings, True
@@ -217,7 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .saved_run import read_for_inference
+    from .infer.saved_run import read_for_inference
     from .serve.options import ServeOptions
 
     options = ServeOptions(
@@ -236,9 +236,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .core.rundir import check_output
-    from .explain import check_explainable
-    from .preflight import check_run_and_file
-    from .saved_run import read_for_inference
+    from .infer.explain import check_explainable
+    from .infer.preflight import check_run_and_file
+    from .infer.saved_run import read_for_inference
 
     # the outputs, the run, its task and the input file: all checked before the model is loaded
     for flag, path, suffixes in (("-o", args.output, (".html", ".htm")), ("--attention", args.attention, (".png",))):
@@ -256,9 +256,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     elif args.columns is not None or args.text_column is not None:
         raise LmtuneError(f"{'--columns' if args.columns is not None else '--text-column'}: only with --input FILE")
     from .core.rundir import write_text_atomic
-    from .explain import attention_map
-    from .explain_render import color_enabled, render_html, render_text, summary
-    from .inference import load
+    from .infer.explain import attention_map
+    from .infer.explain_render import color_enabled, render_html, render_text, summary
+    from .infer.predictor import load
 
     model = load(checked.saved if checked else saved)
     inputs: list = [args.text]
@@ -283,10 +283,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .saved_run import read_run
+    from .infer.saved_run import read_run
 
     read_run(args.run_dir)  # a wrong folder is said before torch is imported
-    from .predict import export
+    from .infer.predict import export
 
     out = export(args.run_dir, args.output, merge=args.merge, overwrite=args.overwrite)
     print(f"wrote a plain transformers model to {out}", file=sys.stderr)

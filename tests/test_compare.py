@@ -90,7 +90,7 @@ def test_one_row_per_strategy_with_what_each_trains(five):
 def test_train_metric_is_what_lmtune_eval_gives_on_the_training_file(five, toy_data):
     """The "train" column comes from training's own evaluation; `lmtune eval` (predict.py) on the
     same 96 training rows is another path to the same numbers, for a full model and an adapter."""
-    from lmtune.predict import Predictor
+    from lmtune.infer.predict import Predictor
 
     for strategy in ("full", "lora"):
         metrics = json.loads((five / strategy / "metrics.json").read_text())["train_sample"]

@@ -537,7 +537,7 @@ def has_member(cls: type, name: str) -> bool:
 def returned_types() -> dict[str, type]:
     """What the API's functions return, so that the attributes used on their results are checked."""
     from lmtune.core.config import RunConfig
-    from lmtune.inference import Generator
+    from lmtune.infer.predictor import Generator
     from lmtune.training.loop import RunResult
 
     # lmtune.load gives a Predictor, or for a generative run a Generator (a Predictor with more)

@@ -245,7 +245,7 @@ def test_generation_from_a_model_that_does_not_generate_is_refused_in_one_line(c
     import yaml
 
     from lmtune.cli import main
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
 
     run = tmp_path / "sentiment"  # a classification run folder (its model: the tiny classifier)
     shutil.copytree(classifier, run / "model")

@@ -179,7 +179,7 @@ def expand(paths: list[Path]) -> list[Run]:
     found: list[tuple[Path, str, str | None, Path]] = []
     for path in map(Path, paths):
         if not path.exists():
-            from ..saved_run import did_you_mean
+            from ..infer.saved_run import did_you_mean
 
             raise LmtuneError(f"{path}: no such folder{did_you_mean(path)}; expected {EXPECTED}")
         if not path.is_dir():

@@ -41,8 +41,8 @@ class Served:
     name: str
     task: str
     labels: list[str]
-    predictor: Any = None  # lmtune.predict.Predictor (or anything with predict_rows)
-    generator: Any = None  # lmtune.generation.Generator (or anything with generate_batch and stream)
+    predictor: Any = None  # lmtune.infer.predictor.Predictor (or anything with predict_rows)
+    generator: Any = None  # lmtune.infer.generation.Generator (or anything with generate_batch and stream)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
