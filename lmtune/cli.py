@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import load_raw, run
+    from .tune.search import load_raw, run
 
     result = run(load_raw(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite,
                  worker=args.worker)
@@ -81,7 +81,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from .tune.compare import compare
 
     result = compare(args.config, args.overrides, strategies=args.strategies, sets=args.set, seeds=args.seeds,
                      overwrite=args.overwrite, progress=not args.no_progress)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from lmtune.cli import main
-from lmtune.compare import Score, compare, reading, within_noise
+from lmtune.tune.compare import Score, compare, reading, within_noise
 
 from .test_bad_input import PREFIX, expect_error
 from .test_strategies import _hand_count
@@ -230,7 +230,7 @@ def test_a_config_problem_comes_with_the_flag_problems(cmp_ws, capsys):
 
 
 def test_plan_settings_come_from_the_config_then_defaults_then_set(tiny_bert, toy_data, tmp_path):
-    from lmtune.compare import plan
+    from lmtune.tune.compare import plan
 
     cfg = write_compare_config(tmp_path, tiny_bert, toy_data)
     with open(cfg, "a", encoding="utf-8") as f:

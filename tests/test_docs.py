@@ -327,7 +327,7 @@ def lmtune_problems(args: list[str]) -> list[str]:
         elif (ns.command == "train" and not ns.resume) or preview:
             problems += config_problems(ns.config, ns.overrides)
         elif ns.command == "compare":
-            from lmtune import compare
+            from lmtune.tune import compare
 
             if ns.config.startswith("examples/"):
                 try:
@@ -343,7 +343,7 @@ def lmtune_problems(args: list[str]) -> list[str]:
                 problems += config_problems(ns.config, ns.overrides)
         elif ns.command == "search":
             if ns.config.startswith("examples/"):
-                from lmtune import search
+                from lmtune.tune import search
 
                 try:
                     search.prepare(search.load_raw(ns.config, ns.overrides), overwrite=True)
@@ -440,7 +440,7 @@ def fragment_problems(raw: dict[str, Any]) -> list[str]:
             cfg = validate(full, check_files=False)
             problems = []
             if cfg.search is not None:
-                from lmtune import search, search_space
+                from lmtune.tune import search, search_space
 
                 problems = search_space.space_problems(cfg.search, cfg) + search._metric_problems(cfg.search, cfg)
         except LmtuneError as e:

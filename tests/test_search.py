@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmtune import search
 from lmtune.core.errors import LmtuneError
+from lmtune.tune import search
 
 from .conftest import tiny_config
 
