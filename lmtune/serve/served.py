@@ -49,10 +49,10 @@ class Served:
     def of(cls, target_or_model: Any, name: str | None = None) -> "Served":
         """Load a run folder / model name / model folder, or take a loaded Predictor or Generator."""
         if isinstance(target_or_model, (str, Path)):
-            import lmtune
+            from ..infer.predictor import load  # (torch: imported when a model is loaded)
 
             target = str(target_or_model)
-            loaded = lmtune.load(target)
+            loaded = load(target)
             name = name or model_name(target)
         else:
             loaded = target_or_model
