@@ -21,6 +21,7 @@ import torch
 from ..core import models
 from ..core.config import DataConfig, RunConfig
 from ..core.errors import LmtuneError, option
+from ..core.runtime import make_accelerator
 from ..data.readers import Table
 from ..tasks import decoding, get_task
 from ..tasks.decoding import Generation, GenerationSettings
@@ -37,8 +38,6 @@ class Predictor:
     (train.precision: auto), and come back in input order."""
 
     def __init__(self, saved: SavedRun | str | Path, cfg: RunConfig | None = None) -> None:
-        from ..core.runtime import make_accelerator
-
         if not isinstance(saved, SavedRun):
             saved = read_run(saved)
         if cfg is not None:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.errors import LmtuneError, option
+from ..core.runtime import log
 from ..data.readers import Table, read_table
 from ..data.split import grouped_holdout, random_holdout
 from .chat import prompt_text, render_chat
@@ -408,8 +409,6 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: st
                 continue
             features.append({"input_ids": ids, "labels": lab})
         if empty:
-            from ..core.runtime import log
-
             log(f"{table.path}: {empty} examples have no response tokens left within data.max_length={max_length}; skipped")
         if not features:
             raise LmtuneError(f"{table.path}: no example keeps a response within data.max_length={max_length}")

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import LmtuneError
+from ..core.runtime import log
 from ..data.conll import ConllTable, read_conll
 from ..data.readers import Table, read_table
 from .common import LengthChoice, TaskData, labelled_tokens, load_labelled_model, percentile_length
@@ -302,8 +303,6 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[
             f["labels"] = ids
         features.append(f)
     if lost:
-        from ..core.runtime import log
-
         log(
             f"{table.path}: {lost} word(s) have no label: no subwords (an empty or ignored token), or more "
             f"subwords than a window of data.max_length={d.max_length} with data.doc_stride={d.doc_stride} holds"
