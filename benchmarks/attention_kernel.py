@@ -39,9 +39,9 @@ def main() -> int:
         return 0
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
+    from lmtune.core.models import source_of
+    from lmtune.core.runtime import bf16_available
     from lmtune.data.batching import EpochBatchSampler
-    from lmtune.models import source_of
-    from lmtune.training import bf16_available
 
     bf16 = bf16_available()
     print(f"CPU: {cpu_kind()}; {torch.get_num_threads()} threads; precision {'bf16' if bf16 else 'fp32'} "

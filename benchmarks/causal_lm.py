@@ -102,7 +102,7 @@ def lmtune_config(strategy: str, train: str, val: str, out: str, packing: bool =
 def run_lmtune(strategy: str, train: str, val: str, out: str, packing: bool, attention: str = "auto",
                seed: int = COMMON["seed"]) -> dict:
     import lmtune
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
 
     result = lmtune.train(lmtune_config(strategy, train, val, out, packing, attention, seed), overwrite=True, progress=False)
     gen = Generator.load(out)
@@ -115,7 +115,7 @@ def trained_model(strategy: str, seed: int = COMMON["seed"]):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lmtune.models import resolve
+    from lmtune.core.models import resolve
 
     torch.manual_seed(seed)  # (LoRA's A matrices start random)
     model = AutoModelForCausalLM.from_pretrained(resolve("smollm2-135m"))
@@ -135,7 +135,7 @@ def run_trainer(strategy: str, train: str, val: str, out: str, packing: bool, at
                               TrainingArguments)
     from transformers.utils import logging
 
-    from lmtune.models import resolve
+    from lmtune.core.models import resolve
 
     logging.set_verbosity_error()
     path = resolve("smollm2-135m")
@@ -209,7 +209,7 @@ def strategy_flops_per_token(strategy: str, train: str, rows: int = 4) -> float:
     """FLOPs of forward and backward per real token, on the first `rows` training dialogues."""
     from transformers import AutoTokenizer
 
-    from lmtune.models import resolve
+    from lmtune.core.models import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
     ids = [tok(t, add_special_tokens=False, truncation=True, max_length=COMMON["max_length"])["input_ids"]

@@ -43,7 +43,7 @@ def trainer_side(train: str, steps: int):
     """The Trainer's model (SDPA), its fused AdamW and the batches its collator makes of random dialogues."""
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
-    from lmtune.models import resolve
+    from lmtune.core.models import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
     tok.pad_token = tok.pad_token or tok.eos_token
@@ -61,11 +61,13 @@ def trainer_side(train: str, steps: int):
 def lmtune_side(train: str, val: str, out: str, steps: int):
     """lmtune's model, fused AdamW and grouped batches, built by the causal_lm task and lmtune's
     training module as a run of this config builds them."""
-    from lmtune import dropout, models, strategies
-    from lmtune.config import validate
+    from lmtune.core import models
+    from lmtune.core.config import validate
     from lmtune.data.batching import EpochBatchSampler
     from lmtune.tasks import get_task
-    from lmtune.training import choose_attention, compile_blocks
+    from lmtune.training import strategies
+    from lmtune.training.cpu import dropout
+    from lmtune.training.loop import choose_attention, compile_blocks
 
     cfg = validate(lmtune_config("full", train, val, out))
     task = get_task("causal_lm")
@@ -78,7 +80,7 @@ def lmtune_side(train: str, val: str, out: str, steps: int):
     torch.manual_seed(COMMON["seed"])
     model = task.build_model(path, cfg, [], attn_implementation=attention)
     groups = strategies.apply(model, cfg.strategy, cfg.train.lr, cfg.train.weight_decay).groups
-    dropout.use_packed(model)  # (as lmtune/training.py does; SmolLM2 has no dropout layers of its own)
+    dropout.use_packed(model)  # (as lmtune/training/loop.py does; SmolLM2 has no dropout layers of its own)
     optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
     compile_blocks(model)
     sampler = EpochBatchSampler(lengths, BATCH, seed=COMMON["seed"], group_by_length=True)
@@ -98,7 +100,7 @@ def main() -> int:
         return 0
     from transformers import get_scheduler
 
-    from lmtune.training import bf16_available
+    from lmtune.core.runtime import bf16_available
 
     bf16 = bf16_available()
     peak = machine(bf16)

@@ -72,7 +72,7 @@ def run_trainer(train_csv: str, dev_csv: str, epochs: int, seed: int, out: str) 
                               Trainer, TrainingArguments)
     from transformers.utils import logging
 
-    from lmtune.models import source_of
+    from lmtune.core.models import source_of
 
     logging.set_verbosity_error()
     begin = time.perf_counter()
@@ -172,7 +172,7 @@ def model_flops_per_token(train_csv: str, rows: int = 64) -> float:
     first `rows` training texts."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lmtune.models import source_of
+    from lmtune.core.models import source_of
 
     path = source_of("minilm-l6")
     tok = AutoTokenizer.from_pretrained(path)

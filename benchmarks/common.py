@@ -38,7 +38,7 @@ def cpu_kind() -> str:
 def fast_bf16() -> bool:
     """The precision rule of train.precision: auto, for both sides of a benchmark: bf16 where the
     hardware is fast in it, fp32 elsewhere."""
-    from lmtune.training import bf16_available
+    from lmtune.core.runtime import bf16_available
 
     return bf16_available()
 
@@ -145,17 +145,17 @@ def sst2_rows(rows: int) -> list[tuple[str, int]]:
 
 def minilm_classifier_step(attention: str, *, lmtune: bool = True, first_token: bool = True, seed: int = 42):
     """MiniLM-L6 with a 2-label head (seeded), its fused AdamW (lr 5e-5, weight decay 0.01) and its
-    gradient clipping: as lmtune/training.py sets up a classifier's training step on a CPU in one
+    gradient clipping: as lmtune/training/loop.py sets up a classifier's training step on a CPU in one
     process (the last layer for the first token only, unless `first_token` is False; the strategy's
     parameter groups; dropout masks from packed random words; the embedding gradient cleared by rows), or, with `lmtune` False, as a plain
     Trainer does. Returns (model, optimizer, clip)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from lmtune import dropout, row_gradients, strategies
-    from lmtune import first_token as first_token_layer
-    from lmtune.config import FullStrategy
-    from lmtune.models import source_of
+    from lmtune.core.config import FullStrategy
+    from lmtune.core.models import source_of
+    from lmtune.training import strategies
+    from lmtune.training.cpu import dropout, row_gradients, first_token as first_token_layer
 
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(source_of("minilm-l6"), num_labels=2,

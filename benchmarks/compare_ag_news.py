@@ -50,8 +50,8 @@ def main() -> int:
         print(f"skipped: {AG_NEWS} not found (AG News lives in ../shared/data/ag_news beside the repo)")
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from lmtune.compare import compare
-    from lmtune.training import bf16_available
+    from lmtune.core.runtime import bf16_available
+    from lmtune.tune.compare import compare
 
     precision = "bf16" if bf16_available() else "fp32"
     print(f"MiniLM-L6 on AG News: {args.rows} training rows, {args.val_rows} validation rows, {args.epochs} epoch(s), "

@@ -41,8 +41,8 @@ def main() -> int:
     import torch
     from transformers import CompileConfig
 
-    from lmtune.decoding import GenerationSettings, _generate_kwargs
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
+    from lmtune.tasks.decoding import GenerationSettings, _generate_kwargs
 
     with SAMSUM.open(encoding="utf-8") as f:
         dialogues = [row["dialogue"] for row in csv.DictReader(f)][: args.prompts]

@@ -59,10 +59,10 @@ def repeats_a_sentence(text: str) -> bool:
 
 def score(model_or_run: str, rows: list[dict[str, str]], max_new_tokens: int) -> dict:
     """Greedy summaries of the held-out rows: ROUGE-L, limit hits, repeated sentences."""
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
     from lmtune.tasks import causal_lm
 
-    from lmtune.decoding import GenerationSettings
+    from lmtune.tasks.decoding import GenerationSettings
 
     gen = Generator.load(model_or_run)
     prompts = [gen.row_prompt(row, f"row {i}", TEMPLATE)[0] for i, row in enumerate(rows)]
@@ -112,7 +112,7 @@ def main() -> int:
             result.update(score(args.run, heldout, args.max_new_tokens))
         else:
             import lmtune
-            from lmtune.config import apply_overrides
+            from lmtune.core.config import apply_overrides
 
             raw = {
                 "model": "smollm2-135m",

@@ -42,7 +42,7 @@ def classification(n: int, folder: Path) -> None:
     from transformers import AutoModelForSequenceClassification, pipeline
 
     import lmtune
-    from lmtune import models
+    from lmtune.core import models
 
     with SST2.open(encoding="utf-8") as f:
         texts = [row["sentence"].strip() for row in csv.DictReader(f, delimiter="\t")][:n]
@@ -81,8 +81,8 @@ def generation(n: int, new_tokens: int) -> None:
     import torch
     from transformers import pipeline
 
-    from lmtune.decoding import GenerationSettings
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
+    from lmtune.tasks.decoding import GenerationSettings
 
     with SAMSUM.open(encoding="utf-8") as f:
         dialogues = [row["dialogue"] for row in csv.DictReader(f)][:n]

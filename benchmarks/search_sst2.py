@@ -48,8 +48,8 @@ def main() -> int:
         return 0
     import torch
 
-    from lmtune import search
-    from lmtune.training import bf16_available
+    from lmtune.core.runtime import bf16_available
+    from lmtune.tune import search
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "search"

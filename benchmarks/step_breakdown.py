@@ -44,9 +44,10 @@ def main() -> int:
         return 0
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
 
+    from lmtune.core.models import source_of
+    from lmtune.core.runtime import bf16_available
     from lmtune.data.batching import EpochBatchSampler
-    from lmtune.models import source_of
-    from lmtune.training import bf16_available, choose_attention
+    from lmtune.training.loop import choose_attention
 
     bf16 = bf16_available()
     peak = machine(bf16)

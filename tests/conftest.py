@@ -192,7 +192,7 @@ def loop_state(run_dir: Path) -> dict | None:
     a checkpoint being replaced at this moment as not there yet."""
     import json
 
-    from lmtune.rundir import existing_dir
+    from lmtune.core.rundir import existing_dir
 
     last = existing_dir(run_dir / "checkpoints" / "last")
     try:

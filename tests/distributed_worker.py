@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-import lmtune.training as training
+import lmtune.training.loop as training
 
 config, out = sys.argv[1], Path(sys.argv[2])
 finish = training.finish

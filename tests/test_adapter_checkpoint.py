@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lmtune
-from lmtune import adapter_checkpoint, strategies
-from lmtune.adapter_checkpoint import TRAINABLE, load_trainable, trainable_state
-from lmtune.config import LoraStrategy
-from lmtune.errors import LmtuneError
+from lmtune.core.config import LoraStrategy
+from lmtune.core.errors import LmtuneError
+from lmtune.training import adapter_checkpoint, strategies
+from lmtune.training.adapter_checkpoint import TRAINABLE, load_trainable, trainable_state
 
 from .conftest import tiny_config
 from .test_resume import Killed, _kill_at

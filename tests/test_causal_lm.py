@@ -10,12 +10,12 @@ import torch
 
 import lmtune
 from lmtune.cli import main
-from lmtune.config import validate
+from lmtune.core.config import validate
+from lmtune.core.errors import LmtuneError
+from lmtune.core.models import load_tokenizer
 from lmtune.data.readers import Table
-from lmtune.decoding import GenerationSettings
-from lmtune.errors import LmtuneError
-from lmtune.models import load_tokenizer
-from lmtune.tasks import causal_lm
+from lmtune.tasks import causal_lm, decoding
+from lmtune.tasks.decoding import GenerationSettings
 
 from .conftest import report_sections
 
@@ -177,8 +177,8 @@ def test_lora_changes_only_adapters_and_merges_to_the_same_logits(tiny_llama, tm
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from lmtune.generation import Generator
-    from lmtune.predict import export
+    from lmtune.infer.generation import Generator
+    from lmtune.infer.predict import export
 
     train = _jsonl(tmp_path / "chat.jsonl", CHATS * 4)
     cfg = _cfg(tiny_llama, tmp_path, train)
@@ -472,9 +472,9 @@ def test_a_tuned_model_ends_its_answers(tiny_llama, tmp_path):
 def test_turn_end_ids_name_the_eos_and_the_templates_end_token(tiny_llama, tmp_path):
     model_dir = _llama_ending_turns_with_a_non_eos_token(tiny_llama, tmp_path / "model")
     tok = load_tokenizer(model_dir)
-    assert causal_lm.turn_end_ids(tok) == [tok.convert_tokens_to_ids("<pad>"), tok.convert_tokens_to_ids("<|im_end|>")]
+    assert decoding.turn_end_ids(tok) == [tok.convert_tokens_to_ids("<pad>"), tok.convert_tokens_to_ids("<|im_end|>")]
     tok.chat_template = PLAIN_TEMPLATE
-    assert causal_lm.turn_end_ids(tok) == [tok.convert_tokens_to_ids("<pad>")]
+    assert decoding.turn_end_ids(tok) == [tok.convert_tokens_to_ids("<pad>")]
 
 
 # ---------------------------------------------------------------- metrics as shares

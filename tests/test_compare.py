@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from lmtune.cli import main
-from lmtune.compare import Score, compare, reading, within_noise
+from lmtune.tune.compare import Score, compare, reading, within_noise
 
 from .test_bad_input import PREFIX, expect_error
 from .test_strategies import _hand_count
@@ -90,7 +90,7 @@ def test_one_row_per_strategy_with_what_each_trains(five):
 def test_train_metric_is_what_lmtune_eval_gives_on_the_training_file(five, toy_data):
     """The "train" column comes from training's own evaluation; `lmtune eval` (predict.py) on the
     same 96 training rows is another path to the same numbers, for a full model and an adapter."""
-    from lmtune.predict import Predictor
+    from lmtune.infer.predict import Predictor
 
     for strategy in ("full", "lora"):
         metrics = json.loads((five / strategy / "metrics.json").read_text())["train_sample"]
@@ -230,7 +230,7 @@ def test_a_config_problem_comes_with_the_flag_problems(cmp_ws, capsys):
 
 
 def test_plan_settings_come_from_the_config_then_defaults_then_set(tiny_bert, toy_data, tmp_path):
-    from lmtune.compare import plan
+    from lmtune.tune.compare import plan
 
     cfg = write_compare_config(tmp_path, tiny_bert, toy_data)
     with open(cfg, "a", encoding="utf-8") as f:
@@ -249,7 +249,7 @@ def test_plan_settings_come_from_the_config_then_defaults_then_set(tiny_bert, to
 
 KILLER = '''
 import os, signal
-import lmtune.training as training
+import lmtune.training.loop as training
 _train = training.train
 def train(cfg, *args, **kwargs):
     if cfg.strategy.name == os.environ["LMTUNE_TEST_KILL"]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lmtune.config import apply_overrides, load_config, validate, yaml_load
-from lmtune.errors import LmtuneError
+from lmtune.core.config import apply_overrides, load_config, validate, yaml_load
+from lmtune.core.errors import LmtuneError
 
 
 def _raw(tmp_path, **data):

@@ -9,7 +9,7 @@ import json
 import yaml
 
 from lmtune.cli import main
-from lmtune.config import DataConfig, EvalConfig, key_tasks, reference, validate
+from lmtune.core.config import DataConfig, EvalConfig, key_tasks, reference, validate
 from lmtune.tasks import TASKS
 
 from .conftest import write_sentiment

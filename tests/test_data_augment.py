@@ -7,8 +7,8 @@ import random
 import pytest
 
 from lmtune.cli import main
+from lmtune.core.errors import LmtuneError
 from lmtune.data.augment import AugmentOptions, augment_rows, augment_words, embedding_neighbours, read_synonyms
-from lmtune.errors import LmtuneError
 
 WORDS = "the plot was good and the actors were great".split()
 SYN = {"plot": ["story"], "good": ["fine"], "actors": ["cast"], "great": ["superb"]}
@@ -90,7 +90,7 @@ def test_training_augments_the_training_split_only(tiny_bert, tmp_path):
 
 
 def test_augmentation_on_another_task_is_a_config_error(tmp_path):
-    from lmtune.config import validate
+    from lmtune.core.config import validate
 
     (tmp_path / "t.jsonl").write_text('{"text": "a b c"}\n')
     with pytest.raises(LmtuneError, match="data.augment applies to tasks classification and token_classification only, not to this run.s task masked_lm"):
@@ -117,8 +117,8 @@ def test_tagged_augmentation_keeps_entities_whole_and_tags_aligned(scheme):
     from hypothesis import strategies as st
 
     from lmtune.data.augment import augment_tagged, tag_units
-    from lmtune.tasks.token_classification import check_tags
     from lmtune.data.readers import Table
+    from lmtune.tasks.token_classification import check_tags
 
     probs = st.floats(0, 1)
 

@@ -118,7 +118,7 @@ def test_clean_command_repairs_mojibake_and_its_help_states_the_defaults(tmp_pat
 
 
 def test_fix_mojibake_is_a_data_clean_key(capsys):
-    from lmtune.config import CleanConfig
+    from lmtune.core.config import CleanConfig
 
     assert CleanOptions(**CleanConfig().model_dump()) == CleanOptions()  # the config and the options agree
     assert main(["keys"]) == 0

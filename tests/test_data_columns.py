@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from lmtune.cli import build_parser, main
+from lmtune.core.errors import LmtuneError
 from lmtune.data.readers import RowReader, read_table
-from lmtune.errors import LmtuneError
 
 from .conftest import WORDS
 

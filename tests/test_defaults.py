@@ -14,14 +14,14 @@ import pytest
 import yaml
 
 import lmtune
-from lmtune import strategies
 from lmtune.cli import main
-from lmtune.config import validate
-from lmtune.errors import LmtuneError
-from lmtune.models import load_tokenizer
+from lmtune.core.config import validate
+from lmtune.core.errors import LmtuneError
+from lmtune.core.models import load_tokenizer
 from lmtune.tasks import get_task
 from lmtune.tasks.common import AUTO_BATCH_TOKENS
-from lmtune.training import resolve_defaults
+from lmtune.training import strategies
+from lmtune.training.loop import resolve_defaults
 
 from .conftest import WORDS, build_tiny_bert, tiny_config
 

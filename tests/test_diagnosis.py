@@ -10,8 +10,8 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lmtune import diagnosis
-from lmtune.diagnosis import diagnose, lines
+from lmtune.training import diagnosis
+from lmtune.training.diagnosis import diagnose, lines
 
 STEPS_PER_EPOCH = 10
 

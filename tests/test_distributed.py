@@ -133,7 +133,7 @@ def test_two_processes_train_like_one_with_the_doubled_batch(tiny_bert, tmp_path
     if distributed == "fsdp":  # the last checkpoint's shards load whole into one process without a process group
         from transformers import AutoModelForSequenceClassification
 
-        from lmtune import sharding
+        from lmtune.training import sharding
 
         model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "two" / "model")
         optimizer = torch.optim.AdamW(model.parameters())

@@ -20,8 +20,7 @@ import lmtune
 
 from .test_causal_lm import CHATS, _jsonl
 from .test_masked_lm import _text
-from .test_question_answering import build_qa_bert, example
-from .test_question_answering import write_jsonl as write_qa
+from .test_question_answering import build_qa_bert, example, write_jsonl as write_qa
 from .test_token_classification import sentence, write_conll
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +85,7 @@ def test_every_task_runs_on_two_processes(task, tmp_path, tiny_bert, tiny_llama,
 def test_a_killed_process_stops_the_run_and_it_resumes_on_one(tiny_bert, tmp_path):
     import psutil
 
-    from lmtune.rundir import existing_dir
+    from lmtune.core.rundir import existing_dir
 
     from .conftest import loop_state, wait_for_checkpoint, write_sentiment
 
@@ -166,7 +165,7 @@ def test_a_lora_run_stopped_on_one_process_resumes_on_two(tiny_bert, tmp_path):
     processes (no DDP wrapper's prefix): one process's loads into two, and theirs is named alike."""
     from safetensors.torch import load_file
 
-    from lmtune.adapter_checkpoint import TRAINABLE
+    from lmtune.training.adapter_checkpoint import TRAINABLE
 
     from .conftest import write_sentiment
     from .test_resume import Killed, _kill_at

@@ -292,8 +292,8 @@ def excused(problem: str, raw: dict[str, Any]) -> bool:
 def config_problems(config: str | None, overrides: list[str]) -> list[str]:
     """What lmtune's validation says of a config (one under examples/, or the overrides alone) with
     these overrides. A config file of the reader's own (my.yaml) is not read; its overrides' form is."""
-    from lmtune.config import apply_overrides, output_dir_of, read_yaml, validate
-    from lmtune.errors import LmtuneError
+    from lmtune.core.config import apply_overrides, output_dir_of, read_yaml, validate
+    from lmtune.core.errors import LmtuneError
 
     raw: dict[str, Any] = {}
     try:
@@ -310,7 +310,7 @@ def config_problems(config: str | None, overrides: list[str]) -> list[str]:
 
 def lmtune_problems(args: list[str]) -> list[str]:
     """Problems of one `lmtune ...` command: the parser's, then the config's, the flags' values."""
-    from lmtune.errors import LmtuneError, command_line
+    from lmtune.core.errors import LmtuneError, command_line
 
     ns, message = parse_lmtune(args)
     if ns is None:
@@ -327,7 +327,7 @@ def lmtune_problems(args: list[str]) -> list[str]:
         elif (ns.command == "train" and not ns.resume) or preview:
             problems += config_problems(ns.config, ns.overrides)
         elif ns.command == "compare":
-            from lmtune import compare
+            from lmtune.tune import compare
 
             if ns.config.startswith("examples/"):
                 try:
@@ -343,7 +343,7 @@ def lmtune_problems(args: list[str]) -> list[str]:
                 problems += config_problems(ns.config, ns.overrides)
         elif ns.command == "search":
             if ns.config.startswith("examples/"):
-                from lmtune import search
+                from lmtune.tune import search
 
                 try:
                     search.prepare(search.load_raw(ns.config, ns.overrides), overwrite=True)
@@ -425,8 +425,8 @@ def merged(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
 def fragment_problems(raw: dict[str, Any]) -> list[str]:
     """A section of a run config (`search:`, `train: {report_to: ...}`) checked as part of a minimal
     config: it must be valid for at least one task (its own, where it names one)."""
-    from lmtune.config import RunConfig, validate
-    from lmtune.errors import LmtuneError
+    from lmtune.core.config import RunConfig, validate
+    from lmtune.core.errors import LmtuneError
     from lmtune.tasks import TASKS
 
     unknown = [k for k in raw if k not in RunConfig.model_fields]
@@ -440,7 +440,7 @@ def fragment_problems(raw: dict[str, Any]) -> list[str]:
             cfg = validate(full, check_files=False)
             problems = []
             if cfg.search is not None:
-                from lmtune import search, search_space
+                from lmtune.tune import search, search_space
 
                 problems = search_space.space_problems(cfg.search, cfg) + search._metric_problems(cfg.search, cfg)
         except LmtuneError as e:
@@ -470,8 +470,8 @@ YAML_BLOCKS = blocks_of(YAML)
 
 @pytest.mark.parametrize("block", YAML_BLOCKS, ids=ids(YAML_BLOCKS))
 def test_yaml_block(block: Block):
-    from lmtune.config import validate
-    from lmtune.errors import LmtuneError
+    from lmtune.core.config import validate
+    from lmtune.core.errors import LmtuneError
 
     try:
         raw = yaml.safe_load(block.text)
@@ -536,9 +536,9 @@ def has_member(cls: type, name: str) -> bool:
 @cache
 def returned_types() -> dict[str, type]:
     """What the API's functions return, so that the attributes used on their results are checked."""
-    from lmtune.config import RunConfig
-    from lmtune.inference import Generator
-    from lmtune.training import RunResult
+    from lmtune.core.config import RunConfig
+    from lmtune.infer.predictor import Generator
+    from lmtune.training.loop import RunResult
 
     # lmtune.load gives a Predictor, or for a generative run a Generator (a Predictor with more)
     return {"lmtune.load": Generator, "lmtune.train": RunResult, "lmtune.load_config": RunConfig}

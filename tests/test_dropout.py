@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmtune.dropout import PackedDropout, keep_probability, packed_dropout, use_packed
+from lmtune.training.cpu.dropout import PackedDropout, keep_probability, packed_dropout, use_packed
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])

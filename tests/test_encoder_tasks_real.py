@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import lmtune
-from lmtune import models
-from lmtune.config import load_config
-from lmtune.predict import Predictor
+from lmtune.core import models
+from lmtune.core.config import load_config
+from lmtune.infer.predict import Predictor
 from lmtune.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -75,7 +75,7 @@ def test_cli_runs_as_a_module():
 
 
 def test_gguf_model_is_imported_once_into_a_trainable_folder(tmp_path, monkeypatch):
-    from lmtune import models
+    from lmtune.core import models
 
     folder = models.resolve("smollm2-135m")
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()

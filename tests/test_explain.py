@@ -17,9 +17,9 @@ import torch
 
 import lmtune
 from lmtune.cli import main
-from lmtune.errors import LmtuneError
-from lmtune.explain import attention_map, explain
-from lmtune.explain_render import color_enabled, render_html, render_text
+from lmtune.core.errors import LmtuneError
+from lmtune.infer.explain import attention_map, explain
+from lmtune.infer.explain_render import color_enabled, render_html, render_text
 
 from .conftest import build_tiny_bert, build_tiny_llama
 from .test_inference import TEXTS

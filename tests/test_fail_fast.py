@@ -126,12 +126,12 @@ def test_a_run_folder_given_to_train_without_resume_says_to_resume(ws, capsys):
 @pytest.fixture
 def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loading a model fails the test: everything asserted happens before."""
-    import lmtune.inference
+    import lmtune.infer.predictor
 
     def load(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(lmtune.inference, "load", load)
+    monkeypatch.setattr(lmtune.infer.predictor, "load", load)
 
 
 def test_predict_and_eval_check_output_input_and_columns_before_loading_the_model(ws, capsys, tiny_bert, no_loading):

@@ -17,8 +17,9 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from lmtune import first_token, strategies
-from lmtune.config import LoraStrategy
+from lmtune.core.config import LoraStrategy
+from lmtune.training import strategies
+from lmtune.training.cpu import first_token
 
 SIZES = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lmtune import forgetting
-from lmtune.errors import LmtuneError
+from lmtune.core.errors import LmtuneError
+from lmtune.training import forgetting
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Large tensors from the heap while a run trains (lmtune/heap.py), and glibc's defaults after.
+"""Large tensors from the heap while a run trains (lmtune/training/cpu/heap.py), and glibc's defaults after.
 
 Each case runs in a fresh interpreter: what malloc does with a request depends on the free blocks
 the process already holds (after other tests' runs, a large request may be served from one), so
@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from lmtune import heap
+from lmtune.training.cpu import heap
 
 LIBC = heap.glibc()
 pytestmark = pytest.mark.skipif(LIBC is None or not hasattr(LIBC, "mallinfo2"), reason="glibc (2.33+) only")
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(LIBC is None or not hasattr(LIBC, "mallinfo2"), 
 PRELUDE = """
 import ctypes, json, resource
 import torch
-from lmtune import heap
+from lmtune.training.cpu import heap
 
 MB = 1024 * 1024
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import lmtune
-from lmtune.decoding import GenerationSettings
-from lmtune.errors import LmtuneError
+from lmtune.core.errors import LmtuneError
 from lmtune.tasks import TASKS, get_task
 from lmtune.tasks.contract import Task
+from lmtune.tasks.decoding import GenerationSettings
 
 from .conftest import build_tiny_bert, build_tiny_llama
 
@@ -84,7 +84,7 @@ def test_a_classifier_predicts_with_the_first_token_layer_and_the_plain_models_p
 
     model = lmtune.load(str(classifier))
     last = model.accelerator.unwrap_model(model.model).bert.encoder.layer[-1]
-    assert "forward" in vars(last)  # the last layer computes the first token only (lmtune/first_token.py)
+    assert "forward" in vars(last)  # the last layer computes the first token only (lmtune/training/cpu/first_token.py)
     plain = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
     with torch.no_grad():
         probabilities = plain(**AutoTokenizer.from_pretrained(classifier)(TEXTS, padding=True, return_tensors="pt")).logits.softmax(-1)
@@ -245,7 +245,7 @@ def test_generation_from_a_model_that_does_not_generate_is_refused_in_one_line(c
     import yaml
 
     from lmtune.cli import main
-    from lmtune.generation import Generator
+    from lmtune.infer.generation import Generator
 
     run = tmp_path / "sentiment"  # a classification run folder (its model: the tiny classifier)
     shutil.copytree(classifier, run / "model")

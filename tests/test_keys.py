@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lmtune.cli import main
-from lmtune.config import RunConfig
+from lmtune.core.config import RunConfig
 
 REQUIRED = "required"
 NO_DEFAULT = object()  # a default_factory: the JSON schema does not carry it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmtune.lm_loss import use_chunked_loss
+from lmtune.tasks.lm_loss import use_chunked_loss
 
 
 class _WrappedHead(torch.nn.Linear):
@@ -53,7 +53,7 @@ def test_evaluation_losses_per_position_match_the_logits(tiny_llama):
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
-    from lmtune.lm_loss import has_chunked_loss
+    from lmtune.tasks.lm_loss import has_chunked_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     assert not has_chunked_loss(model) and use_chunked_loss(model, chunk=5) and has_chunked_loss(model)

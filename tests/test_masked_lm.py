@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import lmtune
-from lmtune.config import validate
-from lmtune.errors import LmtuneError
-from lmtune.models import load_tokenizer
-from lmtune.predict import Predictor
+from lmtune.core.config import validate
+from lmtune.core.errors import LmtuneError
+from lmtune.core.models import load_tokenizer
+from lmtune.infer.predict import Predictor
 from lmtune.tasks import masked_lm
 
 from .conftest import WORDS, report_sections, write_sentiment

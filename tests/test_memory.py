@@ -16,8 +16,8 @@ import torch
 import yaml
 
 import lmtune
-from lmtune import memory
-from lmtune.errors import LmtuneError
+from lmtune.core import memory
+from lmtune.core.errors import LmtuneError
 
 from .conftest import tiny_config
 

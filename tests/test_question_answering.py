@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import lmtune
-from lmtune.config import DataConfig
-from lmtune.errors import LmtuneError
+from lmtune.core.config import DataConfig
+from lmtune.core.errors import LmtuneError
 from lmtune.tasks import question_answering as qa
 
 from .conftest import build_tiny_bert, report_sections

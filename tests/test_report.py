@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from lmtune.cli import main
-from lmtune.config import RunConfig
+from lmtune.core.config import RunConfig
+from lmtune.core.errors import LmtuneError
 from lmtune.data.readers import Table
-from lmtune.errors import LmtuneError
 from lmtune.report import write_report, write_run_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -359,8 +359,7 @@ def test_language_model_validation_samples_are_empty():
 
 
 def test_causal_lm_extra_metrics_return_samples(monkeypatch):
-    from lmtune import decoding
-    from lmtune.tasks import causal_lm
+    from lmtune.tasks import decoding, causal_lm
 
     generated = [SimpleNamespace(text="hi there", finish_reason="stop"), SimpleNamespace(text="yo", finish_reason="length")]
     monkeypatch.setattr(decoding, "generate", lambda model, tokenizer, prompts, settings, progress=None: generated)

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import lmtune
-from lmtune.errors import LmtuneError
-from lmtune.rundir import RunDir
+from lmtune.core.errors import LmtuneError
+from lmtune.core.rundir import RunDir
 
 from .conftest import tensorboard_events, tiny_config
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-from lmtune import row_gradients, strategies
-from lmtune.config import FullStrategy, GradualStrategy
+from lmtune.core.config import FullStrategy, GradualStrategy
+from lmtune.training import strategies
+from lmtune.training.cpu import row_gradients
 
 
 def _model() -> BertForSequenceClassification:

@@ -10,8 +10,9 @@ import torch
 import yaml
 
 import lmtune
-import lmtune.training as training
+import lmtune.training.loop as training
 from lmtune.cli import main
+from lmtune.core import runtime
 
 from .conftest import tiny_config
 
@@ -43,7 +44,7 @@ def test_the_generation_pass_of_a_causal_lm_is_announced(tiny_llama, tmp_path, c
 
 
 def test_fp32_by_auto_says_why(tiny_bert, toy_data, tmp_path, monkeypatch, capfd):
-    monkeypatch.setattr(training, "bf16_available", lambda: False)
+    monkeypatch.setattr(runtime, "bf16_available", lambda: False)
     lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "run", max_steps=2, epochs=1, precision="auto"), progress=False)
     err = capfd.readouterr().err
     assert "train.precision: auto -> fp32: this CPU has no fast bf16 (no AMX, no AVX-512 BF16)" in err
@@ -51,16 +52,16 @@ def test_fp32_by_auto_says_why(tiny_bert, toy_data, tmp_path, monkeypatch, capfd
 
 
 def test_busy_cpu_note_only_when_the_cores_are_taken():
-    assert training.busy_cpu_note(0.3, 2, 2) is None
-    assert training.busy_cpu_note(0.9, 2, 2) is None  # less than a core busy
-    assert training.busy_cpu_note(3.0, 16, 16) is None  # a few cores of many
-    note = training.busy_cpu_note(1.8, 2, 2)
+    assert runtime.busy_cpu_note(0.3, 2, 2) is None
+    assert runtime.busy_cpu_note(0.9, 2, 2) is None  # less than a core busy
+    assert runtime.busy_cpu_note(3.0, 16, 16) is None  # a few cores of many
+    note = runtime.busy_cpu_note(1.8, 2, 2)
     assert note.startswith("warning: other processes are keeping the CPU busy (load 1.8 on 2 cores)")
     assert "train.threads (now 2)" in note
 
 
 def test_the_cpu_load_counts_other_runnable_threads():
-    assert 0.0 <= training.other_cpu_load() < 10_000
+    assert 0.0 <= runtime.other_cpu_load() < 10_000
 
 
 @pytest.mark.parametrize("load, warned", [(1000.0, True), (0.0, False)])
@@ -85,8 +86,8 @@ def test_train_threads_sets_the_threads_of_the_run_and_gives_them_back(tiny_bert
 
 
 def test_train_threads_must_be_auto_or_a_positive_number(tmp_path):
-    from lmtune.config import validate
-    from lmtune.errors import LmtuneError
+    from lmtune.core.config import validate
+    from lmtune.core.errors import LmtuneError
 
     with pytest.raises(LmtuneError, match=r"train\.threads: expected auto or a whole number of threads, at least 1"):
         validate({"model": "minilm-l6", "output_dir": str(tmp_path), "data": {"train": "x.csv"}, "train": {"threads": 0}},

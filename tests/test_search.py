@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmtune import search
-from lmtune.errors import LmtuneError
+from lmtune.core.errors import LmtuneError
+from lmtune.tune import search
 
 from .conftest import tiny_config
 
@@ -117,7 +117,7 @@ def test_a_hopeless_trial_is_pruned_after_its_first_evaluations(tiny_bert, toy_d
 
 
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tiny_bert, toy_data, tmp_path, monkeypatch):
-    from lmtune import training
+    from lmtune.training import loop as training
 
     real = training.train
 
@@ -199,7 +199,7 @@ def test_parallel_workers_write_one_study(tiny_bert, toy_data, tmp_path):
 
 KILL_ONCE = '''
 import os, signal
-import lmtune.training as training
+import lmtune.training.loop as training
 _train = training.train
 def train(*args, **kwargs):
     marker = os.environ["LMTUNE_TEST_KILL_ONCE"]

@@ -31,10 +31,10 @@ from fastapi.testclient import TestClient
 
 import lmtune
 from lmtune.cli import main
-from lmtune.decoding import GenerationSettings
 from lmtune.serve import ServeOptions, create_app
 from lmtune.serve.batching import MicroBatcher, QueueFull
 from lmtune.serve.server import bind
+from lmtune.tasks.decoding import GenerationSettings
 
 from .conftest import tiny_config
 

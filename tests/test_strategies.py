@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 import lmtune
-from lmtune import strategies
-from lmtune.config import AdaptiveStrategy, FullStrategy, GradualStrategy, LoraStrategy, PartialStrategy
-from lmtune.errors import LmtuneError
+from lmtune.core.config import AdaptiveStrategy, FullStrategy, GradualStrategy, LoraStrategy, PartialStrategy
+from lmtune.core.errors import LmtuneError
+from lmtune.training import strategies
 
 from .conftest import WORDS, tiny_config
 
@@ -173,7 +173,7 @@ def test_lora_trains_only_adapters_and_the_new_head(tiny_bert):
 
 
 def test_lora_target_that_matches_nothing_is_a_config_error(tiny_bert, toy_data, tmp_path):
-    from lmtune.config import validate
+    from lmtune.core.config import validate
 
     cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run")
     cfg["strategy"] = {"name": "lora", "target_modules": ["query", "q_proj"]}
@@ -184,7 +184,7 @@ def test_lora_target_that_matches_nothing_is_a_config_error(tiny_bert, toy_data,
 def test_lora_run_saves_an_adapter_that_predicts_and_merges(tiny_bert, toy_data, tmp_path):
     import numpy as np
 
-    from lmtune.predict import Predictor, export
+    from lmtune.infer.predict import Predictor, export
 
     cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=2, lr=1e-2)
     cfg["strategy"] = {"name": "lora", "r": 4}

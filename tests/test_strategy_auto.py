@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 import lmtune
-from lmtune import strategies, strategy_choice
-from lmtune.config import AutoStrategy, validate
-from lmtune.errors import LmtuneError
-from lmtune.strategy_choice import choose_strategy, required_settings
+from lmtune.core.config import AutoStrategy, validate
+from lmtune.core.errors import LmtuneError
+from lmtune.training import strategies, strategy_choice
+from lmtune.training.strategy_choice import choose_strategy, required_settings
 
 from .conftest import tiny_config
 
@@ -104,7 +104,7 @@ def test_auto_choosing_lora_under_fsdp_is_refused(tiny_bert, toy_data, tmp_path,
     from types import SimpleNamespace
 
     from lmtune.tasks import get_task
-    from lmtune.training import resolve_defaults
+    from lmtune.training.loop import resolve_defaults
 
     monkeypatch.setattr(strategy_choice, "MEDIUM_MODEL", 1_000)
     raw = tiny_config(tiny_bert, toy_data, tmp_path / "run", distributed="fsdp")

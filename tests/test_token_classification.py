@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import lmtune
-from lmtune.config import DataConfig, validate
+from lmtune.core.config import DataConfig, validate
+from lmtune.core.errors import LmtuneError
 from lmtune.data.conll import read_conll
-from lmtune.errors import LmtuneError
 from lmtune.tasks import token_classification as tc
 
 from .conftest import build_tiny_bert, report_sections
@@ -47,7 +47,7 @@ def ner_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(ner_bert):
-    from lmtune.models import load_tokenizer
+    from lmtune.core.models import load_tokenizer
 
     return load_tokenizer(ner_bert)
 

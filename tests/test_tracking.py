@@ -10,11 +10,11 @@ import pytest
 import yaml
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from lmtune import tracking
-from lmtune.config import validate
-from lmtune.errors import LmtuneError
-from lmtune.rundir import RunDir
-from lmtune.training import make_accelerator
+from lmtune.core import tracking
+from lmtune.core.config import validate
+from lmtune.core.errors import LmtuneError
+from lmtune.core.rundir import RunDir
+from lmtune.core.runtime import make_accelerator
 
 from .conftest import tensorboard_events, tiny_config
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import lmtune
-from lmtune.predict import Predictor
+from lmtune.infer.predict import Predictor
 
 from .conftest import WORDS, tiny_config
 
@@ -166,7 +166,7 @@ def test_group_by_length_sees_every_example_each_epoch(tiny_bert, toy_data, tmp_
 
 
 def test_runs_with_different_precisions_in_one_process(tiny_bert, toy_data, tmp_path):
-    from lmtune.training import bf16_available
+    from lmtune.core.runtime import bf16_available
 
     first = "bf16" if bf16_available() else "fp32"
     a = lmtune.train(tiny_config(tiny_bert, toy_data, tmp_path / "a", max_steps=2, precision=first), progress=False)
@@ -211,7 +211,7 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tiny_bert, toy_data, 
 
 
 def test_a_tie_of_the_metric_goes_to_the_lower_validation_loss():
-    from lmtune.training import is_better
+    from lmtune.training.loop import is_better
 
     assert is_better(0.9, 0.5, None, None, greater=True)  # the first evaluation
     assert is_better(1.0, 0.7, 0.9, 0.1, greater=True) and not is_better(0.8, 0.01, 0.9, 0.5, greater=True)
@@ -222,7 +222,7 @@ def test_a_tie_of_the_metric_goes_to_the_lower_validation_loss():
 
 
 def test_best_step_and_early_stopping_follow_the_loss_while_the_metric_saturates(tiny_bert, toy_data, tmp_path, monkeypatch):
-    from lmtune import training
+    from lmtune.training import loop as training
 
     losses = iter([0.7, 0.3, 0.3, 0.5])  # at steps 1..4; accuracy 1.0 at each
     real = training.Evaluation.scores
@@ -247,8 +247,8 @@ def test_a_lora_run_names_its_base_as_given_and_writes_readable_files(tiny_bert,
     import shutil
     import stat
 
-    from lmtune import models
-    from lmtune.predict import export
+    from lmtune.core import models
+    from lmtune.infer.predict import export
 
     # "tiny-base" stands for a bundled name whose folder is machine-specific (a GGUF file's cache)
     real = models.source_of
@@ -282,7 +282,7 @@ def test_a_lora_run_names_its_base_as_given_and_writes_readable_files(tiny_bert,
 
 
 def test_the_final_evaluation_reuses_the_latest_one_when_that_model_is_the_best(tiny_bert, toy_data, tmp_path, monkeypatch):
-    import lmtune.training as training
+    import lmtune.training.loop as training
 
     calls = []
     plain = training.evaluate

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 from .polarity import is_negation, negated, polarity_safe
 
 STOP_WORDS = frozenset("""
@@ -114,7 +114,7 @@ def embedding_neighbours(model_path: str | Path, words: set[str], k: int = 5) ->
     import torch
     from transformers import AutoModel
 
-    from ..models import load_tokenizer
+    from ..core.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     model = AutoModel.from_pretrained(model_path)

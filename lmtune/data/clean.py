@@ -168,7 +168,7 @@ def clean_file(
     row to `dropped_file` with its line and reason, reading the file twice and never holding it:
     once to learn each row's keys, once to write. Returns the summary and the number of rows.
     `columns`: the column names of a CSV or TSV file without a header (`out` gets them as its header)."""
-    from ..errors import LmtuneError
+    from ..core.errors import LmtuneError
     from .readers import RowReader
     from .writers import RowWriter
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LmtuneError
-from .readers import Table, _text
+from ..core.errors import LmtuneError
+from .table import Table, _text
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 from .keys import digest, normalise, votes
 from .readers import RowReader
 

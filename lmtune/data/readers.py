@@ -11,56 +11,18 @@ A CSV or TSV file's first line is its header, unless the column names are given 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
+from .conll import read_conll
+from .table import Table, _brief, text_lines
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "tsv", ".conll": "conll"}
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-
-
-@dataclass
-class Table:
-    path: Path
-    columns: list[str]
-    rows: list[dict[str, Any]]
-    lines: list[int]  # the (first) line of each row in the file, 1-based
-    header: str | None = None  # a CSV or TSV file's first line (each field shortened), when it gave the column names
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def require_columns(self, *names: str | None) -> None:
-        missing = [n for n in names if n is not None and n not in self.columns]
-        if missing:
-            hint = ""
-            if self.header is not None:  # a file without a header has a row of data read as one
-                hint = (f" (the first line was read as a header: {_brief(self.header, 120)}; a file without a header "
-                        f"needs its column names in data.columns, or --columns on the command line, e.g. text,label)")
-            raise LmtuneError(
-                f"{self.path}: no column {', '.join(repr(m) for m in missing)}; "
-                f"columns are: {', '.join(_brief(c, 30, quote=False) for c in self.columns) or '(none)'}{hint}"
-            )
-
-    def where(self, i: int) -> str:
-        return f"{self.path}:{self.lines[i]}"
-
-    def subset(self, indices: list[int]) -> "Table":
-        """The rows at `indices`, with their lines, in a table of the same kind."""
-        return dataclasses.replace(self, rows=[self.rows[i] for i in indices], lines=[self.lines[i] for i in indices])
-
-
-def _brief(text: str, limit: int = 60, *, quote: bool = True) -> str:
-    """A short, one-line quotation of a piece of a file."""
-    text = text.replace("\t", "\\t").replace("\r", "").replace("\n", " ")
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return f'"{text}"' if quote else text
 
 
 def check_column_names(columns: list[str] | None, path: Path | str) -> list[str] | None:
@@ -82,30 +44,6 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     if path.suffix.lower() not in FORMATS:
         raise LmtuneError(f"{path}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, json)")
     return FORMATS[path.suffix.lower()]
-
-
-def text_lines(path: Path, *, bad_lines: list[int] | None = None) -> Iterator[str]:
-    """The lines of a UTF-8 file, one at a time, with their line ends (a byte-order mark dropped).
-    Bytes that are not UTF-8 are an error naming the line, or, with a `bad_lines` list, read as
-    replacement characters and the line numbers put in the list."""
-    if not path.is_file():
-        raise LmtuneError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                if bad_lines is None:
-                    raise LmtuneError(
-                        f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8"
-                    ) from None
-                bad_lines.append(n)
-                line = raw.decode("utf-8", errors="replace")
-            yield line.removeprefix("\ufeff") if n == 1 else line
-
-
-def _text(path: Path) -> str:
-    return "".join(text_lines(path))
 
 
 class RowReader:
@@ -234,8 +172,6 @@ def read_table(path: str | Path, fmt: str = "auto", *, columns: list[str] | None
     path = Path(path)
     fmt = detect_format(path, fmt)
     if fmt == "conll":
-        from .conll import read_conll
-
         if columns is not None:
             raise LmtuneError(f"{path}: data.columns (--columns) is for CSV and TSV files; this is a CoNLL file")
         table: Table = read_conll(path)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import LmtuneError, option
+from ..core.errors import LmtuneError, option
 from .keys import digest, normalise, votes
 
 

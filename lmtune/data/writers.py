@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 
 
 class RowWriter:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
+from ..core.runtime import first_process, log
 
 REPORT_NAME = "report.html"
 
@@ -23,7 +24,7 @@ def write_report(run_dirs: list[Path], output: Path, *, overwrite: bool = False)
     """Write the report of `run_dirs` (run, search or compare folders) to `output` (HTML) and its
     figures to `<output stem>_files/` beside it; returns `output`. Every folder is read and checked
     before anything is written. An existing `output` is replaced only with `overwrite`."""
-    from ..preflight import check_output
+    from ..core.rundir import check_output
     from .page import write
     from .read import expand
 
@@ -37,5 +38,17 @@ def write_report(run_dirs: list[Path], output: Path, *, overwrite: bool = False)
 
 def write_run_report(run_dir: Path) -> Path:
     """The run's own report, `run_dir/report.html` (with report_files/), replaced if there is one:
-    training writes it at the end of every run."""
+    written at the end of every run (report_run)."""
     return write_report([Path(run_dir)], Path(run_dir) / REPORT_NAME, overwrite=True)
+
+
+def report_run(run_dir: Path, enabled: bool) -> None:
+    """report.html into a finished run's folder, written by whoever ran it (lmtune.train, lmtune
+    train, a search's trials, a comparison's runs) when `enabled` (train.report), from the run's
+    first process only. A report that cannot be built is a warning, never a failed run."""
+    if not enabled or not first_process():
+        return
+    try:
+        log(f"report: {write_run_report(run_dir)}")
+    except Exception as exc:  # noqa: BLE001 (the run itself has succeeded: say why, go on)
+        log(f"warning: report.html was not written: {type(exc).__name__}: {exc}")

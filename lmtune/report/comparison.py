@@ -15,7 +15,7 @@ MAX_SETTINGS = 8  # differing config keys shown as columns
 
 
 def _flat(run: Run) -> dict[str, Any]:
-    from ..rundir import flatten
+    from ..core.rundir import flatten
 
     return {k: v for k, v in flatten(run.config).items() if k != "output_dir"}
 

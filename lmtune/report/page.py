@@ -66,7 +66,7 @@ def files_dir(output: Path) -> Path:
 def write(runs: list[Run], output: Path) -> Path:
     """Draw the figures into a fresh folder, build the page, then put both in place (the folder
     replaced whole, the page atomically)."""
-    from ..rundir import replace_dir_atomic, write_text_atomic
+    from ..core.rundir import replace_dir_atomic, write_text_atomic
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}_files.tmp-{os.getpid()}")

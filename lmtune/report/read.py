@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 
 EXPECTED = ("a run folder (config.yaml with history.jsonl or metrics.json), a search folder (search.yaml, "
             "trials/) or a compare folder (compare.json)")
@@ -179,7 +179,7 @@ def expand(paths: list[Path]) -> list[Run]:
     found: list[tuple[Path, str, str | None, Path]] = []
     for path in map(Path, paths):
         if not path.exists():
-            from ..saved_run import did_you_mean
+            from ..infer.saved_run import did_you_mean
 
             raise LmtuneError(f"{path}: no such folder{did_you_mean(path)}; expected {EXPECTED}")
         if not path.is_dir():

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 
-from .. import __version__
+from ..core import __version__
 from . import errors, openai_routes, predict_routes
 from .batching import MicroBatcher
 from .guard import Guard, access_log

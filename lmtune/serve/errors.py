@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 
 log = logging.getLogger("lmtune.serve")
 

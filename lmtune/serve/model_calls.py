@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ..decoding import Generation, GenerationSettings
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
+from ..tasks.decoding import Generation, GenerationSettings
 from .streaming import Done, EventFeed, Piece, Ready
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from ..decoding import GenerationSettings
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
+from ..tasks.decoding import GenerationSettings
 from . import model_calls
 from .batching import Closed
 from .errors import ApiError

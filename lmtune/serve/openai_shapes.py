@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..decoding import Generation
+from ..tasks.decoding import Generation
 
 
 @dataclass(frozen=True)

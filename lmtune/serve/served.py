@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 from ..tasks import TASKS, get_task
 from .batching import Closed, Job, MicroBatcher, QueueFull, Work
 from .errors import ApiError
@@ -41,18 +41,18 @@ class Served:
     name: str
     task: str
     labels: list[str]
-    predictor: Any = None  # lmtune.predict.Predictor (or anything with predict_rows)
-    generator: Any = None  # lmtune.generation.Generator (or anything with generate_batch and stream)
+    predictor: Any = None  # lmtune.infer.predictor.Predictor (or anything with predict_rows)
+    generator: Any = None  # lmtune.infer.generation.Generator (or anything with generate_batch and stream)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
     def of(cls, target_or_model: Any, name: str | None = None) -> "Served":
         """Load a run folder / model name / model folder, or take a loaded Predictor or Generator."""
         if isinstance(target_or_model, (str, Path)):
-            import lmtune
+            from ..infer.predictor import load  # (torch: imported when a model is loaded)
 
             target = str(target_or_model)
-            loaded = lmtune.load(target)
+            loaded = load(target)
             name = name or model_name(target)
         else:
             loaded = target_or_model

@@ -6,7 +6,7 @@ import socket
 import sys
 from typing import Any
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 from .options import ServeOptions
 
 LOOPBACK = {"127.0.0.1", "::1"}

@@ -17,8 +17,8 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
-from ..decoding import Generation
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
+from ..tasks.decoding import Generation
 from .errors import error_body
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ..errors import LmtuneError
+from ..core.errors import LmtuneError
 
 TASKS = ("classification", "causal_lm", "token_classification", "masked_lm", "question_answering")
 

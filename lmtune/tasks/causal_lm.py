@@ -18,10 +18,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..core.errors import LmtuneError, option
+from ..core.runtime import log
 from ..data.readers import Table, read_table
 from ..data.split import grouped_holdout, random_holdout
-from ..errors import LmtuneError, option
+from .chat import prompt_text, render_chat
 from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, percentile_length
+from .decoding import turn_end_ids
 
 METRICS = ("loss", "perplexity")
 GREATER_IS_BETTER = {"loss": False, "perplexity": False}
@@ -41,7 +44,7 @@ def read_texts(path: str, fmt: str) -> Table:
     from pathlib import Path
 
     if fmt == "txt" or (fmt == "auto" and str(path).lower().endswith(".txt")):
-        from ..data.readers import _text
+        from ..data.table import _text
 
         text = _text(Path(path))
         docs, lines, current, start = [], [], [], 1
@@ -233,69 +236,6 @@ def load_data(cfg: Any) -> TaskData:
 # ---------------------------------------------------------------- rendering and masking
 
 
-def render_chat(messages: list[dict[str, str]], tokenizer: Any) -> tuple[str, list[tuple[int, int]]]:
-    """The conversation as text, with the character spans of the assistant turns (to train on).
-    With a chat template, each assistant turn is the text that its message adds after the
-    generation prompt; without one, a plain User/Assistant layout is used."""
-    if getattr(tokenizer, "chat_template", None):
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        spans = []
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-            upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-            if not (full.startswith(upto) and upto.startswith(prefix)):
-                raise LmtuneError("the tokenizer's chat template does not render a conversation turn by turn")
-            spans.append((len(prefix), len(upto)))
-        return full, spans
-    eos = tokenizer.eos_token or ""
-    text, spans = "", []
-    for m in messages:
-        head = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n"}[m["role"]]
-        text += head
-        start = len(text)
-        text += m["content"] + (eos if m["role"] == "assistant" else "") + "\n\n"
-        if m["role"] == "assistant":
-            spans.append((start, len(text) - 2))
-    return text, spans
-
-
-def prompt_text(messages: list[dict[str, str]], tokenizer: Any) -> str:
-    """The text that asks the model for the next assistant turn."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    text, _ = render_chat(messages, tokenizer)
-    return text + "### Assistant:\n"
-
-
-def turn_end_ids(tokenizer: Any, model: Any = None) -> list[int]:
-    """The tokens that end an answer: the tokenizer's EOS, the special token that the chat template
-    puts after an assistant message (<|im_end|> in ChatML, <|eot_id|> in Llama 3, which is not
-    always the EOS a model's generation config names) and that config's EOS tokens. Training
-    checks that one of them is trained after every response; generation stops on any of them."""
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    if getattr(tokenizer, "chat_template", None):
-        probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}]
-        try:
-            text, spans = render_chat(probe, tokenizer)
-        except Exception:  # a template that refuses the probe: the EOS alone
-            text, spans = "", []
-        for a, b in spans:
-            turn = text[a:b]
-            after = turn[turn.find("OK") + 2 :] if "OK" in turn else ""
-            special = set(tokenizer.all_special_ids) | {
-                i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
-            }
-            ids += [i for i in tokenizer(after, add_special_tokens=False)["input_ids"] if i in special][:1]
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    ids += [eos] if isinstance(eos, int) else list(eos or [])
-    return list(dict.fromkeys(ids))
-
-
 @dataclass
 class Encoded:
     """An instruction or chat example as tokens, with what truncation needs to know: where the
@@ -469,8 +409,6 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: st
                 continue
             features.append({"input_ids": ids, "labels": lab})
         if empty:
-            from ..training import log
-
             log(f"{table.path}: {empty} examples have no response tokens left within data.max_length={max_length}; skipped")
         if not features:
             raise LmtuneError(f"{table.path}: no example keeps a response within data.max_length={max_length}")
@@ -484,9 +422,9 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: st
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    from ..models import load_pretrained
+    from ..core.models import load_pretrained
 
-    from ..lm_loss import use_chunked_loss
+    from .lm_loss import use_chunked_loss
 
     model = load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
     # No KV cache while training: packed rows are recognised only without one.
@@ -569,7 +507,7 @@ def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, A
         sums = [F.cross_entropy(logits[i, :-1].float(), labels[i, 1:], ignore_index=IGNORE, reduction="sum")
                 for i in range(logits.shape[0])]
         return {"loss_sum": torch.stack(sums), "tokens": (labels[:, 1:] != IGNORE).sum(1)}
-    from ..lm_loss import has_chunked_loss
+    from .lm_loss import has_chunked_loss
 
     keep = inputs["logits_to_keep"]
     targets = batch["shift_labels"]
@@ -626,7 +564,7 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Calla
     n = cfg.eval.generate_rows
     if shape == "text" or n == 0:
         return {}
-    from ..decoding import GenerationSettings, generate
+    from .decoding import GenerationSettings, generate
 
     prompts, references = [], []
     for i, row in enumerate(data.validation.rows[:n]):
@@ -690,7 +628,7 @@ def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | No
     over the row's columns, instruction fields, or a text column (continued as it is). The tokenizer
     is asked for only where a chat template applies (lmtune predict reads rows before it is loaded)."""
     if "messages" in row or "conversations" in row:
-        from ..config import RunConfig
+        from ..core.config import RunConfig
 
         cfg = session.cfg or RunConfig.model_validate({"model": "x", "data": {"train": "x"}})
         messages = messages_of(row, where, cfg, need_answer=False)

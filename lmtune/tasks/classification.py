@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import LmtuneError
 from ..data.readers import Table, read_table
 from ..data.split import grouped_split
-from ..errors import LmtuneError
 from .common import LengthChoice, TaskData, examples_in, load_labelled_model, percentile_length, tokenize_texts
 
 METRICS = (
@@ -117,7 +117,7 @@ def load_data(cfg: Any) -> TaskData:
 
 
 def _augment(train: Table, cfg: Any) -> tuple[Table, str, dict[str, Any]]:
-    from .. import models
+    from ..core import models
     from ..data.augment import AugmentOptions, Skipped, augment_rows, gather_synonyms
 
     d, a = cfg.data, cfg.data.augment

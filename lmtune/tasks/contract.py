@@ -1,5 +1,5 @@
 """What every task module provides: for training (the loop knows no task) and for inference (the one
-path of lmtune.inference: `lmtune eval`, `lmtune predict`, `lmtune.load(run)` and `lmtune serve`).
+path of lmtune.infer.predictor: `lmtune eval`, `lmtune predict`, `lmtune.load(run)` and `lmtune serve`).
 Task modules satisfy `Task` as modules; `get_task(name)` returns one."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Task(Protocol):
     def extra_metrics(self, model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Callable[[str], None] | None = None,
                       progress: bool = False) -> dict[str, Any]: ...
 
-    # ---- inference; `session` is an lmtune.inference.Predictor (model, tokenizer, labels, data
+    # ---- inference; `session` is an lmtune.infer.predictor.Predictor (model, tokenizer, labels, data
     # settings, run_batches, evaluate_table; for generative tasks a Generator)
     GENERATIVE: bool  # whether lmtune.load gives a Generator
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..core.errors import LmtuneError, option
 from ..data.readers import Table, read_table
-from ..errors import LmtuneError, option
 
 
 def column_names(session: Any, path: Path, columns: list[str] | None, *, named: bool) -> list[str] | None:
@@ -32,7 +32,7 @@ def no_template(session: Any, template: str | None) -> None:
 
 def read_lines(path: Path) -> Table:
     """A .txt file: one text per non-empty line (the line numbers kept for messages)."""
-    from ..data.readers import _text
+    from ..data.table import _text
 
     rows = [(n, line) for n, line in enumerate(_text(path).splitlines(), start=1) if line.strip()]
     if not rows:

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import LmtuneError
 from ..data.readers import Table
 from ..data.split import random_holdout
-from ..errors import LmtuneError
 from .causal_lm import read_texts
 from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, labelled_tokens, tokenize_texts
 
@@ -229,7 +229,7 @@ def mask_once(blocks: list[dict[str, Any]], tokenizer: Any, cfg: Any) -> list[di
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    from ..models import load_pretrained
+    from ..core.models import load_pretrained
 
     return load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
 

@@ -31,8 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.errors import LmtuneError
 from ..data.readers import Table, read_table
-from ..errors import LmtuneError
 from .common import LengthChoice, TaskData, examples_in, percentile_length
 
 METRICS = ("f1", "exact_match", "loss")
@@ -298,7 +298,7 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    from ..models import load_pretrained
+    from ..core.models import load_pretrained
 
     return load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
 

@@ -24,9 +24,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.errors import LmtuneError
+from ..core.runtime import log
 from ..data.conll import ConllTable, read_conll
 from ..data.readers import Table, read_table
-from ..errors import LmtuneError
 from .common import LengthChoice, TaskData, labelled_tokens, load_labelled_model, percentile_length
 
 METRICS = ("f1", "precision", "recall", "accuracy", "loss")
@@ -188,7 +189,7 @@ def load_data(cfg: Any) -> TaskData:
 
 def _augment(train: Table, cfg: Any) -> tuple[Table, str, dict[str, Any]]:
     """EDA copies of the training sentences with their tags kept aligned (see data/augment.py)."""
-    from .. import models
+    from ..core import models
     from ..data.augment import AugmentOptions, Skipped, augment_sentences, gather_synonyms
 
     a = cfg.data.augment
@@ -302,8 +303,6 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[
             f["labels"] = ids
         features.append(f)
     if lost:
-        from ..training import log
-
         log(
             f"{table.path}: {lost} word(s) have no label: no subwords (an empty or ignored token), or more "
             f"subwords than a window of data.max_length={d.max_length} with data.doc_stride={d.doc_stride} holds"

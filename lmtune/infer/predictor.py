@@ -18,13 +18,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import decoding, first_token, models
-from .config import DataConfig, RunConfig
-from .data.readers import Table
-from .decoding import Generation, GenerationSettings
-from .errors import LmtuneError, option
+from ..core import models
+from ..core.config import DataConfig, RunConfig
+from ..core.errors import LmtuneError, option
+from ..core.runtime import make_accelerator
+from ..data.readers import Table
+from ..tasks import decoding, get_task
+from ..tasks.decoding import Generation, GenerationSettings
+from ..training.cpu import first_token
 from .saved_run import SavedRun, load_model, read_for_inference, read_run
-from .tasks import get_task
 
 Step = Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]
 GENERATION_BATCH = 16  # a Generator's default batch (lmtune predict --batch-size sets it)
@@ -36,8 +38,6 @@ class Predictor:
     (train.precision: auto), and come back in input order."""
 
     def __init__(self, saved: SavedRun | str | Path, cfg: RunConfig | None = None) -> None:
-        from .training import make_accelerator
-
         if not isinstance(saved, SavedRun):
             saved = read_run(saved)
         if cfg is not None:
@@ -147,7 +147,7 @@ class Predictor:
         """predict_rows for every input of a file, in file order, read and predicted a chunk of
         rows at a time where the format allows it (.txt, .csv, .tsv, .jsonl; see each task's
         input_chunks), so that a file larger than memory streams through."""
-        from .tasks.inputs import CHUNK_ROWS
+        from ..tasks.inputs import CHUNK_ROWS
 
         bar, shown = None, self.progress
         self.progress = False  # one bar for the file, not one per chunk
@@ -176,8 +176,8 @@ class Predictor:
 
     def explain(self, inputs: list[Any] | Any, pairs: list[str] | None = None, **options: Any) -> list[Any]:
         """Which words each prediction rests on (integrated gradients; classification and token
-        classification): one lmtune.explain.Explanation per input. Options: steps, word,
-        internal_batch_size (see lmtune.explain.explain)."""
+        classification): one lmtune.infer.explain.Explanation per input. Options: steps, word,
+        internal_batch_size (see lmtune.infer.explain.explain)."""
         from .explain import explain
 
         return explain(self, inputs, pairs, **options)
@@ -226,7 +226,7 @@ class Generator(Predictor):
     def generate_batch(self, prompts: list[str], settings: GenerationSettings | None = None, *, raw: bool = False,
                        batch_size: int | None = None, progress: Callable[[int], Any] | None = None) -> list[Generation]:
         """One Generation (text, token counts, finish reason) per prompt, in order, generated in
-        batches of `batch_size` (default: the Generator's batch_size; see lmtune.decoding.generate).
+        batches of `batch_size` (default: the Generator's batch_size; see lmtune.tasks.decoding.generate).
         Each prompt is a user message in the chat format; raw=True: the texts as they are."""
         texts = [self.prompt(p, raw=raw) for p in prompts]
         with self._autocast():

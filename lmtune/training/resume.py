@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
-from .config import RunConfig, apply_overrides, output_dir_of, read_yaml, set_key, validate
-from .errors import LmtuneError
-from .rundir import RESUMABLE, RunDir, flatten
+from ..core.config import RunConfig, apply_overrides, output_dir_of, read_yaml, set_key, validate
+from ..core.errors import LmtuneError
+from ..core.rundir import RESUMABLE, RunDir, flatten
 
-# keys that a run resolves when it starts, from these settings (lmtune.training.resolve_defaults)
+# keys that a run resolves when it starts, from these settings (lmtune.training.loop.resolve_defaults)
 RESOLVED = {"data.max_length": ("auto",), "train.lr": (None,), "strategy.name": ("auto",)}
 
 
@@ -56,7 +56,7 @@ def resume_config(config: str | None, overrides: list[str]) -> tuple[RunConfig, 
     config where the run folder holds no config yet (nothing to resume: the run starts)."""
     run, file_raw = run_folder(config, overrides)
     if not run.config.is_file():
-        from .config import load_config
+        from ..core.config import load_config
 
         return load_config(config, overrides), []
     saved_raw = yaml.safe_load(run.config.read_text())

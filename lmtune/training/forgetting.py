@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import LmtuneError
+from ..core.errors import LmtuneError
 
-SHIPPED = Path(__file__).with_name("resources") / "general_text.txt"
+SHIPPED = Path(__file__).parents[1] / "resources" / "general_text.txt"  # (lmtune/resources/)
 KINDS = ".txt (one passage a line) or .jsonl (a \"text\" field a line)"
 
 

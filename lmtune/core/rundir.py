@@ -26,6 +26,12 @@ import yaml
 from .errors import LmtuneError, option
 
 
+def check_output(path: str | Path | None, overwrite: bool) -> None:
+    """An output file that exists is replaced only with `overwrite`."""
+    if path and Path(path).exists() and not overwrite:
+        raise LmtuneError(f"{path} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")

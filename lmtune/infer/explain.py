@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .errors import LmtuneError, option
+from ..core.errors import LmtuneError, option
 
 if TYPE_CHECKING:
     import torch
 
-    from .inference import Predictor
+    from .predictor import Predictor
 
 STEPS = 50  # integration points (Gauss-Legendre); more make the delta smaller and the run slower
 # Tokens of the integration path's inputs run through the model at a time, by default: bounds the
@@ -399,7 +399,7 @@ def attention_map(predictor: "Predictor", x: Any, path: str | Path, *, pair: str
     not return the weights); the model's kernel is set back afterwards."""
     import torch
 
-    from . import first_token
+    from ..training.cpu import first_token
 
     task = check_explainable(predictor.task_name, predictor.name)
     model = _bare(predictor)

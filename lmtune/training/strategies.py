@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .config import AdaptiveStrategy, FullStrategy, GradualStrategy, LoraStrategy, PartialStrategy
-from .errors import LmtuneError
+from ..core.config import AdaptiveStrategy, FullStrategy, GradualStrategy, LoraStrategy, PartialStrategy
+from ..core.errors import LmtuneError
 
 
 def _no_update(step: int, epoch: int) -> str | None:

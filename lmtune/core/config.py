@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..tasks import TASKS
 from .errors import LmtuneError
-from .tasks import TASKS
 
 
 _FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
@@ -300,7 +300,7 @@ class GradualStrategy(Section):
 
 class AutoStrategy(Section):
     """Choose lora or full from the model's size, the number of training examples and the task
-    (lmtune/strategy_choice.py): a model of 1,000M parameters or more: lora; fewer than 1,000
+    (lmtune/training/strategy_choice.py): a model of 1,000M parameters or more: lora; fewer than 1,000
     training examples (causal_lm: 10,000) on a model of 100M parameters or more: lora; otherwise
     full. The log says which and why; the run folder's config.yaml holds the chosen strategy,
     data.json the rule."""
@@ -661,8 +661,8 @@ def inapplicable_keys(raw: dict[str, Any]) -> list[str]:
 
 def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     """Problems that need more than the schema: files, the model, the metric, the strategy's fit."""
+    from ..tasks import get_task
     from . import models
-    from .tasks import get_task
 
     problems = []
     if check_files:

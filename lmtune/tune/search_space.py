@@ -12,8 +12,8 @@ import difflib
 import math
 from typing import Any
 
-from .config import STRATEGY_CLASSES, Distribution, RunConfig, SearchConfig, reference, set_key, validate
-from .errors import LmtuneError
+from ..core.config import STRATEGY_CLASSES, Distribution, RunConfig, SearchConfig, reference, set_key, validate
+from ..core.errors import LmtuneError
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from . import models
-from .config import RunConfig
-from .errors import LmtuneError, option
+from ..core import models
+from ..core.config import RunConfig
+from ..core.errors import LmtuneError, option
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def read_run(target: str | Path) -> SavedRun:
 
 def read_for_inference(target: str | Path) -> SavedRun:
     """read_run, for a model to predict with: a bundled encoder (no task head yet) is refused."""
-    from .tasks import get_task
+    from ..tasks import get_task
 
     saved = read_run(target)
     if not get_task(saved.task).GENERATIVE and saved.cfg is None and str(target) in models.BUNDLED:

@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from .config import STRATEGY_CLASSES, RunConfig, apply_overrides, load_config, validate
-from .errors import LmtuneError, option
+from ..core.config import STRATEGY_CLASSES, RunConfig, apply_overrides, load_config, validate
+from ..core.errors import LmtuneError, option
 
 COMPARABLE = tuple(name for name in STRATEGY_CLASSES if name != "auto")
 TRAIN_SAMPLE_ROWS = 1000
@@ -193,9 +193,9 @@ def plan(
 ) -> ComparePlan:
     """Check the whole request and build every run's config. Raises LmtuneError listing every
     problem at once (the config's, the flags', each strategy's); writes nothing."""
-    from . import models
-    from .strategy_choice import required_settings
-    from .tasks import get_task
+    from ..core import models
+    from ..tasks import get_task
+    from ..training.strategy_choice import required_settings
 
     names = _split_list(strategies) if isinstance(strategies, str) else list(strategies)
     problems = _strategy_problems(names)
@@ -247,10 +247,12 @@ def _log(message: str) -> None:
 
 def train_one(cfg: RunConfig, progress: bool) -> tuple[dict[str, Any], float]:
     """One run in this process: its metrics (with "train_sample") and its wall time in seconds."""
-    from .training import train
+    from ..report import report_run
+    from ..training.loop import train
 
     start = time.perf_counter()
     result = train(cfg, progress=progress, train_sample_rows=TRAIN_SAMPLE_ROWS)
+    report_run(result.output_dir, cfg.train.report)
     return result.metrics, time.perf_counter() - start
 
 
@@ -534,7 +536,7 @@ def write_plot(c: Comparison, path: Path) -> None:
 
 
 def write_outputs(c: Comparison, p: ComparePlan) -> None:
-    from .rundir import write_json_atomic, write_text_atomic
+    from ..core.rundir import write_json_atomic, write_text_atomic
 
     out = p.output_dir
     c.files = {name: out / name for name in ("compare.csv", "compare.md", "compare.json", "compare.png")}

@@ -35,11 +35,11 @@ from typing import Any
 
 import yaml
 
+from ..core.config import RunConfig, SearchConfig, apply_overrides, read_yaml, validate
+from ..core.errors import LmtuneError, option
+from ..core.rundir import flatten, write_text_atomic
+from ..tasks import get_task
 from . import search_space
-from .config import RunConfig, SearchConfig, apply_overrides, read_yaml, validate
-from .errors import LmtuneError, option
-from .rundir import flatten, write_text_atomic
-from .tasks import get_task
 
 WORKER_ENV = "LMTUNE_SEARCH_WORKER"  # the number of a search.parallel process
 INTERRUPTED = "interrupted"  # user attribute of a trial that was running when its search was killed
@@ -240,7 +240,8 @@ def objective(s: Search, trial: Any) -> float:
     """One trial: draw its values, train its run folder, report every evaluation to the pruner."""
     import optuna
 
-    from .training import train
+    from ..report import report_run
+    from ..training.loop import train
 
     values = search_space.draw(trial, s.spec.space, s.base)
     run_dir = s.folder / "trials" / f"{trial.number:04d}"
@@ -274,6 +275,7 @@ def objective(s: Search, trial: Any) -> float:
     try:
         with open(log, "w", encoding="utf-8") as out, contextlib.redirect_stderr(out):
             result = train(raw, on_evaluate=on_evaluate, progress=False)
+            report_run(result.output_dir, t.report)
     except Exception as e:
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
         trial.set_user_attr("error", _one_line(e))

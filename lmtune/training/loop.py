@@ -1,4 +1,6 @@
 """Training: `train(config) -> RunResult`. The loop is in `fit`, in view from batch to checkpoint.
+The run's report.html is written by whoever ran it (lmtune.train, lmtune train, a search's trials, a
+comparison's runs) with lmtune.report.report_run, once the run has finished.
 
 The run is on `accelerate`, so the same code runs on one CPU, one GPU or many processes. What is
 task-specific (data, head, metrics) comes from the task module; what is strategy-specific
@@ -13,22 +15,24 @@ import os
 import math
 import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from . import adapter_checkpoint, collectives, dropout, first_token, heap, memory, models, row_gradients, sharding, strategies
-from .config import RunConfig, as_config
-from .data.batching import EpochBatchSampler, examples_seen
-from .errors import LmtuneError
-from .memory import PeakMemory
-from .rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
-from .tasks import get_task
+from ..core import collectives, memory, models
+from ..core.config import RunConfig, as_config
+from ..core.errors import LmtuneError
+from ..core.memory import PeakMemory
+from ..core.rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
+from ..core.runtime import busy_cpu_note, cpu_threads, fp32_reason, log, make_accelerator, other_cpu_load
+from ..data.batching import EpochBatchSampler, examples_seen
+from ..tasks import get_task
+from . import adapter_checkpoint, sharding, strategies
+from .cpu import dropout, first_token, heap, row_gradients
 
 # on_evaluate(step, metrics) is called after every evaluation; returning True stops the run.
 EvalCallback = Callable[[int, dict[str, Any]], "bool | None"]
@@ -66,76 +70,6 @@ class LoopState:
 
     def next_epoch(self, epoch: int) -> None:
         self.epoch, self.batches_in_epoch, self.earlier_in_epoch = epoch + 1, 0, []
-
-
-def log(message: str) -> None:
-    """Progress messages go to stderr (above the progress bar); stdout is kept for results."""
-    from tqdm.auto import tqdm
-
-    if int(os.environ.get("RANK", "0")) == 0:  # one voice for a run on many processes
-        tqdm.write(message, file=sys.stderr)
-
-
-def bf16_available() -> bool:
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    cpu = getattr(torch, "cpu", None)
-    return bool(cpu and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()))
-
-
-def mixed_precision(setting: str) -> str:
-    if setting == "bf16" and not bf16_available():
-        raise LmtuneError("train.precision: bf16 is not supported on this hardware; use auto or fp32")
-    if setting == "auto":
-        return "bf16" if bf16_available() else "no"
-    return "bf16" if setting == "bf16" else "no"
-
-
-def fp32_reason() -> str:
-    """Why train.precision: auto chose fp32 here (bf16 is only fast with hardware support)."""
-    if torch.cuda.is_available():
-        return "this GPU has no bf16"
-    return "this CPU has no fast bf16 (no AMX, no AVX-512 BF16)"
-
-
-def other_cpu_load(samples: int = 5) -> float:
-    """How many other threads want a core now: on Linux the runnable count of /proc/loadavg less
-    this one, the median of a few readings 10 ms apart (the 1-minute load average would count this
-    process's own loading and tokenizing, and the trials before it in a search); elsewhere the
-    1-minute load average."""
-    try:
-        readings = []
-        for i in range(samples):
-            if i:
-                time.sleep(0.01)
-            with open("/proc/loadavg", encoding="ascii") as f:
-                readings.append(int(f.read().split()[3].split("/")[0]) - 1)
-        return float(sorted(readings)[samples // 2])
-    except (OSError, ValueError, IndexError):
-        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-
-
-def busy_cpu_note(load: float, cores: int, threads: int) -> str | None:
-    """A warning when other processes already keep the cores busy (`load`: other runnable threads,
-    about 0 on an idle machine; `threads`: this run's): training would share them."""
-    if load < 1.0 or load < 0.5 * cores:
-        return None
-    return (f"warning: other processes are keeping the CPU busy (load {load:.1f} on {cores} cores): this run "
-            f"shares the cores with them and trains slower; train.threads (now {threads}) sets its threads")
-
-
-@contextlib.contextmanager
-def cpu_threads(setting: int | str) -> Iterator[None]:
-    """train.threads: torch's CPU threads for the run, as they were afterwards (auto: left as they are)."""
-    if setting == "auto":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(setting))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def choose_attention(setting: str, device_type: str, lengths: list[int], eager_max_length: int) -> str:
@@ -178,30 +112,10 @@ def compile_blocks(model: Any) -> None:
 
 def gradient_clipping(accelerator: Any, model: Any, rows: row_gradients.RowGradients | None) -> Callable[[float], Any]:
     """Clipping to a maximum norm: accelerate's clip_grad_norm_, or, for an embedding whose gradient
-    is cleared row by row (`rows`, lmtune/row_gradients.py), the same clipping over its touched rows."""
+    is cleared row by row (`rows`, lmtune/training/cpu/row_gradients.py), the same clipping over its touched rows."""
     if rows is None or accelerator.scaler is not None:
         return lambda max_norm: accelerator.clip_grad_norm_(model.parameters(), max_norm)
     return lambda max_norm: rows.clip(model.parameters(), max_norm)
-
-
-def make_accelerator(precision: str, **options: Any) -> Any:
-    """An Accelerator for one run. accelerate keeps its settings in a process-wide singleton, so a
-    second run in the same process (a search, a test, a notebook) with another precision would be
-    refused: reset those settings, but keep the process group of a distributed launch. `options`:
-    more Accelerator arguments (the trackers of lmtune.tracking)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    import logging
-
-    # accelerate warns at every checkpoint of a model with tied weights (an LM head that shares the
-    # embedding matrix) that it saved the shared tensor once: expected, and restored on load.
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    # under torchrun without GPUs, accelerate only forms a (gloo) process group when told to use the CPU
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision(precision), cpu=cpu, **options)
 
 
 def is_better(value: float, loss: float | None, best: float | None, best_loss: float | None, greater: bool) -> bool:
@@ -266,8 +180,8 @@ def brief(metrics: dict[str, Any]) -> dict[str, Any]:
 def general_text_features(task: Any, tokenizer: Any, cfg: RunConfig) -> list[dict[str, Any]] | None:
     """eval.forgetting: the general text as the task's own evaluation blocks (plain text, cut into
     blocks of data.max_length; a masked LM's masked once with train.seed), or None when unset."""
+    from ..data.readers import Table
     from . import forgetting
-    from .data.readers import Table
 
     path = forgetting.text_path(cfg.eval.forgetting)
     if path is None:
@@ -423,11 +337,11 @@ def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tu
     log). The run folder's config.yaml holds the choices, so that eval and predict read the run's own
     length; a resumed run resolves them again from the same data, so its config still matches the
     saved one (a changed training file does not). The strategy comes first: the lr default is its."""
-    from .tasks.common import length_cap
+    from ..tasks.common import length_cap
 
     record, notes = {}, []
     if cfg.strategy.name == "auto":
-        from .config import STRATEGY_CLASSES
+        from ..core.config import STRATEGY_CLASSES
         from .strategy_choice import resolve_auto
 
         section, choice = resolve_auto(cfg.task, str(models.resolve(cfg.model)), len(data.train))
@@ -512,7 +426,7 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     started = time.perf_counter()
     from accelerate.utils import set_seed
 
-    from . import tracking
+    from ..core import tracking
 
     task = get_task(cfg.task)
     run = RunDir(cfg.output_dir or "runs/run")
@@ -737,7 +651,7 @@ def fit(
     from accelerate.utils import send_to_device
     from tqdm.auto import tqdm
 
-    from . import tracking
+    from ..core import tracking
 
     t = cfg.train
     main = accelerator.is_main_process
@@ -926,7 +840,7 @@ def save_model(accelerator: Any, model: Any, target: Path, tokenizer: Any = None
 def save_checkpoint(accelerator: Any, run: RunDir, state: LoopState, shards: tuple[Any, Any] | None = None) -> None:
     """Full training state (model, optimizer, scheduler, RNG) plus the loop position, atomically.
     With `shards` (model, optimizer of an FSDP run), those two go to torch.distributed.checkpoint;
-    of an adapter model, only what trains is saved (lmtune/adapter_checkpoint.py)."""
+    of an adapter model, only what trains is saved (lmtune/training/adapter_checkpoint.py)."""
     tmp = run.last.with_name("last.tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -961,7 +875,8 @@ def finish(
     memory_record: dict[str, Any] | None = None,
 ) -> RunResult:
     """Put the best model in model/, evaluate it on validation and test (and the training sample),
-    write metrics.json with the diagnosis, validation_samples.jsonl and report.html.
+    write metrics.json with the diagnosis and validation_samples.jsonl (report.html is the caller's:
+    lmtune.report.report_run).
     `progress`: a progress bar for long work here (the generation pass of a causal LM)."""
     started = time.perf_counter()
     # the model in memory is the best one when the best evaluation was the latest (the usual end of a
@@ -1026,9 +941,7 @@ def finish(
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
         write_json_atomic(run.metrics, metrics)
         run.prune_checkpoints(cfg.train.keep_checkpoints)  # only now: a run killed before metrics.json resumes
-        if cfg.train.report:
-            write_report(run.path)
-    from . import tracking
+    from ..core import tracking
 
     tracking.end(accelerator)
     accelerator.wait_for_everyone()
@@ -1036,7 +949,7 @@ def finish(
 
 
 def run_diagnosis(cfg: RunConfig, task: Any, history: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
-    """The overfitting diagnosis of the run (lmtune.diagnosis), logged line by line. The chance
+    """The overfitting diagnosis of the run (lmtune.training.diagnosis), logged line by line. The chance
     level of accuracy is the majority class's share of validation, where the task counts classes."""
     from .diagnosis import diagnose, lines
 
@@ -1053,13 +966,3 @@ def run_diagnosis(cfg: RunConfig, task: Any, history: list[dict[str, Any]], metr
     for line in lines(diagnosis):
         log(line)
     return diagnosis
-
-
-def write_report(path: Path) -> None:
-    """report.html into the run folder; a report that cannot be built is a warning, never a failed run."""
-    try:
-        from .report import write_run_report
-
-        log(f"report: {write_run_report(path)}")
-    except Exception as exc:  # noqa: BLE001 (the run itself has succeeded: say why, go on)
-        log(f"warning: report.html was not written: {type(exc).__name__}: {exc}")

@@ -25,7 +25,7 @@ FEW_EXAMPLES_BY_TASK = {"causal_lm": 10_000}
 
 @dataclass(frozen=True)
 class StrategyChoice:
-    name: str  # a strategy of lmtune.strategies
+    name: str  # a strategy of lmtune.training.strategies
     rule: str  # why, in one line
 
 
@@ -69,7 +69,7 @@ def required_settings(name: str, num_layers: int) -> dict[str, Any]:
 def resolve_auto(task: str, model: str, examples: int) -> tuple[dict[str, Any], StrategyChoice]:
     """The strategy section that `strategy.name: auto` stands for (name and required settings) and
     why it was chosen. `model`: a plain folder or bundled name (a GGUF file resolved beforehand)."""
-    from . import models
+    from ..core import models
 
     choice = choose_strategy(task, models.parameter_count(model), examples)
     section = {"name": choice.name, **required_settings(choice.name, models.describe(model).num_layers)}

@@ -1,6 +1,6 @@
 """Text generation from a causal LM: the settings every caller shares (`lmtune generate`, `lmtune
-predict`, the generation metrics of training and the server), batched generation with left padding
-and the KV cache, and streaming of one prompt.
+predict`, the generation metrics of training and the server), the tokens that end an answer,
+batched generation with left padding and the KV cache, and streaming of one prompt.
 
 `generate(model, tokenizer, prompts, settings)` returns one `Generation` per prompt, in prompt order;
 `stream(model, tokenizer, prompt, settings)` yields the text as it is generated and returns the
@@ -14,7 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterator
 
-from .errors import LmtuneError
+from ..core.errors import LmtuneError
+from .chat import render_chat
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,34 @@ class Generation:
     token_ids: list[int] = field(default_factory=list, repr=False)
 
 
-def _generate_kwargs(model: Any, tokenizer: Any, settings: GenerationSettings) -> dict[str, Any]:
-    from .tasks.causal_lm import turn_end_ids
+def turn_end_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS, the special token that the chat template
+    puts after an assistant message (<|im_end|> in ChatML, <|eot_id|> in Llama 3, which is not
+    always the EOS a model's generation config names) and that config's EOS tokens. Training
+    checks that one of them is trained after every response; generation stops on any of them."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if getattr(tokenizer, "chat_template", None):
+        probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}]
+        try:
+            text, spans = render_chat(probe, tokenizer)
+        except Exception:  # a template that refuses the probe: the EOS alone
+            text, spans = "", []
+        for a, b in spans:
+            turn = text[a:b]
+            after = turn[turn.find("OK") + 2 :] if "OK" in turn else ""
+            special = set(tokenizer.all_special_ids) | {
+                i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+            }
+            ids += [i for i in tokenizer(after, add_special_tokens=False)["input_ids"] if i in special][:1]
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids += [eos] if isinstance(eos, int) else list(eos or [])
+    return list(dict.fromkeys(ids))
 
+
+def _generate_kwargs(model: Any, tokenizer: Any, settings: GenerationSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_new_tokens,
         "pad_token_id": tokenizer.pad_token_id,

@@ -1,12 +1,12 @@
-"""Inference on a finished run (`Predictor`, from lmtune.inference) and `lmtune export`."""
+"""Inference on a finished run (`Predictor`, from lmtune.infer.predictor) and `lmtune export`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import models
-from .errors import LmtuneError, option
-from .inference import Predictor
+from ..core import models
+from ..core.errors import LmtuneError, option
+from .predictor import Predictor
 
 __all__ = ["Predictor", "export"]
 
@@ -15,7 +15,7 @@ def export(run_dir: str | Path, out: str | Path, *, merge: bool, overwrite: bool
     """Write the run's model as a plain transformers folder (adapters merged into the weights)."""
     import shutil
 
-    from .rundir import replace_dir_atomic
+    from ..core.rundir import replace_dir_atomic
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .errors import LmtuneError
-from .models import is_adapter
+from ..core.errors import LmtuneError
+from ..core.models import is_adapter
 
 TRAINABLE = "trainable.safetensors"
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .errors import LmtuneError, command_line
-from .tasks import TASKS
+from ..core.errors import LmtuneError, command_line
+from ..tasks import TASKS
 
 if TYPE_CHECKING:
-    from .decoding import GenerationSettings
+    from ..tasks.decoding import GenerationSettings
 
 
 def _print_json(obj: object) -> None:
@@ -23,9 +23,9 @@ def _print_json(obj: object) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     # Everything that can be wrong in the config, the run folder or the data is said before torch is
     # imported (seconds): config, then folder, then data.
-    from .config import load_config
-    from .rundir import RunDir
-    from .tasks import get_task
+    from ..core.config import load_config
+    from ..core.rundir import RunDir
+    from ..tasks import get_task
 
     if args.config is None and not args.overrides:
         raise LmtuneError("lmtune train needs a config file (lmtune train config.yaml) or the config as key=value "
@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     first = int(os.environ.get("RANK", "0")) == 0
     notes: list[str] = []
     if args.resume:  # the run goes on with the config it started with
-        from .resume import resume_config
+        from ..training.resume import resume_config
 
         cfg, notes = resume_config(args.config, args.overrides)
     else:
@@ -54,9 +54,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(args)
     data = get_task(cfg.task).load_data(cfg)
-    from .training import brief, train
+    from ..report import report_run
+    from ..training.loop import brief, train
 
     result = train(cfg, data=data, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    report_run(result.output_dir, cfg.train.report)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.output_dir}", file=sys.stderr)
         shown = {k: brief(d) for k, d in result.metrics.items() if k != "diagnosis"}
@@ -67,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import load_raw, run
+    from ..tune.search import load_raw, run
 
     result = run(load_raw(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite,
                  worker=args.worker)
@@ -79,7 +81,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from ..tune.compare import compare
 
     result = compare(args.config, args.overrides, strategies=args.strategies, sets=args.set, seeds=args.seeds,
                      overwrite=args.overwrite, progress=not args.no_progress)
@@ -130,12 +132,12 @@ def _renamed_columns(args: argparse.Namespace) -> dict[str, tuple[str, str | Non
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .preflight import check_run_and_file
+    from ..infer.preflight import check_run_and_file
 
     # the run, the file, its columns and labels: all read and checked before the model is loaded
     checked = check_run_and_file(args.run_dir, args.data_file, columns=args.columns, renamed=_renamed_columns(args),
                                  labelled=True)
-    from .inference import load
+    from ..infer.predictor import load
 
     model = load(checked.saved)
     model.data, model.progress = checked.data, True
@@ -161,7 +163,7 @@ def _write_lines(lines: Iterator[str], args: argparse.Namespace) -> None:
         for line in lines:
             print(line, flush=True)
         return
-    from .preflight import check_output
+    from ..core.rundir import check_output
 
     out = Path(args.output)
     check_output(out, args.overwrite)
@@ -182,10 +184,10 @@ def _write_lines(lines: Iterator[str], args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .saved_run import read_run
+    from ..infer.saved_run import read_run
 
     read_run(args.target)  # a wrong target is said before torch is imported
-    from .generation import Generator
+    from ..infer.generation import Generator
 
     settings = _generation_settings(args)
     gen = Generator.load(args.target)
@@ -194,7 +196,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .preflight import check_output, check_run_and_file
+    from ..core.rundir import check_output
+    from ..infer.preflight import check_run_and_file
 
     check_output(args.output, args.overwrite)
     settings = _generation_settings(args)
@@ -202,7 +205,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # the run, the file's first rows and their columns: checked before the model is loaded
     checked = check_run_and_file(args.run_dir, args.input_file, columns=args.columns, renamed=_renamed_columns(args),
                                  template=template)
-    from .inference import load
+    from ..infer.predictor import load
 
     model = load(checked.saved)
     model.data, model.settings, model.progress = checked.data, settings, True
@@ -214,8 +217,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .saved_run import read_for_inference
-    from .serve.options import ServeOptions
+    from ..infer.saved_run import read_for_inference
+    from ..serve.options import ServeOptions
 
     options = ServeOptions(
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LMTUNE_API_KEY") or None,
@@ -223,8 +226,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
     ).check()
     read_for_inference(args.target)  # a wrong target is said before the server's imports
-    from .serve.app import create_app
-    from .serve.server import serve
+    from ..serve.app import create_app
+    from ..serve.server import serve
 
     app = create_app(args.target, options)
     serve(app, options, announce=f"{args.target} ")
@@ -232,9 +235,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import check_explainable
-    from .preflight import check_output, check_run_and_file
-    from .saved_run import read_for_inference
+    from ..core.rundir import check_output
+    from ..infer.explain import check_explainable
+    from ..infer.preflight import check_run_and_file
+    from ..infer.saved_run import read_for_inference
 
     # the outputs, the run, its task and the input file: all checked before the model is loaded
     for flag, path, suffixes in (("-o", args.output, (".html", ".htm")), ("--attention", args.attention, (".png",))):
@@ -251,10 +255,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         checked = check_run_and_file(args.run_dir, args.input, columns=args.columns, renamed=_renamed_columns(args))
     elif args.columns is not None or args.text_column is not None:
         raise LmtuneError(f"{'--columns' if args.columns is not None else '--text-column'}: only with --input FILE")
-    from .explain import attention_map
-    from .explain_render import color_enabled, render_html, render_text, summary
-    from .inference import load
-    from .rundir import write_text_atomic
+    from ..core.rundir import write_text_atomic
+    from ..infer.explain import attention_map
+    from ..infer.explain_render import color_enabled, render_html, render_text, summary
+    from ..infer.predictor import load
 
     model = load(checked.saved if checked else saved)
     inputs: list = [args.text]
@@ -279,10 +283,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .saved_run import read_run
+    from ..infer.saved_run import read_run
 
     read_run(args.run_dir)  # a wrong folder is said before torch is imported
-    from .predict import export
+    from ..infer.predict import export
 
     out = export(args.run_dir, args.output, merge=args.merge, overwrite=args.overwrite)
     print(f"wrote a plain transformers model to {out}", file=sys.stderr)
@@ -290,7 +294,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import REPORT_NAME, write_report
+    from ..report import REPORT_NAME, write_report
 
     folders = [Path(p) for p in args.run_dirs]
     if args.output is None and len(folders) == 1:  # a run's own report is drawn from its files: drawn again
@@ -301,11 +305,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from .data.inspect import inspect_file, render
+    from ..data.inspect import inspect_file, render
 
     tokenizer = None
     if args.model:
-        from . import models
+        from ..core import models
 
         tokenizer = models.load_tokenizer(models.resolve(args.model))
     report = inspect_file(args.file, text_column=args.text_column or "text", label_column=args.label_column,
@@ -315,8 +319,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_data_clean(args: argparse.Namespace) -> int:
-    from .data.clean import CleanOptions, clean_file
-    from .preflight import check_output
+    from ..core.rundir import check_output
+    from ..data.clean import CleanOptions, clean_file
 
     src, out = Path(args.file), Path(args.output)
     dropped_file = out.parent / "dropped.jsonl"
@@ -337,11 +341,11 @@ def cmd_data_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_data_augment(args: argparse.Namespace) -> int:
-    from .data.augment import AugmentOptions, Skipped, augment_sentences, augment_stream, gather_synonyms
-    from .data.readers import RowReader
-    from .data.writers import RowWriter, write_rows
-    from .preflight import check_output
-    from .tasks import token_classification as ner
+    from ..core.rundir import check_output
+    from ..data.augment import AugmentOptions, Skipped, augment_sentences, augment_stream, gather_synonyms
+    from ..data.readers import RowReader
+    from ..data.writers import RowWriter, write_rows
+    from ..tasks import token_classification as ner
 
     src, out = Path(args.file), Path(args.output)
     check_output(out, args.overwrite)
@@ -353,7 +357,7 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
                              protect=frozenset(w.lower() for w in (args.protect or "").split(",") if w))
     model = None
     if args.model:
-        from . import models
+        from ..core import models
 
         model = models.resolve(args.model)
     skipped = Skipped()
@@ -401,7 +405,7 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
 
 
 def cmd_data_split(args: argparse.Namespace) -> int:
-    from .data.split import parse_ratios, split_file, split_warnings
+    from ..data.split import parse_ratios, split_file, split_warnings
 
     report = split_file(args.file, args.output, parse_ratios(args.ratios), seed=args.seed,
                         text_column=args.text_column or "text", label_column=args.label_column,
@@ -417,12 +421,12 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
 
 def cmd_data_preview(args: argparse.Namespace) -> int:
-    from . import models
-    from .config import load_config
-    from .data.readers import Table
-    from .tasks import get_task
-    from .tasks.causal_lm import show_mask
-    from .training import resolve_defaults
+    from ..core import models
+    from ..core.config import load_config
+    from ..data.readers import Table
+    from ..tasks import get_task
+    from ..tasks.causal_lm import show_mask
+    from ..training.loop import resolve_defaults
 
     cfg = load_config(args.config, args.overrides)
     if cfg.task != "causal_lm":
@@ -453,7 +457,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import listing
+    from ..core.models import listing
 
     rows = listing()
     if args.json:
@@ -466,7 +470,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .config import reference
+    from ..core.config import reference
 
     for key, kind, default, description in reference(args.task):
         if not kind:
@@ -488,7 +492,7 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _generation_settings(args: argparse.Namespace) -> "GenerationSettings":
-    from .decoding import GenerationSettings
+    from ..tasks.decoding import GenerationSettings
 
     stops = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -579,7 +583,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .rundir import RESUMABLE
+    from ..core.rundir import RESUMABLE
 
     p = Parser(prog="lmtune", description="Fine-tune pretrained language models for your task.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)

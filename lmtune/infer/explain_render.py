@@ -1,4 +1,4 @@
-"""Explanations (lmtune.explain) shown to a person: coloured text for a terminal (plain text with
+"""Explanations (lmtune.infer.explain) shown to a person: coloured text for a terminal (plain text with
 [+]/[-] markers where colour is off) and a self-contained HTML page.
 
 Green: the word pushes the score towards the explained prediction; red: against it. The stronger

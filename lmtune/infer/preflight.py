@@ -14,17 +14,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig, key_tasks
-from .errors import LmtuneError, option
+from ..core.config import DataConfig, key_tasks
+from ..core.errors import LmtuneError
+from ..tasks import get_task
 from .saved_run import SavedRun, did_you_mean, read_for_inference
-from .tasks import get_task
 
 PEEK_ROWS = 256  # rows of an input file that predict reads (and checks) before the model is loaded
 
 
 @dataclass
 class Reading:
-    """What a task's readers ask of a session (lmtune.inference.Predictor), without the model: the
+    """What a task's readers ask of a session (lmtune.infer.predictor.Predictor), without the model: the
     run's data settings and labels. The tokenizer is loaded when first asked for."""
 
     saved: SavedRun
@@ -42,7 +42,7 @@ class Reading:
 
     @cached_property
     def tokenizer(self) -> Any:
-        from . import models
+        from ..core import models
 
         return models.load_tokenizer(self.saved.model_dir)
 
@@ -55,12 +55,6 @@ class Checked:
     saved: SavedRun
     data: DataConfig
     labelled: Any = None
-
-
-def check_output(path: str | Path | None, overwrite: bool) -> None:
-    """An output file that exists is replaced only with `overwrite`."""
-    if path and Path(path).exists() and not overwrite:
-        raise LmtuneError(f"{path} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
 
 
 def check_readable(path: str | Path) -> Path:
