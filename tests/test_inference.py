@@ -88,8 +88,11 @@ def test_a_classifier_predicts_with_the_first_token_layer_and_the_plain_models_p
     plain = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
     with torch.no_grad():
         probabilities = plain(**AutoTokenizer.from_pretrained(classifier)(TEXTS, padding=True, return_tensors="pt")).logits.softmax(-1)
+    # a model folder predicts with train.precision: auto, bf16 autocast on a CPU with fast bf16: there
+    # the plain fp32 model's probabilities are matched to bf16's rounding, elsewhere to fp32's
+    tolerance = 1e-5 if model.accelerator.mixed_precision == "no" else 1e-2
     for row, expected in zip(model.predict(TEXTS), probabilities):
-        assert [row["probabilities"][label] for label in model.labels] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert [row["probabilities"][label] for label in model.labels] == pytest.approx(expected.tolist(), abs=tolerance)
 
 
 def test_text_pairs_as_lists_dicts_or_pairs_give_the_same_rows(classifier):
