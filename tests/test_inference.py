@@ -98,8 +98,20 @@ def test_text_pairs_as_lists_dicts_or_pairs_give_the_same_rows(classifier):
     b = model.predict_rows([[x, y] for x, y in zip(TEXTS[:3], TEXTS[3:])])
     c = model.predict_rows([{"text": x, "text_pair": y} for x, y in zip(TEXTS[:3], TEXTS[3:])])
     assert a == b == c and a[0]["text_pair"] == TEXTS[3]
-    with pytest.raises(LmtuneError, match="input 2: expected a text, \\[text, text_pair\\]"):
+    with pytest.raises(LmtuneError, match="inputs\\[1\\]: expected a text, \\[text, text_pair\\]"):
         model.predict_rows([["fine", "ok"], 3])
+
+
+def test_a_batch_mixing_single_texts_and_pairs_predicts_each_as_alone(classifier):
+    model = lmtune.load(str(classifier))
+    mixed = ["a lovely film", ["good acting", "dull plot"], {"text": "fine", "text_pair": "boring"}, "great film"]
+    rows = model.predict_rows(mixed)
+    alone = [model.predict_rows([x])[0] for x in mixed]
+    for row, one in zip(rows, alone):
+        assert row["label"] == one["label"] and row.keys() == one.keys()
+        assert [row["probabilities"][k] for k in model.labels] == pytest.approx([one["probabilities"][k] for k in model.labels], abs=1e-5)
+    assert "text_pair" not in rows[0] and rows[1]["text_pair"] == "dull plot" and rows[2]["text_pair"] == "boring"
+    assert [r["label"] for r in model.predict(mixed)] == [r["label"] for r in rows]
 
 
 def test_an_input_longer_than_max_length_is_cut_and_flagged(classifier):
@@ -146,7 +158,7 @@ def test_masked_lm_fills_every_mask_in_batches(tmp_path):
     assert [len(r["masks"]) for r in rows] == [1, 2] and all(len(m) == 5 for r in rows for m in r["masks"])
     model.batch_size = 1
     assert model.predict_rows(texts) == rows
-    with pytest.raises(LmtuneError, match=r"input 1: no \[MASK\] token"):
+    with pytest.raises(LmtuneError, match=r"inputs\[0\]: no \[MASK\] token"):
         model.predict(["no mask here"])
 
 

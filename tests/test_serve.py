@@ -189,7 +189,8 @@ def test_one_access_log_line_per_request(cls_client: TestClient, caplog: pytest.
 def test_predict_over_http_equals_predict_rows(cls_client: TestClient, predictor: Any) -> None:
     long_text = " ".join(["good film but a dull plot"] * 12)  # longer than the run's max_length
     for inputs in (["a lovely film", "awful", long_text],
-                   [["good movie", "bad plot"], {"text": "dull", "text_pair": "superb"}]):
+                   [["good movie", "bad plot"], {"text": "dull", "text_pair": "superb"}],
+                   ["a lovely film", ["good acting", "dull plot"]]):
         response = cls_client.post("/v1/predict", json={"inputs": inputs, "model": "sentiment"})
         assert response.status_code == 200, response.text
         body = response.json()

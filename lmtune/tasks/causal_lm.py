@@ -687,7 +687,7 @@ def _generations(session: Any, prompts: list[Any]) -> list[Any]:
 
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p:
-            raise LmtuneError(f"input {i + 1}: expected a prompt (a non-empty text), got {str(p)[:80]}")
+            raise LmtuneError(f"inputs[{i}]: expected a prompt (a non-empty text), got {str(p)[:80]}")
     with tqdm(total=len(prompts), disable=not session.progress or None, unit="row", file=sys.stderr) as bar:
         return session.generate_batch(prompts, raw=True, progress=bar.update)
 
