@@ -779,10 +779,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
-    # peft asks transformers a question that transformers 5 renamed; nothing for the user to do
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     parser = build_parser()
     # Overrides may come before or after flags (`train c.yaml --overwrite a.b=1`), which plain
     # argparse cannot take for a positional list: collect the leftover key=value words here.
