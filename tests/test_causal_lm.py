@@ -493,3 +493,20 @@ def test_generation_metrics_are_shares():
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score / 100)
     assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score / 100)
     assert all(0 < v < 1 for v in scores.values())
+
+
+def test_training_and_loading_a_lora_run_warn_nothing_about_gradient_checkpointing(tiny_llama, tmp_path):
+    import warnings
+
+    cfg = _cfg(tiny_llama, tmp_path, _jsonl(tmp_path / "chat.jsonl", CHATS))
+    cfg["strategy"] = {"name": "lora", "r": 4, "alpha": 8}
+    cfg["train"]["epochs"] = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = lmtune.train(cfg, progress=False)
+        generator = lmtune.load(str(result.output_dir))
+        generator.generate("hi", max_new_tokens=2)
+        warnings.warn("another warning", FutureWarning)  # others still show
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "is_gradient_checkpointing" in m]
+    assert "another warning" in messages

@@ -101,8 +101,20 @@ def test_text_pairs_as_lists_dicts_or_pairs_give_the_same_rows(classifier):
     b = model.predict_rows([[x, y] for x, y in zip(TEXTS[:3], TEXTS[3:])])
     c = model.predict_rows([{"text": x, "text_pair": y} for x, y in zip(TEXTS[:3], TEXTS[3:])])
     assert a == b == c and a[0]["text_pair"] == TEXTS[3]
-    with pytest.raises(LmtuneError, match="input 2: expected a text, \\[text, text_pair\\]"):
+    with pytest.raises(LmtuneError, match="inputs\\[1\\]: expected a text, \\[text, text_pair\\]"):
         model.predict_rows([["fine", "ok"], 3])
+
+
+def test_a_batch_mixing_single_texts_and_pairs_predicts_each_as_alone(classifier):
+    model = lmtune.load(str(classifier))
+    mixed = ["a lovely film", ["good acting", "dull plot"], {"text": "fine", "text_pair": "boring"}, "great film"]
+    rows = model.predict_rows(mixed)
+    alone = [model.predict_rows([x])[0] for x in mixed]
+    for row, one in zip(rows, alone):
+        assert row["label"] == one["label"] and row.keys() == one.keys()
+        assert [row["probabilities"][k] for k in model.labels] == pytest.approx([one["probabilities"][k] for k in model.labels], abs=1e-5)
+    assert "text_pair" not in rows[0] and rows[1]["text_pair"] == "dull plot" and rows[2]["text_pair"] == "boring"
+    assert [r["label"] for r in model.predict(mixed)] == [r["label"] for r in rows]
 
 
 def test_an_input_longer_than_max_length_is_cut_and_flagged(classifier):
@@ -149,7 +161,7 @@ def test_masked_lm_fills_every_mask_in_batches(tmp_path):
     assert [len(r["masks"]) for r in rows] == [1, 2] and all(len(m) == 5 for r in rows for m in r["masks"])
     model.batch_size = 1
     assert model.predict_rows(texts) == rows
-    with pytest.raises(LmtuneError, match=r"input 1: no \[MASK\] token"):
+    with pytest.raises(LmtuneError, match=r"inputs\[0\]: no \[MASK\] token"):
         model.predict(["no mask here"])
 
 
@@ -235,11 +247,39 @@ def test_python_generation_puts_a_prompt_in_the_chat_format_as_the_command_line_
     [as_is] = gen.generate_batch([question], settings, raw=True)
     assert as_is.prompt_tokens == len(gen.tokenizer(question, add_special_tokens=False)["input_ids"]) < asked.prompt_tokens
     assert gen.generate(question, max_new_tokens=6, raw=True) == as_is.text
-    # the command line answers the same; `lmtune predict` uses a file's prompts as they are
+    # the command line answers the same, and predict takes a prompt the same way
     assert main(["generate", str(llama), "--prompt", question, "--max-new-tokens", "6"]) == 0
     assert capsys.readouterr().out.strip() == expected.text
+    assert main(["generate", str(llama), "--prompt", question, "--max-new-tokens", "6", "--raw"]) == 0
+    assert capsys.readouterr().out.strip() == as_is.text
     gen.settings = settings
-    assert gen.predict_rows([question]) == [{"prompt": question, "generation": as_is.text}]
+    assert gen.predict([question]) == [expected.text]
+    assert gen.predict_rows([question]) == [{"prompt": question, "generation": expected.text}]
+    assert gen.predict_rows([question], raw=True) == [{"prompt": question, "generation": as_is.text}]
+
+
+def test_lmtune_predict_reads_a_txt_by_paragraph_or_by_line_and_templates_each_prompt_unless_raw(llama, tmp_path, capsys):
+    from lmtune.cli import main
+
+    gen = lmtune.load(str(llama))
+    gen.settings = GenerationSettings(max_new_tokens=5)
+    questions = ["hi", "what is the price ?", "when do you open ?"]
+    templated, as_is = gen.predict(questions), gen.predict(questions, raw=True)
+    assert templated != as_is
+
+    def predicted(path, *flags):
+        assert main(["predict", str(llama), str(path), "--max-new-tokens", "5", *flags]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(questions) + "\n")  # no blank line between them: a prompt per line
+    assert [(r["prompt"], r["generation"]) for r in predicted(lines)] == list(zip(questions, templated))
+    assert [r["generation"] for r in predicted(lines, "--raw")] == as_is
+    paragraphs = tmp_path / "paragraphs.txt"
+    paragraphs.write_text("hi\n\nwhat is\nthe price ?\n\nwhen do you open ?\n")  # a prompt per paragraph
+    rows = predicted(paragraphs)
+    assert [r["prompt"] for r in rows] == ["hi", "what is\nthe price ?", "when do you open ?"]
+    assert rows[0]["generation"] == templated[0] and rows[2]["generation"] == templated[2]
 
 
 def test_generation_from_a_model_that_does_not_generate_is_refused_in_one_line(classifier, tmp_path, capsys):

@@ -189,7 +189,8 @@ def test_one_access_log_line_per_request(cls_client: TestClient, caplog: pytest.
 def test_predict_over_http_equals_predict_rows(cls_client: TestClient, predictor: Any) -> None:
     long_text = " ".join(["good film but a dull plot"] * 12)  # longer than the run's max_length
     for inputs in (["a lovely film", "awful", long_text],
-                   [["good movie", "bad plot"], {"text": "dull", "text_pair": "superb"}]):
+                   [["good movie", "bad plot"], {"text": "dull", "text_pair": "superb"}],
+                   ["a lovely film", ["good acting", "dull plot"]]):
         response = cls_client.post("/v1/predict", json={"inputs": inputs, "model": "sentiment"})
         assert response.status_code == 200, response.text
         body = response.json()
@@ -445,12 +446,15 @@ def test_openai_client_sees_errors_as_exceptions(openai_client: Any) -> None:
         _chat(openai_client, max_tokens=10_000)
 
 
-def test_completions_continue_the_prompt_as_it_is_and_chats_use_the_template(openai_client: Any, generator: Any) -> None:
+def test_completions_take_the_prompt_as_a_user_message_unless_raw(openai_client: Any, generator: Any) -> None:
     settings = GenerationSettings(max_new_tokens=6, temperature=0)
     [as_is] = generator.generate_batch(["the bike"], settings, raw=True)
-    completion = openai_client.completions.create(model="tiny-llama", prompt="the bike", max_tokens=6, temperature=0)
-    assert completion.choices[0].text == as_is.text and completion.usage.prompt_tokens == as_is.prompt_tokens
     [templated] = generator.generate_batch(["the bike"], settings)  # Python: a user message, by default
+    completion = openai_client.completions.create(model="tiny-llama", prompt="the bike", max_tokens=6, temperature=0)
+    assert completion.choices[0].text == templated.text and completion.usage.prompt_tokens == templated.prompt_tokens
+    raw = openai_client.completions.create(model="tiny-llama", prompt="the bike", max_tokens=6, temperature=0,
+                                           extra_body={"raw": True})
+    assert raw.choices[0].text == as_is.text and raw.usage.prompt_tokens == as_is.prompt_tokens
     reply = openai_client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "the bike"}],
                                                   max_tokens=6, temperature=0)
     assert reply.choices[0].message.content == templated.text

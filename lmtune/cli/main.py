@@ -205,13 +205,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # the run, the file's first rows and their columns: checked before the model is loaded
     checked = check_run_and_file(args.run_dir, args.input_file, columns=args.columns, renamed=_renamed_columns(args),
                                  template=template)
+    from ..tasks import get_task
+
+    if args.raw and not get_task(checked.saved.task).GENERATIVE:
+        raise LmtuneError(f"--raw: only for a generative run; {args.run_dir} is a {checked.saved.task} one")
     from ..infer.predictor import load
 
     model = load(checked.saved)
     model.data, model.settings, model.progress = checked.data, settings, True
     if args.batch_size is not None:
         model.batch_size = args.batch_size
-    rows = model.predict_file(args.input_file, columns=args.columns, template=template)
+    rows = model.predict_file(args.input_file, columns=args.columns, template=template,
+                              **({"raw": True} if args.raw else {}))
     _write_lines((json.dumps(row, ensure_ascii=False) for row in rows), args)
     return 0
 
@@ -631,11 +636,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict (or generate) for each input row, one JSON line each")
     pr.add_argument("run_dir", help="a run folder, or for generation also a model name or folder")
     pr.add_argument(
-        "input_file", help=".txt (one text per line), .csv, .tsv, .jsonl or .json; token_classification also .conll or tokens rows"
+        "input_file", help=".txt (one text per line; for generation one prompt per paragraph, paragraphs separated by "
+        "blank lines, or one per line when no blank line separates them), .csv, .tsv, .jsonl or .json; "
+        "token_classification also .conll or tokens rows"
     )
     pr.add_argument("-o", "--output", help="write JSON lines here instead of stdout")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     pr.add_argument("--prompt-template", help="generation: prompt from columns, e.g. 'Summarize:\\n{dialogue}'")
+    pr.add_argument("--raw", action="store_true", help="generation: continue each prompt or text as is, not as a user "
+                    "message in the chat template (rows with messages, instructions or a template keep their format)")
     _column_flags(pr, run=True, labels=False)
     _generation_flags(pr)
     pr.add_argument("--batch-size", type=int, default=None,
@@ -779,10 +788,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
-    # peft asks transformers a question that transformers 5 renamed; nothing for the user to do
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     parser = build_parser()
     # Overrides may come before or after flags (`train c.yaml --overwrite a.b=1`), which plain
     # argparse cannot take for a positional list: collect the leftover key=value words here.

@@ -11,6 +11,9 @@ import importlib.util
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,6 +275,16 @@ def load_tokenizer(path: Path | str):
     if tokenizer.pad_token is None:  # decoders: pad with end-of-sequence, masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+@contextmanager
+def wrapping_adapters() -> Iterator[None]:
+    """Around peft's wrapping of a model (get_peft_model, PeftModel.from_pretrained): peft reads the
+    model's `is_gradient_checkpointing`, which transformers 5 deprecated with a FutureWarning that
+    is nothing for the user to act on. That one warning is dropped; every other one still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def is_adapter(model) -> bool:

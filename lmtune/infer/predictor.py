@@ -143,10 +143,11 @@ class Predictor:
         return self.task.read_inputs(self, Path(path), columns, template)
 
     def predict_file(self, path: str | Path, columns: list[str] | None = None, template: str | None = None,
-                     chunk_rows: int | None = None) -> Iterator[dict[str, Any]]:
+                     chunk_rows: int | None = None, **options: Any) -> Iterator[dict[str, Any]]:
         """predict_rows for every input of a file, in file order, read and predicted a chunk of
         rows at a time where the format allows it (.txt, .csv, .tsv, .jsonl; see each task's
-        input_chunks), so that a file larger than memory streams through."""
+        input_chunks), so that a file larger than memory streams through. `options` go to
+        predict_rows (a Generator's raw)."""
         from ..tasks.inputs import CHUNK_ROWS
 
         bar, shown = None, self.progress
@@ -157,7 +158,7 @@ class Predictor:
                     from tqdm.auto import tqdm
 
                     bar = tqdm(unit="row", file=sys.stderr, disable=None)
-                yield from self.predict_rows(inputs, pairs)
+                yield from self.predict_rows(inputs, pairs, **options)
                 if bar is not None:
                     bar.update(len(inputs))
         finally:
@@ -186,10 +187,12 @@ class Predictor:
 class Generator(Predictor):
     """A causal LM ready to generate: batched (left padding, KV cache) or streamed.
 
-    `generate`, `generate_batch` and `stream` take a prompt as a user message and put it in the
-    model's chat format (see `prompt`), as `lmtune generate` does; with raw=True they continue the
-    text as it is (a plain-text model's input, or a prompt already in the chat format from
-    `chat_prompt`)."""
+    `predict`, `predict_rows`, `predict_file`, `generate`, `generate_batch` and `stream` take a
+    prompt as a user message and put it in the model's chat format (see `prompt`), as `lmtune
+    generate` and `lmtune predict` do; with raw=True they continue the text as it is (a plain-text
+    model's input, or a prompt already in the chat format from `chat_prompt`). A file's rows with
+    chat messages, a prompt template or instruction fields are put in the chat format as they are
+    read, and generated from as they are."""
 
     def __init__(self, saved: SavedRun | str | Path, cfg: RunConfig | None = None) -> None:
         if not isinstance(saved, SavedRun):
@@ -210,6 +213,19 @@ class Generator(Predictor):
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return self.accelerator.autocast()
+
+    def predict(self, inputs: list[Any] | Any, references: list[str | None] | None = None, *,
+                raw: bool = False) -> list[Any]:
+        """The generated text for each prompt, a user message in the model's chat format (raw=True:
+        the text continued as it is), with the Generator's settings."""
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        return self.task.predict(self, inputs, references, raw=raw) if inputs else []
+
+    def predict_rows(self, inputs: list[Any], references: list[str | None] | None = None, *,
+                     raw: bool = False) -> list[dict[str, Any]]:
+        """{prompt, generation[, reference]} for each prompt, as `predict` generates it."""
+        inputs = list(inputs)
+        return self.task.predict_rows(self, inputs, references, raw=raw) if inputs else []
 
     def prompt(self, text: str, *, raw: bool = False) -> str:
         """A user message in the model's chat format (or the text itself with raw=True or when the

@@ -135,11 +135,13 @@ def load_model(saved: SavedRun, task: Any) -> Any:
     base = adapter_base(saved, adapter)
     if saved.cfg is not None:
         body = task.build_model(base, saved.cfg, saved.labels or [], attn_implementation=saved.attention)
-        return PeftModel.from_pretrained(body, saved.model_dir)
+        with models.wrapping_adapters():
+            return PeftModel.from_pretrained(body, saved.model_dir)
     # a bare adapter folder: its base as it is, which suits an adapter without a task head of its own
     try:
         body = models.load_pretrained(task.AUTO_MODEL, base, attn_implementation=saved.attention)
-        return PeftModel.from_pretrained(body, saved.model_dir)
+        with models.wrapping_adapters():
+            return PeftModel.from_pretrained(body, saved.model_dir)
     except (RuntimeError, ValueError, KeyError) as e:
         raise LmtuneError(f"{saved.model_dir}: an adapter with a task head needs the run folder around it "
                           f"(with config.yaml): {str(e).splitlines()[0]}") from None

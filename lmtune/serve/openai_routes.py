@@ -141,9 +141,10 @@ def router(ctx: ServeContext) -> APIRouter:
         max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
         return await _complete(ctx, CHAT, req, [Prompt(text, "messages")], max_tokens)
 
-    @r.post("/completions", summary="OpenAI completions: each prompt continued as it is (generative models)")
+    @r.post("/completions", summary="OpenAI completions: each prompt a user message in the chat template, or "
+                                     "continued as it is with raw (generative models)")
     async def completions(req: CompletionRequest) -> Any:
-        ctx.served.need_generator()
+        generator = ctx.served.need_generator()
         ctx.served.check_name(req.model)
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not texts:
@@ -155,6 +156,7 @@ def router(ctx: ServeContext) -> APIRouter:
         for p in prompts:
             if not p.text.strip():
                 raise ApiError(400, f"{p.where}: empty prompt", param="prompt")
+        prompts = [Prompt(generator.prompt(p.text, raw=req.raw), p.where) for p in prompts]
         return await _complete(ctx, COMPLETION, req, prompts, req.max_tokens)
 
     return r

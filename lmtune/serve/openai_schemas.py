@@ -96,4 +96,6 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(description="a text or a list of texts, each continued as it is")
+    prompt: str | list[str] = Field(description="a text or a list of texts, each a user message in the model's chat "
+                                                "template (continued as it is with raw, or when the model has none)")
+    raw: bool = Field(False, description="continue each prompt as it is, without the chat template")

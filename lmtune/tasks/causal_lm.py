@@ -623,10 +623,16 @@ def bare_data(labels: list[str]) -> dict[str, Any]:
     return {}
 
 
+class ChatText(str):
+    """A prompt already in its final form (a row's chat messages, prompt template or instruction
+    fields put in the model's chat format): generated from as it is, never made a user message again."""
+
+
 def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | None) -> tuple[str, str | None]:
     """(prompt, reference) for a row: chat messages up to the last assistant turn, a prompt template
-    over the row's columns, instruction fields, or a text column (continued as it is). The tokenizer
-    is asked for only where a chat template applies (lmtune predict reads rows before it is loaded)."""
+    over the row's columns, instruction fields (these three as a ChatText), or a prompt or text
+    column (a plain prompt: a user message unless raw, see _generations). The tokenizer is asked for
+    only where a chat template applies (lmtune predict reads rows before it is loaded)."""
     if "messages" in row or "conversations" in row:
         from ..core.config import RunConfig
 
@@ -635,7 +641,7 @@ def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | No
         reference = None
         if messages[-1]["role"] == "assistant":
             reference = messages.pop()["content"]
-        return prompt_text(messages, session.tokenizer), reference
+        return ChatText(prompt_text(messages, session.tokenizer)), reference
     d = session.data  # the run's data settings (a model folder's: the defaults)
     template = template or d.prompt_template
     response_column = d.response_column
@@ -649,7 +655,7 @@ def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | No
         reference = row.get(response_column)
         tokenizer = session.tokenizer
         prompt = prompt_text([{"role": "user", "content": text}], tokenizer) if getattr(tokenizer, "chat_template", None) else text
-        return prompt, reference if isinstance(reference, str) else None
+        return ChatText(prompt), reference if isinstance(reference, str) else None
     for column in ("prompt", d.text_column):
         if isinstance(row.get(column), str):
             return row[column], None
@@ -662,14 +668,25 @@ def read_inputs(session: Any, path: Path, columns: list[str] | None, template: s
     if columns is not None:
         raise LmtuneError(f"{option('--columns', 'columns')}: {path} is read by a generative model with its header "
                           "(or as JSON lines or plain text), so column names are not taken")
-    table = read_texts(path, "auto")
+    table = _prompt_table(path)
     pairs = [row_prompt(session, row, table.where(i), template) for i, row in enumerate(table.rows)]
     return table, [p for p, _ in pairs], [r for _, r in pairs]
 
 
+def _prompt_table(path: Path) -> Table:
+    """The rows to prompt from. A .txt file: a prompt per paragraph (prompts separated by blank
+    lines, each may span lines), or a prompt per line where no blank line separates its texts."""
+    table = read_texts(str(path), "auto")
+    if path.suffix.lower() == ".txt" and len(table) == 1 and "\n" in table.rows[0]["text"]:
+        texts = table.rows[0]["text"].split("\n")
+        first = table.lines[0]
+        return Table(table.path, ["text"], [{"text": t} for t in texts], list(range(first, first + len(texts))))
+    return table
+
+
 def input_chunks(session: Any, path: Path, columns: list[str] | None, template: str | None, rows: int) -> Any:
-    """read_inputs a chunk of rows at a time for a CSV, TSV or JSONL file (a .txt file, documents
-    separated by blank lines, and a JSON file are read whole)."""
+    """read_inputs a chunk of rows at a time for a CSV, TSV or JSONL file (a .txt file, prompts
+    by paragraph or by line, see _prompt_table, and a JSON file are read whole)."""
     from .inputs import table_chunks
 
     if path.suffix.lower() not in (".csv", ".tsv", ".jsonl"):
@@ -682,27 +699,31 @@ def input_chunks(session: Any, path: Path, columns: list[str] | None, template: 
         yield table, [p for p, _ in pairs], [r for _, r in pairs]
 
 
-def _generations(session: Any, prompts: list[Any]) -> list[Any]:
+def _generations(session: Any, prompts: list[Any], raw: bool) -> list[Any]:
+    """Each prompt generated from: a plain text as a user message in the model's chat format (as
+    it is with raw=True, or when the model has no chat template), a ChatText as it is."""
     from tqdm.auto import tqdm
 
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p:
-            raise LmtuneError(f"input {i + 1}: expected a prompt (a non-empty text), got {str(p)[:80]}")
+            raise LmtuneError(f"inputs[{i}]: expected a prompt (a non-empty text), got {str(p)[:80]}")
+    texts = [p if raw or isinstance(p, ChatText) else session.prompt(p) for p in prompts]
     with tqdm(total=len(prompts), disable=not session.progress or None, unit="row", file=sys.stderr) as bar:
-        return session.generate_batch(prompts, raw=True, progress=bar.update)
+        return session.generate_batch(texts, raw=True, progress=bar.update)
 
 
-def predict(session: Any, prompts: list[Any], references: Any) -> list[str]:
-    """The generated text for each prompt (used as it is: see Generator.prompt for the chat format),
-    with the session's generation settings."""
-    return [g.text for g in _generations(session, prompts)]
+def predict(session: Any, prompts: list[Any], references: Any, raw: bool = False) -> list[str]:
+    """The generated text for each prompt (a user message in the model's chat format unless raw:
+    see _generations), with the session's generation settings."""
+    return [g.text for g in _generations(session, prompts, raw)]
 
 
-def predict_rows(session: Any, prompts: list[Any], references: list[str | None] | None) -> list[dict[str, Any]]:
+def predict_rows(session: Any, prompts: list[Any], references: list[str | None] | None,
+                 raw: bool = False) -> list[dict[str, Any]]:
     rows = []
-    for i, g in enumerate(_generations(session, prompts)):
+    for i, g in enumerate(_generations(session, prompts, raw)):
         reference = references[i] if references else None
-        rows.append({"prompt": prompts[i], "generation": g.text, **({"reference": reference} if reference is not None else {})})
+        rows.append({"prompt": str(prompts[i]), "generation": g.text, **({"reference": reference} if reference is not None else {})})
     return rows
 
 

@@ -274,29 +274,33 @@ def input_chunks(session: Any, path: Any, columns: list[str] | None, template: s
     return text_chunks(session, path, columns, rows)
 
 
-def _split_pairs(inputs: list[Any], pairs: list[str] | None) -> tuple[list[str], list[str] | None]:
+def _split_pairs(inputs: list[Any], pairs: list[str] | None) -> tuple[list[str], list[str | None] | None]:
     """Texts and second texts from Python inputs: texts (with `pairs`), [text, text_pair] or
-    {text, text_pair}."""
+    {text, text_pair}, mixed as they come. A single text among pairs has a second text of None."""
     from .inputs import check_texts
 
     if pairs is not None or all(isinstance(x, str) for x in inputs):
         if pairs is not None and len(pairs) != len(inputs):
             raise LmtuneError(f"{len(inputs)} texts but {len(pairs)} second texts")
         return check_texts(inputs), pairs
-    texts, seconds = [], []
+    texts: list[str] = []
+    seconds: list[str | None] = []
     for i, x in enumerate(inputs):
-        if isinstance(x, dict) and isinstance(x.get("text"), str) and isinstance(x.get("text_pair"), str):
+        if isinstance(x, str):
+            texts.append(x)
+            seconds.append(None)
+        elif isinstance(x, dict) and isinstance(x.get("text"), str) and isinstance(x.get("text_pair"), str):
             texts.append(x["text"])
             seconds.append(x["text_pair"])
         elif isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(t, str) for t in x):
             texts.append(x[0])
             seconds.append(x[1])
         else:
-            raise LmtuneError(f"input {i + 1}: expected a text, [text, text_pair] or {{text, text_pair}}, got {str(x)[:80]}")
+            raise LmtuneError(f"inputs[{i}]: expected a text, [text, text_pair] or {{text, text_pair}}, got {str(x)[:80]}")
     return texts, seconds
 
 
-def logits(session: Any, texts: list[str], pairs: list[str] | None) -> tuple[np.ndarray, list[bool]]:
+def logits(session: Any, texts: list[str], pairs: list[str | None] | None) -> tuple[np.ndarray, list[bool]]:
     """The model's logits [inputs, labels] in input order, and which inputs were cut to the
     model's max_length."""
     tokenizer = session.tokenizer
@@ -317,7 +321,7 @@ def predict_rows(session: Any, inputs: list[Any], pairs: list[str] | None) -> li
     scores, cut = logits(session, texts, pairs)
     rows = []
     for i, pred in enumerate(decode(scores, session.labels)):
-        row = {"text": texts[i], **({"text_pair": pairs[i]} if pairs else {}), **pred}
+        row = {"text": texts[i], **({"text_pair": pairs[i]} if pairs and pairs[i] is not None else {}), **pred}
         if cut[i]:
             row["truncated"] = True
         rows.append(row)

@@ -79,10 +79,28 @@ def fixed_length(size: int, cap: tuple[int, str], what: str) -> LengthChoice:
 
 
 def tokenize_texts(
-    tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int
+    tokenizer: Any, texts: list[str], pairs: list[str | None] | None, max_length: int
 ) -> tuple[dict[str, list[list[int]]], list[bool]]:
     """Tokenize without padding, each input cut to max_length; and which inputs were cut. Only the
-    inputs that are too long are tokenized a second time, with truncation."""
+    inputs that are too long are tokenized a second time, with truncation. A second text of None
+    leaves its input a single text: single texts and text pairs are tokenized apart and their
+    features put back in input order."""
+    if pairs is not None and any(p is None for p in pairs):
+        singles = [i for i, p in enumerate(pairs) if p is None]
+        paired = [i for i, p in enumerate(pairs) if p is not None]
+        enc: dict[str, list[list[int]]] = {}
+        cut = [False] * len(texts)
+        for group, seconds in ((singles, None), (paired, [pairs[i] for i in paired])):
+            if not group:
+                continue
+            part, part_cut = tokenize_texts(tokenizer, [texts[i] for i in group], seconds, max_length)
+            for key, rows in part.items():
+                column = enc.setdefault(key, [[] for _ in texts])
+                for j, i in enumerate(group):
+                    column[i] = rows[j]
+            for j, i in enumerate(group):
+                cut[i] = part_cut[j]
+        return enc, cut
     enc = dict(tokenizer(texts, pairs, truncation=False, padding=False, verbose=False))
     cut = [len(ids) > max_length for ids in enc["input_ids"]]
     long = [i for i, c in enumerate(cut) if c]

@@ -57,7 +57,7 @@ def read_texts(session: Any, path: Path, columns: list[str] | None) -> tuple[Tab
 def check_texts(inputs: list[Any]) -> list[str]:
     for i, x in enumerate(inputs):
         if not isinstance(x, str):
-            raise LmtuneError(f"input {i + 1}: expected a text, got {str(x)[:80]}")
+            raise LmtuneError(f"inputs[{i}]: expected a text, got {str(x)[:80]}")
     return inputs
 
 

@@ -319,7 +319,7 @@ def _fill(session: Any, texts: list[str]) -> tuple[list[list[list[dict[str, Any]
     mask = tokenizer.mask_token
     check_texts(texts)
     if any(mask not in t for t in texts):
-        raise LmtuneError(f"input {next(i for i, t in enumerate(texts) if mask not in t) + 1}: no {mask} token to fill in")
+        raise LmtuneError(f"inputs[{next(i for i, t in enumerate(texts) if mask not in t)}]: no {mask} token to fill in")
     enc, cut = tokenize_texts(tokenizer, texts, None, session.max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     features = [{k: enc[k][i] for k in keys} for i in range(len(texts))]

@@ -533,7 +533,7 @@ def predict(session: Any, questions: list[Any], contexts: list[str] | None) -> l
         raise LmtuneError(f"{len(questions)} questions but {len(contexts)} contexts")
     for i, (q, c) in enumerate(zip(questions, contexts)):
         if not isinstance(q, str) or not q.strip() or not isinstance(c, str) or not c.strip():
-            raise LmtuneError(f"input {i + 1}: the question and the context must be non-empty texts")
+            raise LmtuneError(f"inputs[{i}]: the question and the context must be non-empty texts")
     d = session.data
     wins, _ = windows(session.tokenizer, questions, contexts, d.max_length, d.doc_stride)
     cfg = SimpleNamespace(data=d)  # eval_step pads every window's logits to data.max_length

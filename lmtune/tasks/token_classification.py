@@ -580,7 +580,7 @@ def input_chunks(session: Any, path: Path, columns: list[str] | None, template: 
 def predict(session: Any, inputs: list[Any], pairs: Any) -> list[Any]:
     for i, x in enumerate(inputs):
         if not isinstance(x, str) and not (isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x)):
-            raise LmtuneError(f"input {i + 1}: expected a text or a list of tokens (strings), got {str(x)[:80]}")
+            raise LmtuneError(f"inputs[{i}]: expected a text or a list of tokens (strings), got {str(x)[:80]}")
     out: list[Any] = [[] if isinstance(x, (list, tuple)) and not x else None for x in inputs]
     for split in (False, True):
         which = [i for i, x in enumerate(inputs) if isinstance(x, str) != split and out[i] is None]

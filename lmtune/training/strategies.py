@@ -176,6 +176,8 @@ def head_modules(model: nn.Module) -> list[str]:
 def lora(model: nn.Module, cfg: LoraStrategy, lr: float, weight_decay: float) -> Plan:
     from peft import LoraConfig, get_peft_model
 
+    from ..core.models import wrapping_adapters
+
     prefix, blocks = find_blocks(model)
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix + ".")]
     if cfg.target_modules:
@@ -195,7 +197,8 @@ def lora(model: nn.Module, cfg: LoraStrategy, lr: float, weight_decay: float) ->
         # dense layers inside every block too
         modules_to_save=head_modules(model) or None,
     )
-    wrapped = get_peft_model(model, config)
+    with wrapping_adapters():
+        wrapped = get_peft_model(model, config)
     named = [(n, p) for n, p in wrapped.named_parameters() if p.requires_grad]
     return Plan(wrapped, _groups(named, lr, weight_decay, "lora"))
 

@@ -259,9 +259,6 @@ def train_one(cfg: RunConfig, progress: bool) -> tuple[dict[str, Any], float]:
 def _child(cfg: RunConfig, progress: bool, conn: Any) -> None:
     """The body of a run's own process: sends back ("ok", (metrics, seconds)) or ("error", problems);
     anything else is a bug, whose traceback the process prints as it ends."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # (as the CLI does)
     try:
         conn.send(("ok", train_one(cfg, progress)))
     except LmtuneError as e:
