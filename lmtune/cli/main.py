@@ -585,7 +585,10 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from ..core.rundir import RESUMABLE
 
+    from ..core import __version__
+
     p = Parser(prog="lmtune", description="Fine-tune pretrained language models for your task.")
+    p.add_argument("--version", action="version", version=f"lmtune {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="fine-tune as a YAML config says")
