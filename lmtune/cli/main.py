@@ -470,9 +470,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from ..core.config import reference
+    from ..core.config import TASK_ALIASES, reference
 
-    for key, kind, default, description in reference(args.task):
+    task = TASK_ALIASES.get(args.task, args.task) if args.task is not None else None
+    if task != args.task:
+        print(f"task {args.task} is read as {task}")
+    for key, kind, default, description in reference(task):
         if not kind:
             print(f"\n{key}\n    {description}")
             continue
@@ -586,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..core.rundir import RESUMABLE
 
     from ..core import __version__
+    from ..core.config import TASK_ALIASES, task_aliases_text
 
     p = Parser(prog="lmtune", description="Fine-tune pretrained language models for your task.")
     p.add_argument("--version", action="version", version=f"lmtune {__version__}")
@@ -773,7 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
     k = sub.add_parser("keys", help="every config key with its default and meaning")
-    k.add_argument("--task", choices=TASKS, default=None, help="only the keys that apply to this task")
+    k.add_argument("--task", choices=[*TASKS, *TASK_ALIASES], default=None, metavar="TASK",
+                   help=f"only the keys that apply to this task: {', '.join(TASKS)} (also read: {task_aliases_text()})")
     k.set_defaults(func=cmd_keys)
     return p
 
