@@ -319,19 +319,17 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_data_clean(args: argparse.Namespace) -> int:
-    from ..core.rundir import check_output
-    from ..data.clean import CleanOptions, clean_file
+    from ..data.clean import CleanOptions, clean_file, dropped_path
 
     src, out = Path(args.file), Path(args.output)
-    dropped_file = out.parent / "dropped.jsonl"
-    if src.resolve() == out.resolve():
-        raise LmtuneError(f"{out}: the output must be another file (the input is never changed)")
+    dropped_file = dropped_path(out)
     for target in (out, dropped_file):
-        check_output(target, args.overwrite)
+        if src.resolve() == target.resolve():
+            raise LmtuneError(f"{target}: the output must be another file (the input is never changed)")
     options = CleanOptions(fix_mojibake=args.fix_mojibake, strip_html=args.strip_html, lowercase=args.lowercase,
                            min_chars=args.min_chars, max_chars=args.max_chars, dedupe=args.dedupe, conflicts=args.conflicts)
     summary, rows = clean_file(src, out, dropped_file, args.text_column or "text", args.label_column, options,
-                               fmt=args.format, columns=args.columns)
+                               fmt=args.format, columns=args.columns, overwrite=args.overwrite)
     reasons = ", ".join(f"{k} {v}" for k, v in summary["dropped_by_reason"].items()) or "none"
     print(f"kept {summary['kept']} of {rows} rows -> {out}; dropped: {reasons} (each with its line in "
           f"{dropped_file}); {summary['texts_changed']} texts changed"
@@ -566,7 +564,7 @@ def _column_flags(p: argparse.ArgumentParser, *, group: str | None = None, run: 
 CLEAN_DEFAULTS = (
     "By default: Unicode NFKC, whitespace collapsed, empty texts dropped, repeated texts dropped after the first "
     "(--dedupe exact), and every copy of a text that carries different labels dropped (--conflicts drop). Mojibake "
-    "repair, HTML stripping, lower-casing and length limits only when asked. Each dropped row goes to dropped.jsonl "
+    "repair, HTML stripping, lower-casing and length limits only when asked. Each dropped row goes to OUT's .dropped.jsonl "
     "with its line and reason; the input file is never changed."
 )
 
@@ -725,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc = dsub.add_parser("clean", help="normalise texts; drop empty, out-of-range, conflicting and duplicate rows, each with its reason",
                          description=CLEAN_DEFAULTS)
     dc.add_argument("file")
-    dc.add_argument("-o", "--output", required=True, help="the cleaned file; dropped.jsonl is written beside it")
+    dc.add_argument("-o", "--output", required=True, help="the cleaned file; its dropped rows go beside it, to <name>.dropped.jsonl (-o c2.csv: c2.dropped.jsonl)")
     _column_flags(dc)
     dc.add_argument("--fix-mojibake", action="store_true",
                     help="repair mojibake with ftfy (UTF-8 read as Latin-1/CP-1252: 'cafÃ©' becomes 'café'); default: off")

@@ -160,15 +160,24 @@ def clean_rows(
     return out
 
 
+def dropped_path(out: str | Path) -> Path:
+    """The file of a cleaned file's dropped rows: `c2.csv` -> `c2.dropped.jsonl`, beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.dropped.jsonl")
+
+
 def clean_file(
     src: str | Path, out: str | Path, dropped_file: str | Path, text_column: str, label_column: str | None,
-    o: CleanOptions, *, fmt: str = "auto", columns: list[str] | None = None,
+    o: CleanOptions, *, fmt: str = "auto", columns: list[str] | None = None, overwrite: bool = True,
 ) -> tuple[dict[str, Any], int]:
     """Clean a CSV, TSV or JSONL file into `out` (a JSON list becomes JSON lines), each dropped
     row to `dropped_file` with its line and reason, reading the file twice and never holding it:
     once to learn each row's keys, once to write. Returns the summary and the number of rows.
-    `columns`: the column names of a CSV or TSV file without a header (`out` gets them as its header)."""
+    `columns`: the column names of a CSV or TSV file without a header (`out` gets them as its header).
+    The input is read and checked before the outputs: an output that exists is an error after every
+    problem of the input, and only without `overwrite`."""
     from ..core.errors import LmtuneError
+    from ..core.rundir import check_output
     from .readers import RowReader
     from .writers import RowWriter
 
@@ -185,6 +194,8 @@ def clean_file(
         label_column = label_key
     reader.require_columns(text_column, label_column)
     verdicts = ledger.decide(o, labelled=label_column is not None)
+    for target in (out, dropped_file):
+        check_output(target, overwrite)
     reasons: Counter = Counter()
     kept = changed = repaired = 0
     fmt = "jsonl" if reader.format == "json" else reader.format

@@ -168,9 +168,6 @@ def split_file(
     fmt = "jsonl" if reader.format == "json" else reader.format
     names = PART_NAMES[: len(ratios)]
     targets = [out_dir / f"{n}.{fmt}" for n in names]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise LmtuneError(f"{existing[0]} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
     label_key = label_column or "label"
     label_ids: dict[str, int] = {}
     labels, groups = array("i"), array("Q")
@@ -185,6 +182,10 @@ def split_file(
     label_array = np.frombuffer(labels, np.int32) if label_column else None
     parts = assign_parts(label_array, np.frombuffer(groups, np.uint64), ratios, seed, source=str(path),
                          label_names=list(label_ids))
+    # the input's problems first, then the outputs
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise LmtuneError(f"{existing[0]} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
     empty, empty_lines = [0] * len(ratios), [[] for _ in ratios]  # per part: empty texts, the first lines of them
     with contextlib.ExitStack() as stack:
