@@ -378,7 +378,7 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
         text_column = args.text_column or "text"
         reader = RowReader(src, args.format, columns=args.columns)
         if reader.columns:  # (the label column is not used, only checked: the copies keep it)
-            reader.require_columns(text_column, args.label_column)
+            reader.require_columns(text_column, args.label_column, keys=("text_column", "label_column"))
         words: set[str] = set()
         with RowWriter(out, [*reader.columns, "augmented_from"], "jsonl" if reader.format == "json" else reader.format) as w:
             for _, row in reader:
@@ -387,7 +387,7 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
                     words.update(x.lower() for x in str(row.get(text_column) or "").split())
             if not w.rows:
                 raise LmtuneError(f"{src}: no examples in the file")
-            reader.require_columns(text_column, args.label_column)
+            reader.require_columns(text_column, args.label_column, keys=("text_column", "label_column"))
             rows = w.rows
             synonyms = gather_synonyms(args.synonyms, model, words)
             for row in augment_stream(reader, text_column, options, synonyms, args.seed, skipped):

@@ -183,7 +183,7 @@ def clean_file(
 
     reader = RowReader(src, fmt, columns=columns)
     if reader.columns:
-        reader.require_columns(text_column, label_column)
+        reader.require_columns(text_column, label_column, keys=("text_column", "label_column"))
     label_key = label_column or "label"
     ledger = Ledger()
     for _, row in reader:
@@ -192,7 +192,7 @@ def clean_file(
         raise LmtuneError(f"{src}: no examples in the file")
     if label_column is None and label_key in reader.columns:
         label_column = label_key
-    reader.require_columns(text_column, label_column)
+    reader.require_columns(text_column, label_column, keys=("text_column", "label_column"))
     verdicts = ledger.decide(o, labelled=label_column is not None)
     for target in (out, dropped_file):
         check_output(target, overwrite)

@@ -164,7 +164,7 @@ def split_file(
     path, out_dir = Path(path), Path(out_dir)
     reader = RowReader(path, fmt, columns=columns)
     if reader.columns:
-        reader.require_columns(text_column, label_column, group_column)
+        reader.require_columns(text_column, label_column, group_column, keys=("text_column", "label_column", "group_column"))
     fmt = "jsonl" if reader.format == "json" else reader.format
     names = PART_NAMES[: len(ratios)]
     targets = [out_dir / f"{n}.{fmt}" for n in names]
@@ -178,7 +178,7 @@ def split_file(
         raise LmtuneError(f"{path}: no examples in the file")
     if label_column is None and label_key in reader.columns:
         label_column = label_key
-    reader.require_columns(text_column, label_column, group_column)
+    reader.require_columns(text_column, label_column, group_column, keys=("text_column", "label_column", "group_column"))
     label_array = np.frombuffer(labels, np.int32) if label_column else None
     parts = assign_parts(label_array, np.frombuffer(groups, np.uint64), ratios, seed, source=str(path),
                          label_names=list(label_ids))
