@@ -464,6 +464,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  {r['source']}")
+        if r["note"]:
+            print(f"{'':<{width}}  {r['note']}")
     return 0
 
 
