@@ -438,3 +438,16 @@ def test_columns_for_a_file_that_is_not_read_by_columns(ws, capsys, tmp_path_fac
     (ws / "texts.txt").write_text("good movie\n")
     msg = one(expect_error(capsys, ws, command, str(model), "texts.txt", "--columns", "text,label"))
     assert msg.startswith("--columns: texts.txt is read by a classification model as it is (.txt)")
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_predict_on_a_file_with_a_header_names_its_columns_and_the_option(ws, capsys, tmp_path_factory, command):
+    from tests.conftest import build_tiny_bert
+
+    model = build_tiny_bert(tmp_path_factory.mktemp("bare"))  # a bare model folder: classification
+    capsys.readouterr()
+    (ws / "reviews.csv").write_text("review,label\ngood movie,pos\n")
+    msg = one(expect_error(capsys, ws, command, str(model), "reviews.csv"))
+    assert msg.startswith("reviews.csv: no column 'text'"), msg
+    assert "columns are: review, label" in msg and "--text-column" in msg
+    assert "data.columns" not in msg and "--columns" not in msg

@@ -120,3 +120,47 @@ def test_text_that_is_not_a_number_is_still_refused(tmp_path):
     assert e.value.problems == ["train.epochs: input should be a valid integer (got '2.5')",
                                 "train.lr: input should be a valid number (got 'fast')",
                                 "train.warmup_ratio: input should be a valid number (got '1e-2x')"]
+
+
+@pytest.mark.parametrize("alias, task", [
+    ("ner", "token_classification"), ("NER", "token_classification"), ("qa", "question_answering"),
+    ("sentiment", "classification"), ("sft", "causal_lm"), ("chat", "causal_lm"), ("instruct", "causal_lm"),
+    ("generation", "causal_lm"), ("mlm", "masked_lm"),
+])
+def test_task_aliases_are_read_as_the_task(tmp_path, alias, task):
+    from lmtune.core.config import TASK_ALIASES, output_dir_of
+
+    raw = _raw(tmp_path)
+    raw["task"] = alias
+    cfg = validate(raw, check_files=False)
+    assert cfg.task == task
+    assert f"task: {task}" in cfg.to_yaml()  # the run's config.yaml holds the real name
+    assert alias.lower() in TASK_ALIASES
+    assert output_dir_of(None, {"task": alias}) == str(Path("runs") / task)
+
+
+def test_task_alias_in_a_config_file_and_options_of_its_task(tmp_path):
+    conll = Path("examples/data/ner/train.conll").resolve()
+    path = tmp_path / "ner.yaml"
+    path.write_text(f"model: minilm-l6\ntask: ner\ndata:\n  train: {conll}\n  tag_column_index: -1\n")
+    cfg = load_config(path)
+    assert cfg.task == "token_classification" and cfg.data.tag_column_index == -1
+
+
+def test_unknown_task_still_lists_the_tasks(tmp_path):
+    raw = _raw(tmp_path)
+    raw["task"] = "translation_of_things"
+    with pytest.raises(LmtuneError) as e:
+        validate(raw, check_files=False)
+    assert len(e.value.problems) == 1 and "token_classification" in e.value.problems[0]
+
+
+def test_keys_mention_the_aliases(capsys):
+    from lmtune.cli import main
+
+    assert main(["keys", "--task", "ner"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "task ner is read as token_classification"
+    assert "data.tag_column_index" in out and "data.label_column" not in out
+    assert main(["keys"]) == 0
+    assert "ner = token_classification" in capsys.readouterr().out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lmtune.cli import main
 from lmtune.data.clean import CleanOptions, clean_rows, clean_text
 
@@ -55,10 +57,56 @@ def test_command_writes_the_cleaned_file_and_dropped_rows_with_reasons(tmp_path,
     assert src.read_bytes() == before
     kept = [json.loads(line) for line in (tmp_path / "out" / "clean.jsonl").read_text().splitlines()]
     assert kept == [{"text": "x y", "label": "a"}]
-    dropped = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
+    dropped = [json.loads(line) for line in (tmp_path / "out" / "clean.dropped.jsonl").read_text().splitlines()]
     assert [(d["line"], d["reason"]) for d in dropped] == [(2, "empty"), (3, "duplicate")]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["dropped_by_reason"] == {"duplicate": 1, "empty": 1}
     assert main(["data", "clean", str(src), "-o", str(tmp_path / "out" / "clean.jsonl")]) == 2  # no silent overwrite
+
+
+def test_two_files_cleaned_into_one_folder_keep_their_own_dropped_rows(tmp_path, capsys):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("text,label\nx,p\n,p\n")
+    b.write_text("text,label\ny,n\ny,n\n")
+    assert main(["data", "clean", str(a), "-o", str(tmp_path / "c1.csv")]) == 0
+    assert main(["data", "clean", str(b), "-o", str(tmp_path / "c2.csv")]) == 0
+    capsys.readouterr()
+    assert [json.loads(x)["reason"] for x in (tmp_path / "c1.dropped.jsonl").read_text().splitlines()] == ["empty"]
+    assert [json.loads(x)["reason"] for x in (tmp_path / "c2.dropped.jsonl").read_text().splitlines()] == ["duplicate"]
+    assert not (tmp_path / "dropped.jsonl").exists()
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("review,label\nx,p\n", "'text'"),       # a missing column
+    ("", "the file is empty"),                   # an empty file
+    ("text,label\n", "no examples"),            # a header alone
+    (b"text,label\ncaf\xe9,p\n", "UTF-8"),    # bad encoding
+])
+def test_input_problems_come_before_an_output_that_exists(tmp_path, capsys, content, expected):
+    src = tmp_path / "in.csv"
+    (src.write_bytes if isinstance(content, bytes) else src.write_text)(content)
+    out = tmp_path / "c.csv"
+    out.write_text("old\n")
+    (tmp_path / "c.dropped.jsonl").write_text("old\n")
+    assert main(["data", "clean", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "exists" not in err, err
+    assert len(err.splitlines()) == 1
+    assert out.read_text() == "old\n" and (tmp_path / "c.dropped.jsonl").read_text() == "old\n"
+    # with --overwrite the input problem is still what is reported, and nothing is replaced
+    assert main(["data", "clean", str(src), "-o", str(out), "--overwrite"]) == 2
+    assert expected in capsys.readouterr().err
+    assert out.read_text() == "old\n"
+
+
+def test_an_existing_dropped_file_is_an_error_after_the_input_is_checked(tmp_path, capsys):
+    src = tmp_path / "in.csv"
+    src.write_text("text,label\nx,p\n")
+    (tmp_path / "c.dropped.jsonl").write_text("old\n")
+    assert main(["data", "clean", str(src), "-o", str(tmp_path / "c.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("c.dropped.jsonl exists; use --overwrite to replace it") and len(err.splitlines()) == 1
+    assert main(["data", "clean", str(src), "-o", str(tmp_path / "c.csv"), "--overwrite"]) == 0
+    assert (tmp_path / "c.dropped.jsonl").read_text() == ""
 
 
 def test_training_run_cleans_before_the_split_and_records_what_it_dropped(tiny_bert, tmp_path):

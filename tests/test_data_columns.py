@@ -72,12 +72,43 @@ def test_without_column_names_the_first_line_is_the_header_and_the_error_says_so
     assert "data.columns" in message and "--columns" in message and "\n" not in message
     with pytest.raises(LmtuneError, match="the first line was read as a header"):
         RowReader(src).require_columns("text")
-    # a file with a header gets the same hint, and the names it has
+    # a file whose first line reads as a header gets the names it has and the key that chooses the column
     csv_file = tmp_path / "h.csv"
     csv_file.write_text("sentence,label\nok,pos\n")
-    with pytest.raises(LmtuneError, match=r"no column 'text'; columns are: sentence, label \(the first line was read "
-                                          r"as a header: \"sentence,label\""):
+    with pytest.raises(LmtuneError) as e:
         read_table(csv_file).require_columns("text")
+    assert str(e.value) == (f"{csv_file}: no column 'text'; columns are: sentence, label; "
+                            f"choose the column with data.text_column (--text-column)")
+    with pytest.raises(LmtuneError) as e:
+        read_table(csv_file).require_columns("review", "lab", keys=("text_column", "label_column"))
+    assert str(e.value).endswith("choose the columns with data.text_column (--text-column), data.label_column (--label-column)")
+    with pytest.raises(LmtuneError) as e:
+        read_table(csv_file).require_columns("question")
+    assert str(e.value).endswith("choose the column with data.question_column") and "data.columns" not in str(e.value)
+
+
+@pytest.mark.parametrize("first, headerless", [
+    ("text,label", False), ("sentence,sentiment", False), ("review_body,stars", False),
+    ("This film was a delight,pos", True), ("great movie,5", True), ("x,1.5", True),
+])
+def test_only_a_first_line_that_looks_like_data_gets_the_headerless_hint(tmp_path, first, headerless):
+    f = tmp_path / "f.csv"
+    f.write_text(f"{first}\nsome text,pos\n")
+    with pytest.raises(LmtuneError) as e:
+        read_table(f).require_columns("missing_text", keys=("text_column",))
+    message = str(e.value)
+    assert ("data.columns" in message) == headerless, message
+    assert ("data.text_column (--text-column)" in message) != headerless, message
+
+
+def test_data_inspect_of_a_file_with_a_header_names_its_columns_and_text_column(tmp_path, capsys):
+    f = tmp_path / "reviews.csv"
+    f.write_text("review,label\ngood film,pos\nbad film,neg\n")
+    assert main(["data", "inspect", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"lmtune: error: {f}: no column 'text'; columns are: review, label; "
+                   f"choose the column with data.text_column (--text-column)")
+    assert main(["data", "inspect", str(f), "--text-column", "review"]) == 0
 
 
 def test_column_names_that_do_not_fit_the_file_are_clear_errors(tmp_path):

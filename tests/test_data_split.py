@@ -162,3 +162,14 @@ def test_split_command_warns_about_empty_texts_with_their_first_lines(tmp_path, 
         csv.writer(f).writerows([["", "pos"]] * 6)
     assert main(["data", "split", str(src), "-o", str(tmp_path / "out"), "--ratios", "0.5,0.5", "--overwrite"]) == 0
     assert "warning: 8 empty text(s), first at lines 4, 7, 42, 43, 44" in capsys.readouterr().err
+
+
+def test_split_reports_a_missing_column_before_outputs_that_exist(tmp_path, capsys):
+    src = tmp_path / "d.csv"
+    src.write_text("review,label\n" + "".join(f"t{i},{'pos' if i % 2 else 'neg'}\n" for i in range(20)))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train.csv").write_text("old\n")
+    assert main(["data", "split", str(src), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "'text'" in err and "exists" not in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "out" / "train.csv").read_text() == "old\n"

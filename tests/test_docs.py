@@ -395,12 +395,31 @@ def test_shell_block(block: Block):
         if not argv:
             continue
         found = command_problems(argv)
+        if not output:  # (a transcript of an error may show a config of the reader's own, bad.yaml)
+            found += missing_config(argv)
         shown = [line.removeprefix("lmtune: error: ") for line in output if line.startswith("lmtune: error: ")]
         if shown:
             # a transcript of an error: what lmtune says of the command must be what it shows
             found = [p for p in found if not any(s.startswith(p.removeprefix("lmtune: error: ")) for s in shown)]
         problems += [f"{block.where(n)}: {p}\n    {text}" for p in found]
     assert not problems, "\n".join(problems)
+
+
+def missing_config(argv: list[str]) -> list[str]:
+    """A config file given to lmtune train, search or compare must be in the repository, so that
+    the command runs as written (a run folder given to --resume is the reader's)."""
+    if len(argv) < 3 or argv[0] != "lmtune" or argv[1] not in ("train", "search", "compare"):
+        return []
+    ns, _ = parse_lmtune(argv[1:])
+    if ns is None or ns.config is None or getattr(ns, "resume", False) or "=" in ns.config:
+        return []
+    return [] if (ROOT / ns.config).is_file() else [f"{ns.config}: no such config file in the repository"]
+
+
+def test_a_doc_command_with_a_config_that_does_not_exist_is_found():
+    assert missing_config(["lmtune", "search", "sst2_search.yaml"]) == ["sst2_search.yaml: no such config file in the repository"]
+    assert missing_config(["lmtune", "search", "examples/sentiment_search.yaml", "--resume"]) == []
+    assert missing_config(["lmtune", "train", "examples/sentiment.yaml", "train.epochs=1"]) == []
 
 
 def test_shell_blocks_hold_commands():

@@ -84,6 +84,28 @@ def test_best_yaml_reproduces_the_best_trial(tiny_bert, toy_data, tmp_path):
     assert again["validation"]["loss"] == pytest.approx(trained["validation"]["loss"], rel=1e-4)
 
 
+def test_trials_keep_their_model_and_no_checkpoints(tiny_bert, toy_data, tmp_path):
+    space = {"train.lr": {"loguniform": [1e-4, 1e-2]}}
+    result = search.run(search_config(tiny_bert, toy_data, tmp_path / "s", space, trials=2))
+    folders = sorted((tmp_path / "s" / "trials").iterdir())
+    folders = [f for f in folders if f.is_dir()]
+    assert len(folders) == 2
+    for folder in folders:
+        assert (folder / "model").is_dir(), folder
+        assert not (folder / "checkpoints").exists(), f"{folder} kept its checkpoints"
+        assert yaml.safe_load((folder / "config.yaml").read_text())["train"]["keep_checkpoints"] == "none"
+    assert (tmp_path / "s" / "trials" / f"{result.best_trial:04d}" / "model").is_dir()
+    # the best trial's model stays even though no checkpoint does; best.yaml is the user's config
+    assert "keep_checkpoints" not in yaml.safe_load((tmp_path / "s" / "best.yaml").read_text()).get("train", {})
+
+
+def test_a_config_that_names_its_checkpoints_keeps_them_in_every_trial(tiny_bert, toy_data, tmp_path):
+    raw = search_config(tiny_bert, toy_data, tmp_path / "s", {"train.lr": {"loguniform": [1e-4, 1e-2]}}, trials=1)
+    raw["train"]["keep_checkpoints"] = "last"
+    search.run(raw)
+    assert (tmp_path / "s" / "trials" / "0000" / "checkpoints" / "last").is_dir()
+
+
 def test_stop_when_ends_the_search_at_the_first_trial_that_reaches_it(tiny_bert, toy_data, tmp_path):
     # lr 1e-9 learns nothing (accuracy at chance), 3e-3 learns the toy set (as in test_training)
     space = {"train.lr": {"choice": [1e-9, 3e-3]}}
@@ -179,6 +201,9 @@ def test_a_search_killed_during_its_second_trial_resumes_without_losing_or_repea
     params = [json.dumps(t.params, sort_keys=True) for t in complete]
     assert len(set(params)) == 3, "no finished trial is repeated"
     assert json.loads(again.stdout.strip().splitlines()[-1])["trials"] == 3
+    for t in complete:  # finished trials keep no checkpoints
+        assert not (folder / "trials" / f"{t.number:04d}" / "checkpoints").exists()
+        assert (folder / "trials" / f"{t.number:04d}" / "model").is_dir()
 
 
 def test_parallel_workers_write_one_study(tiny_bert, toy_data, tmp_path):

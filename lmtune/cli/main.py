@@ -324,19 +324,17 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_data_clean(args: argparse.Namespace) -> int:
-    from ..core.rundir import check_output
-    from ..data.clean import CleanOptions, clean_file
+    from ..data.clean import CleanOptions, clean_file, dropped_path
 
     src, out = Path(args.file), Path(args.output)
-    dropped_file = out.parent / "dropped.jsonl"
-    if src.resolve() == out.resolve():
-        raise LmtuneError(f"{out}: the output must be another file (the input is never changed)")
+    dropped_file = dropped_path(out)
     for target in (out, dropped_file):
-        check_output(target, args.overwrite)
+        if src.resolve() == target.resolve():
+            raise LmtuneError(f"{target}: the output must be another file (the input is never changed)")
     options = CleanOptions(fix_mojibake=args.fix_mojibake, strip_html=args.strip_html, lowercase=args.lowercase,
                            min_chars=args.min_chars, max_chars=args.max_chars, dedupe=args.dedupe, conflicts=args.conflicts)
     summary, rows = clean_file(src, out, dropped_file, args.text_column or "text", args.label_column, options,
-                               fmt=args.format, columns=args.columns)
+                               fmt=args.format, columns=args.columns, overwrite=args.overwrite)
     reasons = ", ".join(f"{k} {v}" for k, v in summary["dropped_by_reason"].items()) or "none"
     print(f"kept {summary['kept']} of {rows} rows -> {out}; dropped: {reasons} (each with its line in "
           f"{dropped_file}); {summary['texts_changed']} texts changed"
@@ -385,7 +383,7 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
         text_column = args.text_column or "text"
         reader = RowReader(src, args.format, columns=args.columns)
         if reader.columns:  # (the label column is not used, only checked: the copies keep it)
-            reader.require_columns(text_column, args.label_column)
+            reader.require_columns(text_column, args.label_column, keys=("text_column", "label_column"))
         words: set[str] = set()
         with RowWriter(out, [*reader.columns, "augmented_from"], "jsonl" if reader.format == "json" else reader.format) as w:
             for _, row in reader:
@@ -394,7 +392,7 @@ def cmd_data_augment(args: argparse.Namespace) -> int:
                     words.update(x.lower() for x in str(row.get(text_column) or "").split())
             if not w.rows:
                 raise LmtuneError(f"{src}: no examples in the file")
-            reader.require_columns(text_column, args.label_column)
+            reader.require_columns(text_column, args.label_column, keys=("text_column", "label_column"))
             rows = w.rows
             synonyms = gather_synonyms(args.synonyms, model, words)
             for row in augment_stream(reader, text_column, options, synonyms, args.seed, skipped):
@@ -471,13 +469,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  {r['source']}")
+        if r["note"]:
+            print(f"{'':<{width}}  {r['note']}")
     return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from ..core.config import reference
+    from ..core.config import TASK_ALIASES, reference
 
-    for key, kind, default, description in reference(args.task):
+    task = TASK_ALIASES.get(args.task, args.task) if args.task is not None else None
+    if task != args.task:
+        print(f"task {args.task} is read as {task}")
+    for key, kind, default, description in reference(task):
         if not kind:
             print(f"\n{key}\n    {description}")
             continue
@@ -568,7 +571,7 @@ def _column_flags(p: argparse.ArgumentParser, *, group: str | None = None, run: 
 CLEAN_DEFAULTS = (
     "By default: Unicode NFKC, whitespace collapsed, empty texts dropped, repeated texts dropped after the first "
     "(--dedupe exact), and every copy of a text that carries different labels dropped (--conflicts drop). Mojibake "
-    "repair, HTML stripping, lower-casing and length limits only when asked. Each dropped row goes to dropped.jsonl "
+    "repair, HTML stripping, lower-casing and length limits only when asked. Each dropped row goes to OUT's .dropped.jsonl "
     "with its line and reason; the input file is never changed."
 )
 
@@ -590,7 +593,11 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from ..core.rundir import RESUMABLE
 
+    from ..core import __version__
+    from ..core.config import TASK_ALIASES, task_aliases_text
+
     p = Parser(prog="lmtune", description="Fine-tune pretrained language models for your task.")
+    p.add_argument("--version", action="version", version=f"lmtune {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="fine-tune as a YAML config says")
@@ -727,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc = dsub.add_parser("clean", help="normalise texts; drop empty, out-of-range, conflicting and duplicate rows, each with its reason",
                          description=CLEAN_DEFAULTS)
     dc.add_argument("file")
-    dc.add_argument("-o", "--output", required=True, help="the cleaned file; dropped.jsonl is written beside it")
+    dc.add_argument("-o", "--output", required=True, help="the cleaned file; its dropped rows go beside it, to <name>.dropped.jsonl (-o c2.csv: c2.dropped.jsonl)")
     _column_flags(dc)
     dc.add_argument("--fix-mojibake", action="store_true",
                     help="repair mojibake with ftfy (UTF-8 read as Latin-1/CP-1252: 'cafÃ©' becomes 'café'); default: off")
@@ -779,7 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
     k = sub.add_parser("keys", help="every config key with its default and meaning")
-    k.add_argument("--task", choices=TASKS, default=None, help="only the keys that apply to this task")
+    k.add_argument("--task", choices=[*TASKS, *TASK_ALIASES], default=None, metavar="TASK",
+                   help=f"only the keys that apply to this task: {', '.join(TASKS)} (also read: {task_aliases_text()})")
     k.set_defaults(func=cmd_keys)
     return p
 

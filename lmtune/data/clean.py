@@ -160,21 +160,30 @@ def clean_rows(
     return out
 
 
+def dropped_path(out: str | Path) -> Path:
+    """The file of a cleaned file's dropped rows: `c2.csv` -> `c2.dropped.jsonl`, beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.dropped.jsonl")
+
+
 def clean_file(
     src: str | Path, out: str | Path, dropped_file: str | Path, text_column: str, label_column: str | None,
-    o: CleanOptions, *, fmt: str = "auto", columns: list[str] | None = None,
+    o: CleanOptions, *, fmt: str = "auto", columns: list[str] | None = None, overwrite: bool = True,
 ) -> tuple[dict[str, Any], int]:
     """Clean a CSV, TSV or JSONL file into `out` (a JSON list becomes JSON lines), each dropped
     row to `dropped_file` with its line and reason, reading the file twice and never holding it:
     once to learn each row's keys, once to write. Returns the summary and the number of rows.
-    `columns`: the column names of a CSV or TSV file without a header (`out` gets them as its header)."""
+    `columns`: the column names of a CSV or TSV file without a header (`out` gets them as its header).
+    The input is read and checked before the outputs: an output that exists is an error after every
+    problem of the input, and only without `overwrite`."""
     from ..core.errors import LmtuneError
+    from ..core.rundir import check_output
     from .readers import RowReader
     from .writers import RowWriter
 
     reader = RowReader(src, fmt, columns=columns)
     if reader.columns:
-        reader.require_columns(text_column, label_column)
+        reader.require_columns(text_column, label_column, keys=("text_column", "label_column"))
     label_key = label_column or "label"
     ledger = Ledger()
     for _, row in reader:
@@ -183,8 +192,10 @@ def clean_file(
         raise LmtuneError(f"{src}: no examples in the file")
     if label_column is None and label_key in reader.columns:
         label_column = label_key
-    reader.require_columns(text_column, label_column)
+    reader.require_columns(text_column, label_column, keys=("text_column", "label_column"))
     verdicts = ledger.decide(o, labelled=label_column is not None)
+    for target in (out, dropped_file):
+        check_output(target, overwrite)
     reasons: Counter = Counter()
     kept = changed = repaired = 0
     fmt = "jsonl" if reader.format == "json" else reader.format

@@ -64,7 +64,7 @@ def inspect_file(
     names of a CSV or TSV file without a header."""
     reader = RowReader(path, fmt, replace_bad_bytes=True, columns=columns)
     if reader.columns:  # CSV, TSV: the header says at once
-        reader.require_columns(text_column, label_column)
+        reader.require_columns(text_column, label_column, keys=("text_column", "label_column"))
     label_key = label_column or "label"
     exact, norm, chars, labels_of_texts = array("Q"), array("Q"), array("i"), array("i")
     labels: array = array("i")
@@ -105,7 +105,7 @@ def inspect_file(
         raise LmtuneError(f"{reader.path}: no examples in the file")
     if label_column is None and label_key in reader.columns:
         label_column = label_key
-    reader.require_columns(text_column, label_column)
+    reader.require_columns(text_column, label_column, keys=("text_column", "label_column"))
 
     exact_keys, norm_keys = np.frombuffer(exact, np.uint64), np.frombuffer(norm, np.uint64)
     report: dict[str, Any] = {

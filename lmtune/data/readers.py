@@ -145,9 +145,9 @@ class RowReader:
                 self.columns = list(columns)
             yield n, obj
 
-    def require_columns(self, *names: str | None) -> None:
+    def require_columns(self, *names: str | None, keys: tuple[str | None, ...] | None = None) -> None:
         """For CSV and TSV, at once; for JSON, against the keys seen so far (call it after a pass)."""
-        Table(self.path, self.columns, [], [], self.header).require_columns(*names)
+        Table(self.path, self.columns, [], [], self.header).require_columns(*names, keys=keys)
 
 
 def _read_json(path: Path, text: str) -> Table:

@@ -164,13 +164,10 @@ def split_file(
     path, out_dir = Path(path), Path(out_dir)
     reader = RowReader(path, fmt, columns=columns)
     if reader.columns:
-        reader.require_columns(text_column, label_column, group_column)
+        reader.require_columns(text_column, label_column, group_column, keys=("text_column", "label_column", "group_column"))
     fmt = "jsonl" if reader.format == "json" else reader.format
     names = PART_NAMES[: len(ratios)]
     targets = [out_dir / f"{n}.{fmt}" for n in names]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise LmtuneError(f"{existing[0]} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
     label_key = label_column or "label"
     label_ids: dict[str, int] = {}
     labels, groups = array("i"), array("Q")
@@ -181,10 +178,14 @@ def split_file(
         raise LmtuneError(f"{path}: no examples in the file")
     if label_column is None and label_key in reader.columns:
         label_column = label_key
-    reader.require_columns(text_column, label_column, group_column)
+    reader.require_columns(text_column, label_column, group_column, keys=("text_column", "label_column", "group_column"))
     label_array = np.frombuffer(labels, np.int32) if label_column else None
     parts = assign_parts(label_array, np.frombuffer(groups, np.uint64), ratios, seed, source=str(path),
                          label_names=list(label_ids))
+    # the input's problems first, then the outputs
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise LmtuneError(f"{existing[0]} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
     empty, empty_lines = [0] * len(ratios), [[] for _ in ratios]  # per part: empty texts, the first lines of them
     with contextlib.ExitStack() as stack:

@@ -22,15 +22,25 @@ class Table:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def require_columns(self, *names: str | None) -> None:
-        missing = [n for n in names if n is not None and n not in self.columns]
+    def require_columns(self, *names: str | None, keys: tuple[str | None, ...] | None = None) -> None:
+        """Each of `names` (None: not needed) is a column. `keys`, beside them: the data.* key that
+        chose each (text_column, ...), named in the error; by default the key whose default it is."""
+        keys = keys or tuple(DEFAULT_KEYS.get(n) if n is not None else None for n in names)
+        missing = [(n, k) for n, k in zip(names, keys) if n is not None and n not in self.columns]
         if missing:
             hint = ""
-            if self.header is not None:  # a file without a header has a row of data read as one
+            chosen = list(dict.fromkeys(k for _, k in missing if k))
+            if self.header is not None and _looks_like_data(self.columns):
+                # a file without a header has a row of data read as one
                 hint = (f" (the first line was read as a header: {_brief(self.header, 120)}; a file without a header "
                         f"needs its column names in data.columns, or --columns on the command line, e.g. text,label)")
+            elif chosen:
+                hint = "; choose " + ("the column" if len(chosen) == 1 else "the columns") + " with " + ", ".join(
+                    f"data.{k}" + (f" (--{k.replace('_', '-')})" if k in FLAGGED else "") for k in chosen)
+            elif self.columns:
+                hint = "; choose the column with its data.*_column key (--text-column on the command line)"
             raise LmtuneError(
-                f"{self.path}: no column {', '.join(repr(m) for m in missing)}; "
+                f"{self.path}: no column {', '.join(repr(m) for m, _ in missing)}; "
                 f"columns are: {', '.join(_brief(c, 30, quote=False) for c in self.columns) or '(none)'}{hint}"
             )
 
@@ -40,6 +50,32 @@ class Table:
     def subset(self, indices: list[int]) -> "Table":
         """The rows at `indices`, with their lines, in a table of the same kind."""
         return dataclasses.replace(self, rows=[self.rows[i] for i in indices], lines=[self.lines[i] for i in indices])
+
+
+# The data.* key whose default is the column name (what a message names when the column is missing).
+DEFAULT_KEYS = {
+    "text": "text_column", "label": "label_column", "question": "question_column", "context": "context_column",
+    "answers": "answers_column", "tokens": "tokens_column", "tags": "tags_column", "instruction": "instruction_column",
+    "input": "input_column", "output": "response_column", "messages": "messages_column",
+}
+
+
+FLAGGED = ("text_column", "label_column", "group_column")  # the keys that data commands and predict take as flags
+
+
+def _looks_like_data(fields: list[str]) -> bool:
+    """Whether a first line read as a header looks like a row of data: a number, or a field that
+    reads as a sentence (column names are short words)."""
+    for f in fields:
+        f = f.strip()
+        try:
+            float(f)
+            return True
+        except ValueError:
+            pass
+        if len(f) > 40 or len(f.split()) >= 4:
+            return True
+    return False
 
 
 def _brief(text: str, limit: int = 60, *, quote: bool = True) -> str:

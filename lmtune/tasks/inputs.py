@@ -48,7 +48,7 @@ def read_texts(session: Any, path: Path, columns: list[str] | None) -> tuple[Tab
         return table, [r["text"] for r in table.rows], None
     d = session.data
     table = read_table(path, columns=column_names(session, path, columns, named=True))
-    table.require_columns(d.text_column, d.text_pair_column)
+    table.require_columns(d.text_column, d.text_pair_column, keys=("text_column", "text_pair_column"))
     texts = [str(r[d.text_column]) for r in table.rows]
     pairs = [str(r[d.text_pair_column]) for r in table.rows] if d.text_pair_column else None
     return table, texts, pairs
@@ -117,7 +117,7 @@ def text_chunks(session: Any, path: Path, columns: list[str] | None, rows: int =
     for table in table_chunks(path, names, rows):
         text_column = "text" if path.suffix.lower() == ".txt" else d.text_column
         pair_column = None if path.suffix.lower() == ".txt" else d.text_pair_column
-        table.require_columns(text_column, pair_column)
+        table.require_columns(text_column, pair_column, keys=("text_column", "text_pair_column"))
         texts = [str(r[text_column]) for r in table.rows]
         pairs = [str(r[pair_column]) for r in table.rows] if pair_column else None
         yield table, texts, pairs

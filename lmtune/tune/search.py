@@ -20,6 +20,7 @@ that share the study; with `search.storage` several machines can do the same on 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import os
@@ -249,7 +250,10 @@ def objective(s: Search, trial: Any) -> float:
     raw["output_dir"] = str(run_dir)
     if s.spec.metric is not None:  # the run keeps its best checkpoint by the metric searched for
         raw.setdefault("train", {})["metric"] = s.spec.metric
-    trial.set_user_attr("config", raw)
+    trial.set_user_attr("config", copy.deepcopy(raw))  # (best.yaml: a whole run, checkpoints as the config says)
+    # A finished trial keeps its model/ and no checkpoints (they are for resuming a killed trial, and
+    # take most of a trial's disk), unless the config says which to keep.
+    raw.setdefault("train", {}).setdefault("keep_checkpoints", "none")
     trial.set_user_attr("run", str(run_dir))
     trial.set_user_attr("pid", os.getpid())  # (a worker that dies names its trial by it)
     pruned_at: list[int] = []
