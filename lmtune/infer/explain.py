@@ -264,8 +264,9 @@ def _pairs(inputs: Any, pairs: Sequence[str] | None) -> tuple[list[Any], list[st
 
 
 def _bare(predictor: "Predictor") -> Any:
-    """The model without the accelerator's autocast wrapper: the integral is computed in the
-    weights' own precision (float32 as trained and saved), where completeness can be checked."""
+    """The model without the accelerator's wrappers: the integral is computed in the weights' own
+    precision (float32 as trained and saved), where completeness can be checked, also where the
+    predictor itself autocasts to bf16 (see _forward)."""
     return predictor.accelerator.unwrap_model(predictor.model)
 
 
@@ -274,12 +275,16 @@ def _forward(model: Any) -> Callable[..., "torch.Tensor"]:
     logits of each example's explained position."""
     import torch
 
+    # accelerate's mixed precision replaces the model's forward with an autocast one and keeps the
+    # plain forward beside it: the integral takes the plain one
+    plain = getattr(model, "_original_forward", model)
+
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None,
                 positions: torch.Tensor) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        logits = model(**kwargs).logits.float()
+        logits = plain(**kwargs).logits.float()
         if logits.dim() == 3:
             logits = logits[torch.arange(logits.shape[0], device=logits.device), positions]
         return logits
