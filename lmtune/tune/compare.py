@@ -34,6 +34,7 @@ import yaml
 
 from ..core.config import STRATEGY_CLASSES, RunConfig, apply_overrides, load_config, validate
 from ..core.errors import LmtuneError, option
+from . import KILLED
 
 COMPARABLE = tuple(name for name in STRATEGY_CLASSES if name != "auto")
 TRAIN_SAMPLE_ROWS = 1000
@@ -290,11 +291,6 @@ def train_isolated(cfg: RunConfig, progress: bool) -> tuple[dict[str, Any], floa
     if status != "ok":
         raise RuntimeError(f"the run for {cfg.output_dir} stopped (exit code {proc.exitcode}); see the lines above")
     return payload
-
-
-# A run's process ended by SIGKILL: on Linux most often the kernel's out-of-memory killer, which says
-# so only in the kernel log.
-KILLED = "killed (out of memory?)"
 
 
 class RunKilled(Exception):

@@ -40,13 +40,10 @@ from ..core.config import RunConfig, SearchConfig, apply_overrides, read_yaml, v
 from ..core.errors import LmtuneError, option
 from ..core.rundir import flatten, write_text_atomic
 from ..tasks import get_task
-from . import search_space
+from . import KILLED, search_space
 
 WORKER_ENV = "LMTUNE_SEARCH_WORKER"  # the number of a search.parallel process
 INTERRUPTED = "interrupted"  # user attribute of a trial that was running when its search was killed
-# a trial whose worker process was ended by SIGKILL: on Linux most often the kernel's out-of-memory
-# killer, which says so only in the kernel log. Its values are not tried again (they would be killed again).
-KILLED = "killed (out of memory?)"
 
 
 @dataclass
@@ -178,7 +175,8 @@ def open_study(s: Search, *, create: bool) -> Any:
 
 
 def fail_killed(study: Any, pid: int) -> list[int]:
-    """Mark the trials that the killed worker `pid` was running as failed, killed; their numbers."""
+    """Mark the trials that the killed worker `pid` was running as failed, killed (not tried again: they
+    would be killed again); their numbers."""
     from optuna.trial import TrialState
 
     numbers = []
