@@ -28,7 +28,7 @@ def load(run_dir: str) -> "Predictor":
 
 def load_config(path: str, overrides: list[str] | None = None) -> "RunConfig":
     """Read, override and validate a run config; raises LmtuneError listing every problem."""
-    from .core.config import load_config as _load
+    from .tasks.run_config import load_config as _load
 
     return _load(path, overrides or [])
 
@@ -36,7 +36,7 @@ def load_config(path: str, overrides: list[str] | None = None) -> "RunConfig":
 def train(config: "RunConfig | str | dict[str, Any]", **kwargs: Any) -> "RunResult":
     """Train from a config (object, YAML path or dict), then write the run's report.html (train.report).
     See `lmtune.training.loop.train` for the options."""
-    from .core.config import as_config
+    from .tasks.run_config import as_config
     from .report import report_run
     from .training.loop import train as _train
 

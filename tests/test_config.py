@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lmtune.core.config import apply_overrides, load_config, validate, yaml_load
+from lmtune.core.config import apply_overrides, yaml_load
+from lmtune.tasks.run_config import load_config, validate
 from lmtune.core.errors import LmtuneError
 
 
@@ -128,7 +129,8 @@ def test_text_that_is_not_a_number_is_still_refused(tmp_path):
     ("generation", "causal_lm"), ("mlm", "masked_lm"),
 ])
 def test_task_aliases_are_read_as_the_task(tmp_path, alias, task):
-    from lmtune.core.config import TASK_ALIASES, output_dir_of
+    from lmtune.tasks.registry import TASK_ALIASES
+    from lmtune.tasks.run_config import output_dir_of
 
     raw = _raw(tmp_path)
     raw["task"] = alias

@@ -9,8 +9,8 @@ import json
 import yaml
 
 from lmtune.cli import main
-from lmtune.core.config import DataConfig, EvalConfig, key_tasks, reference, validate
-from lmtune.tasks import TASKS
+from lmtune.tasks.run_config import key_tasks, reference, validate
+from lmtune.tasks import TASKS, get_task
 
 from .conftest import write_sentiment
 from .test_bad_input import expect_error, write_config, ws  # noqa: F401 (a fixture)
@@ -38,10 +38,12 @@ def test_every_task_specific_key_is_refused_elsewhere_and_accepted_in_its_task(t
     train = tmp_path / "t.csv"
     train.write_text("text,label\na,x\nb,y\n")
     checked = 0
-    for section, cls in (("data", DataConfig), ("eval", EvalConfig)):
-        for name, field in cls.model_fields.items():
-            tasks = key_tasks(field)
-            if not tasks:
+    for section in ("data", "eval"):
+        fields = {name: field for t in TASKS for name, field in
+                  (get_task(t).data_section if section == "data" else get_task(t).eval_section).model_fields.items()}
+        for name, field in fields.items():
+            tasks = key_tasks(section, name)
+            if len(tasks) == len(TASKS):  # a key of every task's runs
                 continue
             value = field.get_default(call_default_factory=True)
             for task in TASKS:

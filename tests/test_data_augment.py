@@ -90,7 +90,7 @@ def test_training_augments_the_training_split_only(tiny_bert, tmp_path):
 
 
 def test_augmentation_on_another_task_is_a_config_error(tmp_path):
-    from lmtune.core.config import validate
+    from lmtune.tasks.run_config import validate
 
     (tmp_path / "t.jsonl").write_text('{"text": "a b c"}\n')
     with pytest.raises(LmtuneError, match="data.augment applies to tasks classification and token_classification only, not to this run.s task masked_lm"):

@@ -92,7 +92,7 @@ def test_split_command_writes_the_parts_and_keeps_duplicates_together(tmp_path, 
 
 
 def test_automatic_validation_split_keeps_copies_of_a_text_on_one_side(tmp_path, tiny_bert):
-    from lmtune.core.config import validate
+    from lmtune.tasks.run_config import validate
     from lmtune.data.keys import normalise
     from lmtune.tasks import classification
 
@@ -113,7 +113,7 @@ def test_automatic_validation_split_keeps_copies_of_a_text_on_one_side(tmp_path,
 def test_a_group_column_keeps_its_rows_on_one_side_of_the_automatic_split(tmp_path, tiny_bert, tiny_llama):
     import json
 
-    from lmtune.core.config import validate
+    from lmtune.tasks.run_config import validate
     from lmtune.core.errors import LmtuneError
     from lmtune.tasks import causal_lm, classification
 

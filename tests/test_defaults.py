@@ -15,7 +15,7 @@ import yaml
 
 import lmtune
 from lmtune.cli import main
-from lmtune.core.config import validate
+from lmtune.tasks.run_config import validate
 from lmtune.core.errors import LmtuneError
 from lmtune.core.models import load_tokenizer
 from lmtune.tasks import get_task

@@ -292,7 +292,8 @@ def excused(problem: str, raw: dict[str, Any]) -> bool:
 def config_problems(config: str | None, overrides: list[str]) -> list[str]:
     """What lmtune's validation says of a config (one under examples/, or the overrides alone) with
     these overrides. A config file of the reader's own (my.yaml) is not read; its overrides' form is."""
-    from lmtune.core.config import apply_overrides, output_dir_of, read_yaml, validate
+    from lmtune.core.config import apply_overrides, read_yaml
+    from lmtune.tasks.run_config import output_dir_of, validate
     from lmtune.core.errors import LmtuneError
 
     raw: dict[str, Any] = {}
@@ -444,7 +445,8 @@ def merged(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
 def fragment_problems(raw: dict[str, Any]) -> list[str]:
     """A section of a run config (`search:`, `train: {report_to: ...}`) checked as part of a minimal
     config: it must be valid for at least one task (its own, where it names one)."""
-    from lmtune.core.config import RunConfig, validate
+    from lmtune.core.config import RunConfig
+    from lmtune.tasks.run_config import validate
     from lmtune.core.errors import LmtuneError
     from lmtune.tasks import TASKS
 
@@ -489,7 +491,7 @@ YAML_BLOCKS = blocks_of(YAML)
 
 @pytest.mark.parametrize("block", YAML_BLOCKS, ids=ids(YAML_BLOCKS))
 def test_yaml_block(block: Block):
-    from lmtune.core.config import validate
+    from lmtune.tasks.run_config import validate
     from lmtune.core.errors import LmtuneError
 
     try:

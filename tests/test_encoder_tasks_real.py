@@ -10,7 +10,7 @@ import pytest
 
 import lmtune
 from lmtune.core import models
-from lmtune.core.config import load_config
+from lmtune.tasks.run_config import load_config
 from lmtune.infer.predict import Predictor
 from lmtune.tasks import get_task
 

@@ -11,6 +11,7 @@ import pytest
 
 from lmtune.cli import main
 from lmtune.core.config import RunConfig
+from lmtune.tasks import TASKS, get_task
 
 REQUIRED = "required"
 NO_DEFAULT = object()  # a default_factory: the JSON schema does not carry it
@@ -19,10 +20,26 @@ KEY_LINE = re.compile(r"^([a-z_]+(?:\.(?:[a-z_]+|KEY))*)\s+(\S+)")
 
 
 def _schema_keys() -> list[tuple[str | None, str, Any]]:
-    """(strategy name or None, dotted key, default) for every key, from RunConfig's JSON schema:
+    """(strategy name or None, dotted key, default) for every key, from the JSON schemas of the tasks'
+    run configs: the first task's keys, then the data and eval keys that each further task adds, at the
+    end of their section."""
+    first, *others = [_task_schema_keys(get_task(t).config) for t in TASKS]
+    sections: dict[str, list[tuple[str | None, str, Any]]] = {}
+    for row in first:
+        sections.setdefault(row[1].split(".")[0], []).append(row)
+    for rows in others:
+        for row in rows:
+            section = row[1].split(".")[0]
+            if section in ("data", "eval") and row[1] not in {r[1] for r in sections[section]}:
+                sections[section].append(row)
+    return [row for rows in sections.values() for row in rows]
+
+
+def _task_schema_keys(config: type[RunConfig]) -> list[tuple[str | None, str, Any]]:
+    """(strategy name or None, dotted key, default) for every key, from a run config's JSON schema:
     sections are followed through $ref, an optional section (`X | None`) is a key of its own and
     its fields are keys below it, a strategy's fields are listed under its name."""
-    schema = RunConfig.model_json_schema()
+    schema = config.model_json_schema()
     defs = schema["$defs"]
 
     def resolve(ref: str) -> dict[str, Any]:

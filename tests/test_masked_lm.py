@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lmtune
-from lmtune.core.config import validate
+from lmtune.tasks.run_config import validate
 from lmtune.core.errors import LmtuneError
 from lmtune.core.models import load_tokenizer
 from lmtune.infer.predict import Predictor

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import lmtune
-from lmtune.core.config import DataConfig
+from lmtune.tasks.question_answering import QuestionAnsweringData
 from lmtune.core.errors import LmtuneError
 from lmtune.tasks import question_answering as qa
 
@@ -58,8 +58,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def data_cfg(**kw) -> DataConfig:
-    return DataConfig(train="x.jsonl", **kw)
+def data_cfg(**kw) -> QuestionAnsweringData:
+    return QuestionAnsweringData(train="x.jsonl", **kw)
 
 
 # ---------------------------------------------------------------- the SQuAD metric

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lmtune.cli import main
-from lmtune.core.config import RunConfig
+from lmtune.tasks import get_task
 from lmtune.core.errors import LmtuneError
 from lmtune.data.readers import Table
 from lmtune.report import write_report, write_run_report
@@ -76,7 +76,7 @@ def make_run(folder: Path, task: str, *, seed: int = 0, finished: bool = True, s
     spec = TASKS[task]
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
-    cfg = RunConfig.model_validate({"model": "tiny-model", "task": task, "data": spec["data"], "output_dir": str(folder),
+    cfg = get_task(task).config.model_validate({"model": "tiny-model", "task": task, "data": spec["data"], "output_dir": str(folder),
                                     "strategy": {"name": "adaptive"}, "train": {"lr": 3e-5, "epochs": 2, "seed": seed}})
     (folder / "config.yaml").write_text(cfg.to_yaml())
     (folder / "data.json").write_text(json.dumps({"labels": spec["labels"]}))
@@ -364,7 +364,7 @@ def test_causal_lm_extra_metrics_return_samples(monkeypatch):
     generated = [SimpleNamespace(text="hi there", finish_reason="stop"), SimpleNamespace(text="yo", finish_reason="length")]
     monkeypatch.setattr(decoding, "generate", lambda model, tokenizer, prompts, settings, progress=None: generated)
     tokenizer = SimpleNamespace(chat_template=None, eos_token="</s>")
-    cfg = RunConfig.model_validate({"model": "x", "task": "causal_lm", "data": {"train": "t.jsonl"},
+    cfg = get_task("causal_lm").config.model_validate({"model": "x", "task": "causal_lm", "data": {"train": "t.jsonl"},
                                     "eval": {"generate_rows": 2}})
     rows = [{"instruction": "say hi", "output": "hi"}, {"instruction": "say yo", "output": "yo"}]
     data = SimpleNamespace(shape="instruction", validation=Table(Path("v.jsonl"), ["instruction", "output"], rows, [1, 2]))

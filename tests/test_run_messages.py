@@ -86,7 +86,7 @@ def test_train_threads_sets_the_threads_of_the_run_and_gives_them_back(tiny_bert
 
 
 def test_train_threads_must_be_auto_or_a_positive_number(tmp_path):
-    from lmtune.core.config import validate
+    from lmtune.tasks.run_config import validate
     from lmtune.core.errors import LmtuneError
 
     with pytest.raises(LmtuneError, match=r"train\.threads: expected auto or a whole number of threads, at least 1"):

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import lmtune
 from lmtune.core.config import AdaptiveStrategy, FullStrategy, GradualStrategy, LoraStrategy, PartialStrategy
 from lmtune.core.errors import LmtuneError
+from lmtune.tasks import classification
 from lmtune.training import strategies
 
 from .conftest import WORDS, tiny_config
@@ -173,7 +174,7 @@ def test_lora_trains_only_adapters_and_the_new_head(tiny_bert):
 
 
 def test_lora_target_that_matches_nothing_is_a_config_error(tiny_bert, toy_data, tmp_path):
-    from lmtune.core.config import validate
+    from lmtune.tasks.run_config import validate
 
     cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run")
     cfg["strategy"] = {"name": "lora", "target_modules": ["query", "q_proj"]}
@@ -194,7 +195,7 @@ def test_lora_run_saves_an_adapter_that_predicts_and_merges(tiny_bert, toy_data,
     before = _weights(tiny_bert)
     predictor = Predictor.from_run(result.output_dir)
     texts = ["good great superb", "awful terrible bad", "the movie was quite dull"]
-    adapter_logits, _ = predictor.task.logits(predictor, texts, None)
+    adapter_logits, _ = classification.logits(predictor, texts, None)
     merged = export(result.output_dir, tmp_path / "merged", merge=True)
     from transformers import AutoModelForSequenceClassification
 

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 import lmtune
-from lmtune.core.config import AutoStrategy, validate
+from lmtune.core.config import AutoStrategy
+from lmtune.tasks.run_config import validate
 from lmtune.core.errors import LmtuneError
 from lmtune.training import strategies, strategy_choice
 from lmtune.training.strategy_choice import choose_strategy, required_settings

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import lmtune
-from lmtune.core.config import DataConfig, validate
+from lmtune.tasks.token_classification import TokenClassificationData
+from lmtune.tasks.run_config import validate
 from lmtune.core.errors import LmtuneError
 from lmtune.data.conll import read_conll
 from lmtune.tasks import token_classification as tc
@@ -77,7 +78,7 @@ def write_jsonl(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Pat
 
 
 def data_cfg(**data: object) -> SimpleNamespace:
-    return SimpleNamespace(data=DataConfig.model_construct(train="", **data))
+    return SimpleNamespace(data=TokenClassificationData.model_construct(train="", **data))
 
 
 # ---------------------------------------------------------------- reading
@@ -116,7 +117,7 @@ def test_conll_line_without_tag_names_file_and_line(tmp_path):
 def test_jsonl_rows_and_mismatched_lengths(tmp_path):
     f = tmp_path / "rows.jsonl"
     f.write_text('{"words": ["EU", "rejects"], "ner": ["B-ORG", "O"]}\n{"words": ["a", "b"], "ner": ["O"]}\n')
-    d = DataConfig.model_construct(train="", tokens_column="words", tags_column="ner")
+    d = TokenClassificationData.model_construct(train="", tokens_column="words", tags_column="ner")
     with pytest.raises(LmtuneError, match=rf"{f}:2: 2 tokens in 'words' but 1 tags"):
         tc.read_sentences(f, d)
     f.write_text('{"words": ["EU", "rejects"], "ner": ["B-ORG", "O"]}\n')

@@ -11,7 +11,7 @@ import yaml
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lmtune.core import tracking
-from lmtune.core.config import validate
+from lmtune.tasks.run_config import validate
 from lmtune.core.errors import LmtuneError
 from lmtune.core.rundir import RunDir
 from lmtune.core.runtime import make_accelerator

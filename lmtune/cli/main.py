@@ -23,7 +23,7 @@ def _print_json(obj: object) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     # Everything that can be wrong in the config, the run folder or the data is said before torch is
     # imported (seconds): config, then folder, then data.
-    from ..core.config import load_config
+    from ..tasks.run_config import load_config
     from ..core.rundir import RunDir
     from ..tasks import get_task
 
@@ -425,7 +425,7 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
 def cmd_data_preview(args: argparse.Namespace) -> int:
     from ..core import models
-    from ..core.config import load_config
+    from ..tasks.run_config import load_config
     from ..data.readers import Table
     from ..tasks import get_task
     from ..tasks.causal_lm import show_mask
@@ -475,7 +475,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from ..core.config import TASK_ALIASES, reference
+    from ..tasks.registry import TASK_ALIASES
+    from ..tasks.run_config import reference
 
     task = TASK_ALIASES.get(args.task, args.task) if args.task is not None else None
     if task != args.task:
@@ -594,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..core.rundir import RESUMABLE
 
     from ..core import __version__
-    from ..core.config import TASK_ALIASES, task_aliases_text
+    from ..tasks.registry import TASK_ALIASES, task_aliases_text
 
     p = Parser(prog="lmtune", description="Fine-tune pretrained language models for your task.")
     p.add_argument("--version", action="version", version=f"lmtune {__version__}")

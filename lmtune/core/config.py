@@ -1,9 +1,10 @@
-"""The run config: typed sections, strict. The classes here are the schema; their docstrings are the help.
+"""The run config's shared sections: typed, strict. The classes here are the schema; their docstrings are
+the help. Each task adds its own data and eval keys in its module (lmtune/tasks/), and its run config
+is a subclass of RunConfig; lmtune/tasks/run_config.py puts them together.
 
-`load_config` reads YAML, applies `dotted.key=value` overrides and validates everything at once:
-a misspelled key (with the closest valid one suggested), a wrong type, an impossible value, a
-missing file, an unknown model, a strategy that does not fit the model. Every problem is listed with
-its key path in one `LmtuneError`, before any work starts.
+Here too: reading YAML, `dotted.key=value` overrides, and turning pydantic's errors into one line per
+problem with its key path (a misspelled key with the closest valid one suggested), so that
+`load_config` lists every problem at once in one `LmtuneError`, before any work starts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..tasks import TASKS
 from .errors import LmtuneError
 
 
@@ -62,17 +62,10 @@ class Section(BaseModel):
         fields = cls.model_fields
         return {k: number_from_text(v, fields[k].annotation) if k in fields else v for k, v in data.items()}
 
-
-def only(*tasks: str) -> dict[str, Any]:
-    """Field metadata: the key applies to these tasks only (giving it in a run of another task is a
-    config error; `lmtune keys --task` leaves it out)."""
-    return {"tasks": list(tasks)}
-
-
-def key_tasks(field: Any) -> list[str] | None:
-    """The tasks a config field applies to, or None for every task."""
-    extra = field.json_schema_extra
-    return extra.get("tasks") if isinstance(extra, dict) else None
+    def problems(self, check_files: bool = True) -> list[str]:
+        """What the schema cannot say (a key that contradicts another): a section with such a rule
+        adds its own lines to super()'s."""
+        return []
 
 
 class CleanConfig(Section):
@@ -158,20 +151,8 @@ class DataConfig(Section):
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "txt", "conll"] = Field(
         "auto", description="file format; auto goes by the file extension (token_classification: .conll and .txt are CoNLL)"
     )
-    columns: list[str] | None = Field(
-        None, min_length=1, description="column names of CSV/TSV files without a header (the first line is then "
-        "data), e.g. [text, label] for AG News; null: the first line is the header",
-        json_schema_extra=only("classification"),
-    )
-    text_column: str = Field("text", description="column with the input text", json_schema_extra=only("classification", "causal_lm", "masked_lm"))
-    text_pair_column: str | None = Field(None, description="second text column for pair tasks (NLI, similarity)", json_schema_extra=only("classification"))
-    label_column: str = Field("label", description="column with the label (string or integer)", json_schema_extra=only("classification"))
     validation_size: float = Field(
         0.1, gt=0, lt=1, description="share of train held out when no validation file is given"
-    )
-    group_column: str | None = Field(
-        None, description="automatic validation split (classification, causal_lm): rows sharing a value of this "
-        "column (a conversation, a document, an author) stay on one side", json_schema_extra=only("classification", "causal_lm")
     )
     max_length: MaxLength = Field(
         "auto", description="tokens per input (longer ones are cut, counted) or per block/window; auto: the 99th "
@@ -179,57 +160,8 @@ class DataConfig(Section):
         "8192 / train.batch_size (the length rule: a batch holds at most 8192 tokens; micro-batches keep its memory within the budget); blocks (masked_lm, "
         "causal_lm text): 256, capped the same way; question_answering windows: the percentile, at most 384",
     )
-    augment: AugmentConfig | None = Field(
-        None, description="classification, token_classification: EDA augmentation of the training split (never validation or test); null: none", json_schema_extra=only("classification", "token_classification")
-    )
-    clean: CleanConfig | None = Field(
-        None, description="classification: clean the training file before the split (see data.clean.*); null: as it is", json_schema_extra=only("classification")
-    )
-    # causal_lm
-    shape: Literal["auto", "text", "instruction", "chat"] = Field(
-        "auto", description="causal_lm data: plain text, instruction rows or chats; auto looks at the columns", json_schema_extra=only("causal_lm")
-    )
-    instruction_column: str = Field("instruction", description="instruction rows: the instruction", json_schema_extra=only("causal_lm"))
-    input_column: str = Field("input", description="instruction rows: optional extra input", json_schema_extra=only("causal_lm"))
-    response_column: str = Field("output", description="instruction rows: the response to learn", json_schema_extra=only("causal_lm"))
-    messages_column: str = Field("messages", description="chat rows: list of {role, content} (or ShareGPT conversations)", json_schema_extra=only("causal_lm"))
-    prompt_template: str | None = Field(
-        None, description="instruction prompt from columns, e.g. 'Summarize:\\n{dialogue}' (default: instruction + input)", json_schema_extra=only("causal_lm")
-    )
-    train_on_prompt: bool = Field(False, description="also train on prompt tokens (default: responses only)", json_schema_extra=only("causal_lm"))
-    packing: bool = Field(False, description="pack examples into full rows without cross-attention", json_schema_extra=only("causal_lm"))
     # token_classification
-    tag_column_index: int = Field(
-        -1, description="CoNLL files: the column with the tag (0 is the token; -1: the last, as in CoNLL-2003)", json_schema_extra=only("token_classification")
-    )
-    tokens_column: str = Field("tokens", description="token_classification JSON rows: the list of tokens", json_schema_extra=only("token_classification"))
-    tags_column: str = Field("tags", description="token_classification JSON rows: the list of tags, one per token", json_schema_extra=only("token_classification"))
-    tag_scheme: Literal["IOB1", "IOB2", "BIOES"] = Field(
-        "IOB2", description="tag scheme for entity metrics (seqeval; strict for IOB2 and BIOES) and entity spans", json_schema_extra=only("token_classification")
-    )
-    label_all_subwords: bool = Field(
-        False, description="train on every subword of a word (continuations as I-), not only the first", json_schema_extra=only("token_classification")
-    )
-    doc_stride: int = Field(
-        32, ge=0,
-        description="sentences (token_classification) or contexts (question_answering) longer than max_length are cut into windows overlapping by this many tokens", json_schema_extra=only("token_classification", "question_answering"),
-    )
-    # masked_lm
-    mlm_probability: float = Field(
-        0.15, gt=0, lt=1, description="masked_lm: share of tokens masked (80% [MASK], 10% random, 10% unchanged)", json_schema_extra=only("masked_lm")
-    )
-    whole_word_mask: bool = Field(False, description="masked_lm: mask all subwords of a chosen word together", json_schema_extra=only("masked_lm"))
     # question_answering
-    question_column: str = Field("question", description="question_answering rows: the question", json_schema_extra=only("question_answering"))
-    context_column: str = Field("context", description="question_answering rows: the text that holds the answer", json_schema_extra=only("question_answering"))
-    answers_column: str = Field(
-        "answers", description="question_answering rows: {text: [...], answer_start: [...]} (SQuAD JSON is read as it is)", json_schema_extra=only("question_answering")
-    )
-    max_answer_length: int = Field(30, ge=1, description="question_answering: longest answer span predicted, in tokens", json_schema_extra=only("question_answering"))
-    max_broken_answers: float = Field(
-        0.05, ge=0, le=1,
-        description="question_answering: share of answers whose answer_start misses their text that may be dropped (more is an error)", json_schema_extra=only("question_answering"),
-    )
 
 
 class EvalConfig(Section):
@@ -241,15 +173,6 @@ class EvalConfig(Section):
         1000, ge=0, description="score a seeded sample of this many training rows at every evaluation, at most as "
         "many as the validation rows (the overfitting diagnosis compares the two); 0: none"
     )
-    forgetting: bool | str = Field(
-        False, description="causal_lm and masked_lm: the perplexity of a general-domain text at every evaluation, "
-        "beside the base model's (did tuning make the model worse at what it knew?); true: the text that ships "
-        "with lmtune, or a text file (.txt, one passage a line, or .jsonl with a text field)",
-        json_schema_extra=only("causal_lm", "masked_lm"),
-    )
-
-    generate_rows: int = Field(16, ge=0, description="validation rows to generate for (ROUGE, BLEU, chrF); 0: none", json_schema_extra=only("causal_lm"))
-    max_new_tokens: int = Field(64, ge=1, description="new tokens per generation", json_schema_extra=only("causal_lm"))
 
 
 class FullStrategy(Section):
@@ -448,40 +371,12 @@ class SearchConfig(Section):
     parallel: int = Field(1, ge=1, description="trials at once on this machine, each a process with its share of the CPU threads (or its own GPU)")
 
 
-# The names users type for a task, read as the task's own name (the run's config.yaml holds the real one).
-TASK_ALIASES: dict[str, str] = {
-    "ner": "token_classification",
-    "qa": "question_answering",
-    "sentiment": "classification",
-    "sft": "causal_lm",
-    "chat": "causal_lm",
-    "instruct": "causal_lm",
-    "generation": "causal_lm",
-    "mlm": "masked_lm",
-}
-
-
-def task_aliases_text() -> str:
-    """`ner = token_classification, ...`, for help texts."""
-    return ", ".join(f"{alias} = {task}" for alias, task in TASK_ALIASES.items())
-
-
-def resolve_task(raw: dict[str, Any]) -> dict[str, Any]:
-    """Replace an alias in raw["task"] (ner, qa, sft, ...) by the task's name, in place."""
-    task = raw.get("task")
-    if isinstance(task, str) and task.strip().lower() in TASK_ALIASES:
-        raw["task"] = TASK_ALIASES[task.strip().lower()]
-    return raw
-
-
 class RunConfig(Section):
-    """One fine-tuning run."""
+    """One fine-tuning run: the sections every task has. A task's run config (in its module under
+    lmtune/tasks/) is a subclass with the task's name and its own data and eval sections."""
 
     model: str = Field(description="short name (lmtune models), a Hugging Face folder or a .gguf file")
-    task: Literal["classification", "causal_lm", "token_classification", "masked_lm", "question_answering"] = Field(
-        "classification", description="what to fine-tune for (token_classification: named entities, tags per word); "
-        "also read: " + task_aliases_text()
-    )
+    task: str = Field(description="what to fine-tune for (token_classification: named entities, tags per word)")
     output_dir: str | None = Field(None, description="run folder; default runs/<config name>")
     data: DataConfig
     strategy: Strategy = Field(default_factory=FullStrategy)
@@ -490,13 +385,10 @@ class RunConfig(Section):
     search: SearchConfig | None = Field(None, description="read by lmtune search only")
 
     def to_yaml(self) -> str:
-        """The resolved config: every key of this task, defaults filled (other tasks' keys left out)."""
+        """The resolved config: every key of this task, defaults filled."""
         raw = self.model_dump(mode="json")
         if raw.get("search") is None:
             raw.pop("search", None)
-        for section in ("data", "eval"):
-            fields = type(getattr(self, section)).model_fields
-            raw[section] = {k: v for k, v in raw[section].items() if self.task in (key_tasks(fields[k]) or [self.task])}
         return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -594,12 +486,12 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
 # ---------------------------------------------------------------- validation
 
 
-def _section_class(loc: tuple[Any, ...], raw: dict[str, Any]) -> type[BaseModel] | None:
+def _section_class(loc: tuple[Any, ...], raw: dict[str, Any], root: type[RunConfig]) -> type[BaseModel] | None:
     """The config class that owns the key at `loc` (for suggesting close matches)."""
-    cls: type[BaseModel] = RunConfig
+    cls: type[BaseModel] = root
     node: Any = raw
     for part in loc:
-        if part == "strategy" and cls is RunConfig:
+        if part == "strategy" and cls is root:
             name = node.get("strategy", {}).get("name", "full") if isinstance(node, dict) else "full"
             cls = STRATEGY_CLASSES.get(name, FullStrategy)
             node = node.get("strategy", {})
@@ -616,14 +508,13 @@ def _section_class(loc: tuple[Any, ...], raw: dict[str, Any]) -> type[BaseModel]
     return cls
 
 
-def _keys_named(name: str, raw: dict[str, Any]) -> list[str]:
-    """The config keys (of the run's task) whose last part is `name`, in schema order."""
-    task = raw.get("task")
-    keys = [row[0] for row in reference(task if isinstance(task, str) and task in TASKS else None) if row[1]]
+def _keys_named(name: str, root: type[RunConfig]) -> list[str]:
+    """The config keys of a run config class whose last part is `name`, in schema order."""
+    keys = [row[0] for row in config_rows(root) if row[1]]
     return list(dict.fromkeys(k for k in keys if k.rsplit(".", 1)[-1] == name))
 
 
-def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
+def _format_error(err: dict[str, Any], raw: dict[str, Any], root: type[RunConfig]) -> str:
     loc = list(err["loc"])
     # A discriminated union puts the tag into the path: strategy.partial.freeze_layers.
     if len(loc) >= 2 and loc[0] == "strategy" and loc[1] in STRATEGY_CLASSES:
@@ -631,12 +522,12 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in loc)
     kind = err["type"]
     if kind == "extra_forbidden":
-        owner = _section_class(tuple(loc[:-1]), raw)
+        owner = _section_class(tuple(loc[:-1]), raw, root)
         valid = list(owner.model_fields) if owner else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         # a typo of a key of this section, else the same name in another section (`lr` for train.lr)
         meant = [".".join([*map(str, loc[:-1]), close[0]])] if close else \
-            [k for k in _keys_named(str(loc[-1]), raw) if k != key]
+            [k for k in _keys_named(str(loc[-1]), root) if k != key]
         hint = " (did you mean " + " or ".join(f"'{k}'" for k in meant) + "?)" if meant else ""
         if not meant and valid:
             hint = f" (valid keys here: {', '.join(valid)})"
@@ -654,42 +545,21 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     return f"{key}: {err['msg'].lower()}{shown}"
 
 
-def validate(raw: dict[str, Any], *, check_files: bool = True) -> RunConfig:
-    """Validate a raw mapping into a RunConfig; raise LmtuneError listing every problem."""
-    resolve_task(raw)
-    misplaced = inapplicable_keys(raw)
+def schema_problems(root: type[RunConfig], raw: dict[str, Any]) -> tuple[RunConfig | None, list[str]]:
+    """The raw mapping validated against a run config class: the config, or None and a line per
+    problem with its key path."""
     try:
-        cfg = RunConfig.model_validate(raw)
+        return root.model_validate(raw), []
     except ValidationError as e:
-        problems = [_format_error(err, raw) for err in e.errors()]
-        # `modle:` is reported once, as a typo for model, not also as a missing `model`.
-        suggested = {p.split("did you mean '")[1].split("'")[0] for p in problems if "did you mean '" in p}
-        problems = [p for p in problems if not (p.endswith("required key is missing") and p.split(":")[0] in suggested)]
-        raise LmtuneError(*problems, *misplaced) from None
-    problems = misplaced + semantic_problems(cfg, check_files=check_files)
-    if problems:
-        raise LmtuneError(*problems)
-    return cfg
+        problems = [_format_error(err, raw, root) for err in e.errors()]
+    # `modle:` is reported once, as a typo for model, not also as a missing `model`.
+    suggested = {p.split("did you mean '")[1].split("'")[0] for p in problems if "did you mean '" in p}
+    return None, [p for p in problems if not (p.endswith("required key is missing") and p.split(":")[0] in suggested)]
 
 
-def inapplicable_keys(raw: dict[str, Any]) -> list[str]:
-    """Keys given (in the raw mapping, so alongside any other problem) for a task other than the
-    run's: they would be ignored, so they are errors."""
-    task = raw.get("task", RunConfig.model_fields["task"].default)
-    problems = []
-    for section, cls in (("data", DataConfig), ("eval", EvalConfig)):
-        given = raw.get(section)
-        for name in given if isinstance(given, dict) else []:
-            tasks = key_tasks(cls.model_fields[name]) if name in cls.model_fields else None
-            if tasks and task not in tasks:
-                which = "task " + tasks[0] if len(tasks) == 1 else "tasks " + ", ".join(tasks[:-1]) + " and " + tasks[-1]
-                problems.append(f"{section}.{name} applies to {which} only, not to this run's task {task}")
-    return problems
-
-
-def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
-    """Problems that need more than the schema: files, the model, the metric, the strategy's fit."""
-    from ..tasks import get_task
+def shared_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
+    """Problems that need more than the schema, in the sections every task has: files, the model, the
+    strategy's fit; then each section's own rules (Section.problems)."""
     from . import models
 
     problems = []
@@ -698,32 +568,17 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
             path = getattr(cfg.data, key)
             if path is not None and not Path(path).is_file():
                 problems.append(f"data.{key}: file not found: {path}")
-    task = get_task(cfg.task)
-    if cfg.task == "token_classification" and cfg.data.tag_column_index == 0:
-        problems.append("data.tag_column_index: 0 is the token column; the tag is in another column (-1: the last)")
     if cfg.train.distributed == "fsdp" and cfg.strategy.name == "lora":
         problems.append("train.distributed: fsdp is not offered with strategy lora (its frozen base model is what "
                         "fits on each device); use ddp")
     if isinstance(cfg.train.micro_batch_size, int) and cfg.train.micro_batch_size > cfg.train.batch_size:
         problems.append(f"train.micro_batch_size: {cfg.train.micro_batch_size} is more than train.batch_size "
                         f"({cfg.train.batch_size}), which it splits")
-    if cfg.data.group_column is not None and cfg.task in key_tasks(DataConfig.model_fields["group_column"]) \
-            and cfg.data.validation is not None:
-        problems.append("data.group_column: only the automatic validation split uses it, and data.validation is given")
-    if cfg.data.augment is not None and cfg.data.augment.synonyms and check_files and not Path(cfg.data.augment.synonyms).is_file():
-        problems.append(f"data.augment.synonyms: file not found: {cfg.data.augment.synonyms}")
-    if cfg.train.metric is None:
-        cfg.train.metric = task.METRICS[0]
-    if cfg.train.metric not in task.METRICS:
-        problems.append(
-            f"train.metric: {cfg.train.metric!r} is not reported by task {cfg.task}; "
-            f"choose one of {', '.join(task.METRICS)}"
-        )
+    problems += cfg.data.problems(check_files) + cfg.eval.problems(check_files)
     try:
         info = models.describe(cfg.model)
     except LmtuneError as e:
-        problems.extend(f"model: {p}" for p in e.problems)
-        return problems
+        return problems + [f"model: {p}" for p in e.problems]
     if isinstance(cfg.strategy, PartialStrategy) and cfg.strategy.freeze_layers > info.num_layers:
         problems.append(
             f"strategy.freeze_layers: {cfg.strategy.freeze_layers} is more than the "
@@ -741,49 +596,18 @@ def semantic_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config, apply overrides, fill the default output_dir, and validate it. Without a
-    path, the overrides are the whole config (`model=minilm-l6 data.train=reviews.csv`)."""
-    raw = apply_overrides(read_yaml(path) if path is not None else {}, overrides or [])
-    raw["output_dir"] = output_dir_of(path, raw)
-    return validate(raw)
-
-
-def output_dir_of(path: str | Path | None, raw: dict[str, Any]) -> str:
-    """The run folder of a config (read from `path`, overrides applied): its output_dir, by default
-    runs/<config file name> (runs/<task> for a config of overrides only)."""
-    if raw.get("output_dir") is not None:
-        return raw["output_dir"]
-    resolve_task(raw)
-    name = Path(path).stem if path is not None else str(raw.get("task") or "classification")
-    return str(Path("runs") / name)
-
-
-def as_config(config: RunConfig | str | Path | dict[str, Any]) -> RunConfig:
-    if isinstance(config, RunConfig):
-        return config
-    if isinstance(config, dict):
-        raw = dict(config)
-        raw.setdefault("output_dir", "runs/run")
-        return validate(raw)
-    return load_config(config)
-
-
-def reference(task: str | None = None) -> list[tuple[str, str, str, str]]:
-    """(key, type, default, description) for every config key, strategies included; with `task`,
-    only the keys that apply to that task."""
+def config_rows(root: type[RunConfig]) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) for every key of a run config class, strategies included."""
     rows: list[tuple[str, str, str, str]] = []
 
     def walk(cls: type[BaseModel], prefix: str) -> None:
         for name, f in cls.model_fields.items():
             key = f"{prefix}{name}"
-            if task is not None and task not in (key_tasks(f) or [task]):
-                continue
             ann = f.annotation
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, key + ".")
                 continue
-            if name == "strategy" and cls is RunConfig:
+            if name == "strategy" and cls is root:
                 for sname, scls in STRATEGY_CLASSES.items():
                     rows.append((f"strategy.name: {sname}", "", "", (scls.__doc__ or "").strip()))
                     walk(scls, "strategy.")
@@ -800,5 +624,5 @@ def reference(task: str | None = None) -> list[tuple[str, str, str, str]]:
                 if isinstance(inner, type) and issubclass(inner, BaseModel):
                     walk(inner, below)
 
-    walk(RunConfig, "")
+    walk(root, "")
     return rows

@@ -17,8 +17,9 @@ other labels' scores):
 A word's attribution is the sum of its sub-tokens'; special tokens are not shown as words (the
 baseline keeps them, so theirs is zero) but stay in the sum that `delta` checks.
 
-What the task explains is a small registry here (`EXPLAINED`): a task without an entry (question
-answering, generation, masked LM) is refused with one clear line.
+What a task explains (its `Task.explain`: the label, or each word's tag) picks its entry here
+(`EXPLAINED`); a task that explains nothing (question answering, generation, masked LM) is refused
+with one clear line.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..core.errors import LmtuneError, option
+from ..tasks import get_task
+from ..tasks.registry import all_tasks
 
 if TYPE_CHECKING:
     import torch
@@ -159,22 +162,24 @@ class _Explained:
     per_word: bool  # a prediction per word (`word` chooses one)
 
 
+# by what a task explains (Task.explain): its predicted label, or each word's tag
 EXPLAINED: dict[str, _Explained] = {
-    "classification": _Explained(_predicted_label, lambda p: p.max_length, per_word=False),
-    "token_classification": _Explained(_tagged_words, lambda p: p.data.max_length, per_word=True),  # its window
+    "label": _Explained(_predicted_label, lambda p: p.max_length, per_word=False),
+    "words": _Explained(_tagged_words, lambda p: p.data.max_length, per_word=True),  # its window
 }
 
 
 def check_explainable(task: str, where: str | Path, word: int | None = None) -> _Explained:
     """What the task explains; an LmtuneError for a task that explain does not support, or for a
     chosen word where the task predicts one label per input."""
-    if task not in EXPLAINED:
-        raise LmtuneError(f"{where}: explain supports classification and token_classification runs; "
-                          f"this is a {task} run")
-    if word is not None and not EXPLAINED[task].per_word:
+    kind = get_task(task).explain
+    if kind is None:
+        explained = [t.name for t in all_tasks() if t.explain is not None]
+        raise LmtuneError(f"{where}: explain supports {' and '.join(explained)} runs; this is a {task} run")
+    if word is not None and not EXPLAINED[kind].per_word:
         raise LmtuneError(f"{option('--word', 'word')}: a {task} model predicts one label per input, "
                           "not one per word; leave it out")
-    return EXPLAINED[task]
+    return EXPLAINED[kind]
 
 
 # ---------------------------------------------------------------- inputs

@@ -53,7 +53,7 @@ class Predictor:
         cfg = self.cfg
         # the run's data settings, or the defaults for a bare model folder (which has no training
         # data to size inputs by: windows and blocks of 256 tokens, single texts up to 512)
-        self.data: DataConfig = cfg.data if cfg else DataConfig(train="", max_length=256, **self.task.bare_data(self.labels))
+        self.data: DataConfig = cfg.data if cfg else self.task.data_section(train="", max_length=256, **self.task.bare_data(self.labels))
         self.max_length: int = cfg.data.max_length if cfg else 512
         self.batch_size: int = (cfg.train.eval_batch_size or 2 * cfg.train.batch_size) if cfg else 64
         self.accelerator = make_accelerator(cfg.train.precision if cfg else "auto")

@@ -14,9 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..core.config import DataConfig, key_tasks
+from ..core.config import DataConfig
 from ..core.errors import LmtuneError
 from ..tasks import get_task
+from ..tasks.run_config import key_tasks
 from .saved_run import SavedRun, did_you_mean, read_for_inference
 
 PEEK_ROWS = 256  # rows of an input file that predict reads (and checks) before the model is loaded
@@ -91,8 +92,8 @@ def with_columns(saved: SavedRun, data: DataConfig, columns: dict[str, tuple[str
     for key, (flag, name) in columns.items():
         if name is None:
             continue
-        tasks = key_tasks(DataConfig.model_fields[key])
-        if tasks and saved.task not in tasks:
+        tasks = key_tasks("data", key)
+        if not get_task(saved.task).reads("data", key):
             raise LmtuneError(f"{flag}: a {saved.task} model does not read data.{key} (only {', '.join(tasks)} do)")
         update[key] = name
     if not update:
@@ -111,7 +112,7 @@ def check_run_and_file(target: str, path: str, *, columns: list[str] | None,
     saved = read_for_inference(target)
     task = get_task(saved.task)
     labels = _labels(saved)
-    data = saved.cfg.data if saved.cfg is not None else DataConfig(train="", max_length=256, **task.bare_data(labels))
+    data = saved.cfg.data if saved.cfg is not None else task.data_section(train="", max_length=256, **task.bare_data(labels))
     saved, data = with_columns(saved, data, renamed)
     file = check_readable(path)
     reading = Reading(saved, data, labels)

@@ -14,6 +14,9 @@ import yaml
 from ..core import models
 from ..core.config import RunConfig
 from ..core.errors import LmtuneError, option
+from ..tasks import DEFAULT_TASK
+from ..tasks.registry import all_tasks
+from ..tasks.run_config import saved_config
 
 
 @dataclass(frozen=True)
@@ -47,19 +50,18 @@ def _info(model_dir: Path) -> dict[str, Any]:
 
 def _task_of(model_dir: Path, info: dict[str, Any]) -> str:
     """The task of a model folder without a run config: what lmtune.json or the architecture
-    (or an adapter's task type) says, else classification."""
+    (or an adapter's task type: a causal LM's is generative) says, else the default task."""
     if info.get("task"):
         return info["task"]
     adapter = model_dir / "adapter_config.json"
     if adapter.is_file() and json.loads(adapter.read_text()).get("task_type") == "CAUSAL_LM":
-        return "causal_lm"
+        return next(t.name for t in all_tasks() if t.GENERATIVE)
     config = model_dir / "config.json"
     architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
-    for suffix, task in (("ForCausalLM", "causal_lm"), ("ForTokenClassification", "token_classification"),
-                         ("ForQuestionAnswering", "question_answering"), ("ForMaskedLM", "masked_lm")):
-        if any(a.endswith(suffix) for a in architectures):
-            return task
-    return "classification"
+    for task in all_tasks():
+        if any(a.endswith(task.head_suffix()) for a in architectures):
+            return task.name
+    return DEFAULT_TASK
 
 
 def did_you_mean(path: Path, *, folders: bool = True) -> str:
@@ -80,7 +82,7 @@ def read_run(target: str | Path) -> SavedRun:
     if _is_model_dir(path / "model"):
         cfg = None
         if (path / "config.yaml").is_file():
-            cfg = RunConfig.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
+            cfg = saved_config(yaml.safe_load((path / "config.yaml").read_text()))
         model_dir = path / "model"
     elif _is_model_dir(path):
         cfg, model_dir = None, path

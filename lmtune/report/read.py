@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import LmtuneError
+from ..tasks import DEFAULT_TASK, get_task
 
 EXPECTED = ("a run folder (config.yaml with history.jsonl or metrics.json), a search folder (search.yaml, "
             "trials/) or a compare folder (compare.json)")
@@ -35,7 +36,7 @@ class Run:
 
     @property
     def task(self) -> str:
-        return str(self.config.get("task") or "classification")
+        return str(self.config.get("task") or DEFAULT_TASK)
 
     @property
     def finished(self) -> bool:
@@ -58,8 +59,6 @@ class Run:
 
 def task_metrics(task: str) -> tuple[str, ...]:
     """The metric names a task reports, in its order (() for a task this version does not know)."""
-    from ..tasks import get_task
-
     try:
         return tuple(get_task(task).METRICS)
     except LmtuneError:
@@ -67,8 +66,6 @@ def task_metrics(task: str) -> tuple[str, ...]:
 
 
 def greater_is_better(task: str, metric: str) -> bool:
-    from ..tasks import get_task
-
     try:
         return bool(get_task(task).GREATER_IS_BETTER.get(metric, metric not in ("loss", "perplexity")))
     except LmtuneError:
@@ -198,3 +195,11 @@ def expand(paths: list[Path]) -> list[Run]:
         if names.count(name) > 1:
             names[i] = str(found[i][0])
     return [read_run(p, n, s) for (p, _, s, _), n in zip(found, names)]
+
+
+def per_class_title(task: str) -> str:
+    """The title of the report's per-label table ("Per class"; a task may name its labels otherwise)."""
+    try:
+        return get_task(task).per_class_title
+    except LmtuneError:
+        return "Per class"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .read import Run
+from .read import Run, per_class_title
 from .tables import Figures, Section, esc, number, table
 
 CONFIDENT_ERRORS = 10
@@ -18,7 +18,6 @@ SENTENCES = 8
 ANSWERS = 12
 GENERATIONS = 10
 TEXT_CHARS = 400  # a longer text is cut in the tables (the whole row is in validation_samples.jsonl)
-PER_CLASS_TITLE = {"token_classification": "Per entity type"}  # the others: "Per class"
 
 
 def _cut(text: Any, limit: int = TEXT_CHARS) -> str:
@@ -35,7 +34,7 @@ def per_class(run: Run) -> Section | None:
     rows = (run.metrics.get("validation") or {}).get("per_class")
     if not isinstance(rows, dict) or not rows:
         return None
-    title = PER_CLASS_TITLE.get(run.task, "Per class")
+    title = per_class_title(run.task)
     body = table([title.removeprefix("Per ").lower(), "precision", "recall", "F1", "support"],
                  [[name, r.get("precision"), r.get("recall"), r.get("f1-score"), r.get("support")]
                   for name, r in rows.items() if isinstance(r, dict)])

@@ -14,17 +14,51 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
+from pydantic import Field
 
+from ..core.config import DataConfig, EvalConfig, RunConfig
 from ..core.errors import LmtuneError, option
 from ..core.runtime import log
 from ..data.readers import Table, read_table
 from ..data.split import grouped_holdout, random_holdout
 from .chat import prompt_text, render_chat
 from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, percentile_length
+from .contract import Task
 from .decoding import turn_end_ids
+from .sections import Forgetting, GroupColumn, TextColumn
+
+
+class CausalLMData(GroupColumn, TextColumn, DataConfig):
+    """data: keys of causal_lm runs."""
+
+    shape: Literal["auto", "text", "instruction", "chat"] = Field(
+        "auto", description="causal_lm data: plain text, instruction rows or chats; auto looks at the columns"
+    )
+    instruction_column: str = Field("instruction", description="instruction rows: the instruction")
+    input_column: str = Field("input", description="instruction rows: optional extra input")
+    response_column: str = Field("output", description="instruction rows: the response to learn")
+    messages_column: str = Field("messages", description="chat rows: list of {role, content} (or ShareGPT conversations)")
+    prompt_template: str | None = Field(
+        None, description="instruction prompt from columns, e.g. 'Summarize:\\n{dialogue}' (default: instruction + input)"
+    )
+    train_on_prompt: bool = Field(False, description="also train on prompt tokens (default: responses only)")
+    packing: bool = Field(False, description="pack examples into full rows without cross-attention")
+
+
+class CausalLMEval(Forgetting, EvalConfig):
+    """eval: keys of causal_lm runs."""
+
+    generate_rows: int = Field(16, ge=0, description="validation rows to generate for (ROUGE, BLEU, chrF); 0: none")
+    max_new_tokens: int = Field(64, ge=1, description="new tokens per generation")
+
+
+class CausalLMConfig(RunConfig):
+    task: Literal["causal_lm"] = "causal_lm"
+    data: CausalLMData
+    eval: CausalLMEval = Field(default_factory=CausalLMEval)
 
 METRICS = ("loss", "perplexity")
 GREATER_IS_BETTER = {"loss": False, "perplexity": False}
@@ -634,9 +668,7 @@ def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | No
     column (a plain prompt: a user message unless raw, see _generations). The tokenizer is asked for
     only where a chat template applies (lmtune predict reads rows before it is loaded)."""
     if "messages" in row or "conversations" in row:
-        from ..core.config import RunConfig
-
-        cfg = session.cfg or RunConfig.model_validate({"model": "x", "data": {"train": "x"}})
+        cfg = session.cfg or CausalLMConfig.model_validate({"model": "x", "data": {"train": "x"}})
         messages = messages_of(row, where, cfg, need_answer=False)
         reference = None
         if messages[-1]["role"] == "assistant":
@@ -761,3 +793,6 @@ def evaluate_labelled(session: Any, labelled: tuple[Table, str]) -> dict[str, An
     metrics["examples"] = len(table)
     metrics["truncated"] = truncated
     return metrics
+
+
+TASK = Task.of(sys.modules[__name__], name="causal_lm", config=CausalLMConfig, compile_by_default=True, few_examples=10_000)

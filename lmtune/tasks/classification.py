@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from ..core import models
+from ..core.config import CleanConfig, DataConfig, EvalConfig, RunConfig
 from ..core.errors import LmtuneError
 from ..data.readers import Table, read_table
 from ..data.split import grouped_split
 from .common import LengthChoice, TaskData, examples_in, load_labelled_model, percentile_length, tokenize_texts
+from .contract import Task
+from .inputs import check_texts, no_template, read_texts, text_chunks
+from .sections import Augmented, GroupColumn, TextColumn
+
+
+class ClassificationData(Augmented, GroupColumn, TextColumn, DataConfig):
+    """data: keys of classification runs."""
+
+    columns: list[str] | None = Field(
+        None, min_length=1, description="column names of CSV/TSV files without a header (the first line is then "
+        "data), e.g. [text, label] for AG News; null: the first line is the header",
+    )
+    text_pair_column: str | None = Field(None, description="second text column for pair tasks (NLI, similarity)")
+    label_column: str = Field("label", description="column with the label (string or integer)")
+    clean: CleanConfig | None = Field(
+        None, description="classification: clean the training file before the split (see data.clean.*); null: as it is"
+    )
+
+
+class ClassificationConfig(RunConfig):
+    task: Literal["classification"] = "classification"
+    data: ClassificationData
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 METRICS = (
     "accuracy",
@@ -117,7 +144,6 @@ def load_data(cfg: Any) -> TaskData:
 
 
 def _augment(train: Table, cfg: Any) -> tuple[Table, str, dict[str, Any]]:
-    from ..core import models
     from ..data.augment import AugmentOptions, Skipped, augment_rows, gather_synonyms
 
     d, a = cfg.data, cfg.data.augment
@@ -261,15 +287,11 @@ def bare_data(labels: list[str]) -> dict[str, Any]:
 
 
 def read_inputs(session: Any, path: Any, columns: list[str] | None, template: str | None) -> tuple[Table, list[Any], list[str] | None]:
-    from .inputs import no_template, read_texts
-
     no_template(session, template)
     return read_texts(session, path, columns)
 
 
 def input_chunks(session: Any, path: Any, columns: list[str] | None, template: str | None, rows: int) -> Any:
-    from .inputs import no_template, text_chunks
-
     no_template(session, template)
     return text_chunks(session, path, columns, rows)
 
@@ -277,8 +299,6 @@ def input_chunks(session: Any, path: Any, columns: list[str] | None, template: s
 def _split_pairs(inputs: list[Any], pairs: list[str] | None) -> tuple[list[str], list[str | None] | None]:
     """Texts and second texts from Python inputs: texts (with `pairs`), [text, text_pair] or
     {text, text_pair}, mixed as they come. A single text among pairs has a second text of None."""
-    from .inputs import check_texts
-
     if pairs is not None or all(isinstance(x, str) for x in inputs):
         if pairs is not None and len(pairs) != len(inputs):
             raise LmtuneError(f"{len(inputs)} texts but {len(pairs)} second texts")
@@ -352,3 +372,6 @@ def evaluate_labelled(session: Any, labelled: tuple[list[str], list[str] | None,
     metrics = compute_metrics({"logits": scores, "references": np.array(refs), "loss": loss.numpy()}, session.labels)
     metrics["examples"] = len(refs)
     return metrics
+
+
+TASK = Task.of(sys.modules[__name__], name="classification", config=ClassificationConfig, explain="label")

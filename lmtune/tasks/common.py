@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import LmtuneError
+from ..core.models import load_pretrained
 from ..data.readers import Table
 
 
@@ -115,8 +116,6 @@ def tokenize_texts(
 
 def load_labelled_model(auto_model: str, path: Any, cfg: Any, labels: list[str], attn_implementation: str | None) -> Any:
     """A pretrained model with a fresh head of one output per label, the labels named in its config."""
-    from ..core.models import load_pretrained
-
     return load_pretrained(
         auto_model,
         path,

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..core.errors import LmtuneError, option
-from ..data.readers import Table, read_table
+from ..data.readers import RowReader, Table, read_table, text_lines
+from ..data.table import _text
 
 
 def column_names(session: Any, path: Path, columns: list[str] | None, *, named: bool) -> list[str] | None:
@@ -20,7 +21,7 @@ def column_names(session: Any, path: Path, columns: list[str] | None, *, named: 
         return None
     if columns is not None:
         return columns
-    run = session.cfg.data.columns if session.cfg is not None else None
+    run = getattr(session.cfg.data, "columns", None) if session.cfg is not None else None  # (classification has it)
     return run if run and path.suffix.lower() in (".csv", ".tsv") else None
 
 
@@ -32,8 +33,6 @@ def no_template(session: Any, template: str | None) -> None:
 
 def read_lines(path: Path) -> Table:
     """A .txt file: one text per non-empty line (the line numbers kept for messages)."""
-    from ..data.table import _text
-
     rows = [(n, line) for n, line in enumerate(_text(path).splitlines(), start=1) if line.strip()]
     if not rows:
         raise LmtuneError(f"{path}: no examples in the file")
@@ -73,8 +72,6 @@ def streamable(path: Path) -> bool:
 def table_chunks(path: Path, columns: list[str] | None, rows: int = CHUNK_ROWS) -> Iterator[Table]:
     """A .csv, .tsv or .jsonl file (or a .txt file, one text per line, as a "text" column) as tables
     of at most `rows` rows, read one line at a time."""
-    from ..data.readers import RowReader, text_lines
-
     reader = None if path.suffix.lower() == ".txt" else RowReader(path, columns=columns)
     if reader is None:
         numbered: Iterator[tuple[int, dict[str, Any]]] = (

@@ -14,16 +14,43 @@ token_classification run can start from <run>/model (the MLM head is dropped the
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from ..core.config import DataConfig, EvalConfig, RunConfig
 from ..core.errors import LmtuneError
+from ..core.models import load_pretrained
 from ..data.readers import Table
 from ..data.split import random_holdout
 from .causal_lm import read_texts
 from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, labelled_tokens, tokenize_texts
+from .contract import Task
+from .inputs import check_texts, column_names, no_template, text_chunks
+from .inputs import read_texts as read_input_texts
+from .sections import Forgetting, TextColumn
+
+
+class MaskedLMData(TextColumn, DataConfig):
+    """data: keys of masked_lm runs."""
+
+    mlm_probability: float = Field(
+        0.15, gt=0, lt=1, description="masked_lm: share of tokens masked (80% [MASK], 10% random, 10% unchanged)"
+    )
+    whole_word_mask: bool = Field(False, description="masked_lm: mask all subwords of a chosen word together")
+
+
+class MaskedLMEval(Forgetting, EvalConfig):
+    """eval: keys of masked_lm runs."""
+
+
+class MaskedLMConfig(RunConfig):
+    task: Literal["masked_lm"] = "masked_lm"
+    data: MaskedLMData
+    eval: MaskedLMEval = Field(default_factory=MaskedLMEval)
 
 METRICS = ("loss", "perplexity")
 GREATER_IS_BETTER = {"loss": False, "perplexity": False}
@@ -229,8 +256,6 @@ def mask_once(blocks: list[dict[str, Any]], tokenizer: Any, cfg: Any) -> list[di
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    from ..core.models import load_pretrained
-
     return load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
 
 
@@ -292,16 +317,12 @@ def bare_data(labels: list[str]) -> dict[str, Any]:
 
 
 def read_inputs(session: Any, path: Any, columns: list[str] | None, template: str | None) -> tuple[Table, list[Any], None]:
-    from .inputs import no_template, read_texts
-
     no_template(session, template)
-    table, texts, _ = read_texts(session, path, columns)
+    table, texts, _ = read_input_texts(session, path, columns)
     return table, texts, None
 
 
 def input_chunks(session: Any, path: Any, columns: list[str] | None, template: str | None, rows: int) -> Any:
-    from .inputs import no_template, text_chunks
-
     no_template(session, template)
     for table, texts, _ in text_chunks(session, path, columns, rows):
         yield table, texts, None
@@ -312,8 +333,6 @@ def _fill(session: Any, texts: list[str]) -> tuple[list[list[list[dict[str, Any]
     to the model's max_length (a mask token past the cut is not filled in)."""
     import torch
     from transformers import DataCollatorWithPadding
-
-    from .inputs import check_texts
 
     tokenizer = session.tokenizer
     mask = tokenizer.mask_token
@@ -351,11 +370,12 @@ def predict_rows(session: Any, inputs: list[Any], pairs: Any) -> list[dict[str, 
 
 def read_labelled(session: Any, path: Any, columns: list[str] | None) -> Table:
     """Masked once with the run's seed, like its validation set."""
-    from .inputs import column_names
-
     column_names(session, path, columns, named=False)
     return read_table_to_mask(path, session.data)
 
 
 def evaluate_labelled(session: Any, labelled: Table) -> dict[str, Any]:
     return session.evaluate_table(labelled)
+
+
+TASK = Task.of(sys.modules[__name__], name="masked_lm", config=MaskedLMConfig)

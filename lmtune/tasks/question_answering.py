@@ -25,15 +25,43 @@ import json
 import random
 import re
 import string
+import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
+from pydantic import Field
 
+from ..core.config import DataConfig, EvalConfig, RunConfig
 from ..core.errors import LmtuneError
+from ..core.models import load_pretrained
 from ..data.readers import Table, read_table
 from .common import LengthChoice, TaskData, examples_in, percentile_length
+from .contract import Task
+from .inputs import column_names, no_template
+from .sections import Windows
+
+
+class QuestionAnsweringData(Windows, DataConfig):
+    """data: keys of question_answering runs."""
+
+    question_column: str = Field("question", description="question_answering rows: the question")
+    context_column: str = Field("context", description="question_answering rows: the text that holds the answer")
+    answers_column: str = Field(
+        "answers", description="question_answering rows: {text: [...], answer_start: [...]} (SQuAD JSON is read as it is)"
+    )
+    max_answer_length: int = Field(30, ge=1, description="question_answering: longest answer span predicted, in tokens")
+    max_broken_answers: float = Field(
+        0.05, ge=0, le=1,
+        description="question_answering: share of answers whose answer_start misses their text that may be dropped (more is an error)",
+    )
+
+
+class QuestionAnsweringConfig(RunConfig):
+    task: Literal["question_answering"] = "question_answering"
+    data: QuestionAnsweringData
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 METRICS = ("f1", "exact_match", "loss")
 GREATER_IS_BETTER = {"f1": True, "exact_match": True, "loss": False}
@@ -298,8 +326,6 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    from ..core.models import load_pretrained
-
     return load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
 
 
@@ -506,8 +532,6 @@ def bare_data(labels: list[str]) -> dict[str, Any]:
 
 def read_inputs(session: Any, path: Path, columns: list[str] | None, template: str | None) -> tuple[Table, list[str], list[str]]:
     """Questions and their contexts (SQuAD JSON, or rows with question and context columns)."""
-    from .inputs import column_names, no_template
-
     no_template(session, template)
     column_names(session, path, columns, named=False)
     table = read_questions(path, session.data.model_copy(update={"format": "auto"}), answers=False)
@@ -553,8 +577,6 @@ def read_labelled(session: Any, path: Path, columns: list[str] | None) -> Table:
     """Questions with their answers (a few whose answer_start misses their text dropped, and said)."""
     import sys
 
-    from .inputs import column_names
-
     column_names(session, path, columns, named=False)
     table = read_questions(path, session.data.model_copy(update={"format": "auto"}))
     table, note = drop_broken_answers(table, session.data.max_broken_answers)
@@ -565,3 +587,6 @@ def read_labelled(session: Any, path: Path, columns: list[str] | None) -> Table:
 
 def evaluate_labelled(session: Any, labelled: Table) -> dict[str, Any]:
     return session.evaluate_table(labelled)
+
+
+TASK = Task.of(sys.modules[__name__], name="question_answering", config=QuestionAnsweringConfig)

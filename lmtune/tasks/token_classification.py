@@ -17,18 +17,52 @@ from the window that labels it), so an entity across a window boundary is scored
 from __future__ import annotations
 
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
+from pydantic import Field
 
+from ..core import models
+from ..core.config import DataConfig, EvalConfig, RunConfig
 from ..core.errors import LmtuneError
 from ..core.runtime import log
 from ..data.conll import ConllTable, read_conll
 from ..data.readers import Table, read_table
 from .common import LengthChoice, TaskData, labelled_tokens, load_labelled_model, percentile_length
+from .contract import Task
+from .inputs import column_names, no_template, read_texts
+from .sections import Augmented, Windows
+
+
+class TokenClassificationData(Windows, Augmented, DataConfig):
+    """data: keys of token_classification runs."""
+
+    tag_column_index: int = Field(
+        -1, description="CoNLL files: the column with the tag (0 is the token; -1: the last, as in CoNLL-2003)"
+    )
+    tokens_column: str = Field("tokens", description="token_classification JSON rows: the list of tokens")
+    tags_column: str = Field("tags", description="token_classification JSON rows: the list of tags, one per token")
+    tag_scheme: Literal["IOB1", "IOB2", "BIOES"] = Field(
+        "IOB2", description="tag scheme for entity metrics (seqeval; strict for IOB2 and BIOES) and entity spans"
+    )
+    label_all_subwords: bool = Field(
+        False, description="train on every subword of a word (continuations as I-), not only the first"
+    )
+
+    def problems(self, check_files: bool = True) -> list[str]:
+        wrong = self.tag_column_index == 0
+        return super().problems(check_files) + (
+            ["data.tag_column_index: 0 is the token column; the tag is in another column (-1: the last)"] if wrong else [])
+
+
+class TokenClassificationConfig(RunConfig):
+    task: Literal["token_classification"] = "token_classification"
+    data: TokenClassificationData
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 METRICS = ("f1", "precision", "recall", "accuracy", "loss")
 GREATER_IS_BETTER = {m: m != "loss" for m in METRICS}
@@ -189,7 +223,6 @@ def load_data(cfg: Any) -> TaskData:
 
 def _augment(train: Table, cfg: Any) -> tuple[Table, str, dict[str, Any]]:
     """EDA copies of the training sentences with their tags kept aligned (see data/augment.py)."""
-    from ..core import models
     from ..data.augment import AugmentOptions, Skipped, augment_sentences, gather_synonyms
 
     a = cfg.data.augment
@@ -540,8 +573,6 @@ def bare_data(labels: list[str]) -> dict[str, Any]:
 def read_inputs(session: Any, path: Path, columns: list[str] | None, template: str | None) -> tuple[Table, list[Any], None]:
     """CoNLL (tags, if any, ignored), rows with a list of tokens or a text column, or a .txt file of
     texts."""
-    from .inputs import column_names, no_template, read_texts
-
     no_template(session, template)
     d = session.data
     if path.suffix.lower() == ".txt":
@@ -604,8 +635,6 @@ def predict_rows(session: Any, inputs: list[Any], pairs: Any) -> list[dict[str, 
 
 def read_labelled(session: Any, path: Path, columns: list[str] | None) -> Table:
     """Tagged sentences whose tags the model knows."""
-    from .inputs import column_names
-
     column_names(session, path, columns, named=False)
     known = path.suffix.lower() in (*CONLL_SUFFIXES, ".jsonl", ".json")
     table = read_sentences(path, session.data.model_copy(update={"format": "auto"}) if known else session.data)
@@ -615,3 +644,6 @@ def read_labelled(session: Any, path: Path, columns: list[str] | None) -> Table:
 
 def evaluate_labelled(session: Any, labelled: Table) -> dict[str, Any]:
     return session.evaluate_table(labelled)
+
+
+TASK = Task.of(sys.modules[__name__], name="token_classification", config=TokenClassificationConfig, explain="words", per_class_title="Per entity type")

@@ -30,6 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..tasks.run_config import key_tasks
+
 VERDICTS = ("overfitting", "underfitting", "healthy", "too_few_evaluations")
 
 # Every metric with greater-is-better in lmtune is a share in [0, 1] (accuracy, F1, exact match,
@@ -57,8 +59,6 @@ FORGETTING_LIMIT = 0.20
 FROZEN_STRATEGIES = ("partial", "lora", "gradual")
 # Strategies that train fewer weights than full, or move the lower layers less.
 GENTLER_STRATEGIES = ("lora", "partial", "adaptive", "gradual")
-# Tasks with data.augment (EDA on the training split).
-AUGMENT_TASKS = ("classification", "token_classification")
 
 
 @dataclass
@@ -475,9 +475,9 @@ def _overfitting_advice(config: dict, best: Evaluation) -> list[str]:
     else:
         advice.append(f"move fewer weights, or the lower layers less: strategy.name: {', '.join(others[:-1])} or {others[-1]}"
                       + (f" (now {current})" if current else ""))
-    task = config.get("task")
-    if task in AUGMENT_TASKS or task is None:
-        scope = "" if task in AUGMENT_TASKS else " (classification, token_classification)"
+    task, augmenting = config.get("task"), key_tasks("data", "augment")  # (the tasks with data.augment)
+    if task in augmenting or task is None:
+        scope = "" if task in augmenting else f" ({', '.join(augmenting)})"
         have = isinstance(_setting(config, "data", "augment"), dict)
         advice.append(f"more augmented copies: data.augment.n_per_example{scope}" if have
                       else f"augment the training split: data.augment{scope}")
@@ -504,7 +504,7 @@ def _underfitting_advice(config: dict, *, still_falling: bool) -> list[str]:
 
 
 def _labels_advice(config: dict) -> str:
-    label = _setting(config, "data", "label_column") if config.get("task") == "classification" else None
+    label = _setting(config, "data", "label_column") if config.get("task") in key_tasks("data", "label_column") else None
     return ("check the labels and the data: the model does no better than always answering the most common label"
             + (f" (is data.label_column {label!r} the right column?)" if isinstance(label, str) else ""))
 

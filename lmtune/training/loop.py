@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from ..core import collectives, memory, models
-from ..core.config import RunConfig, as_config
+from ..core.config import RunConfig
 from ..core.errors import LmtuneError
 from ..core.memory import PeakMemory
 from ..core.rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
 from ..core.runtime import busy_cpu_note, cpu_threads, fp32_reason, log, make_accelerator, other_cpu_load
 from ..data.batching import EpochBatchSampler, examples_seen
 from ..tasks import get_task
+from ..tasks.run_config import as_config
 from . import adapter_checkpoint, sharding, strategies
 from .cpu import dropout, first_token, heap, row_gradients
 
@@ -183,7 +184,7 @@ def general_text_features(task: Any, tokenizer: Any, cfg: RunConfig) -> list[dic
     from ..data.readers import Table
     from . import forgetting
 
-    path = forgetting.text_path(cfg.eval.forgetting)
+    path = forgetting.text_path(getattr(cfg.eval, "forgetting", False))  # (the tasks that have eval.forgetting)
     if path is None:
         return None
     column = cfg.data.text_column

@@ -22,9 +22,10 @@ from typing import Any
 
 import yaml
 
-from ..core.config import RunConfig, apply_overrides, output_dir_of, read_yaml, set_key, validate
+from ..core.config import RunConfig, apply_overrides, read_yaml, set_key
 from ..core.errors import LmtuneError
 from ..core.rundir import RESUMABLE, RunDir, flatten
+from ..tasks.run_config import load_config, output_dir_of, validate
 
 # keys that a run resolves when it starts, from these settings (lmtune.training.loop.resolve_defaults)
 RESOLVED = {"data.max_length": ("auto",), "train.lr": (None,), "strategy.name": ("auto",)}
@@ -56,7 +57,6 @@ def resume_config(config: str | None, overrides: list[str]) -> tuple[RunConfig, 
     config where the run folder holds no config yet (nothing to resume: the run starts)."""
     run, file_raw = run_folder(config, overrides)
     if not run.config.is_file():
-        from ..core.config import load_config
 
         return load_config(config, overrides), []
     saved_raw = yaml.safe_load(run.config.read_text())

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..core.config import AdaptiveStrategy, FullStrategy, GradualStrategy, LoraStrategy, PartialStrategy
 from ..core.errors import LmtuneError
+from ..core.models import wrapping_adapters
 
 
 def _no_update(step: int, epoch: int) -> str | None:
@@ -175,8 +176,6 @@ def head_modules(model: nn.Module) -> list[str]:
 
 def lora(model: nn.Module, cfg: LoraStrategy, lr: float, weight_decay: float) -> Plan:
     from peft import LoraConfig, get_peft_model
-
-    from ..core.models import wrapping_adapters
 
     prefix, blocks = find_blocks(model)
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix + ".")]

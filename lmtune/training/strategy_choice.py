@@ -11,16 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..core import models
+from ..tasks import get_task
+
 # Below this many parameters a model is small enough to fine-tune in full even on a few examples
 # (measured against partial and lora: see the README's strategy comparison); at or above LARGE_MODEL, full fine-tuning's AdamW state (16 bytes a parameter with the
 # weights and gradients) no longer fits common memory, so LoRA is chosen whatever the data.
 MEDIUM_MODEL = 100_000_000
 LARGE_MODEL = 1_000_000_000
-# Fewer training examples than this are "few": too few to move every weight of a pretrained model
-# without overfitting. Instruction and chat data for a causal LM count as few below 10,000 (the model
-# has far more to forget, and its saved adapter is small); other tasks below 1,000.
-FEW_EXAMPLES = 1_000
-FEW_EXAMPLES_BY_TASK = {"causal_lm": 10_000}
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,10 @@ class StrategyChoice:
 
 
 def few_examples(task: str) -> int:
-    return FEW_EXAMPLES_BY_TASK.get(task, FEW_EXAMPLES)
+    """Fewer training examples than this are "few": too few to move every weight of a pretrained model
+    without overfitting (each task says how many: Task.few_examples; a causal LM's instruction and chat
+    data count as few below 10,000: the model has far more to forget, and its saved adapter is small)."""
+    return get_task(task).few_examples
 
 
 def choose_strategy(task: str, parameters: int, examples: int) -> StrategyChoice:
@@ -69,8 +70,6 @@ def required_settings(name: str, num_layers: int) -> dict[str, Any]:
 def resolve_auto(task: str, model: str, examples: int) -> tuple[dict[str, Any], StrategyChoice]:
     """The strategy section that `strategy.name: auto` stands for (name and required settings) and
     why it was chosen. `model`: a plain folder or bundled name (a GGUF file resolved beforehand)."""
-    from ..core import models
-
     choice = choose_strategy(task, models.parameter_count(model), examples)
     section = {"name": choice.name, **required_settings(choice.name, models.describe(model).num_layers)}
     return section, choice

@@ -32,8 +32,14 @@ from typing import Any
 
 import yaml
 
-from ..core.config import STRATEGY_CLASSES, RunConfig, apply_overrides, load_config, validate
+from ..core import models
+from ..core.config import STRATEGY_CLASSES, RunConfig, apply_overrides
 from ..core.errors import LmtuneError, option
+from ..core.rundir import write_json_atomic, write_text_atomic
+from ..report import report_run
+from ..tasks import get_task
+from ..tasks.run_config import load_config, validate
+from ..training.strategy_choice import required_settings
 from . import KILLED
 
 COMPARABLE = tuple(name for name in STRATEGY_CLASSES if name != "auto")
@@ -194,10 +200,6 @@ def plan(
 ) -> ComparePlan:
     """Check the whole request and build every run's config. Raises LmtuneError listing every
     problem at once (the config's, the flags', each strategy's); writes nothing."""
-    from ..core import models
-    from ..tasks import get_task
-    from ..training.strategy_choice import required_settings
-
     names = _split_list(strategies) if isinstance(strategies, str) else list(strategies)
     problems = _strategy_problems(names)
     compared = [n for n in names if n in COMPARABLE]
@@ -248,7 +250,6 @@ def _log(message: str) -> None:
 
 def train_one(cfg: RunConfig, progress: bool) -> tuple[dict[str, Any], float]:
     """One run in this process: its metrics (with "train_sample") and its wall time in seconds."""
-    from ..report import report_run
     from ..training.loop import train
 
     start = time.perf_counter()
@@ -529,8 +530,6 @@ def write_plot(c: Comparison, path: Path) -> None:
 
 
 def write_outputs(c: Comparison, p: ComparePlan) -> None:
-    from ..core.rundir import write_json_atomic, write_text_atomic
-
     out = p.output_dir
     c.files = {name: out / name for name in ("compare.csv", "compare.md", "compare.json", "compare.png")}
     write_text_atomic(c.files["compare.csv"], _csv_text(c.summaries, c.metric))

@@ -36,10 +36,11 @@ from typing import Any
 
 import yaml
 
-from ..core.config import RunConfig, SearchConfig, apply_overrides, read_yaml, validate
+from ..core.config import RunConfig, SearchConfig, apply_overrides, read_yaml
 from ..core.errors import LmtuneError, option
 from ..core.rundir import flatten, write_text_atomic
 from ..tasks import get_task
+from ..tasks.run_config import validate
 from . import KILLED, search_space
 
 WORKER_ENV = "LMTUNE_SEARCH_WORKER"  # the number of a search.parallel process

@@ -12,8 +12,9 @@ import difflib
 import math
 from typing import Any
 
-from ..core.config import STRATEGY_CLASSES, Distribution, RunConfig, SearchConfig, reference, set_key, validate
+from ..core.config import STRATEGY_CLASSES, Distribution, RunConfig, SearchConfig, set_key
 from ..core.errors import LmtuneError
+from ..tasks.run_config import reference, validate
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 
