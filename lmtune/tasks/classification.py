@@ -10,7 +10,7 @@ import numpy as np
 from ..core.errors import LmtuneError
 from ..data.readers import Table, read_table
 from ..data.split import grouped_split
-from .common import LengthChoice, TaskData, examples_in, load_labelled_model, percentile_length, tokenize_texts
+from .common import LengthChoice, TaskData, examples_in, load_labelled_model, per_class_row, percentile_length, tokenize_texts
 
 METRICS = (
     "accuracy",
@@ -208,10 +208,7 @@ def compute_metrics(
     report = classification_report(
         references, predictions, labels=ids, target_names=labels, output_dict=True, zero_division=0
     )
-    out["per_class"] = {
-        label: {k: (round(float(v), 4) if k != "support" else int(v)) for k, v in report[label].items()}
-        for label in labels
-    }
+    out["per_class"] = {label: per_class_row(report[label]) for label in labels}
     if "loss" in outputs:
         out["loss"] = float(np.mean(outputs["loss"]))
     return out
