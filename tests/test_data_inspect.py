@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lmtune.cli import main
-from lmtune.data.inspect import inspect_file, normalise
+from lmtune.data.inspect import inspect_file, normalise, render
 
 # line: 2 dup-of-4 (normalised), 3 conflicting label, 4 exact dup of 2, 5 empty, 7 mojibake, 8 control char,
 # 9 not UTF-8
@@ -50,6 +50,17 @@ def test_counts_match_the_hand_counted_file(messy, tiny_bert):
     assert report["tokens"]["max"] == 5 and report["over_max_length"] == 1
     assert any("line 9" in w for w in report["warnings"]) and any("line 5" in w for w in report["warnings"])
     assert not any("imbalanced" in w for w in report["warnings"])  # 3.0 is not above the threshold
+
+
+def test_length_percentiles_are_whole_numbers(messy):
+    # the lengths in characters: 0 4 5 6 6 8 9 10 10 11 12 14 (line 9's two bad bytes read as two characters);
+    # interpolated, p50 8.5, p90 11.9 and p99 13.78: rounded half up to whole characters
+    report = inspect_file(messy)
+    chars = report["chars"]
+    assert (chars["p50"], chars["p90"], chars["p99"]) == (9, 12, 14)
+    assert all(type(chars[k]) is int for k in ("min", "p50", "p90", "p99", "max"))
+    line = next(line for line in render(report).splitlines() if line.startswith("length in chars"))
+    assert line.split(None, 3)[3] == "min 0, p50 9, p90 12, p99 14, max 14"
 
 
 def test_imbalance_warning_and_normalisation(tmp_path):

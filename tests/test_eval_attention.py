@@ -34,9 +34,16 @@ def test_classification_eval_gives_the_runs_own_metrics(tmp_path, tiny_bert, toy
     recorded = json.loads((tmp_path / "run" / "model" / "lmtune.json").read_text())["attention"]
     assert recorded == "eager" and _loaded_kernel(tmp_path / "run") == recorded
     final = json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]
-    again = _eval(capsys, tmp_path / "run", toy_data["validation"])
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), str(toy_data["validation"])]) == 0
+    printed = capsys.readouterr()
+    again = json.loads(printed.out.strip().splitlines()[-1])
     assert again.pop("examples") == 32
     assert again == final  # exactly: the same kernel, batches and arithmetic
+    # each class's metrics under the names of the metrics themselves (f1, as f1_macro), in the JSON and the table
+    assert all(set(row) == {"precision", "recall", "f1", "support"} for row in again["per_class"].values())
+    header = next(line for line in printed.err.splitlines() if line.startswith("label")).split()
+    assert header == ["label", "precision", "recall", "f1", "support"]
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])

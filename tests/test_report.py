@@ -28,9 +28,9 @@ TASKS: dict[str, dict[str, Any]] = {
     "classification": {
         "data": {"train": "train.csv"}, "metric": "accuracy", "labels": ["neg", "pos", "neutral"],
         "validation": {"accuracy": 0.7, "f1_macro": 0.6, "loss": 0.5, "per_class": {
-            "neg": {"precision": 0.8, "recall": 0.7, "f1-score": 0.75, "support": 10},
-            "pos": {"precision": 0.6, "recall": 0.9, "f1-score": 0.72, "support": 8},
-            "neutral": {"precision": 0.1, "recall": 0.2, "f1-score": 0.13, "support": 2}}},
+            "neg": {"precision": 0.8, "recall": 0.7, "f1": 0.75, "support": 10},
+            "pos": {"precision": 0.6, "recall": 0.9, "f1": 0.72, "support": 8},
+            "neutral": {"precision": 0.1, "recall": 0.2, "f1": 0.13, "support": 2}}},
         "samples": [{"text": f"{SCRIPT} very bad", "label": "neg", "predicted": "pos", "confidence": 0.97},
                     {"text": "fine film", "label": "pos", "predicted": "pos", "confidence": 0.8},
                     {"text": "meh & so", "label": "neutral", "predicted": "neg", "confidence": 0.55}],
@@ -39,6 +39,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "token_classification": {
         "data": {"train": "train.conll"}, "metric": "f1", "labels": ["O", "B-PER", "I-PER", "B-LOC"],
+        # per-class F1 under sklearn's name "f1-score", as runs wrote it before it became "f1"
         "validation": {"f1": 0.5, "precision": 0.5, "recall": 0.5, "accuracy": 0.9, "loss": 0.3, "per_class": {
             "LOC": {"precision": 0.4, "recall": 0.5, "f1-score": 0.44, "support": 3},
             "PER": {"precision": 0.6, "recall": 0.5, "f1-score": 0.55, "support": 4}}},
@@ -195,6 +196,16 @@ def test_classification_lists_labels_and_most_confident_error_first(reports):
     assert page.cells[errors:errors + 4] == ["text", "gold", "predicted", "confidence"]
     first = page.cells[errors + 4]
     assert first == f"{SCRIPT} very bad"  # confidence 0.97 before 0.55
+
+
+@pytest.mark.parametrize(("task", "row"), [("classification", ["neg", "0.8", "0.7", "0.75", "10"]),
+                                          ("token_classification", ["LOC", "0.4", "0.5", "0.44", "3"])])
+def test_per_class_table_shows_f1_under_its_new_and_its_old_name(task, row, reports):
+    page = Page((reports[task] / "report.html").read_text())
+    header = page.cells.index("F1")
+    assert page.cells[header - 3 : header + 2][1:] == ["precision", "recall", "F1", "support"]
+    first = header + 2  # the first class's row, after the header's last cell
+    assert page.cells[first : first + 5] == row
 
 
 def test_learning_rates_leave_out_equal_no_decay_twins():

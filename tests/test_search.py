@@ -70,6 +70,25 @@ def test_conditional_keys_are_drawn_only_with_their_strategy(tiny_bert, toy_data
     assert (tmp_path / "s" / "importances.png").is_file()
 
 
+def test_history_plot_has_whole_trial_numbers_a_step_for_the_best_and_the_legend_outside():
+    import io
+
+    fig = search.history_figure([(0, 0.6), (2, 0.7), (1, 0.5)], "accuracy", "maximize")
+    fig.savefig(io.BytesIO(), format="png")  # lays the figure out
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks == [0, 1, 2]
+    points, best = ax.get_lines()
+    assert list(points.get_ydata()) == [0.6, 0.5, 0.7]  # in trial order
+    assert best.get_drawstyle() == "steps-post"
+    assert list(best.get_ydata())[:3] == [0.6, 0.6, 0.7]
+    legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.y1 <= box.y0, "the legend is below the axes, not over the points"
+    low_is_good = search.history_figure([(0, 0.6), (1, 0.7), (2, 0.4)], "loss", "minimize").axes[0].get_lines()[1]
+    assert list(low_is_good.get_ydata())[:3] == [0.6, 0.6, 0.4]
+
+
 def test_best_yaml_reproduces_the_best_trial(tiny_bert, toy_data, tmp_path):
     space = {"train.lr": {"loguniform": [1e-4, 1e-2]}}
     result = search.run(search_config(tiny_bert, toy_data, tmp_path / "s", space, trials=2))

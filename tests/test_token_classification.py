@@ -241,8 +241,8 @@ def test_seqeval_metrics_on_a_hand_worked_example():
     assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 5)
     assert m["f1"] == pytest.approx(0.5)
     assert m["accuracy"] == pytest.approx(0.7) and m["loss"] == pytest.approx(0.6) and m["tokens"] == 10
-    assert m["per_class"]["PER"] == {"precision": 1.0, "recall": 0.5, "f1-score": 0.6667, "support": 2}
-    assert m["per_class"]["LOC"]["f1-score"] == 0.0 and m["per_class"]["ORG"]["f1-score"] == 1.0
+    assert m["per_class"]["PER"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}  # the metrics' names
+    assert m["per_class"]["LOC"]["f1"] == 0.0 and m["per_class"]["ORG"]["f1"] == 1.0
     # IOB1 (conlleval rules): I-LOC I-LOC is the LOC entity, so 3 of 4 predicted are right
     m1 = tc.compute_metrics(outputs, labels, data_cfg(tag_scheme="IOB1"))
     assert m1["precision"] == pytest.approx(3 / 4) and m1["recall"] == pytest.approx(3 / 5)

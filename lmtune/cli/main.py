@@ -144,11 +144,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = model.evaluate_labelled(checked.labelled)
     per_class = metrics.pop("per_class", None)
     if per_class:
-        width = max(len(k) for k in per_class)
+        width = max(len(k) for k in ["label", *per_class])
         print(f"{'label':<{width}}  precision  recall  f1      support", file=sys.stderr)
         for label, row in per_class.items():
             print(
-                f"{label:<{width}}  {row['precision']:<9.4f}  {row['recall']:<6.4f}  {row['f1-score']:<6.4f}  {row['support']}",
+                f"{label:<{width}}  {row['precision']:<9.4f}  {row['recall']:<6.4f}  {row['f1']:<6.4f}  {row['support']}",
                 file=sys.stderr,
             )
         metrics["per_class"] = per_class

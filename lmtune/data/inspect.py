@@ -35,11 +35,13 @@ def _control_characters(text: str) -> int:
 
 
 def _spread(values: Any) -> dict[str, float]:
+    """min, mean, percentiles and max of lengths; a length is a whole number of characters or tokens, so
+    the percentiles are rounded (half up) to one."""
     a = np.asarray(values)
     if not a.size:
         return {}
-    out = {"min": int(a.min()), "mean": round(float(a.mean()), 1)}
-    out.update({f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES})
+    out: dict[str, float] = {"min": int(a.min()), "mean": round(float(a.mean()), 1)}
+    out.update({f"p{p}": int(np.floor(np.percentile(a, p) + 0.5)) for p in PERCENTILES})
     out["max"] = int(a.max())
     return out
 
@@ -169,7 +171,7 @@ def render(report: dict[str, Any]) -> str:
     for unit in ("chars", "tokens"):
         if report.get(unit):
             s = report[unit]
-            rows.append((f"length in {unit}", f"min {s['min']}, p50 {s['p50']:g}, p90 {s['p90']:g}, p99 {s['p99']:g}, max {s['max']}"))
+            rows.append((f"length in {unit}", f"min {s['min']}, p50 {s['p50']}, p90 {s['p90']}, p99 {s['p99']}, max {s['max']}"))
     if "over_max_length" in report:
         rows.append((f"longer than {report['max_length']} tokens", report["over_max_length"]))
     e = report["encoding"]

@@ -61,10 +61,10 @@ def assign_parts(
     """The part (0, 1, ...) of every row. Rows that share a group (the same normalised text, or the
     same value of a group column) always land in the same part; with labels, each label's groups
     are dealt to the parts in proportion to the ratios (a group counts under its most common
-    label): each part but the largest is first dealt one of the label's smallest groups (when there
-    are enough), then every group goes to the part furthest below its share. A part that
-    would get no example of some label is an error. Groups and labels may be given as integer
-    arrays (label_names then names the labels), which is how a large file is split in little memory."""
+    label), as `deal` and `improve` say: each part's rows close to its share, of the label and in all,
+    and a group at least in every part when the label has enough. A part that would get no example of
+    some label is an error. Groups and labels may be given as integer arrays (label_names then names
+    the labels), which is how a large file is split in little memory."""
     group_keys = _integers(groups, lambda g: digest(str(g)))
     if labels is None:
         label_ids, names = np.zeros(len(group_keys), np.int32), ["(all)"]
@@ -78,38 +78,119 @@ def assign_parts(
     part_of = np.zeros(len(sizes), np.int8)
     rng = np.random.default_rng(seed)
     k = len(ratios)
-    # the parts other than the largest, smallest share first: each is first dealt one group of every label
-    small_parts = sorted(range(k), key=lambda j: (ratios[j], -j))[: k - 1]
+    before = [0] * k  # rows of the labels dealt so far, per part
+    dealt = []
     for label in sorted(np.unique(v.top_label).tolist(), key=lambda i: str(names[i])):
+        # shuffled with the seed, then largest first (a stable sort keeps the random order among groups of one size)
         members = rng.permutation(np.flatnonzero(v.top_label == label))
-        # smallest groups first (a stable sort keeps the random order among groups of one size): the
-        # small parts' first groups are then the label's smallest, and cannot starve the largest part
-        members = members[np.argsort(sizes[members], kind="stable")]
-        member_sizes = sizes[members]
-        total, n_groups = int(member_sizes.sum()), len(members)
-        have = [0] * k
-        first = k - 1 if n_groups >= k else 0
-        for g, j in enumerate(small_parts[:first]):  # the largest part gets its groups by deficit below
-            part_of[members[g]] = j
-            have[j] += int(member_sizes[g])
-        targets = [r * total for r in ratios]
-        # the rest in random order again, so that no part gets only the small groups or only the big ones
-        rest = rng.permutation(n_groups - first) + first
-        members, member_sizes = members[rest], member_sizes[rest]
-        for start in range(0, len(members), 65536):
-            chunk = members[start : start + 65536].tolist()
-            for g, size in zip(chunk, member_sizes[start : start + 65536].tolist()):
-                # the part furthest below its share of this label takes the group
-                j = max(range(k), key=lambda j: (targets[j] - have[j], -j))
-                part_of[g] = j
-                have[j] += size
+        members = members[np.argsort(-sizes[members], kind="stable")]
+        parts = deal(sizes[members], ratios, before)
+        have = _rows_per_part(sizes[members], parts, k)
+        before = [b + h for b, h in zip(before, have)]
         if labels is not None and min(have) == 0:
             empty = [j for j, h in enumerate(have) if h == 0]
             raise LmtuneError(
-                f"{source}: label {names[label]!r} has {total} example(s) in {n_groups} group(s): too few to put "
-                f"some in every part (part {empty[0] + 1} would have none); merge rare labels or add examples"
+                f"{source}: label {names[label]!r} has {sum(have)} example(s) in {len(members)} group(s): too few to "
+                f"put some in every part (part {empty[0] + 1} would have none); merge rare labels or add examples"
             )
+        dealt.append((members, parts))
+    # a label dealt early could not know how the later ones would fall: each label again, its own shares
+    # kept, now closer to the totals' shares where it can be (a few rounds: each only ever lowers the cost)
+    for _ in range(3 if len(dealt) > 1 else 0):
+        moved = False
+        for members, parts in dealt:
+            others = [b - h for b, h in zip(before, _rows_per_part(sizes[members], parts, k))]
+            moved |= improve(sizes[members], parts, ratios, others)
+            before = [o + h for o, h in zip(others, _rows_per_part(sizes[members], parts, k))]
+        if not moved:
+            break
+    for members, parts in dealt:
+        part_of[members] = parts
     return part_of[v.group]
+
+
+IMPROVE_SIZES = 100  # distinct group sizes in a label up to which `improve` looks for better moves and swaps
+
+
+def _rows_per_part(sizes: np.ndarray, parts: np.ndarray, k: int) -> list[int]:
+    return np.bincount(parts, weights=sizes, minlength=k).astype(np.int64).tolist()
+
+
+def _shares(sizes: np.ndarray, ratios: Sequence[float], before: Sequence[int]) -> tuple[list[float], list[float]]:
+    """The parts' shares of these rows, and what they should add to `before` (the rows of the other
+    labels in each part) for the totals to be in proportion."""
+    total = int(sizes.sum())
+    return [r * total for r in ratios], [r * (total + sum(before)) - b for r, b in zip(ratios, before)]
+
+
+def deal(sizes: np.ndarray, ratios: Sequence[float], before: Sequence[int] = ()) -> np.ndarray:
+    """The part of each group, whose row counts `sizes` come largest first: each group goes to the part
+    furthest below its share of these rows, and the last ones to the parts still without any group
+    (when there are enough groups for every part); then `improve`. Ties go to the part furthest below
+    its share of all rows (`before`: the rows of the other labels already in each part), so that the
+    parts' totals come close to their shares too."""
+    k, n = len(ratios), len(sizes)
+    before = list(before) or [0] * k
+    targets, overall = _shares(sizes, ratios, before)
+    have, count, empty = [0] * k, [0] * k, k
+    parts = np.zeros(n, np.int8)
+    every = range(k)
+    for start in range(0, n, 65536):
+        for i, size in enumerate(sizes[start : start + 65536].tolist(), start):
+            choices = [j for j in every if not count[j]] if n - i <= empty else every
+            j = max(choices, key=lambda j: (targets[j] - have[j], overall[j] - have[j], -j))
+            parts[i] = j
+            have[j] += size
+            empty -= not count[j]
+            count[j] += 1
+    improve(sizes, parts, ratios, before)
+    return parts
+
+
+def improve(sizes: np.ndarray, parts: np.ndarray, ratios: Sequence[float], before: Sequence[int]) -> bool:
+    """Move one group, or swap two, between parts while that brings the parts' rows closer to their
+    shares (then the totals with `before` closer to theirs), the best step first; True when a group
+    moved. A largest-first deal can miss: 3 3 2 2 2 halved gives 7 and 5, a swap 6 and 6. A part that
+    had a group keeps one. Only for labels of at most IMPROVE_SIZES distinct group sizes (with more,
+    the deal's last groups are small and leave little to gain)."""
+    k = len(ratios)
+    if len(sizes) < 2 or len(np.unique(sizes)) > IMPROVE_SIZES:
+        return False
+    targets, overall = _shares(sizes, ratios, before)
+    have = _rows_per_part(sizes, parts, k)
+    count = np.bincount(parts, minlength=k).tolist()
+
+    def cost(h: list[int]) -> tuple[float, float]:
+        return (round(sum(abs(x - t) for x, t in zip(h, targets)), 9),
+                round(sum(abs(x - t) for x, t in zip(h, overall)), 9))
+
+    held: dict[tuple[int, int], int] = {}  # (part, size) -> groups
+    for j, size in zip(parts.tolist(), sizes.tolist()):
+        held[j, size] = held.get((j, size), 0) + 1
+    moved = False
+    for _ in range(10 * k * len(held)):  # each step lowers the cost: a bound never reached
+        best = (cost(have), None)
+        for a, s in held:
+            steps = [(a, s, b, 0) for b in range(k) if b != a and count[a] > 1]  # a group of size s from a to b
+            steps += [(a, s, b, s2) for b, s2 in held if b != a and s2 != s]  # swapped for one of size s2 in b
+            for step in steps:
+                _, _, b, s2 = step
+                c = cost([x - s + s2 if j == a else x + s - s2 if j == b else x for j, x in enumerate(have)])
+                if c < best[0]:
+                    best = (c, step)
+        if best[1] is None:
+            return moved
+        a, s, b, s2 = best[1]
+        for src, dst, size in ((a, b, s), (b, a, s2)) if s2 else ((a, b, s),):
+            i = int(np.flatnonzero((parts == src) & (sizes == size))[-1])
+            parts[i] = dst
+            have[src], have[dst], count[src], count[dst] = have[src] - size, have[dst] + size, count[src] - 1, count[dst] + 1
+            held[src, size] -= 1
+            if not held[src, size]:
+                del held[src, size]
+            held[dst, size] = held.get((dst, size), 0) + 1
+        moved = True
+    return moved
 
 
 def _integers(values: Sequence[object] | np.ndarray, key: Any) -> np.ndarray:

@@ -30,13 +30,14 @@ def _rows(run: Run, *keys: str) -> list[dict[str, Any]]:
 
 
 def per_class(run: Run) -> Section | None:
-    """Precision, recall, F1 and support of each class (entity type) on validation."""
+    """Precision, recall, F1 and support of each class (entity type) on validation. A run written
+    before the per-class F1 was named "f1" has it as "f1-score" (sklearn's name)."""
     rows = (run.metrics.get("validation") or {}).get("per_class")
     if not isinstance(rows, dict) or not rows:
         return None
     title = per_class_title(run.task)
     body = table([title.removeprefix("Per ").lower(), "precision", "recall", "F1", "support"],
-                 [[name, r.get("precision"), r.get("recall"), r.get("f1-score"), r.get("support")]
+                 [[name, r.get("precision"), r.get("recall"), r.get("f1", r.get("f1-score")), r.get("support")]
                   for name, r in rows.items() if isinstance(r, dict)])
     return Section(f"{title}: precision, recall, F1", body, "per_class")
 

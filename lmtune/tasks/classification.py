@@ -14,7 +14,7 @@ from ..core.config import CleanConfig, DataConfig, EvalConfig, RunConfig
 from ..core.errors import LmtuneError
 from ..data.readers import Table, read_table
 from ..data.split import grouped_split
-from .common import LengthChoice, TaskData, examples_in, load_labelled_model, percentile_length, tokenize_texts
+from .common import LengthChoice, TaskData, examples_in, load_labelled_model, per_class_row, percentile_length, tokenize_texts
 from .contract import Task
 from .inputs import check_texts, no_template, read_texts, text_chunks
 from .sections import Augmented, GroupColumn, TextColumn
@@ -234,10 +234,7 @@ def compute_metrics(
     report = classification_report(
         references, predictions, labels=ids, target_names=labels, output_dict=True, zero_division=0
     )
-    out["per_class"] = {
-        label: {k: (round(float(v), 4) if k != "support" else int(v)) for k, v in report[label].items()}
-        for label in labels
-    }
+    out["per_class"] = {label: per_class_row(report[label]) for label in labels}
     if "loss" in outputs:
         out["loss"] = float(np.mean(outputs["loss"]))
     return out

@@ -135,3 +135,10 @@ def examples_in(batch: dict[str, Any]) -> int:
 
 def labelled_tokens(batch: dict[str, Any]) -> int:
     return int((batch["labels"] != -100).sum())
+
+
+def per_class_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One class's row of an sklearn or seqeval classification_report, under the names of the metrics
+    themselves (precision, recall, f1, support; the report's own key is "f1-score")."""
+    return {"precision": round(float(row["precision"]), 4), "recall": round(float(row["recall"]), 4),
+            "f1": round(float(row["f1-score"]), 4), "support": int(row["support"])}

@@ -32,7 +32,7 @@ from ..core.errors import LmtuneError
 from ..core.runtime import log
 from ..data.conll import ConllTable, read_conll
 from ..data.readers import Table, read_table
-from .common import LengthChoice, TaskData, labelled_tokens, load_labelled_model, percentile_length
+from .common import LengthChoice, TaskData, labelled_tokens, load_labelled_model, per_class_row, percentile_length
 from .contract import Task
 from .inputs import column_names, no_template, read_texts
 from .sections import Augmented, Windows
@@ -411,11 +411,7 @@ def entity_scores(y_true: list[list[str]], y_pred: list[list[str]], scheme: str)
     out["precision"] = float(micro.get("precision", 0.0))
     out["recall"] = float(micro.get("recall", 0.0))
     out["f1"] = float(micro.get("f1-score", 0.0))
-    out["per_class"] = {
-        kind: {k: (round(float(v), 4) if k != "support" else int(v)) for k, v in row.items()}
-        for kind, row in sorted(report.items())
-        if not kind.endswith(" avg")
-    }
+    out["per_class"] = {kind: per_class_row(row) for kind, row in sorted(report.items()) if not kind.endswith(" avg")}
     return out
 
 
