@@ -1,4 +1,7 @@
-"""lmtune data: preview, inspect, clean, augment and split data files as lmtune reads them."""
+"""lmtune data: preview, inspect, clean, augment and split data files as lmtune reads them.
+
+Each command imports its own module (numpy, ftfy, the sentiment lexicon) when it runs, so that
+`lmtune --help` and the other commands start fast."""
 
 from __future__ import annotations
 
@@ -6,16 +9,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core import models
 from ..core.config import DataConfig, load_config
 from ..core.errors import LmtuneError
 from ..core.rundir import check_output
-from ..data.augment import AugmentOptions, Skipped, augment_sentences, augment_stream, gather_synonyms
 from ..data.readers import RowReader, Table
 from ..data.writers import RowWriter, write_rows
 from ..tasks import get_task
 from .common import Parser, column_flags, print_json
+
+if TYPE_CHECKING:
+    from ..data.augment import AugmentOptions, Skipped
 
 CLEAN_DEFAULTS = (
     "By default: Unicode NFKC, whitespace collapsed, empty texts dropped, repeated texts dropped after the first "
@@ -140,6 +146,8 @@ def cmd_data_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_data_augment(args: argparse.Namespace) -> int:
+    from ..data.augment import AugmentOptions, Skipped
+
     src, out = Path(args.file), Path(args.output)
     check_output(out, args.overwrite)
     tagged = args.task == "token_classification" or (args.task is None and src.suffix.lower() in (".conll", ".iob", ".bio"))
@@ -165,6 +173,7 @@ def _augment_sentences(args: argparse.Namespace, src: Path, out: Path, options: 
                        skipped: Skipped) -> tuple[int, int, dict[str, list[str]]]:
     """Tagged sentences, all held (entity mentions are swapped between them), then their copies:
     (sentences, copies, synonyms)."""
+    from ..data.augment import augment_sentences, gather_synonyms
     from ..tasks import token_classification as ner
 
     for flag, value in (("--text-column", args.text_column), ("--label-column", args.label_column),
@@ -186,6 +195,8 @@ def _augment_rows(args: argparse.Namespace, src: Path, out: Path, options: Augme
                   skipped: Skipped) -> tuple[int, int, dict[str, list[str]]]:
     """Text rows, streamed: the rows as they are, then (a second reading) their copies:
     (rows, copies, synonyms)."""
+    from ..data.augment import augment_stream, gather_synonyms
+
     text_column = args.text_column or "text"
     reader = RowReader(src, args.format, columns=args.columns)
     if reader.columns:  # (the label column is not used, only checked: the copies keep it)
