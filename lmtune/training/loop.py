@@ -1,4 +1,7 @@
 """Training: `train(config) -> RunResult`. The loop is in `fit`, in view from batch to checkpoint.
+Before it, `_run` calls the run's phases in order (open_run, prepare_data, build_model,
+check_memory, build_optimizer_and_loaders, find_position, build_schedule, restore, log_start), each
+filling in its part of one `RunState`, which fit and finish then work on.
 The run's report.html is written by whoever ran it (lmtune.train, lmtune train, a search's trials, a
 comparison's runs) with lmtune.report.report_run, once the run has finished.
 
