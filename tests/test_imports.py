@@ -231,6 +231,6 @@ def test_the_imports_are_read_as_python_runs_them():
     assert ("lmtune.training.loop", "lmtune.core.config") in top  # from ..core.config import RunConfig, ...
     assert ("lmtune.infer.predictor", "lmtune.infer.explain") in inside  # in Predictor.explain
     assert ("lmtune.infer.explain", "lmtune.infer.predictor") not in top | inside  # under `if TYPE_CHECKING:`
-    assert ("lmtune.training.loop", "lmtune.training.cpu.heap") in top  # from .cpu import heap: the submodule
+    assert ("lmtune.infer.predictor", "lmtune.training.cpu.first_token") in top  # from ..training.cpu import first_token: the submodule
     assert ("lmtune.serve.app", "lmtune.core") in top  # from ..core import __version__: the package
     assert ("lmtune.cli", "lmtune.cli.main") in top and ("lmtune.__main__", "lmtune.cli.main") in top

@@ -57,6 +57,50 @@ class _Found:
         self.first = self.first or line
 
 
+class _Tally:
+    """What inspect_file keeps of the rows it has read: per row, hashes of its text (exact and
+    normalised), its label, its length in characters (and tokens), and the lines of the first row
+    with an empty text, control characters or mojibake."""
+
+    def __init__(self, text_column: str, label_key: str, tokenizer: Any) -> None:
+        self.text_column, self.label_key, self.tokenizer = text_column, label_key, tokenizer
+        self.exact, self.norm, self.chars, self.labels_of_texts = array("Q"), array("Q"), array("i"), array("i")
+        self.labels: array = array("i")
+        self.label_ids: dict[str, int] = {}
+        self.tokens: array = array("i")
+        self.pending: list[str] = []
+        self.empty, self.control, self.mojibake = _Found(), _Found(), _Found()
+        self.rows = 0
+
+    def add(self, line: int, row: dict[str, Any]) -> None:
+        self.rows += 1
+        t = row.get(self.text_column)
+        t = "" if t is None else str(t)
+        label = self.label_ids.setdefault(str(row.get(self.label_key)), len(self.label_ids))
+        self.labels.append(label)
+        self.chars.append(len(t))
+        if t.strip():
+            self.exact.append(digest(t))
+            self.norm.append(digest(normalise(t)))
+            self.labels_of_texts.append(label)
+        else:
+            self.empty.add(line)
+        if _control_characters(t):
+            self.control.add(line)
+        if MOJIBAKE.search(t):
+            self.mojibake.add(line)
+        if self.tokenizer is not None:
+            self.pending.append(t)
+            if len(self.pending) >= TOKENIZE_CHUNK:
+                self.tokenize()
+
+    def tokenize(self) -> None:
+        """The lengths in tokens of the texts read since the last call."""
+        if self.pending:
+            self.tokens.extend(len(ids) for ids in self.tokenizer(self.pending, truncation=False, verbose=False)["input_ids"])
+            self.pending.clear()
+
+
 def inspect_file(
     path: str | Path, *, text_column: str = "text", label_column: str | None = None, tokenizer: Any = None,
     max_length: int | None = None, fmt: str = "auto", columns: list[str] | None = None,
@@ -68,51 +112,22 @@ def inspect_file(
     if reader.columns:  # CSV, TSV: the header says at once
         reader.require_columns(text_column, label_column, keys=("text_column", "label_column"))
     label_key = label_column or "label"
-    exact, norm, chars, labels_of_texts = array("Q"), array("Q"), array("i"), array("i")
-    labels: array = array("i")
-    label_ids: dict[str, int] = {}
-    tokens: array = array("i")
-    pending: list[str] = []
-    empty, control, mojibake = _Found(), _Found(), _Found()
-    rows = 0
-
-    def tokenize() -> None:
-        tokens.extend(len(ids) for ids in tokenizer(pending, truncation=False, verbose=False)["input_ids"])
-        pending.clear()
-
+    tally = _Tally(text_column, label_key, tokenizer)
     for line, row in reader:
-        rows += 1
-        t = row.get(text_column)
-        t = "" if t is None else str(t)
-        label = label_ids.setdefault(str(row.get(label_key)), len(label_ids))
-        labels.append(label)
-        chars.append(len(t))
-        if t.strip():
-            exact.append(digest(t))
-            norm.append(digest(normalise(t)))
-            labels_of_texts.append(label)
-        else:
-            empty.add(line)
-        if _control_characters(t):
-            control.add(line)
-        if MOJIBAKE.search(t):
-            mojibake.add(line)
-        if tokenizer is not None:
-            pending.append(t)
-            if len(pending) >= TOKENIZE_CHUNK:
-                tokenize()
-    if tokenizer is not None and pending:
-        tokenize()
-    if not rows:
+        tally.add(line, row)
+    if tokenizer is not None:
+        tally.tokenize()
+    if not tally.rows:
         raise LmtuneError(f"{reader.path}: no examples in the file")
     if label_column is None and label_key in reader.columns:
         label_column = label_key
     reader.require_columns(text_column, label_column, keys=("text_column", "label_column"))
 
-    exact_keys, norm_keys = np.frombuffer(exact, np.uint64), np.frombuffer(norm, np.uint64)
+    exact_keys, norm_keys = np.frombuffer(tally.exact, np.uint64), np.frombuffer(tally.norm, np.uint64)
+    empty = tally.empty
     report: dict[str, Any] = {
         "file": str(path),
-        "rows": rows,
+        "rows": tally.rows,
         "columns": reader.columns,
         "text_column": text_column,
         "empty_texts": empty.count,
@@ -123,31 +138,49 @@ def inspect_file(
     if empty.count:
         warnings.append(f"{empty.count} empty text(s), first at line {empty.first}")
     if label_column is not None:
-        names = list(label_ids)
-        v = votes(norm_keys, np.frombuffer(labels_of_texts, np.int32))
-        counts = np.bincount(np.frombuffer(labels, np.int32), minlength=len(names))
-        by_name = {names[i]: int(c) for i, c in enumerate(counts) if c}
-        report["label_column"] = label_column
-        report["conflicting_texts"] = int((v.labels_per_key > 1).sum())
-        report["conflicting_rows"] = int((v.labels_per_key[v.group] > 1).sum())
-        report["labels"] = dict(sorted(by_name.items(), key=lambda kv: (-kv[1], kv[0])))
-        ratio = max(by_name.values()) / min(by_name.values())
-        report["imbalance"] = round(ratio, 2)
-        if ratio > IMBALANCE:
-            big, small = max(by_name, key=by_name.get), min(by_name, key=by_name.get)
-            warnings.append(f"imbalanced labels: {big!r} has {ratio:.1f}x the examples of {small!r}")
-        if report["conflicting_texts"]:
-            warnings.append(f"{report['conflicting_texts']} text(s) appear with different labels")
-    report["chars"] = _spread(np.frombuffer(chars, np.int32))
+        _report_labels(report, warnings, tally, label_column, norm_keys)
+    report["chars"] = _spread(np.frombuffer(tally.chars, np.int32))
     if tokenizer is not None:
-        lengths = np.frombuffer(tokens, np.int32)
-        report["tokens"] = _spread(lengths)
-        if max_length:
-            report["max_length"] = max_length
-            report["over_max_length"] = int((lengths > max_length).sum())
-            if report["over_max_length"]:
-                warnings.append(f"{report['over_max_length']} text(s) longer than max_length={max_length} tokens")
-    bad = reader.bad_lines
+        _report_tokens(report, warnings, tally, max_length)
+    _report_encoding(report, warnings, tally, reader.bad_lines)
+    report["warnings"] = warnings
+    return report
+
+
+def _report_labels(report: dict[str, Any], warnings: list[str], tally: _Tally, label_column: str,
+                   norm_keys: np.ndarray) -> None:
+    """The labels' counts and imbalance, and the texts that appear with different labels."""
+    names = list(tally.label_ids)
+    v = votes(norm_keys, np.frombuffer(tally.labels_of_texts, np.int32))
+    counts = np.bincount(np.frombuffer(tally.labels, np.int32), minlength=len(names))
+    by_name = {names[i]: int(c) for i, c in enumerate(counts) if c}
+    report["label_column"] = label_column
+    report["conflicting_texts"] = int((v.labels_per_key > 1).sum())
+    report["conflicting_rows"] = int((v.labels_per_key[v.group] > 1).sum())
+    report["labels"] = dict(sorted(by_name.items(), key=lambda kv: (-kv[1], kv[0])))
+    ratio = max(by_name.values()) / min(by_name.values())
+    report["imbalance"] = round(ratio, 2)
+    if ratio > IMBALANCE:
+        big, small = max(by_name, key=by_name.get), min(by_name, key=by_name.get)
+        warnings.append(f"imbalanced labels: {big!r} has {ratio:.1f}x the examples of {small!r}")
+    if report["conflicting_texts"]:
+        warnings.append(f"{report['conflicting_texts']} text(s) appear with different labels")
+
+
+def _report_tokens(report: dict[str, Any], warnings: list[str], tally: _Tally, max_length: int | None) -> None:
+    """The spread of the lengths in tokens, and how many are over max_length."""
+    lengths = np.frombuffer(tally.tokens, np.int32)
+    report["tokens"] = _spread(lengths)
+    if max_length:
+        report["max_length"] = max_length
+        report["over_max_length"] = int((lengths > max_length).sum())
+        if report["over_max_length"]:
+            warnings.append(f"{report['over_max_length']} text(s) longer than max_length={max_length} tokens")
+
+
+def _report_encoding(report: dict[str, Any], warnings: list[str], tally: _Tally, bad: list[int]) -> None:
+    """Lines that are not UTF-8, rows with control characters or mojibake."""
+    control, mojibake = tally.control, tally.mojibake
     report["encoding"] = {"non_utf8_lines": len(bad), "control_character_rows": control.count,
                           "mojibake_rows": mojibake.count}
     for name, count, first in (("line(s) are not UTF-8", len(bad), bad[0] if bad else 0),
@@ -155,8 +188,6 @@ def inspect_file(
                                ("row(s) look like mojibake (UTF-8 read as Latin-1)", mojibake.count, mojibake.first)):
         if count:
             warnings.append(f"{count} {name}, first at line {first}")
-    report["warnings"] = warnings
-    return report
 
 
 def render(report: dict[str, Any]) -> str:

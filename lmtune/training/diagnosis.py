@@ -120,15 +120,8 @@ def diagnose(
     metric = str(metric)
     greater = bool(greater)
     config = config if isinstance(config, dict) else {}
-    evals = _evaluations(history, metric)
-    scored = [e for e in evals if e.value is not None]
     reasons: list[str] = []
-    if not scored and metric != "loss" and any(e.loss is not None for e in evals):
-        reasons.append(f"no evaluation reported {metric}; read by the validation loss instead")
-        metric, greater = "loss", False
-        evals = _evaluations(history, metric)
-        scored = [e for e in evals if e.value is not None]
-
+    metric, greater, evals, scored = _read_by(history, metric, greater, reasons)
     best = _best(scored, greater)
     last = scored[-1] if scored else None
     after = scored[scored.index(best) + 1:] if best is not None else []
@@ -144,23 +137,50 @@ def diagnose(
         "reasons": reasons,
         "advice": [],
     }
-    advice: list[str] = result["advice"]
     forgetting = _forgetting(evals)
     if forgetting is not None:
         result["forgetting"] = forgetting
 
     at_chance = _at_chance(best, chance, metric, greater)
     if best is None or last is None or len(scored) < 2:
-        result["verdict"] = "too_few_evaluations"
-        reasons.append(f"{len(scored)} evaluation{'s' if len(scored) != 1 else ''} with validation {metric}; "
-                       "a trend needs at least 2")
-        advice.append("evaluate more often: set train.eval_steps (an evaluation every N steps), or train for more train.epochs")
-        if at_chance:
-            reasons.append(at_chance)
-            advice.append(_labels_advice(config))
-        _forgetting_advice(result, scored, greater, config)
-        return result
+        _too_few_evaluations(result, len(scored), metric, at_chance, config)
+    else:
+        _judge(result, scored, best, last, bool(after), at_chance, config)
+    _forgetting_advice(result, scored, greater, config)
+    return result
 
+
+def _read_by(history: list[dict], metric: str, greater: bool, reasons: list[str]) -> tuple[str, bool, list[Evaluation], list[Evaluation]]:
+    """(the metric the run is read by, its direction, the evaluations, those that report it): the
+    run's metric, or the validation loss where no evaluation reported the metric (a reason says so)."""
+    evals = _evaluations(history, metric)
+    scored = [e for e in evals if e.value is not None]
+    if not scored and metric != "loss" and any(e.loss is not None for e in evals):
+        reasons.append(f"no evaluation reported {metric}; read by the validation loss instead")
+        metric, greater = "loss", False
+        evals = _evaluations(history, metric)
+        scored = [e for e in evals if e.value is not None]
+    return metric, greater, evals, scored
+
+
+def _too_few_evaluations(result: dict[str, Any], n: int, metric: str, at_chance: str | None, config: dict) -> None:
+    """The verdict of a run with fewer than two evaluations: no trend to read."""
+    reasons, advice = result["reasons"], result["advice"]
+    result["verdict"] = "too_few_evaluations"
+    reasons.append(f"{n} evaluation{'s' if n != 1 else ''} with validation {metric}; a trend needs at least 2")
+    advice.append("evaluate more often: set train.eval_steps (an evaluation every N steps), or train for more train.epochs")
+    if at_chance:
+        reasons.append(at_chance)
+        advice.append(_labels_advice(config))
+
+
+def _judge(result: dict[str, Any], scored: list[Evaluation], best: Evaluation, last: Evaluation, improved_before_end: bool,
+           at_chance: str | None, config: dict) -> None:
+    """The verdict from two or more evaluations: underfitting (at chance, or still improving),
+    overfitting (worse at the end, with a growing gap or a rising loss while training's fell), or
+    healthy; with its reasons and advice."""
+    metric, greater = result["metric"], result["greater_is_better"]
+    reasons, advice = result["reasons"], result["advice"]
     gap_grew, gap_fact = _gap_grew(best, last, greater)
     result["gap_grew"] = gap_grew
     worse_fact = _got_worse(best, last, metric, greater)
@@ -184,19 +204,16 @@ def diagnose(
             result["verdict"] = "underfitting"
             reasons.extend(still)
             advice.extend(_underfitting_advice(config, still_falling=True))
+        elif worse_fact:
+            reasons.append(worse_fact)
+            reasons.append(gap_fact or "the train-validation gap was not measured at both evaluations")
+            advice.append(_unstable_advice(config))
+        elif improved_before_end:
+            reasons.append(f"validation {metric} held within {_tolerance_text(greater)} of its best "
+                           f"(epoch {_epoch(best.epoch)}) to the end")
         else:
-            if worse_fact:
-                reasons.append(worse_fact)
-                reasons.append(gap_fact or "the train-validation gap was not measured at both evaluations")
-                advice.append(_unstable_advice(config))
-            elif after:
-                reasons.append(f"validation {metric} held within {_tolerance_text(greater)} of its best "
-                               f"(epoch {_epoch(best.epoch)}) to the end")
-            else:
-                reasons.append(f"validation {metric} was best at the last evaluation (epoch {_epoch(last.epoch)}), "
-                               "with no steep fall of both losses at the end")
-    _forgetting_advice(result, scored, greater, config)
-    return result
+            reasons.append(f"validation {metric} was best at the last evaluation (epoch {_epoch(last.epoch)}), "
+                           "with no steep fall of both losses at the end")
 
 
 def lines(diagnosis: dict) -> list[str]:

@@ -1,4 +1,7 @@
 """Training: `train(config) -> RunResult`. The loop is in `fit`, in view from batch to checkpoint.
+Before it, `_run` calls the run's phases in order (open_run, prepare_data, build_model,
+check_memory, build_optimizer_and_loaders, find_position, build_schedule, restore, log_start), each
+filling in its part of one `RunState`, which fit and finish then work on.
 The run's report.html is written by whoever ran it (lmtune.train, lmtune train, a search's trials, a
 comparison's runs) with lmtune.report.report_run, once the run has finished.
 
@@ -33,7 +36,7 @@ from ..data.batching import EpochBatchSampler, examples_seen
 from ..tasks import get_task
 from ..tasks.run_config import as_config
 from . import adapter_checkpoint, sharding, strategies
-from .cpu import dropout, first_token, heap, row_gradients
+from .cpu import SpeedUps, speed_ups
 
 # on_evaluate(step, metrics) is called after every evaluation; returning True stops the run.
 EvalCallback = Callable[[int, dict[str, Any]], "bool | None"]
@@ -109,14 +112,6 @@ def compile_blocks(model: Any) -> None:
     _, blocks = strategies.find_blocks(model)
     for block in blocks:
         block.compile(dynamic=True)
-
-
-def gradient_clipping(accelerator: Any, model: Any, rows: row_gradients.RowGradients | None) -> Callable[[float], Any]:
-    """Clipping to a maximum norm: accelerate's clip_grad_norm_, or, for an embedding whose gradient
-    is cleared row by row (`rows`, lmtune/training/cpu/row_gradients.py), the same clipping over its touched rows."""
-    if rows is None or accelerator.scaler is not None:
-        return lambda max_norm: accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    return lambda max_norm: rows.clip(model.parameters(), max_norm)
 
 
 def is_better(value: float, loss: float | None, best: float | None, best_loss: float | None, greater: bool) -> bool:
@@ -421,10 +416,76 @@ def train(
                     train_sample_rows=train_sample_rows)
 
 
+@dataclass
+class RunState:
+    """The run as its phases build it, one after another (see `_run`): what the loop and the final
+    evaluation work on. Each phase fills in its part."""
+
+    cfg: RunConfig
+    task: Any
+    run: RunDir
+    data: Any
+    tokenizer: Any
+    model_path: Path
+    accelerator: Any
+    resume: bool  # the run folder's answer: a checkpoint to go on from
+    new_folder: bool = False  # (the run folder was empty or made anew: a run refused for memory removes it)
+    resolved: dict[str, Any] = field(default_factory=dict)  # strategy, data.max_length and train.lr as chosen
+    # prepare_data: the tokenized splits, their lengths and how many inputs were truncated
+    features: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    lengths: dict[str, list[int]] = field(default_factory=dict)
+    truncated: dict[str, Any] = field(default_factory=dict)
+    # build_model: the model, its attention kernel, the strategy's plan (groups, update), the speed-ups
+    attention: str = "sdpa"
+    model: Any = None
+    strategy: strategies.Plan | None = None
+    speed: SpeedUps | None = None
+    memory: MemoryPlan | None = None  # check_memory
+    # build_optimizer_and_loaders
+    optimizer: Any = None
+    clip: Callable[[float], Any] | None = None
+    train_sampler: EpochBatchSampler | None = None
+    train_loader: Any = None
+    loaders: dict[str, Any] = field(default_factory=dict)  # the evaluation loaders by split
+    evaluation: Evaluation | None = None
+    # find_position, build_schedule
+    loop: LoopState = field(default_factory=LoopState)
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    checkpoint: Path | None = None  # the checkpoint a resumed run goes on from
+    compiled: bool = False
+    scheduler: Any = None
+
+    @property
+    def fsdp(self) -> bool:
+        return self.cfg.train.distributed == "fsdp"
+
+
 def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluate: EvalCallback | None,
          progress: bool, train_sample_rows: int) -> RunResult:
-    """The run itself (see train)."""
+    """The run itself (see train): its phases, the loop, the final evaluation."""
     started = time.perf_counter()
+    s = open_run(cfg, data, resume=resume, overwrite=overwrite)
+    prepare_data(s, train_sample_rows)
+    build_model(s)
+    check_memory(s)
+    build_optimizer_and_loaders(s)
+    find_position(s)
+    build_schedule(s)
+    restore(s)
+    log_start(s)
+    setup_seconds = time.perf_counter() - started
+    with s.speed.heap():  # (no page faults for each step's large tensors)
+        with PeakMemory(s.accelerator.device) as peak:
+            stopped_early = fit(s, on_evaluate, progress)
+        return finish(s.cfg, s.task, s.data, s.run, s.accelerator, s.model, s.tokenizer, s.loaders, s.loop, stopped_early,
+                      peak.megabytes, progress=progress, evaluation=s.evaluation, setup_seconds=setup_seconds,
+                      memory_record=s.memory.record())
+
+
+def open_run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool) -> RunState:
+    """Read and check all data before anything is written or loaded; resolve the config's automatic
+    choices; make the accelerator; start (or reopen) the run folder; seed."""
     from accelerate.utils import set_seed
 
     from ..core import tracking
@@ -432,15 +493,14 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
     task = get_task(cfg.task)
     run = RunDir(cfg.output_dir or "runs/run")
     tracking.check_installed(cfg.train.report_to)
-    # Read and check all data before anything is written or loaded.
     data = task.load_data(cfg) if data is None else data
     model_path = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(model_path)
     cfg, resolved, resolved_notes = resolve_defaults(cfg, task, data, tokenizer)  # before config.yaml is written
     t = cfg.train
     accelerator = make_accelerator(t.precision, **tracking.accelerator_options(t.report_to, run.path))
-    main = accelerator.is_main_process
-    if main:
+    new_folder = False
+    if accelerator.is_main_process:
         new_folder = overwrite or not (run.path.is_dir() and any(run.path.iterdir()))
         resume = run.start(cfg.to_yaml(), resume=resume, overwrite=overwrite)
     resume = collectives.main_decides(accelerator, resume)  # the run folder's answer, for every process
@@ -453,329 +513,392 @@ def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluat
         if busy:
             log(busy)
     set_seed(t.seed)
+    return RunState(cfg, task, run, data, tokenizer, model_path, accelerator, resume, new_folder, resolved)
 
+
+def prepare_data(s: RunState, train_sample_rows: int) -> None:
+    """Tokenize the splits (and the training sample that every evaluation scores); write data.json,
+    dropped.jsonl and run.json."""
+    cfg, data, task = s.cfg, s.data, s.task
     splits = {"train": data.train, "validation": data.validation}
     if data.test is not None:
         splits["test"] = data.test
-    features, truncated = {}, {}
     for name, table in splits.items():
-        features[name], truncated[name] = task.prepare(table, tokenizer, cfg, data.labels)
-        if truncated[name]:
-            how = truncated[name].describe() if hasattr(truncated[name], "describe") else ""
-            log(f"{name}: {truncated[name]} of {len(table)} inputs longer than data.max_length={cfg.data.max_length} "
+        s.features[name], s.truncated[name] = task.prepare(table, s.tokenizer, cfg, data.labels)
+        if s.truncated[name]:
+            how = s.truncated[name].describe() if hasattr(s.truncated[name], "describe") else ""
+            log(f"{name}: {s.truncated[name]} of {len(table)} inputs longer than data.max_length={cfg.data.max_length} "
                 f"were truncated" + (f": {how}" if how else ""))
     # the training sample, scored at every evaluation beside validation: at most as many rows as
     # validation (the two are compared, and it must not cost more than validation does)
     sample_rows = train_sample_rows or min(cfg.eval.train_sample, len(data.validation))
     if sample_rows:  # (not in the data record: these examples are in the train split already)
-        sample = data.train.subset(seeded_sample(len(data.train), sample_rows, t.seed))
-        features["train_sample"], _ = task.prepare(sample, tokenizer, cfg, data.labels)
+        sample = data.train.subset(seeded_sample(len(data.train), sample_rows, cfg.train.seed))
+        s.features["train_sample"], _ = task.prepare(sample, s.tokenizer, cfg, data.labels)
     for note in data.notes:
         log(note)
-    if main:
-        write_json_atomic(run.path / "data.json", _data_record(cfg, data, truncated, resolved))
-        if data.dropped:
-            write_text_atomic(run.path / "dropped.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in data.dropped))
-        write_json_atomic(run.path / "run.json", {
-            "model": cfg.model,
-            "model_path": str(model_path),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "accelerate": __import__("accelerate").__version__,
-            "processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-        })
+    if s.accelerator.is_main_process:
+        write_run_records(s)
+    s.lengths = {name: [len(f["input_ids"]) for f in feats] for name, feats in s.features.items()}
 
-    lengths = {name: [len(f["input_ids"]) for f in feats] for name, feats in features.items()}
-    attention = choose_attention(t.attention, accelerator.device.type, lengths["train"], task.EAGER_MAX_LENGTH)
-    model = task.build_model(model_path, cfg, data.labels, attn_implementation=attention)
-    first_token.use(model)  # (a classifier that reads the first position: its last layer computes that one)
+
+def write_run_records(s: RunState) -> None:
+    """data.json (files, their hashes, what was chosen), dropped.jsonl and run.json (the versions)."""
+    run, data, accelerator = s.run, s.data, s.accelerator
+    write_json_atomic(run.path / "data.json", _data_record(s.cfg, data, s.truncated, s.resolved))
+    if data.dropped:
+        write_text_atomic(run.path / "dropped.jsonl", "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in data.dropped))
+    write_json_atomic(run.path / "run.json", {
+        "model": s.cfg.model,
+        "model_path": str(s.model_path),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "accelerate": __import__("accelerate").__version__,
+        "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+    })
+
+
+def build_model(s: RunState) -> None:
+    """The task's model with its attention kernel, gradient checkpointing, the strategy (what trains,
+    at which learning rates) and the speed-ups (lmtune/training/cpu)."""
+    cfg, t = s.cfg, s.cfg.train
+    s.attention = choose_attention(t.attention, s.accelerator.device.type, s.lengths["train"], s.task.EAGER_MAX_LENGTH)
+    model = s.task.build_model(s.model_path, cfg, s.data.labels, attn_implementation=s.attention)
     if t.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise LmtuneError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
         # non-reentrant: also right for frozen embeddings (partial, LoRA) and under DDP
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    plan = strategies.apply(model, cfg.strategy, t.lr, t.weight_decay)
-    model = plan.model
-    # dropout masks from packed random words on CPU (the model's own and LoRA's): torch draws one
-    # Bernoulli number per element, a tenth of a MiniLM step and half of a LoRA step on CPU
-    dropout.use_packed(model)
-    if models.is_adapter(model):
+    s.strategy = strategies.apply(model, cfg.strategy, t.lr, t.weight_decay)
+    s.model = s.strategy.model
+    s.speed = speed_ups(s.model, s.accelerator)
+    if models.is_adapter(s.model):
         # the saved adapter names its base as the config does (smollm2-135m), not by a folder of this
         # machine such as the GGUF cache, so that the run folder loads on another machine too
-        for adapter in model.peft_config.values():
+        for adapter in s.model.peft_config.values():
             adapter.base_model_name_or_path = cfg.model
-    log(f"model {cfg.model}; strategy {cfg.strategy.name}: {strategies.describe(model, plan.groups)}")
-    memory_plan = plan_memory(t, model, accelerator, attention, max(lengths["train"]))
-    for note in memory_plan.notes:
+    log(f"model {cfg.model}; strategy {cfg.strategy.name}: {strategies.describe(s.model, s.strategy.groups)}")
+
+
+def check_memory(s: RunState) -> None:
+    """Plan the micro-batches and estimate the peak; refuse a run that cannot fit the memory free now
+    (before anything trains: nothing is lost; a run folder made for it is removed)."""
+    t, accelerator, main = s.cfg.train, s.accelerator, s.accelerator.is_main_process
+    s.memory = plan_memory(t, s.model, accelerator, s.attention, max(s.lengths["train"]))
+    for note in s.memory.notes:
         log(note)
-    problem = memory_problem(memory_plan, t, accelerator) if main and t.memory_guard else None
-    if collectives.main_decides(accelerator, problem is not None):  # before anything trains: nothing is lost
-        if main and new_folder and not resume:
-            shutil.rmtree(run.path, ignore_errors=True)
+    problem = memory_problem(s.memory, t, accelerator) if main and t.memory_guard else None
+    if collectives.main_decides(accelerator, problem is not None):
+        if main and s.new_folder and not s.resume:
+            shutil.rmtree(s.run.path, ignore_errors=True)
         raise LmtuneError(problem or "memory: the run does not fit this machine (the first process says why)")
-    log(f"memory: {memory_plan.estimate.describe()}, micro-batches of {memory_plan.micro_batch}")
-    groups = plan.groups
-    fsdp = t.distributed == "fsdp"
-    if fsdp:  # torch's FSDP shards the model itself; accelerate keeps the rest (RNG, scheduler, gathering)
+    log(f"memory: {s.memory.estimate.describe()}, micro-batches of {s.memory.micro_batch}")
+
+
+def build_optimizer_and_loaders(s: RunState) -> None:
+    """FSDP's shards, the optimizer, the batch samplers and loaders of every split (and the general
+    text's), the evaluation, and the model and optimizer prepared by accelerate."""
+    t, accelerator, model = s.cfg.train, s.accelerator, s.model
+    groups = s.strategy.groups
+    if s.fsdp:  # torch's FSDP shards the model itself; accelerate keeps the rest (RNG, scheduler, gathering)
         model.to(accelerator.device)
         if accelerator.num_processes > 1:
             groups = sharding.shard(model, groups)
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
     optimizer = torch.optim.AdamW(groups, lr=t.lr, **fused)
-    rows = None
-    if accelerator.device.type == "cpu" and accelerator.num_processes == 1:  # (DDP reduces dense gradients)
-        rows = row_gradients.use(model, optimizer)
-
-    collate = task.collator(tokenizer, cfg, model)
+    s.clip = s.speed.gradient_clipping(optimizer)
+    collate = s.task.collator(s.tokenizer, s.cfg, model)
     # The samplers split every (global) batch between the processes themselves: accelerate's own
     # sharding of a batch sampler assumes that only the last batch is short, and with shuffled,
     # length-grouped batches it would repeat some and drop others.
     shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
-    train_sampler = EpochBatchSampler(lengths["train"], t.batch_size, seed=t.seed, group_by_length=t.group_by_length, **shard)
-    eval_bs = t.eval_batch_size or 2 * t.batch_size
-    loaders = {
-        name: _loader(
-            features[name],
-            # (sharded: every process must run every forward, so a process without examples repeats one)
-            EpochBatchSampler(lengths[name], eval_bs, seed=t.seed, shuffle=False, pad_empty=fsdp, **shard),
-            collate,
-        )
-        for name in features
-        if name != "train"
-    }
-    train_loader = _loader(features["train"], train_sampler, MicroBatches(collate, memory_plan.micro_batch))
-    general = general_text_features(task, tokenizer, cfg)
-    general_loader = None if general is None else _loader(
-        general, EpochBatchSampler([len(f["input_ids"]) for f in general], eval_bs, seed=t.seed, shuffle=False,
-                                   pad_empty=fsdp, **shard), collate)
-    evaluation = Evaluation(loaders["validation"], loaders.get("train_sample"), general_loader)
-    if not fsdp:
+    s.train_sampler = EpochBatchSampler(s.lengths["train"], t.batch_size, seed=t.seed, group_by_length=t.group_by_length, **shard)
+
+    def eval_loader(features: list[dict[str, Any]]) -> torch.utils.data.DataLoader:
+        # (sharded: every process must run every forward, so a process without examples repeats one)
+        lengths = [len(f["input_ids"]) for f in features]
+        sampler = EpochBatchSampler(lengths, t.eval_batch_size or 2 * t.batch_size, seed=t.seed, shuffle=False,
+                                    pad_empty=s.fsdp, **shard)
+        return _loader(features, sampler, collate)
+
+    s.loaders = {name: eval_loader(s.features[name]) for name in s.features if name != "train"}
+    s.train_loader = _loader(s.features["train"], s.train_sampler, MicroBatches(collate, s.memory.micro_batch))
+    general = general_text_features(s.task, s.tokenizer, s.cfg)
+    general_loader = None if general is None else eval_loader(general)
+    s.evaluation = Evaluation(s.loaders["validation"], s.loaders.get("train_sample"), general_loader)
+    if not s.fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
-    clip = gradient_clipping(accelerator, model, rows)
+    s.model, s.optimizer = model, optimizer
     if models.is_adapter(accelerator.unwrap_model(model)):  # checkpoints without the frozen base model
         adapter_checkpoint.leave_out_frozen_base(accelerator)
 
-    micro_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(micro_per_epoch / t.gradient_accumulation_steps)
-    total_steps = t.max_steps or t.epochs * steps_per_epoch
-    state = LoopState(processes=accelerator.num_processes)
-    if resume:
-        ckpt = run.last_checkpoint()
-        state = LoopState(**json.loads((ckpt / "loop_state.json").read_text()))
-        changed = state.processes != accelerator.num_processes
-        if changed and state.batches_in_epoch:  # the rest of the epoch is batched afresh, without what was seen
-            state.earlier_in_epoch.append([state.processes, state.batches_in_epoch])
-            state.batches_in_epoch = 0
-        if state.earlier_in_epoch:
-            train_sampler.skip(state.epoch, examples_seen(
-                lengths["train"], t.batch_size, seed=t.seed, group_by_length=t.group_by_length,
-                epoch=state.epoch, segments=state.earlier_in_epoch))
-        if changed:
-            if not t.max_steps:  # the steps still to come, counted with the new global batch
-                train_sampler.use_epoch(state.epoch)
-                rest = math.ceil(len(train_sampler) / t.gradient_accumulation_steps)
-                total_steps = state.step + rest + (t.epochs - state.epoch - 1) * steps_per_epoch
-            log(f"{ckpt} was written by {state.processes} process(es), going on with {accelerator.num_processes}: "
-                f"global batch {t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, "
-                f"{total_steps} steps in all")
-        state.processes = accelerator.num_processes
-    compiled = t.compile is True or (t.compile == "auto" and cfg.task == "causal_lm" and total_steps >= COMPILE_MIN_STEPS and not fsdp)
-    if compiled:
-        compile_blocks(accelerator.unwrap_model(model))
+
+def find_position(s: RunState) -> None:
+    """Where the loop starts and how many steps it takes: a new run from the start; a resumed one where
+    its last checkpoint stopped (with another number of processes: the rest of the epoch batched
+    afresh, without what was seen, and the steps still to come counted with the new global batch)."""
+    t, processes = s.cfg.train, s.accelerator.num_processes
+    s.steps_per_epoch = math.ceil(len(s.train_loader) / t.gradient_accumulation_steps)
+    s.total_steps = t.max_steps or t.epochs * s.steps_per_epoch
+    s.loop = LoopState(processes=processes)
+    if not s.resume:
+        return
+    s.checkpoint = ckpt = s.run.last_checkpoint()
+    state = s.loop = LoopState(**json.loads((ckpt / "loop_state.json").read_text()))
+    changed = state.processes != processes
+    if changed and state.batches_in_epoch:  # the rest of the epoch is batched afresh, without what was seen
+        state.earlier_in_epoch.append([state.processes, state.batches_in_epoch])
+        state.batches_in_epoch = 0
+    if state.earlier_in_epoch:
+        s.train_sampler.skip(state.epoch, examples_seen(
+            s.lengths["train"], t.batch_size, seed=t.seed, group_by_length=t.group_by_length,
+            epoch=state.epoch, segments=state.earlier_in_epoch))
+    if changed:
+        if not t.max_steps:  # the steps still to come, counted with the new global batch
+            s.train_sampler.use_epoch(state.epoch)
+            rest = math.ceil(len(s.train_sampler) / t.gradient_accumulation_steps)
+            s.total_steps = state.step + rest + (t.epochs - state.epoch - 1) * s.steps_per_epoch
+        log(f"{ckpt} was written by {state.processes} process(es), going on with {processes}: "
+            f"global batch {t.batch_size * t.gradient_accumulation_steps * processes}, "
+            f"{s.total_steps} steps in all")
+    state.processes = processes
+
+
+def build_schedule(s: RunState) -> None:
+    """Compiled blocks (train.compile) and the learning-rate schedule over the run's steps."""
     from transformers import get_scheduler
 
-    scheduler = get_scheduler(
+    cfg, t, fsdp, total_steps = s.cfg, s.cfg.train, s.fsdp, s.total_steps
+    s.compiled = t.compile is True or (t.compile == "auto" and cfg.task == "causal_lm" and total_steps >= COMPILE_MIN_STEPS and not fsdp)
+    if s.compiled:
+        compile_blocks(s.accelerator.unwrap_model(s.model))
+    s.scheduler = get_scheduler(
         "constant_with_warmup" if t.scheduler == "constant" else t.scheduler,
-        optimizer,
+        s.optimizer,
         num_warmup_steps=round(t.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    accelerator.register_for_checkpointing(scheduler)
+    s.accelerator.register_for_checkpointing(s.scheduler)
 
-    if resume:
-        accelerator.load_state(str(ckpt))
-        if fsdp:
-            sharding.load_shards(ckpt, model, optimizer)
+
+def restore(s: RunState) -> None:
+    """A resumed run loads its checkpoint (model, optimizer, scheduler, RNG) and cuts the history
+    back to it; a new one starts its history. Then the trackers start, and eval.forgetting measures
+    the base model's perplexity on the general text."""
+    from ..core import tracking
+
+    main, state = s.accelerator.is_main_process, s.loop
+    if s.resume:
+        s.accelerator.load_state(str(s.checkpoint))
+        if s.fsdp:
+            sharding.load_shards(s.checkpoint, s.model, s.optimizer)
         if main:
-            run.truncate_history(state.history_lines)
-        log(f"resumed from {ckpt} at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_in_epoch})")
+            s.run.truncate_history(state.history_lines)
+        log(f"resumed from {s.checkpoint} at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_in_epoch})")
     elif main:
-        run.history.unlink(missing_ok=True)
+        s.run.history.unlink(missing_ok=True)
     # (after a resume, TensorBoard forgets what the stopped run logged past its checkpoint, as the history does)
-    tracking.start(accelerator, cfg, run.path.name, resumed_at=state.step if resume else None)
-    if general_loader is not None and state.base_perplexity is None and not resume:
-        state.base_perplexity = evaluation.perplexity(task, model, accelerator, cfg)
+    tracking.start(s.accelerator, s.cfg, s.run.path.name, resumed_at=state.step if s.resume else None)
+    if s.evaluation.general_text is not None and state.base_perplexity is None and not s.resume:
+        state.base_perplexity = s.evaluation.perplexity(s.task, s.model, s.accelerator, s.cfg)
         log(f"eval.forgetting: the base model's perplexity on the general text is {state.base_perplexity:.2f}")
 
+
+def log_start(s: RunState) -> None:
+    """One line of what trains where: processes, precision, attention, examples, batch and steps."""
+    t, accelerator = s.cfg.train, s.accelerator
     threads = torch.get_num_threads()
     cpu_threads_each = f" ({threads} thread{'s' if threads > 1 else ''} each)" if accelerator.device.type == "cpu" else ""
     log(
         f"training on {accelerator.num_processes} x {accelerator.device.type}{cpu_threads_each}"
-        f"{' (FSDP: parameters, gradients and optimizer state sharded)' if fsdp and accelerator.num_processes > 1 else ''}, precision "
-        f"{'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision}, {attention} attention{', compiled blocks' if compiled else ''}: "
-        f"{len(features['train'])} examples, global batch "
-        f"{t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, {total_steps} steps"
+        f"{' (FSDP: parameters, gradients and optimizer state sharded)' if s.fsdp and accelerator.num_processes > 1 else ''}, precision "
+        f"{'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision}, {s.attention} attention{', compiled blocks' if s.compiled else ''}: "
+        f"{len(s.features['train'])} examples, global batch "
+        f"{t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes}, {s.total_steps} steps"
     )
-    setup_seconds = time.perf_counter() - started
-    with heap.kept_in_heap(accelerator.device.type == "cpu"):  # (no page faults for each step's large tensors)
-        with PeakMemory(accelerator.device) as peak:
-            stopped_early = fit(
-                cfg, task, data.labels, run, accelerator, model, optimizer, scheduler, clip, plan.update, train_loader,
-                train_sampler, evaluation, state, total_steps, on_evaluate, progress,
-            )
-        return finish(cfg, task, data, run, accelerator, model, tokenizer, loaders, state, stopped_early, peak.megabytes,
-                      progress=progress, evaluation=evaluation, setup_seconds=setup_seconds, memory_record=memory_plan.record())
 
 
-def fit(
-    cfg: RunConfig,
-    task: Any,
-    labels: list[str],
-    run: RunDir,
-    accelerator: Any,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    clip: Callable[[float], Any],
-    update_strategy: Callable[[int, int], "str | None"],
-    train_loader: Any,
-    sampler: EpochBatchSampler,
-    evaluation: Evaluation,
-    state: LoopState,
-    total_steps: int,
-    on_evaluate: EvalCallback | None,
-    progress: bool,
-) -> bool:
+def fit(s: RunState, on_evaluate: EvalCallback | None = None, progress: bool = True) -> bool:
     """The loop. Returns True when early stopping (or a callback) ended it."""
     from accelerate.utils import send_to_device
-    from tqdm.auto import tqdm
 
-    from ..core import tracking
-
-    t = cfg.train
-    main = accelerator.is_main_process
-    sharded = sharding.is_sharded(model)
+    t, state, model, accelerator = s.cfg.train, s.loop, s.model, s.accelerator
     # a model that accelerate prepared autocasts itself; an FSDP one (not prepared) is autocast here
-    autocast = accelerator.autocast if t.distributed == "fsdp" else contextlib.nullcontext
-    greater = task.GREATER_IS_BETTER[t.metric]
-    accum = t.gradient_accumulation_steps
-    bar = tqdm(total=total_steps, initial=state.step, disable=not (main and progress), unit="step", dynamic_ncols=True)
-    window_loss, window_batches, window_samples, window_tokens = 0.0, 0, 0, 0
-    window_start = time.perf_counter()
+    autocast = accelerator.autocast if s.fsdp else contextlib.nullcontext
+    meter = StepMeter(s, progress)
     model.train()
-    update_strategy(state.step, state.epoch)  # a resumed run: what trained at the checkpoint
-
-    def log_record(record: dict[str, Any]) -> None:
-        if main:
-            run.append_history(record)
-            state.history_lines += 1
-            tracking.log(accelerator, record)
-
+    s.strategy.update(state.step, state.epoch)  # a resumed run: what trained at the checkpoint
     for epoch in range(state.epoch, t.epochs if not t.max_steps else 10**9):
-        if state.step >= total_steps:
+        if state.step >= s.total_steps:
             break
-        sampler.use_epoch(epoch)
-        state.epoch = epoch
-        loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch) if state.batches_in_epoch else train_loader
-        n_micro = len(train_loader)
-        tick = time.perf_counter()
+        loader, n_micro = epoch_batches(s, epoch)
+        meter.tick = time.perf_counter()
         for micro, parts in enumerate(loader, start=state.batches_in_epoch):
-            sync = (micro + 1) % accum == 0 or micro + 1 == n_micro
-            parts, weights, n, n_tokens = weigh_parts(task, [send_to_device(p, accelerator.device) for p in parts])
+            sync = (micro + 1) % t.gradient_accumulation_steps == 0 or micro + 1 == n_micro
+            parts, weights, n, n_tokens = weigh_parts(s.task, [send_to_device(p, accelerator.device) for p in parts])
             batch_loss = 0.0
             for k, (part, weight) in enumerate(zip(parts, weights)):
-                last = sync and k == len(parts) - 1
-                if sharded:  # reduce-scatter the gradients only at the last micro-batch of a step
-                    model.set_requires_gradient_sync(last)
-                with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+                with gradient_sync(s, sync and k == len(parts) - 1):
                     with autocast():
                         loss = model(**part).loss
-                    accelerator.backward(loss * weight / accum)
+                    accelerator.backward(loss * weight / t.gradient_accumulation_steps)
                 batch_loss += loss.item() * weight
-            n *= accelerator.num_processes
-            n_tokens *= accelerator.num_processes
-            window_loss += batch_loss
-            window_batches += 1
-            window_samples += n
-            window_tokens += n_tokens
-            state.train_samples += n
-            state.train_tokens += n_tokens
+            meter.add(batch_loss, n * accelerator.num_processes, n_tokens * accelerator.num_processes)
             if not sync:
                 continue
             if t.max_grad_norm:
-                clip(t.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                s.clip(t.max_grad_norm)
+            s.optimizer.step()
+            s.scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.batches_in_epoch = micro + 1
-            now = time.perf_counter()
-            state.train_seconds += now - tick
-            tick = now
-            bar.update(1)
-
-            if state.step % t.log_steps == 0 or state.step == total_steps:
-                elapsed = max(now - window_start, 1e-9)
-                record = {
-                    "step": state.step,
-                    "epoch": round(epoch + (micro + 1) / n_micro, 4),
-                    "loss": round(collectives.mean(accelerator, window_loss / window_batches), 6),
-                    "lr": scheduler.get_last_lr()[0],
-                    "lrs": group_lrs(optimizer, scheduler),
-                    "samples_per_second": round(window_samples / elapsed, 2),
-                    "tokens_per_second": round(window_tokens / elapsed, 1),
-                }
-                log_record(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
-                if not progress:  # no bar: the same numbers as a line
-                    log(step_line(record, total_steps))
-                window_loss, window_batches, window_samples, window_tokens = 0.0, 0, 0, 0
-                window_start = time.perf_counter()
-
-            end_of_epoch = micro + 1 == n_micro
+            meter.stepped()
+            position = round(epoch + (micro + 1) / n_micro, 4)  # (epochs, as the history records them)
+            if state.step % t.log_steps == 0 or state.step == s.total_steps:
+                meter.log_step(position)
+            end_of_epoch, last = micro + 1 == n_micro, state.step >= s.total_steps
             due = state.step % t.eval_steps == 0 if t.eval_steps else end_of_epoch
-            last = state.step >= total_steps
-            stop = False
-            if due or last:
-                metrics, more = evaluation.run(task, model, accelerator, labels, cfg, state)
-                value = metrics[t.metric]
-                improved = is_better(value, metrics.get("loss"), state.best_metric, state.best_loss, greater)
-                if improved:
-                    state.best_metric, state.best_loss, state.best_step = value, metrics.get("loss"), state.step
-                    state.bad_evals = 0
-                    save_model(accelerator, model, run.best)
-                else:
-                    state.bad_evals += 1
-                shown = brief(metrics)
-                log_record({"step": state.step, "epoch": round(epoch + (micro + 1) / n_micro, 4), "eval": shown, **more})
-                log(eval_line(state.step, t.metric, shown, more, improved))
-                if t.early_stopping_patience and state.bad_evals >= t.early_stopping_patience:
-                    log(f"early stopping: no better {t.metric} in {state.bad_evals} evaluations")
-                    stop = True
-                if on_evaluate is not None and on_evaluate(state.step, metrics):
-                    stop = True
-                # every process stops, or none: the first process's callback decides (a search's pruner
-                # lives there)
-                stop = collectives.main_decides(accelerator, stop)
-                if end_of_epoch:
-                    state.next_epoch(epoch)
-                save_checkpoint(accelerator, run, state, (model, optimizer) if t.distributed == "fsdp" else None)
-                state.eval_seconds += time.perf_counter() - now
-                tick = time.perf_counter()  # evaluation and saving are not training time
-                window_start = tick
-            elif end_of_epoch:
+            if end_of_epoch:  # (before the checkpoint: it goes on with the next epoch)
                 state.next_epoch(epoch)
-            changed = update_strategy(state.step, state.epoch)
+            stop = evaluate_and_save(s, meter, position, on_evaluate) if due or last else False
+            changed = s.strategy.update(state.step, state.epoch)
             if changed:
                 log(f"step {state.step}: {changed}")
             if stop or last:
-                bar.close()
+                meter.close()
                 return stop
         state.next_epoch(epoch)
-    bar.close()
+    meter.close()
     return False
+
+
+def epoch_batches(s: RunState, epoch: int) -> tuple[Any, int]:
+    """The epoch's micro-batches (a resumed run's first epoch: those not trained on yet) and how many
+    the whole epoch has."""
+    s.train_sampler.use_epoch(epoch)
+    s.loop.epoch = epoch
+    done = s.loop.batches_in_epoch
+    loader = s.accelerator.skip_first_batches(s.train_loader, done) if done else s.train_loader
+    return loader, len(s.train_loader)
+
+
+def gradient_sync(s: RunState, last: bool) -> contextlib.AbstractContextManager[Any]:
+    """The processes reduce the gradients at the last micro-batch of a step only (DDP: no_sync before
+    it; FSDP: reduce-scatter then)."""
+    if sharding.is_sharded(s.model):
+        s.model.set_requires_gradient_sync(last)
+    return s.accelerator.no_sync(s.model) if not last else contextlib.nullcontext()
+
+
+class StepMeter:
+    """The side work of each step: its time, the progress bar, and the history record and log line
+    of every train.log_steps-th step (the loss and throughput since the last one)."""
+
+    def __init__(self, s: RunState, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.s, self.progress = s, progress
+        self.main = s.accelerator.is_main_process
+        self.bar = tqdm(total=s.total_steps, initial=s.loop.step, disable=not (self.main and progress), unit="step",
+                        dynamic_ncols=True)
+        self.restart_window()
+        self.tick = self.now = self.window_start
+
+    def restart_window(self) -> None:
+        self.loss, self.batches, self.samples, self.tokens = 0.0, 0, 0, 0
+        self.window_start = time.perf_counter()
+
+    def add(self, loss: float, samples: int, tokens: int) -> None:
+        """A batch trained on (its examples and tokens over all processes)."""
+        self.loss += loss
+        self.batches += 1
+        self.samples += samples
+        self.tokens += tokens
+        self.s.loop.train_samples += samples
+        self.s.loop.train_tokens += tokens
+
+    def stepped(self) -> None:
+        """An optimizer step done: its time counts as training."""
+        self.now = time.perf_counter()
+        self.s.loop.train_seconds += self.now - self.tick
+        self.tick = self.now
+        self.bar.update(1)
+
+    def record(self, record: dict[str, Any]) -> None:
+        """A line of the history (and the trackers'), from the first process."""
+        if self.main:
+            from ..core import tracking
+
+            self.s.run.append_history(record)
+            self.s.loop.history_lines += 1
+            tracking.log(self.s.accelerator, record)
+
+    def log_step(self, epoch: float) -> None:
+        s = self.s
+        elapsed = max(self.now - self.window_start, 1e-9)
+        record = {
+            "step": s.loop.step,
+            "epoch": epoch,
+            "loss": round(collectives.mean(s.accelerator, self.loss / self.batches), 6),
+            "lr": s.scheduler.get_last_lr()[0],
+            "lrs": group_lrs(s.optimizer, s.scheduler),
+            "samples_per_second": round(self.samples / elapsed, 2),
+            "tokens_per_second": round(self.tokens / elapsed, 1),
+        }
+        self.record(record)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
+        if not self.progress:  # no bar: the same numbers as a line
+            log(step_line(record, s.total_steps))
+        self.restart_window()
+
+    def paused(self) -> None:
+        """Evaluation and saving since the step are not training time."""
+        self.s.loop.eval_seconds += time.perf_counter() - self.now
+        self.tick = time.perf_counter()
+        self.window_start = self.tick
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def evaluate_and_save(s: RunState, meter: StepMeter, position: float, on_evaluate: EvalCallback | None) -> bool:
+    """An evaluation: the best model saved when it improved, the record and line logged, early
+    stopping decided, the checkpoint written. Returns whether the run stops here."""
+    state, t = s.loop, s.cfg.train
+    metrics, more = s.evaluation.run(s.task, s.model, s.accelerator, s.data.labels, s.cfg, state)
+    improved = keep_if_best(s, metrics)
+    shown = brief(metrics)
+    meter.record({"step": state.step, "epoch": position, "eval": shown, **more})
+    log(eval_line(state.step, t.metric, shown, more, improved))
+    stop = False
+    if t.early_stopping_patience and state.bad_evals >= t.early_stopping_patience:
+        log(f"early stopping: no better {t.metric} in {state.bad_evals} evaluations")
+        stop = True
+    if on_evaluate is not None and on_evaluate(state.step, metrics):
+        stop = True
+    # every process stops, or none: the first process's callback decides (a search's pruner lives there)
+    stop = collectives.main_decides(s.accelerator, stop)
+    save_checkpoint(s.accelerator, s.run, state, (s.model, s.optimizer) if s.fsdp else None)
+    meter.paused()
+    return stop
+
+
+def keep_if_best(s: RunState, metrics: dict[str, Any]) -> bool:
+    """Whether the evaluation beat the best so far (then its model is saved as run.best); counts the
+    evaluations without improvement for early stopping."""
+    state, metric = s.loop, s.cfg.train.metric
+    value = metrics[metric]
+    improved = is_better(value, metrics.get("loss"), state.best_metric, state.best_loss, s.task.GREATER_IS_BETTER[metric])
+    if improved:
+        state.best_metric, state.best_loss, state.best_step = value, metrics.get("loss"), state.step
+        state.bad_evals = 0
+        save_model(s.accelerator, s.model, s.run.best)
+    else:
+        state.bad_evals += 1
+    return improved
 
 
 def weigh_parts(task: Any, parts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float], int, int]:
@@ -883,26 +1006,13 @@ def finish(
     # the model in memory is the best one when the best evaluation was the latest (the usual end of a
     # run whose validation still improved): neither its weights nor its outputs need computing again
     current = evaluation is not None and state.best_step is not None and evaluation.outputs_step == state.best_step
-    reused = evaluation.outputs if current else {}
     if run.best.is_dir() and not current:
         if sharding.is_sharded(model):
             sharding.load_folder(model, run.best)
         else:
             models.load_saved_weights(accelerator.unwrap_model(model), run.best)
-    labels = data.labels
-    save_model(accelerator, model, run.model, tokenizer)
-    if accelerator.is_main_process:
-        # the attention kernel too: eval and predict load the model with it, to give the run's own numbers
-        attention = accelerator.unwrap_model(model).config._attn_implementation
-        write_json_atomic(run.model / "lmtune.json", {"task": cfg.task, "labels": labels, "model": cfg.model,
-                                                      "attention": attention})
-    metrics: dict[str, Any] = {}
-    samples: list[dict[str, Any]] = []
-    for name, loader in loaders.items():
-        outputs = reused[name] if name in reused else evaluate(task, model, loader, accelerator, cfg)
-        metrics[name] = task.compute_metrics(outputs, labels, cfg, loader.dataset)
-        if name == "validation":  # what the model answered, for the report
-            samples = task.validation_samples(outputs, labels, cfg, loader.dataset, data.validation)
+    write_final_model(cfg, data, run, accelerator, model, tokenizer)
+    metrics, samples = final_metrics(cfg, task, data, accelerator, model, loaders, evaluation.outputs if current else {})
     # generation runs the blocks eagerly: its growing KV cache would make compiled blocks recompile
     with accelerator.autocast(), torch.compiler.set_stance("force_eager"):
         extra = task.extra_metrics(accelerator.unwrap_model(model), tokenizer, data, cfg, log=log,
@@ -912,9 +1022,52 @@ def finish(
     if evaluation is not None and evaluation.general_text is not None and state.base_perplexity is not None:
         metrics["forgetting"] = (evaluation.general_result if current and evaluation.general_result is not None
                                  else evaluation.forgetting(task, model, accelerator, cfg, state.base_perplexity))
+    metrics["train"] = train_record(state, model, stopped_early, peak_megabytes, memory_record, setup_seconds, started)
+    history = []
+    if accelerator.is_main_process:
+        history = [json.loads(line) for line in run.history.read_text().splitlines() if line.strip()]
+        metrics["diagnosis"] = run_diagnosis(cfg, task, history, metrics)
+        write_text_atomic(run.path / "validation_samples.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
+        write_json_atomic(run.metrics, metrics)
+        run.prune_checkpoints(cfg.train.keep_checkpoints)  # only now: a run killed before metrics.json resumes
+    from ..core import tracking
+
+    tracking.end(accelerator)
+    accelerator.wait_for_everyone()
+    return RunResult(run.path, metrics, state.best_step, stopped_early, history)
+
+
+def write_final_model(cfg: RunConfig, data: Any, run: RunDir, accelerator: Any, model: Any, tokenizer: Any) -> None:
+    """model/: the weights, the tokenizer and lmtune.json (task, labels, model, attention kernel)."""
+    save_model(accelerator, model, run.model, tokenizer)
+    if accelerator.is_main_process:
+        # the attention kernel too: eval and predict load the model with it, to give the run's own numbers
+        attention = accelerator.unwrap_model(model).config._attn_implementation
+        write_json_atomic(run.model / "lmtune.json", {"task": cfg.task, "labels": data.labels, "model": cfg.model,
+                                                      "attention": attention})
+
+
+def final_metrics(cfg: RunConfig, task: Any, data: Any, accelerator: Any, model: Any, loaders: dict[str, Any],
+                  reused: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The final model's metrics on every evaluation split (from the latest evaluation's outputs where
+    they are its own: `reused`), and what it answered on validation, for the report."""
+    metrics: dict[str, Any] = {}
+    samples: list[dict[str, Any]] = []
+    for name, loader in loaders.items():
+        outputs = reused[name] if name in reused else evaluate(task, model, loader, accelerator, cfg)
+        metrics[name] = task.compute_metrics(outputs, data.labels, cfg, loader.dataset)
+        if name == "validation":
+            samples = task.validation_samples(outputs, data.labels, cfg, loader.dataset, data.validation)
+    return metrics, samples
+
+
+def train_record(state: LoopState, model: Any, stopped_early: bool, peak_megabytes: float | None,
+                 memory_record: dict[str, Any] | None, setup_seconds: float | None, started: float) -> dict[str, Any]:
+    """metrics.json's "train": steps, examples, tokens, throughput, best step, parameters, memory, time."""
     seconds = max(state.train_seconds, 1e-9)
     trainable, parameters = strategies.parameter_counts(model)
-    metrics["train"] = {
+    return {
         "steps": state.step,
         "samples": state.train_samples,
         "tokens": state.train_tokens,
@@ -934,19 +1087,6 @@ def finish(
         "eval_seconds": round(state.eval_seconds, 2),
         "final_seconds": round(time.perf_counter() - started, 2),
     }
-    history = []
-    if accelerator.is_main_process:
-        history = [json.loads(line) for line in run.history.read_text().splitlines() if line.strip()]
-        metrics["diagnosis"] = run_diagnosis(cfg, task, history, metrics)
-        write_text_atomic(run.path / "validation_samples.jsonl",
-                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
-        write_json_atomic(run.metrics, metrics)
-        run.prune_checkpoints(cfg.train.keep_checkpoints)  # only now: a run killed before metrics.json resumes
-    from ..core import tracking
-
-    tracking.end(accelerator)
-    accelerator.wait_for_everyone()
-    return RunResult(run.path, metrics, state.best_step, stopped_early, history)
 
 
 def run_diagnosis(cfg: RunConfig, task: Any, history: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
