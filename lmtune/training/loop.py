@@ -670,8 +670,8 @@ def build_schedule(s: RunState) -> None:
     """Compiled blocks (train.compile) and the learning-rate schedule over the run's steps."""
     from transformers import get_scheduler
 
-    cfg, t, fsdp, total_steps = s.cfg, s.cfg.train, s.fsdp, s.total_steps
-    s.compiled = t.compile is True or (t.compile == "auto" and cfg.task == "causal_lm" and total_steps >= COMPILE_MIN_STEPS and not fsdp)
+    t, fsdp, total_steps = s.cfg.train, s.fsdp, s.total_steps
+    s.compiled = t.compile is True or (t.compile == "auto" and s.task.compile_by_default and total_steps >= COMPILE_MIN_STEPS and not fsdp)
     if s.compiled:
         compile_blocks(s.accelerator.unwrap_model(s.model))
     s.scheduler = get_scheduler(
