@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from . import models
 from .errors import LmtuneError
 
 
@@ -560,8 +561,6 @@ def schema_problems(root: type[RunConfig], raw: dict[str, Any]) -> tuple[RunConf
 def shared_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     """Problems that need more than the schema, in the sections every task has: files, the model, the
     strategy's fit; then each section's own rules (Section.problems)."""
-    from . import models
-
     problems = []
     if check_files:
         for key in ("train", "validation", "test"):

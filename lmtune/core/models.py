@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LmtuneError
+from .rundir import as_new_files
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,6 @@ def import_gguf(path: Path, *, log=print) -> Path:
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "lmtune_source.json").write_text(json.dumps({"gguf": str(path.resolve())}) + "\n")
-    from .rundir import as_new_files
 
     as_new_files(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)

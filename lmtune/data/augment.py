@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..core.errors import LmtuneError
+from ..core.models import load_tokenizer
 from .polarity import is_negation, negated, polarity_safe
 
 STOP_WORDS = frozenset("""
@@ -113,8 +114,6 @@ def embedding_neighbours(model_path: str | Path, words: set[str], k: int = 5) ->
     embeddings."""
     import torch
     from transformers import AutoModel
-
-    from ..core.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     model = AutoModel.from_pretrained(model_path)

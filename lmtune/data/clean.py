@@ -23,7 +23,11 @@ from typing import Any, Literal
 import ftfy
 import numpy as np
 
+from ..core.errors import LmtuneError
+from ..core.rundir import check_output
 from .keys import digest, normalise, votes
+from .readers import RowReader
+from .writers import RowWriter
 
 TAG = re.compile(r"<[^>]+>")
 REASONS = ("", "empty", "too_short", "too_long", "conflicting_labels", "minority_label", "duplicate")
@@ -176,11 +180,6 @@ def clean_file(
     `columns`: the column names of a CSV or TSV file without a header (`out` gets them as its header).
     The input is read and checked before the outputs: an output that exists is an error after every
     problem of the input, and only without `overwrite`."""
-    from ..core.errors import LmtuneError
-    from ..core.rundir import check_output
-    from .readers import RowReader
-    from .writers import RowWriter
-
     reader = RowReader(src, fmt, columns=columns)
     if reader.columns:
         reader.require_columns(text_column, label_column, keys=("text_column", "label_column"))

@@ -11,6 +11,8 @@ import numpy as np
 
 from ..core.errors import LmtuneError, option
 from .keys import digest, normalise, votes
+from .readers import RowReader
+from .writers import RowWriter
 
 
 def random_holdout(n: int, size: float, seed: int, *, source: str, unit: str) -> tuple[list[int], list[int]]:
@@ -238,9 +240,6 @@ def split_file(
     into a warning). `columns`: the column names of a CSV or TSV file without a header (the parts
     get them as their header)."""
     from pathlib import Path
-
-    from .readers import RowReader
-    from .writers import RowWriter
 
     path, out_dir = Path(path), Path(out_dir)
     reader = RowReader(path, fmt, columns=columns)

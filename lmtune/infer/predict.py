@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..core import models
 from ..core.errors import LmtuneError, option
+from ..core.rundir import replace_dir_atomic
 from .predictor import Predictor
 
 __all__ = ["Predictor", "export"]
@@ -14,8 +15,6 @@ __all__ = ["Predictor", "export"]
 def export(run_dir: str | Path, out: str | Path, *, merge: bool, overwrite: bool = False) -> Path:
     """Write the run's model as a plain transformers folder (adapters merged into the weights)."""
     import shutil
-
-    from ..core.rundir import replace_dir_atomic
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

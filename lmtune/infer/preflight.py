@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..core import models
 from ..core.config import DataConfig
 from ..core.errors import LmtuneError
 from ..tasks import get_task
@@ -43,8 +44,6 @@ class Reading:
 
     @cached_property
     def tokenizer(self) -> Any:
-        from ..core import models
-
         return models.load_tokenizer(self.saved.model_dir)
 
 

@@ -14,7 +14,7 @@ import yaml
 from ..core import models
 from ..core.config import RunConfig
 from ..core.errors import LmtuneError, option
-from ..tasks import DEFAULT_TASK
+from ..tasks import DEFAULT_TASK, get_task
 from ..tasks.registry import all_tasks
 from ..tasks.run_config import saved_config
 
@@ -103,8 +103,6 @@ def read_run(target: str | Path) -> SavedRun:
 
 def read_for_inference(target: str | Path) -> SavedRun:
     """read_run, for a model to predict with: a bundled encoder (no task head yet) is refused."""
-    from ..tasks import get_task
-
     saved = read_run(target)
     if not get_task(saved.task).GENERATIVE and saved.cfg is None and str(target) in models.BUNDLED:
         raise LmtuneError(f"{target}: a bundled encoder has no task head yet; fine-tune it first (lmtune train)")

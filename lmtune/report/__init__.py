@@ -15,7 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import LmtuneError
+from ..core.rundir import check_output
 from ..core.runtime import first_process, log
+from .page import write
+from .read import expand
 
 REPORT_NAME = "report.html"
 
@@ -24,10 +27,6 @@ def write_report(run_dirs: list[Path], output: Path, *, overwrite: bool = False)
     """Write the report of `run_dirs` (run, search or compare folders) to `output` (HTML) and its
     figures to `<output stem>_files/` beside it; returns `output`. Every folder is read and checked
     before anything is written. An existing `output` is replaced only with `overwrite`."""
-    from ..core.rundir import check_output
-    from .page import write
-    from .read import expand
-
     output = Path(output)
     runs = expand([Path(p) for p in run_dirs])
     check_output(output, overwrite)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..core.rundir import flatten
 from .read import Run
 from .sections import metric_columns
 from .tables import Figures, Section, esc, number, scalars, table
@@ -15,8 +16,6 @@ MAX_SETTINGS = 8  # differing config keys shown as columns
 
 
 def _flat(run: Run) -> dict[str, Any]:
-    from ..core.rundir import flatten
-
     return {k: v for k, v in flatten(run.config).items() if k != "output_dir"}
 
 

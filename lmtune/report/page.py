@@ -8,6 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ..core.rundir import replace_dir_atomic, write_text_atomic
+from .comparison import comparison_table, overlays
 from .read import Run
 from .tables import Figures, Section, esc
 
@@ -53,8 +55,6 @@ def one_run(run: Run, figs: Figures) -> list[Section]:
 
 
 def several_runs(runs: list[Run], figs: Figures, output: Path) -> list[Section]:
-    from .comparison import comparison_table, overlays
-
     return [comparison_table(runs, output), *overlays(runs, figs)]
 
 
@@ -66,8 +66,6 @@ def files_dir(output: Path) -> Path:
 def write(runs: list[Run], output: Path) -> Path:
     """Draw the figures into a fresh folder, build the page, then put both in place (the folder
     replaced whole, the page atomically)."""
-    from ..core.rundir import replace_dir_atomic, write_text_atomic
-
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}_files.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

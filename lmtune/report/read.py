@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import LmtuneError
+from ..infer.saved_run import did_you_mean
 from ..tasks import DEFAULT_TASK, get_task
 
 EXPECTED = ("a run folder (config.yaml with history.jsonl or metrics.json), a search folder (search.yaml, "
@@ -176,8 +177,6 @@ def expand(paths: list[Path]) -> list[Run]:
     found: list[tuple[Path, str, str | None, Path]] = []
     for path in map(Path, paths):
         if not path.exists():
-            from ..infer.saved_run import did_you_mean
-
             raise LmtuneError(f"{path}: no such folder{did_you_mean(path)}; expected {EXPECTED}")
         if not path.is_dir():
             raise LmtuneError(f"{path}: a file, not a folder; expected {EXPECTED}")

@@ -40,6 +40,7 @@ import yaml
 from ..core.config import RunConfig, SearchConfig, apply_overrides, read_yaml
 from ..core.errors import LmtuneError, option
 from ..core.rundir import flatten, write_text_atomic
+from ..report import report_run
 from ..tasks import get_task
 from ..tasks.run_config import validate
 from . import KILLED, search_space
@@ -241,7 +242,6 @@ def objective(s: Search, trial: Any) -> float:
     """One trial: draw its values, train its run folder, report every evaluation to the pruner."""
     import optuna
 
-    from ..report import report_run
     from ..training.loop import train
 
     values = search_space.draw(trial, s.spec.space, s.base)
