@@ -1,5 +1,6 @@
 """The one inference path: a saved run's model, tokenizer and data settings on the run's device
-(`Predictor`; `Generator` adds text generation), and one batched loop (`Predictor.run_batches`).
+(`Predictor`; `Generator` adds text generation), and one batched loop (`Predictor.run_batches`, on
+the evaluation engine that training evaluates with: lmtune.training.evaluation.forward_batches).
 
 Everything a task does with inputs (read them from a file, predict, turn predictions into rows,
 score a labelled file) is the task module's (see lmtune/tasks/contract.py); `lmtune eval`,
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 
 from ..core import models
 from ..core.config import DataConfig, RunConfig
@@ -26,9 +26,9 @@ from ..data.readers import Table
 from ..tasks import decoding, get_task
 from ..tasks.decoding import Generation, GenerationSettings
 from ..training.cpu import first_token
+from ..training.evaluation import Step, by_example, forward_batches
 from .saved_run import SavedRun, load_model, read_for_inference, read_run
 
-Step = Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]
 GENERATION_BATCH = 16  # a Generator's default batch (lmtune predict --batch-size sets it)
 
 
@@ -79,25 +79,16 @@ class Predictor:
         feature (in input order) the rows of step's outputs that belong to it (padded to its batch's
         width)."""
         order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-        out: list[dict[str, np.ndarray]] = [{}] * len(features)
-        device = self.accelerator.device
         if progress is None and self.progress and len(features) > self.batch_size:
             from tqdm.auto import tqdm
 
             with tqdm(total=len(features), unit="input", file=sys.stderr, disable=None) as bar:
                 return self.run_batches(features, step, collate, bar.update)
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                ids = order[start : start + self.batch_size]
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate([features[i] for i in ids]).items()}
-                with self.accelerator.autocast():
-                    result = step(self.model, batch)
-                arrays = {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in result.items()}
-                for j, i in enumerate(ids):
-                    out[i] = {k: a[j] for k, a in arrays.items()}
-                if progress is not None:
-                    progress(len(ids))
-        return out
+        chunks = (order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size))
+        batches = ((ids, collate([features[i] for i in ids])) for ids in chunks)
+        parts = forward_batches(self.model, batches, step, device=self.accelerator.device,
+                                autocast=self.accelerator.autocast, progress=progress)
+        return by_example(parts, len(features))
 
     def evaluate_table(self, table: Table) -> dict[str, Any]:
         """Task metrics on examples that the task prepares as for its validation set (its eval_step
