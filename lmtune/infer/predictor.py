@@ -231,18 +231,24 @@ class Generator(Predictor):
         return self.task.prompt_text(messages, self.tokenizer)
 
     def generate_batch(self, prompts: list[str], settings: GenerationSettings | None = None, *, raw: bool = False,
-                       batch_size: int | None = None, progress: Callable[[int], Any] | None = None) -> list[Generation]:
+                       batch_size: int | None = None, progress: Callable[[int], Any] | None = None,
+                       on_piece: Callable[[str], Any] | None = None,
+                       cancel: threading.Event | None = None) -> list[Generation]:
         """One Generation (text, token counts, finish reason) per prompt, in order, generated in
         batches of `batch_size` (default: the Generator's batch_size; see lmtune.tasks.decoding.generate).
-        Each prompt is a user message in the chat format; raw=True: the texts as they are."""
+        Each prompt is a user message in the chat format; raw=True: the texts as they are.
+        `on_piece` (one prompt): called with the text piece by piece as it is generated; `cancel`:
+        when set, generation ends after the token in progress."""
         texts = [self.prompt(p, raw=raw) for p in prompts]
         with self._autocast():
             return decoding.generate(self.model, self.tokenizer, texts, settings or self.settings,
-                                     batch_size=batch_size or self.batch_size, progress=progress)
+                                     batch_size=batch_size or self.batch_size, progress=progress,
+                                     on_piece=on_piece, cancel=cancel)
 
     def stream(self, prompt: str, settings: GenerationSettings | None = None,
                cancel: threading.Event | None = None, *, raw: bool = False) -> Iterator[str]:
-        """The text of one generation piece by piece; the generator returns the Generation.
+        """The text of one generation piece by piece; the generator returns the Generation (the
+        streaming mode of generate_batch, run in a thread of its own: lmtune.tasks.decoding.stream).
         Setting `cancel` ends the generation after the token in progress. The prompt is a user
         message in the chat format; raw=True: the text as it is."""
         return decoding.stream(self.model, self.tokenizer, self.prompt(prompt, raw=raw), settings or self.settings,
@@ -255,11 +261,14 @@ class Generator(Predictor):
         settings = settings or GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         if not stream:
             return self.generate_batch([prompt], settings, raw=raw)[0].text
-        pieces = []
-        for piece in self.stream(prompt, settings, raw=raw):
+        pieces: list[str] = []
+
+        def show(piece: str) -> None:
             pieces.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
+
+        self.generate_batch([prompt], settings, raw=raw, on_piece=show)
         sys.stdout.write("\n")
         return "".join(pieces).strip()
 
