@@ -313,17 +313,18 @@ def _run_with(layer: Any, embeddings: "torch.Tensor | None", run: Callable[[], "
 
 def _scores(model: Any, step: Callable[[Any, dict[str, Any]], dict[str, "torch.Tensor"]], batch: dict[str, Any],
             device: Any) -> "torch.Tensor":
-    """The logits that `step` gives for one batch (copies of the explained input), on the CPU in
-    float32: a pass of the evaluation engine, without autocast of its own (the integral's forward
-    is the plain one: see _forward) and without gradients, not in inference mode (the integral's
-    backward passes follow on the same model)."""
+    """The logits that `step` gives for one batch (copies of the explained input) in float32, back
+    on the model's device (the softmax of the confidence runs where it always did): a pass of the
+    evaluation engine, without autocast of its own (the integral's forward is the plain one: see
+    _forward) and without gradients, not in inference mode (the integral's backward passes follow
+    on the same model)."""
     import torch
 
     from ..training.evaluation import forward_batches
 
     rows = list(range(batch["input_ids"].shape[0]))
     [(_, out)] = forward_batches(model, [(rows, batch)], step, device=device, inference=False)
-    return torch.from_numpy(out["logits"])
+    return torch.from_numpy(out["logits"]).to(device)
 
 
 def _explain_one(predictor: "Predictor", task: _Explained, x: Any, pair: str | None, *, steps: int,
