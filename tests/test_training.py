@@ -282,15 +282,18 @@ def test_a_lora_run_names_its_base_as_given_and_writes_readable_files(tiny_bert,
 
 
 def test_the_final_evaluation_reuses_the_latest_one_when_that_model_is_the_best(tiny_bert, toy_data, tmp_path, monkeypatch):
+    import lmtune.training.evaluation as evaluation
     import lmtune.training.loop as training
 
     calls = []
-    plain = training.evaluate
+    plain = evaluation.evaluate
 
     def counted(task, model, loader, accelerator, cfg):
         calls.append(len(loader.dataset))
         return plain(task, model, loader, accelerator, cfg)
 
+    # every evaluation's (lmtune.training.evaluation) and the final one's (the loop's name for it)
+    monkeypatch.setattr(evaluation, "evaluate", counted)
     monkeypatch.setattr(training, "evaluate", counted)
     run = tmp_path / "run"
     result = lmtune.train(tiny_config(tiny_bert, toy_data, run, epochs=2, dropout=0.0, report=False, report_to=[]),

@@ -311,6 +311,22 @@ def _run_with(layer: Any, embeddings: "torch.Tensor | None", run: Callable[[], "
             handle.remove()
 
 
+def _scores(model: Any, step: Callable[[Any, dict[str, Any]], dict[str, "torch.Tensor"]], batch: dict[str, Any],
+            device: Any) -> "torch.Tensor":
+    """The logits that `step` gives for one batch (copies of the explained input) in float32, back
+    on the model's device (the softmax of the confidence runs where it always did): a pass of the
+    evaluation engine, without autocast of its own (the integral's forward is the plain one: see
+    _forward) and without gradients, not in inference mode (the integral's backward passes follow
+    on the same model)."""
+    import torch
+
+    from ..training.evaluation import forward_batches
+
+    rows = list(range(batch["input_ids"].shape[0]))
+    [(_, out)] = forward_batches(model, [(rows, batch)], step, device=device, inference=False)
+    return torch.from_numpy(out["logits"]).to(device)
+
+
 def _explain_one(predictor: "Predictor", task: _Explained, x: Any, pair: str | None, *, steps: int,
                  internal_batch_size: int | None, word: int | None) -> Explanation:
     import torch
@@ -333,8 +349,9 @@ def _explain_one(predictor: "Predictor", task: _Explained, x: Any, pair: str | N
     types = torch.tensor([enc.token_types], device=device) if enc.token_types is not None else None
     forward = _forward(model)
     layer = model.get_input_embeddings()
+    # the prediction explained, as the predictor makes it (the model's forward, autocast where it is)
+    logits = _scores(model, lambda model, batch: {"logits": model(**batch).logits}, _kwargs(ids, mask, types), device)[0]
     with torch.no_grad():
-        logits = model(**_kwargs(ids, mask, types)).logits.float()[0]
         baseline_embeddings = layer(base)
     chosen = task.choose(logits, enc, predictor.labels, word)
     targets = []
@@ -349,8 +366,10 @@ def _explain_one(predictor: "Predictor", task: _Explained, x: Any, pair: str | N
         # both ends of the path as the integral runs it: the input's ids, with the embedding layer's
         # output replaced at the baseline end (so that a head which finds its token by id, as
         # decoders' sequence heads find the last non-pad token, reads the same token at both ends)
-        at_input = _run_with(layer, None, lambda: forward(*repeat))
-        at_base = _run_with(layer, baseline_embeddings.repeat(k, 1, 1), lambda: forward(*repeat))
+        batch = dict(zip(("input_ids", "attention_mask", "token_type_ids", "positions"), repeat))
+        at_input = _run_with(layer, None, lambda: _scores(model, lambda _, b: {"logits": forward(**b)}, batch, device))
+        at_base = _run_with(layer, baseline_embeddings.repeat(k, 1, 1),
+                            lambda: _scores(model, lambda _, b: {"logits": forward(**b)}, batch, device))
         attributions = lig.attribute(
             repeat[0], baselines=base.repeat(k, 1), target=label_ids.tolist(), additional_forward_args=repeat[1:],
             n_steps=steps, internal_batch_size=max(at_once, k),

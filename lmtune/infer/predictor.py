@@ -1,5 +1,6 @@
 """The one inference path: a saved run's model, tokenizer and data settings on the run's device
-(`Predictor`; `Generator` adds text generation), and one batched loop (`Predictor.run_batches`).
+(`Predictor`; `Generator` adds text generation), and one batched loop (`Predictor.run_batches`, on
+the evaluation engine that training evaluates with: lmtune.training.evaluation.forward_batches).
 
 Everything a task does with inputs (read them from a file, predict, turn predictions into rows,
 score a labelled file) is the task module's (see lmtune/tasks/contract.py); `lmtune eval`,
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 
 from ..core import models
 from ..core.config import DataConfig, RunConfig
@@ -26,9 +26,9 @@ from ..data.readers import Table
 from ..tasks import decoding, get_task
 from ..tasks.decoding import Generation, GenerationSettings
 from ..training.cpu import first_token
+from ..training.evaluation import Step, by_example, forward_batches
 from .saved_run import SavedRun, load_model, read_for_inference, read_run
 
-Step = Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]
 GENERATION_BATCH = 16  # a Generator's default batch (lmtune predict --batch-size sets it)
 
 
@@ -79,25 +79,16 @@ class Predictor:
         feature (in input order) the rows of step's outputs that belong to it (padded to its batch's
         width)."""
         order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-        out: list[dict[str, np.ndarray]] = [{}] * len(features)
-        device = self.accelerator.device
         if progress is None and self.progress and len(features) > self.batch_size:
             from tqdm.auto import tqdm
 
             with tqdm(total=len(features), unit="input", file=sys.stderr, disable=None) as bar:
                 return self.run_batches(features, step, collate, bar.update)
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                ids = order[start : start + self.batch_size]
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate([features[i] for i in ids]).items()}
-                with self.accelerator.autocast():
-                    result = step(self.model, batch)
-                arrays = {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in result.items()}
-                for j, i in enumerate(ids):
-                    out[i] = {k: a[j] for k, a in arrays.items()}
-                if progress is not None:
-                    progress(len(ids))
-        return out
+        chunks = (order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size))
+        batches = ((ids, collate([features[i] for i in ids])) for ids in chunks)
+        parts = forward_batches(self.model, batches, step, device=self.accelerator.device,
+                                autocast=self.accelerator.autocast, progress=progress)
+        return by_example(parts, len(features))
 
     def evaluate_table(self, table: Table) -> dict[str, Any]:
         """Task metrics on examples that the task prepares as for its validation set (its eval_step
@@ -240,18 +231,24 @@ class Generator(Predictor):
         return self.task.prompt_text(messages, self.tokenizer)
 
     def generate_batch(self, prompts: list[str], settings: GenerationSettings | None = None, *, raw: bool = False,
-                       batch_size: int | None = None, progress: Callable[[int], Any] | None = None) -> list[Generation]:
+                       batch_size: int | None = None, progress: Callable[[int], Any] | None = None,
+                       on_piece: Callable[[str], Any] | None = None,
+                       cancel: threading.Event | None = None) -> list[Generation]:
         """One Generation (text, token counts, finish reason) per prompt, in order, generated in
         batches of `batch_size` (default: the Generator's batch_size; see lmtune.tasks.decoding.generate).
-        Each prompt is a user message in the chat format; raw=True: the texts as they are."""
+        Each prompt is a user message in the chat format; raw=True: the texts as they are.
+        `on_piece` (one prompt): called with the text piece by piece as it is generated; `cancel`:
+        when set, generation ends after the token in progress."""
         texts = [self.prompt(p, raw=raw) for p in prompts]
         with self._autocast():
             return decoding.generate(self.model, self.tokenizer, texts, settings or self.settings,
-                                     batch_size=batch_size or self.batch_size, progress=progress)
+                                     batch_size=batch_size or self.batch_size, progress=progress,
+                                     on_piece=on_piece, cancel=cancel)
 
     def stream(self, prompt: str, settings: GenerationSettings | None = None,
                cancel: threading.Event | None = None, *, raw: bool = False) -> Iterator[str]:
-        """The text of one generation piece by piece; the generator returns the Generation.
+        """The text of one generation piece by piece; the generator returns the Generation (the
+        streaming mode of generate_batch, run in a thread of its own: lmtune.tasks.decoding.stream).
         Setting `cancel` ends the generation after the token in progress. The prompt is a user
         message in the chat format; raw=True: the text as it is."""
         return decoding.stream(self.model, self.tokenizer, self.prompt(prompt, raw=raw), settings or self.settings,
@@ -264,11 +261,14 @@ class Generator(Predictor):
         settings = settings or GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         if not stream:
             return self.generate_batch([prompt], settings, raw=raw)[0].text
-        pieces = []
-        for piece in self.stream(prompt, settings, raw=raw):
+        pieces: list[str] = []
+
+        def show(piece: str) -> None:
             pieces.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
+
+        self.generate_batch([prompt], settings, raw=raw, on_piece=show)
         sys.stdout.write("\n")
         return "".join(pieces).strip()
 

@@ -1,10 +1,11 @@
 """Text generation from a causal LM: the settings every caller shares (`lmtune generate`, `lmtune
 predict`, the generation metrics of training and the server), the tokens that end an answer,
-batched generation with left padding and the KV cache, and streaming of one prompt.
+and the one generation function: batched with left padding and the KV cache, streaming a mode of it.
 
 `generate(model, tokenizer, prompts, settings)` returns one `Generation` per prompt, in prompt order;
-`stream(model, tokenizer, prompt, settings)` yields the text as it is generated and returns the
-`Generation` at the end.
+with `on_piece=callback` (one prompt) it also hands the text to the callback as it is generated.
+`stream(model, tokenizer, prompt, settings)` is that mode as an iterator (generate in a thread): it
+yields the text as it is generated and returns the `Generation` at the end.
 """
 
 from __future__ import annotations
@@ -153,20 +154,33 @@ def _new_tokens(row: list[int], stops: set[int], pad: int | None) -> list[int]:
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings = GenerationSettings(),
-             *, batch_size: int = 16, progress: Any = None) -> list[Generation]:
+             *, batch_size: int = 16, progress: Any = None, on_piece: Callable[[str], Any] | None = None,
+             cancel: threading.Event | None = None) -> list[Generation]:
     """One Generation per prompt, in prompt order. Prompts are tokenized as they are (a chat prompt
     already holds its special tokens), sorted by length and generated in batches of `batch_size`,
-    left-padded, with the KV cache. `progress`: called with the number of prompts done after each batch."""
+    left-padded, with the KV cache. `progress`: called with the number of prompts done after each batch.
+
+    Streaming is a mode of it: with `on_piece` (one prompt), the text is handed to on_piece piece by
+    piece as it is generated, in the calling thread (a stop string, and any text that could be the
+    start of one, is held back); the pieces join to the text before the Generation strips it.
+    `cancel`: when set (say, the reader went away), generation ends after the token in progress."""
     import torch
 
     settings.check()
     if not prompts:
         return []
+    if on_piece is not None and len(prompts) != 1:
+        raise ValueError(f"on_piece streams one prompt, got {len(prompts)}")
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if any(not ids for ids in encoded):
         raise LmtuneError(f"prompt {next(i for i, ids in enumerate(encoded) if not ids) + 1}: empty prompt")
     kwargs = _generate_kwargs(model, tokenizer, settings)
     stops = set(kwargs["eos_token_id"])
+    if cancel is not None:
+        kwargs["stopping_criteria"] = _cancelled_by(cancel)
+    pieces = _Pieces(tokenizer, settings.stop, on_piece) if on_piece is not None else None
+    if pieces is not None:
+        kwargs["streamer"] = pieces
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     out: list[Generation | None] = [None] * len(prompts)
     side = tokenizer.padding_side
@@ -180,6 +194,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], settings: Generatio
                 torch.manual_seed(settings.seed)
             with torch.inference_mode():
                 result = model.generate(**batch, **kwargs)
+            if pieces is not None:
+                pieces.flush()
             width = batch["input_ids"].shape[1]
             for row, i in zip(result[:, width:].tolist(), which):
                 out[i] = _finish(tokenizer, _new_tokens(row, stops, tokenizer.pad_token_id), len(encoded[i]), stops, settings)
@@ -202,57 +218,66 @@ def _cancelled_by(event: threading.Event) -> Any:
     return StoppingCriteriaList([Cancelled()])
 
 
+def _Pieces(tokenizer: Any, stop: tuple[str, ...], on_piece: Callable[[str], Any]) -> Any:
+    """The streamer of generate's streaming mode: the new text as transformers' TextStreamer cuts it
+    (whole words, the prompt and special tokens left out), cut at the first stop string, with the
+    text that could still become one held back until it cannot or generation ends (`flush`)."""
+    from transformers import TextStreamer
+
+    class Pieces(TextStreamer):
+        def __init__(self) -> None:
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.text, self.sent, self.stopped = "", 0, False
+            self.hold = max((len(s) for s in stop), default=1) - 1
+
+        def on_finalized_text(self, piece: str, stream_end: bool = False) -> None:
+            if self.stopped:
+                return  # generation ends at the stop string's tokens
+            self.text += piece
+            cut = min((i for i in (self.text.find(s) for s in stop) if i >= 0), default=-1)
+            if cut >= 0:
+                self.text, self.stopped = self.text[:cut], True
+            ready = len(self.text) if self.stopped else max(self.sent, len(self.text) - self.hold)
+            if ready > self.sent:
+                on_piece(self.text[self.sent:ready])
+                self.sent = ready
+
+        def flush(self) -> None:
+            """The text held back, once generation has ended."""
+            if self.sent < len(self.text):
+                on_piece(self.text[self.sent:])
+                self.sent = len(self.text)
+
+    return Pieces()
+
+
 def stream(model: Any, tokenizer: Any, prompt: str, settings: GenerationSettings = GenerationSettings(), *,
            context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
            cancel: threading.Event | None = None) -> Iterator[str]:
-    """The text of one generation piece by piece as it is generated (a stop string, and any text
-    that could be the start of one, is held back); the generator's return value is the Generation.
-    `context`: entered around the model's generate (in the thread that runs it), e.g. autocast;
-    `cancel`: when set (say, the reader went away), generation ends after the token in progress."""
-    import torch
-    from transformers import TextIteratorStreamer
+    """`generate`'s streaming mode as an iterator: the text of one prompt's generation piece by
+    piece, and the Generation as the generator's return value. Generation runs in a thread of its
+    own; `context`: entered around it in that thread (e.g. autocast); `cancel`: see generate."""
+    import queue
 
-    settings.check()
-    encoded = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-    if encoded["input_ids"].shape[1] == 0:
-        raise LmtuneError("empty prompt")
-    device = next(model.parameters()).device
-    kwargs = _generate_kwargs(model, tokenizer, settings)
-    if cancel is not None:
-        kwargs["stopping_criteria"] = _cancelled_by(cancel)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    pieces: queue.Queue = queue.Queue()
     result: dict[str, Any] = {}
+    done = object()
 
     def run() -> None:
         try:
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
-            with torch.inference_mode(), context():
-                result["ids"] = model.generate(**encoded.to(device), **kwargs, streamer=streamer)
+            with context():
+                result["generation"] = generate(model, tokenizer, [prompt], settings, batch_size=1,
+                                                on_piece=pieces.put, cancel=cancel)[0]
         except BaseException as e:  # handed to the consumer, which raises it
             result["error"] = e
-            streamer.end()
+        finally:
+            pieces.put(done)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    text, sent, hold = "", 0, max((len(s) for s in settings.stop), default=1) - 1
-    stopped = False
-    for piece in streamer:
-        if stopped:
-            continue  # drain: generation ends at the stop string's tokens
-        text += piece
-        cut = min((i for i in (text.find(s) for s in settings.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            text, stopped = text[:cut], True
-        ready = len(text) if stopped else max(sent, len(text) - hold)
-        if ready > sent:
-            yield text[sent:ready]
-            sent = ready
+    while (piece := pieces.get()) is not done:
+        yield piece
     thread.join()
     if "error" in result:
         raise result["error"]
-    if sent < len(text):
-        yield text[sent:]
-    stops = set(kwargs["eos_token_id"])
-    ids = _new_tokens(result["ids"][0, encoded["input_ids"].shape[1]:].tolist(), stops, tokenizer.pad_token_id)
-    return _finish(tokenizer, ids, encoded["input_ids"].shape[1], stops, settings)
+    return result["generation"]

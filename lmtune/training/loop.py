@@ -37,6 +37,7 @@ from ..tasks import get_task
 from ..tasks.run_config import as_config
 from . import adapter_checkpoint, sharding, strategies
 from .cpu import SpeedUps, speed_ups
+from .evaluation import Evaluation, brief, eval_metrics, evaluate, general_text_features, is_better
 
 # on_evaluate(step, metrics) is called after every evaluation; returning True stops the run.
 EvalCallback = Callable[[int, dict[str, Any]], "bool | None"]
@@ -112,82 +113,6 @@ def compile_blocks(model: Any) -> None:
     _, blocks = strategies.find_blocks(model)
     for block in blocks:
         block.compile(dynamic=True)
-
-
-def is_better(value: float, loss: float | None, best: float | None, best_loss: float | None, greater: bool) -> bool:
-    """Whether an evaluation beats the best so far: a better metric, or the same metric with a lower
-    validation loss (a metric that saturates, f1 1.0 at every evaluation, still picks the model
-    that fits best). Early stopping counts the same improvements."""
-    if best is None:
-        return True
-    if value != best:
-        return value > best if greater else value < best
-    return loss is not None and best_loss is not None and loss < best_loss
-
-
-@dataclass
-class Evaluation:
-    """What every evaluation runs: validation (it picks the best model; early stopping watches it)
-    and beside it a sample of the training split (the train-validation gap shows overfitting) and
-    general text (its perplexity against the base model's shows forgetting)."""
-
-    validation: Any
-    train_sample: Any = None
-    general_text: Any = None
-    # the latest evaluation's per-example outputs by split, and its step: when that step's model is
-    # the final one, the final evaluation reuses them instead of running the same forwards again
-    outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    outputs_step: int | None = None
-    general_result: dict[str, float] | None = None  # (the latest evaluation's forgetting figures)
-
-    def run(self, task: Any, model: Any, accelerator: Any, labels: list[str], cfg: RunConfig,
-            state: LoopState) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(the validation metrics, the evaluation record's other parts: train_eval, forgetting)."""
-        self.outputs, self.outputs_step = {}, state.step
-        metrics = self.scores("validation", task, model, accelerator, labels, cfg)
-        more: dict[str, Any] = {}
-        if self.train_sample is not None:
-            more["train_eval"] = brief(self.scores("train_sample", task, model, accelerator, labels, cfg))
-        if self.general_text is not None and state.base_perplexity is not None:
-            more["forgetting"] = self.general_result = self.forgetting(task, model, accelerator, cfg, state.base_perplexity)
-        return metrics, more
-
-    def scores(self, name: str, task: Any, model: Any, accelerator: Any, labels: list[str], cfg: RunConfig) -> dict[str, Any]:
-        loader = getattr(self, name)
-        self.outputs[name] = evaluate(task, model, loader, accelerator, cfg)
-        return task.compute_metrics(self.outputs[name], labels, cfg, loader.dataset)
-
-    def perplexity(self, task: Any, model: Any, accelerator: Any, cfg: RunConfig) -> float:
-        return float(eval_metrics(task, model, self.general_text, accelerator, [], cfg)["perplexity"])
-
-    def forgetting(self, task: Any, model: Any, accelerator: Any, cfg: RunConfig, base: float) -> dict[str, float]:
-        from . import forgetting
-
-        now = self.perplexity(task, model, accelerator, cfg)
-        return {"perplexity": round(now, 4), "base_perplexity": round(base, 4),
-                "change": round(forgetting.change(base, now), 4)}
-
-
-def brief(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics as a history record holds them (without the per-class table)."""
-    return {k: v for k, v in metrics.items() if k != "per_class"}
-
-
-def general_text_features(task: Any, tokenizer: Any, cfg: RunConfig) -> list[dict[str, Any]] | None:
-    """eval.forgetting: the general text as the task's own evaluation blocks (plain text, cut into
-    blocks of data.max_length; a masked LM's masked once with train.seed), or None when unset."""
-    from ..data.readers import Table
-    from . import forgetting
-
-    path = forgetting.text_path(getattr(cfg.eval, "forgetting", False))  # (the tasks that have eval.forgetting)
-    if path is None:
-        return None
-    column = cfg.data.text_column
-    passages = forgetting.read_passages(path)
-    table = Table(path, [column], [{column: p} for p in passages], list(range(1, len(passages) + 1)))
-    table.mask_once = True  # type: ignore[attr-defined]
-    as_text = cfg.model_copy(update={"data": cfg.data.model_copy(update={"shape": "text", "packing": False})})
-    return task.prepare(table, tokenizer, as_text, [])[0]
 
 
 def _loader(features: list[dict[str, Any]], sampler: EpochBatchSampler, collate: Any) -> torch.utils.data.DataLoader:
@@ -288,43 +213,6 @@ def memory_problem(plan: MemoryPlan, t: Any, accelerator: Any) -> str | None:
     options.append("a shorter data.max_length")
     return (f"memory: the run needs {plan.estimate.describe()}, and {where} {memory.gib(have)} GiB free; "
             f"set {', or '.join(options)} (train.memory_guard: false trains anyway)")
-
-
-@torch.no_grad()
-def evaluate(task: Any, model: Any, loader: torch.utils.data.DataLoader, accelerator: Any, cfg: RunConfig) -> dict[str, np.ndarray]:
-    """The task's per-example eval outputs over a whole data set, in data order. Each process
-    evaluates its part of every batch (the sampler's split: no example twice, none left out); the
-    parts are gathered with their example indices and put back in order."""
-    from accelerate.utils import send_to_device
-
-    # the bare model: processes may hold different numbers of batches, and a DDP forward would
-    # wait for the others
-    bare = accelerator.unwrap_model(model)
-    bare.eval()
-    indices = [i for part in loader.batch_sampler for i in part]
-    parts: dict[str, list[np.ndarray]] = {}
-    for batch in loader:
-        batch = send_to_device(batch, accelerator.device)
-        batch.pop("num_tokens", None)
-        with accelerator.autocast():
-            out = task.eval_step(bare, batch, cfg)
-        for key, value in out.items():
-            parts.setdefault(key, []).append(value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
-    bare.train()
-    mine = {key: np.concatenate(values) for key, values in parts.items()}
-    if accelerator.num_processes > 1:
-        everyone = [p for p in collectives.gather_objects(accelerator, (indices, mine)) if p[0]]
-        indices = [i for idx, _ in everyone for i in idx]
-        mine = {key: np.concatenate([out[key] for _, out in everyone]) for key in everyone[0][1]}
-    # in data order; an example that a process without examples repeated (FSDP) counts once
-    _, first = np.unique(indices, return_index=True)
-    return {key: value[first] for key, value in mine.items()}
-
-
-def eval_metrics(task: Any, model: Any, loader: Any, accelerator: Any, labels: list[str], cfg: RunConfig) -> dict[str, Any]:
-    # the features (the loader's data set, in data order) let a task map its outputs back to the
-    # examples (question answering: windows -> questions and their contexts)
-    return task.compute_metrics(evaluate(task, model, loader, accelerator, cfg), labels, cfg, loader.dataset)
 
 
 def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tuple[RunConfig, dict[str, Any], list[str]]:
