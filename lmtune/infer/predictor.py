@@ -25,8 +25,10 @@ from ..core.runtime import make_accelerator
 from ..data.readers import Table
 from ..tasks import decoding, get_task
 from ..tasks.decoding import Generation, GenerationSettings
+from ..tasks.inputs import CHUNK_ROWS
 from ..training.cpu import first_token
 from ..training.evaluation import Step, by_example, forward_batches
+from .explain import explain
 from .saved_run import SavedRun, load_model, read_for_inference, read_run
 
 GENERATION_BATCH = 16  # a Generator's default batch (lmtune predict --batch-size sets it)
@@ -139,8 +141,6 @@ class Predictor:
         rows at a time where the format allows it (.txt, .csv, .tsv, .jsonl; see each task's
         input_chunks), so that a file larger than memory streams through. `options` go to
         predict_rows (a Generator's raw)."""
-        from ..tasks.inputs import CHUNK_ROWS
-
         bar, shown = None, self.progress
         self.progress = False  # one bar for the file, not one per chunk
         try:
@@ -170,8 +170,6 @@ class Predictor:
         """Which words each prediction rests on (integrated gradients; classification and token
         classification): one lmtune.infer.explain.Explanation per input. Options: steps, word,
         internal_batch_size (see lmtune.infer.explain.explain)."""
-        from .explain import explain
-
         return explain(self, inputs, pairs, **options)
 
 

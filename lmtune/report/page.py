@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from ..core.rundir import replace_dir_atomic, write_text_atomic
+from . import samples, sections
 from .comparison import comparison_table, overlays
 from .read import Run
 from .tables import Figures, Section, esc
@@ -47,8 +48,6 @@ def render(title: str, subtitle: str, sections: list[Section]) -> str:
 
 
 def one_run(run: Run, figs: Figures) -> list[Section]:
-    from . import samples, sections
-
     found = [sections.summary(run), sections.diagnosis(run), sections.final_metrics(run)]
     out = [s for s in found if s is not None]
     return out + sections.curves(run, figs) + samples.sections(run, figs)

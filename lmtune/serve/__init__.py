@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .options import ServeOptions
+from .server import serve
 
 
 def __getattr__(name: str) -> Any:
@@ -18,8 +19,6 @@ def __getattr__(name: str) -> Any:
 
         return create_app
     if name == "serve":
-        from .server import serve
-
         return serve
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

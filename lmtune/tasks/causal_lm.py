@@ -21,13 +21,16 @@ from pydantic import Field
 
 from ..core.config import DataConfig, EvalConfig, RunConfig
 from ..core.errors import LmtuneError, option
+from ..core.models import load_pretrained
 from ..core.runtime import log
 from ..data.readers import Table, read_table
 from ..data.split import grouped_holdout, random_holdout
+from ..data.table import _text
 from .chat import prompt_text, render_chat
 from .common import AUTO_BLOCK, LengthChoice, TaskData, fixed_length, percentile_length
 from .contract import Task
-from .decoding import turn_end_ids
+from .decoding import GenerationSettings, generate, turn_end_ids
+from .inputs import table_chunks
 from .sections import Forgetting, GroupColumn, TextColumn
 
 
@@ -78,8 +81,6 @@ def read_texts(path: str, fmt: str) -> Table:
     from pathlib import Path
 
     if fmt == "txt" or (fmt == "auto" and str(path).lower().endswith(".txt")):
-        from ..data.table import _text
-
         text = _text(Path(path))
         docs, lines, current, start = [], [], [], 1
         for n, line in enumerate(text.splitlines(), start=1):
@@ -456,8 +457,6 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], shape: st
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    from ..core.models import load_pretrained
-
     from .lm_loss import use_chunked_loss
 
     model = load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
@@ -598,7 +597,6 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Calla
     n = cfg.eval.generate_rows
     if shape == "text" or n == 0:
         return {}
-    from .decoding import GenerationSettings, generate
 
     prompts, references = [], []
     for i, row in enumerate(data.validation.rows[:n]):
@@ -719,8 +717,6 @@ def _prompt_table(path: Path) -> Table:
 def input_chunks(session: Any, path: Path, columns: list[str] | None, template: str | None, rows: int) -> Any:
     """read_inputs a chunk of rows at a time for a CSV, TSV or JSONL file (a .txt file, prompts
     by paragraph or by line, see _prompt_table, and a JSON file are read whole)."""
-    from .inputs import table_chunks
-
     if path.suffix.lower() not in (".csv", ".tsv", ".jsonl"):
         yield read_inputs(session, path, columns, template)
         return

@@ -23,6 +23,8 @@ import torch
 
 from ..core import collectives
 from ..core.config import RunConfig
+from ..data.readers import Table
+from . import forgetting
 
 # step(model, batch) -> named outputs, each with one row per example of the batch
 Step = Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]
@@ -158,8 +160,6 @@ class Evaluation:
         return float(eval_metrics(task, model, self.general_text, accelerator, [], cfg)["perplexity"])
 
     def forgetting(self, task: Any, model: Any, accelerator: Any, cfg: RunConfig, base: float) -> dict[str, float]:
-        from . import forgetting
-
         now = self.perplexity(task, model, accelerator, cfg)
         return {"perplexity": round(now, 4), "base_perplexity": round(base, 4),
                 "change": round(forgetting.change(base, now), 4)}
@@ -173,9 +173,6 @@ def brief(metrics: dict[str, Any]) -> dict[str, Any]:
 def general_text_features(task: Any, tokenizer: Any, cfg: RunConfig) -> list[dict[str, Any]] | None:
     """eval.forgetting: the general text as the task's own evaluation blocks (plain text, cut into
     blocks of data.max_length; a masked LM's masked once with train.seed), or None when unset."""
-    from ..data.readers import Table
-    from . import forgetting
-
     path = forgetting.text_path(getattr(cfg.eval, "forgetting", False))  # (the tasks that have eval.forgetting)
     if path is None:
         return None

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import math
+import os
 import platform
 import shutil
 import time
@@ -26,8 +26,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..core import collectives, memory, models
-from ..core.config import RunConfig
+from ..core import collectives, memory, models, tracking
+from ..core.config import STRATEGY_CLASSES, RunConfig
 from ..core.errors import LmtuneError
 from ..core.memory import PeakMemory
 from ..core.rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
@@ -37,7 +37,9 @@ from ..tasks import get_task
 from ..tasks.run_config import as_config
 from . import adapter_checkpoint, sharding, strategies
 from .cpu import SpeedUps, speed_ups
+from .diagnosis import diagnose, lines
 from .evaluation import Evaluation, brief, eval_metrics, evaluate, general_text_features, is_better
+from .strategy_choice import resolve_auto
 
 # on_evaluate(step, metrics) is called after every evaluation; returning True stops the run.
 EvalCallback = Callable[[int, dict[str, Any]], "bool | None"]
@@ -225,9 +227,6 @@ def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tu
 
     record, notes = {}, []
     if cfg.strategy.name == "auto":
-        from ..core.config import STRATEGY_CLASSES
-        from .strategy_choice import resolve_auto
-
         section, choice = resolve_auto(cfg.task, str(models.resolve(cfg.model)), len(data.train))
         if choice.name == "lora" and cfg.train.distributed == "fsdp":
             raise LmtuneError(f"strategy.name: auto chose lora ({choice.rule}), which is not offered with "
@@ -375,8 +374,6 @@ def open_run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool) -> Run
     """Read and check all data before anything is written or loaded; resolve the config's automatic
     choices; make the accelerator; start (or reopen) the run folder; seed."""
     from accelerate.utils import set_seed
-
-    from ..core import tracking
 
     task = get_task(cfg.task)
     run = RunDir(cfg.output_dir or "runs/run")
@@ -575,8 +572,6 @@ def restore(s: RunState) -> None:
     """A resumed run loads its checkpoint (model, optimizer, scheduler, RNG) and cuts the history
     back to it; a new one starts its history. Then the trackers start, and eval.forgetting measures
     the base model's perplexity on the general text."""
-    from ..core import tracking
-
     main, state = s.accelerator.is_main_process, s.loop
     if s.resume:
         s.accelerator.load_state(str(s.checkpoint))
@@ -718,8 +713,6 @@ class StepMeter:
     def record(self, record: dict[str, Any]) -> None:
         """A line of the history (and the trackers'), from the first process."""
         if self.main:
-            from ..core import tracking
-
             self.s.run.append_history(record)
             self.s.loop.history_lines += 1
             tracking.log(self.s.accelerator, record)
@@ -919,7 +912,6 @@ def finish(
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
         write_json_atomic(run.metrics, metrics)
         run.prune_checkpoints(cfg.train.keep_checkpoints)  # only now: a run killed before metrics.json resumes
-    from ..core import tracking
 
     tracking.end(accelerator)
     accelerator.wait_for_everyone()
@@ -980,8 +972,6 @@ def train_record(state: LoopState, model: Any, stopped_early: bool, peak_megabyt
 def run_diagnosis(cfg: RunConfig, task: Any, history: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
     """The overfitting diagnosis of the run (lmtune.training.diagnosis), logged line by line. The chance
     level of accuracy is the majority class's share of validation, where the task counts classes."""
-    from .diagnosis import diagnose, lines
-
     per_class = metrics["validation"].get("per_class") or {}
     supports = [row.get("support", 0) for row in per_class.values() if isinstance(row, dict)]
     chance = {"accuracy": max(supports) / sum(supports)} if supports and sum(supports) else {}
