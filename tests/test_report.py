@@ -370,10 +370,10 @@ def test_language_model_validation_samples_are_empty():
 
 
 def test_causal_lm_extra_metrics_return_samples(monkeypatch):
-    from lmtune.tasks import decoding, causal_lm
+    from lmtune.tasks import causal_lm
 
     generated = [SimpleNamespace(text="hi there", finish_reason="stop"), SimpleNamespace(text="yo", finish_reason="length")]
-    monkeypatch.setattr(decoding, "generate", lambda model, tokenizer, prompts, settings, progress=None: generated)
+    monkeypatch.setattr(causal_lm, "generate", lambda model, tokenizer, prompts, settings, progress=None: generated)
     tokenizer = SimpleNamespace(chat_template=None, eos_token="</s>")
     cfg = get_task("causal_lm").config.model_validate({"model": "x", "task": "causal_lm", "data": {"train": "t.jsonl"},
                                     "eval": {"generate_rows": 2}})
