@@ -79,7 +79,7 @@ def test_a_report_that_fails_is_a_warning(tiny_bert, toy_data, tmp_path, monkeyp
 
 
 def test_forgetting_scores_the_general_text_against_the_base_model(tiny_llama, tmp_path, monkeypatch):
-    from lmtune.training.loop import Evaluation
+    from lmtune.training.evaluation import Evaluation
 
     passes = []
     perplexity = Evaluation.perplexity

@@ -211,7 +211,7 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tiny_bert, toy_data, 
 
 
 def test_a_tie_of_the_metric_goes_to_the_lower_validation_loss():
-    from lmtune.training.loop import is_better
+    from lmtune.training.evaluation import is_better
 
     assert is_better(0.9, 0.5, None, None, greater=True)  # the first evaluation
     assert is_better(1.0, 0.7, 0.9, 0.1, greater=True) and not is_better(0.8, 0.01, 0.9, 0.5, greater=True)

@@ -38,7 +38,7 @@ from ..tasks.run_config import as_config
 from . import adapter_checkpoint, sharding, strategies
 from .cpu import SpeedUps, speed_ups
 from .diagnosis import diagnose, lines
-from .evaluation import Evaluation, brief, eval_metrics, evaluate, general_text_features, is_better
+from .evaluation import Evaluation, brief, evaluate, general_text_features, is_better
 from .strategy_choice import resolve_auto
 
 # on_evaluate(step, metrics) is called after every evaluation; returning True stops the run.
