@@ -48,3 +48,15 @@ def test_the_configuration_docs_say_the_same():
 
     text = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     assert "4-bit (Q4_1) GGUF" in text and "about a minute" in text
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    # `lmtune keys | head -1`: here the pipe has no reader from the start (deterministic), so the
+    # first flush of the output meets a closed pipe
+    child = ("import os, sys\n"
+             "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+             "from lmtune.cli import main\n"
+             "sys.exit(main(['keys']))\n")
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert r.returncode == 141

@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmtune: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of the output went away (`lmtune keys | head`): stop without a traceback; stdout
+        # goes to /dev/null so that Python's flush at exit does not hit the closed pipe again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # (128 + SIGPIPE, as a shell reports a command that a closed pipe stopped)
     except RuntimeError as e:
         # a process of a distributed run whose peer has gone: the launcher reports the cause
         lost = any(word in str(e).lower() for word in ("by peer", "remote worker", "connection closed"))
