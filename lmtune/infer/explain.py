@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from ..core.errors import LmtuneError, option
 from ..tasks import get_task
@@ -35,7 +35,23 @@ from ..tasks.registry import all_tasks
 if TYPE_CHECKING:
     import torch
 
-    from .predictor import Predictor
+
+class Loaded(Protocol):
+    """What explain reads of a loaded run: lmtune.infer.predictor.Predictor is one (whose `explain`
+    calls this module, which therefore does not import it)."""
+
+    model: Any
+    tokenizer: Any
+    accelerator: Any
+    labels: list[str]
+    task_name: str
+    model_dir: Path
+    data: Any  # the run's data settings (data.max_length: a tagger's window)
+    max_length: int
+
+    @property
+    def name(self) -> str: ...
+
 
 STEPS = 50  # integration points (Gauss-Legendre); more make the delta smaller and the run slower
 # Tokens of the integration path's inputs run through the model at a time, by default: bounds the
@@ -158,7 +174,7 @@ class _Explained:
     """What a task explains, and the longest input it reads at once (as its predict cuts or windows)."""
 
     choose: Chooser
-    max_length: Callable[["Predictor"], int]
+    max_length: Callable[["Loaded"], int]
     per_word: bool  # a prediction per word (`word` chooses one)
 
 
@@ -268,7 +284,7 @@ def _pairs(inputs: Any, pairs: Sequence[str] | None) -> tuple[list[Any], list[st
 # ---------------------------------------------------------------- the model
 
 
-def _bare(predictor: "Predictor") -> Any:
+def _bare(predictor: "Loaded") -> Any:
     """The model without the accelerator's wrappers: the integral is computed in the weights' own
     precision (float32 as trained and saved), where completeness can be checked, also where the
     predictor itself autocasts to bf16 (see _forward)."""
@@ -327,7 +343,7 @@ def _scores(model: Any, step: Callable[[Any, dict[str, Any]], dict[str, "torch.T
     return torch.from_numpy(out["logits"]).to(device)
 
 
-def _explain_one(predictor: "Predictor", task: _Explained, x: Any, pair: str | None, *, steps: int,
+def _explain_one(predictor: "Loaded", task: _Explained, x: Any, pair: str | None, *, steps: int,
                  internal_batch_size: int | None, word: int | None) -> Explanation:
     import torch
     from captum.attr import LayerIntegratedGradients
@@ -397,7 +413,7 @@ def _kwargs(ids: "torch.Tensor", mask: "torch.Tensor", types: "torch.Tensor | No
     return {"input_ids": ids, "attention_mask": mask, **({"token_type_ids": types} if types is not None else {})}
 
 
-def explain(predictor: "Predictor", inputs: Any, pairs: Sequence[str] | None = None, *, steps: int = STEPS,
+def explain(predictor: "Loaded", inputs: Any, pairs: Sequence[str] | None = None, *, steps: int = STEPS,
             internal_batch_size: int | None = None, word: int | None = None) -> list[Explanation]:
     """An Explanation per input, in input order. Inputs: a text, or a list of texts (with `pairs`
     for a text pair model, or as {text, text_pair}); for token classification also lists of words
@@ -419,7 +435,7 @@ def explain(predictor: "Predictor", inputs: Any, pairs: Sequence[str] | None = N
 # ---------------------------------------------------------------- attention
 
 
-def attention_map(predictor: "Predictor", x: Any, path: str | Path, *, pair: str | None = None,
+def attention_map(predictor: "Loaded", x: Any, path: str | Path, *, pair: str | None = None,
                   layer: int | str = "last") -> Path:
     """A PNG of the model's attention over one input's sub-tokens (rows attend to columns),
     averaged over the heads. layer "last" (the default): the last layer, the one whose output the
