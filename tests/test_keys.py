@@ -22,15 +22,16 @@ KEY_LINE = re.compile(r"^([a-z_]+(?:\.(?:[a-z_]+|KEY))*)\s+(\S+)")
 def _schema_keys() -> list[tuple[str | None, str, Any]]:
     """(strategy name or None, dotted key, default) for every key, from the JSON schemas of the tasks'
     run configs: the first task's keys, then the data and eval keys that each further task adds, at the
-    end of their section."""
+    end of their section, and the sections of a task's own."""
     first, *others = [_task_schema_keys(get_task(t).config) for t in TASKS]
     sections: dict[str, list[tuple[str | None, str, Any]]] = {}
     for row in first:
         sections.setdefault(row[1].split(".")[0], []).append(row)
+    shared = set(sections) - {"data", "eval"}  # a section of a task's own (preference) comes whole
     for rows in others:
         for row in rows:
             section = row[1].split(".")[0]
-            if section in ("data", "eval") and row[1] not in {r[1] for r in sections[section]}:
+            if section not in shared and row[1] not in {r[1] for r in sections.setdefault(section, [])}:
                 sections[section].append(row)
     return [row for rows in sections.values() for row in rows]
 

@@ -43,6 +43,9 @@ class Task:
     prepare: Callable[[Table, Any, Any, list[str]], tuple[list[dict[str, Any]], int]]
     build_model: Callable[..., Any]  # (path, cfg, labels, attn_implementation=None)
     collator: Callable[..., Any]  # (tokenizer, cfg=None, model=None)
+    # the training loss of a collated batch: (model, batch, cfg) -> a scalar tensor; None: the model's
+    # own (`model(**batch).loss`), as for every task whose head computes its loss from the batch's labels
+    training_loss: Callable[..., Any] | None = None
     # how many items (examples, labelled tokens) a collated batch's training loss is the mean of
     loss_items: Callable[[dict[str, Any]], int]
     # per-example tensors for the metrics, of the same width in every batch

@@ -18,6 +18,7 @@ MODULES = {
     "token_classification": "lmtune.tasks.token_classification",
     "masked_lm": "lmtune.tasks.masked_lm",
     "question_answering": "lmtune.tasks.question_answering",
+    "preference": "lmtune.tasks.preference",
 }
 TASKS = tuple(MODULES)
 DEFAULT_TASK = TASKS[0]  # a config without `task`
@@ -32,6 +33,7 @@ TASK_ALIASES: dict[str, str] = {
     "instruct": "causal_lm",
     "generation": "causal_lm",
     "mlm": "masked_lm",
+    "dpo": "preference",
 }
 
 

@@ -44,6 +44,11 @@ def inapplicable_keys(raw: dict[str, Any], task: str) -> tuple[dict[str, Any], l
     ignored, so they are errors, reported beside any other problem)."""
     mine, problems = get_task(task), []
     kept = dict(raw)
+    for name in raw:  # a section of other tasks only (preference: ...)
+        others = [t.name for t in all_tasks() if name in t.config.model_fields]
+        if others and name not in mine.config.model_fields:
+            problems.append(f"{name} applies to {_tasks_text(others)} only, not to this run's task {task}")
+            kept.pop(name)
     for section in SECTIONS:
         given = raw.get(section)
         if not isinstance(given, dict):
@@ -120,7 +125,7 @@ def as_config(config: RunConfig | str | Path | dict[str, Any]) -> RunConfig:
 def reference(task: str | None = None) -> list[tuple[str, str, str, str]]:
     """(key, type, default, description) for every config key, strategies included; with `task`,
     only the keys of that task's runs (without, every task's: the data and eval keys of each task after
-    those of the tasks before it, each key once)."""
+    those of the tasks before it, each key once, then the sections of a task's own, such as preference)."""
     first, *others = [get_task(task)] if task is not None else all_tasks()
     by_section: dict[str, list[tuple[str, str, str, str]]] = {}
     for row in config_rows(first.config):
@@ -128,9 +133,11 @@ def reference(task: str | None = None) -> list[tuple[str, str, str, str]]:
             description = RunConfig.model_fields["task"].description
             row = ("task", "str", repr(DEFAULT_TASK), f"{description}: {', '.join(TASKS)}; also read: {task_aliases_text()}")
         by_section.setdefault(row[0].split(".")[0], []).append(row)
+    shared = set(by_section) - set(SECTIONS)  # every run's sections; a task's own (preference) come whole
     for other in others:
         for row in config_rows(other.config):
             section = row[0].split(".")[0]
-            if section in SECTIONS and row[0] not in {r[0] for r in by_section[section]}:
-                by_section[section].append(row)
+            rows = by_section.setdefault(section, []) if section not in shared else []
+            if row[0] not in {r[0] for r in rows}:
+                rows.append(row)
     return [row for rows in by_section.values() for row in rows]

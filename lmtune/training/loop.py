@@ -625,7 +625,7 @@ def fit(s: RunState, on_evaluate: EvalCallback | None = None, progress: bool = T
             for k, (part, weight) in enumerate(zip(parts, weights)):
                 with gradient_sync(s, sync and k == len(parts) - 1):
                     with autocast():
-                        loss = model(**part).loss
+                        loss = s.task.training_loss(model, part, s.cfg) if s.task.training_loss else model(**part).loss
                     accelerator.backward(loss * weight / t.gradient_accumulation_steps)
                 batch_loss += loss.item() * weight
             meter.add(batch_loss, n * accelerator.num_processes, n_tokens * accelerator.num_processes)

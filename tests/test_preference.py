@@ -1,0 +1,250 @@
+"""Preference tuning (DPO, IPO, ORPO, SimPO) on a tiny random Llama: the three data forms, dropped
+pairs, masking, truncation, the losses' values where policy and reference agree, a short run that
+learns, LoRA's reference, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmtune.cli import main
+from lmtune.core.models import load_pretrained, load_tokenizer
+from lmtune.tasks import preference
+from lmtune.tasks.run_config import validate
+from lmtune.training.loop import train
+
+from .test_bad_input import expect_error
+
+PAIRS = [
+    ("what does a flat fix cost ?", "twelve euro please .", "the cat sits ."),
+    ("when do you open ?", "at nine on tuesday .", "no ."),
+    ("do you rent bikes ?", "yes , twelve euro .", "hello hi ."),
+]
+ORCA = Path("/work/shared/data/orca_dpo_pairs/pairs.jsonl")
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def strings(pairs=PAIRS):
+    return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in pairs]
+
+
+def conversational(pairs=PAIRS):
+    return [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in pairs]
+
+
+def openai(pairs=PAIRS):
+    return [{"input": {"messages": [{"role": "user", "content": p}]},
+             "preferred_output": [{"role": "assistant", "content": c}],
+             "non_preferred_output": [{"role": "assistant", "content": r}]} for p, c, r in pairs]
+
+
+def _raw(model, tmp_path, train_file, **preference_keys):
+    return {"model": str(model), "task": "preference", "output_dir": str(tmp_path / "run"),
+            "data": {"train": str(train_file), "validation": str(train_file), "max_length": 64},
+            "train": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "precision": "fp32", "log_steps": 1},
+            "preference": preference_keys}
+
+
+def _prepared(model, tmp_path, rows, name="d.jsonl", **data):
+    path = _jsonl(tmp_path / name, rows)
+    raw = _raw(model, tmp_path, path)
+    raw["data"].update(data)
+    cfg = validate(raw)
+    table, _, _ = preference.read_pairs(str(path), "auto")
+    tok = load_tokenizer(model)
+    features, truncated = preference.prepare(table, tok, cfg, [])
+    return cfg, features, truncated, tok
+
+
+def test_the_three_forms_give_the_same_tokens(tiny_llama, tmp_path):
+    got = {}
+    for name, rows in (("strings", strings()), ("conversational", conversational()), ("openai", openai())):
+        table, dropped, form = preference.read_pairs(str(_jsonl(tmp_path / f"{name}.jsonl", rows)), "auto")
+        assert form == name and not dropped
+        got[name] = preference.encode_pairs(table, load_tokenizer(tiny_llama))
+    assert got["strings"] == got["conversational"] == got["openai"]
+    # an answer may also be a plain string beside a conversational prompt
+    mixed = [{**r, "chosen": c} for r, (_, c, _) in zip(conversational(), PAIRS)]
+    table, _, _ = preference.read_pairs(str(_jsonl(tmp_path / "mixed.jsonl", mixed)), "auto")
+    assert preference.encode_pairs(table, load_tokenizer(tiny_llama)) == got["strings"]
+
+
+@pytest.mark.skipif(not ORCA.is_file(), reason="the shared orca_dpo_pairs sample is not on this machine")
+def test_reads_openai_dpo_fine_tuning_file():
+    table, dropped, form = preference.read_pairs(str(ORCA), "auto")
+    assert form == "openai" and len(table) + len(dropped) == 284
+    prompt, chosen, rejected = preference.pair_of(table.rows[0], table.where(0), form)
+    assert prompt[0]["role"] == "system" and prompt[-1]["role"] == "user" and chosen != rejected
+
+
+def test_pairs_with_empty_or_identical_answers_are_dropped_and_counted(tiny_llama, tmp_path):
+    rows = strings() + [{"prompt": "hi", "chosen": "same .", "rejected": " same . "},
+                        {"prompt": "hi", "chosen": "", "rejected": "no ."}]
+    path = _jsonl(tmp_path / "d.jsonl", rows)
+    cfg = validate(_raw(tiny_llama, tmp_path, path))
+    data = preference.load_data(cfg)
+    assert len(data.train) == 3 and len(data.validation) == 3
+    assert [(d["line"], d["reason"]) for d in data.dropped] == [(4, "identical answers"), (5, "empty answer")] * 2
+    note = next(n for n in data.notes if n.startswith("dropped"))
+    assert f"{path}:4" in note and "identical answers 2" in note and "empty answer 2" in note
+
+
+def test_only_the_answer_tokens_are_scored(tiny_llama, tmp_path):
+    cfg, features, truncated, tok = _prepared(tiny_llama, tmp_path, strings())
+    assert truncated == 0
+    for f, (prompt, chosen, rejected) in zip(features, PAIRS):
+        for ids, labels, answer in ((f["input_ids"], f["labels"], chosen), (f["rejected_input_ids"], f["rejected_labels"], rejected)):
+            scored = [i for i, lab in zip(ids, labels) if lab != -100]
+            assert tok.decode(scored, skip_special_tokens=True).split() == answer.split()
+            assert tok.decode(scored[-1:]) == "<|im_end|>"  # the end of the turn is learned too
+            first = next(k for k, lab in enumerate(labels) if lab != -100)
+            assert all(lab == -100 for lab in labels[:first]) and prompt.split()[0] in tok.decode(ids[:first])
+        # the two sequences share the prompt
+        start = next(k for k, lab in enumerate(f["labels"]) if lab != -100)
+        assert f["input_ids"][:start] == f["rejected_input_ids"][:start]
+
+
+def test_a_long_pair_loses_prompt_tokens_from_the_left_and_keeps_both_answers(tiny_llama, tmp_path):
+    long_prompt = " ".join(["the cat sits"] * 20)
+    rows = [{"prompt": long_prompt + " what price ?", "chosen": "twelve euro .", "rejected": "no ."}]
+    _, whole, _, tok = _prepared(tiny_llama, tmp_path, rows, name="a.jsonl", max_length=256)
+    _, cut, truncated, _ = _prepared(tiny_llama, tmp_path, rows, name="b.jsonl", max_length=24)
+    assert truncated == 1 and truncated.prompt == 1
+    f, w = cut[0], whole[0]
+    assert len(f["input_ids"]) == 24 and len(f["rejected_input_ids"]) < 24
+    drop = len(w["input_ids"]) - 24
+    assert f["input_ids"] == w["input_ids"][drop:] and f["rejected_input_ids"] == w["rejected_input_ids"][drop:]
+    assert f["labels"] == w["labels"][drop:]  # every answer token kept
+    assert tok.decode(f["input_ids"]).rstrip().endswith("twelve euro . <|im_end|>") or "twelve euro" in tok.decode(f["input_ids"])
+
+
+def _eval(model, features, tok, cfg):
+    batch = preference.collator(tok)(features)
+    model.eval()
+    with torch.no_grad():
+        return preference.eval_step(model, batch, cfg)
+
+
+def test_dpo_loss_is_ln2_while_the_policy_is_the_reference(tiny_llama, tmp_path):
+    cfg, features, _, tok = _prepared(tiny_llama, tmp_path, strings())
+    assert all("ref_chosen" in f for f in features)  # full strategy: the reference scored in prepare
+    out = _eval(load_pretrained("AutoModelForCausalLM", tiny_llama), features, tok, cfg)
+    assert torch.allclose(out["loss"], torch.full((3,), math.log(2)), atol=1e-5)
+    assert torch.allclose(out["chosen_reward"], torch.zeros(3), atol=1e-5)
+    # with LoRA the reference is the same model with its adapters off (new adapters change nothing yet)
+    from peft import LoraConfig, get_peft_model
+
+    lora_cfg = validate({**_raw(tiny_llama, tmp_path, tmp_path / "d.jsonl"), "strategy": {"name": "lora"}})
+    table, _, _ = preference.read_pairs(str(tmp_path / "d.jsonl"), "auto")
+    lora_features, _ = preference.prepare(table, tok, lora_cfg, [])
+    assert not any("ref_chosen" in f for f in lora_features)
+    model = get_peft_model(load_pretrained("AutoModelForCausalLM", tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    out = _eval(model, lora_features, tok, lora_cfg)
+    assert torch.allclose(out["loss"], torch.full((3,), math.log(2)), atol=1e-5)
+    # and once the adapters differ from zero, the policy leaves the reference
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    assert not torch.allclose(_eval(model, lora_features, tok, lora_cfg)["loss"], torch.full((3,), math.log(2)), atol=1e-3)
+
+
+def test_each_objective_has_its_loss(tiny_llama, tmp_path):
+    model = load_pretrained("AutoModelForCausalLM", tiny_llama)
+    path = _jsonl(tmp_path / "d.jsonl", strings())
+    table, _, _ = preference.read_pairs(str(path), "auto")
+    tok = load_tokenizer(tiny_llama)
+    results = {}
+    for objective, keys in (("ipo", {"beta": 0.5}), ("orpo", {"orpo_lambda": 0.2}), ("simpo", {"beta": 2.0, "gamma": 0.3}),
+                            ("dpo", {"label_smoothing": 0.2})):
+        cfg = validate(_raw(tiny_llama, tmp_path, path, objective=objective, **keys))
+        features, _ = preference.prepare(table, tok, cfg, [])
+        results[objective] = out = {k: v.numpy() for k, v in _eval(model, features, tok, cfg).items()}
+        counts = np.array([[sum(lab != -100 for lab in f[key][1:]) for f in features] for key in ("labels", "rejected_labels")])
+        pc, pr = out["chosen_logps"] / counts[0], out["rejected_logps"] / counts[1]
+        if objective == "ipo":  # at the reference: (0 - 1 / (2 beta))^2
+            expected = np.full(3, (1 / (2 * 0.5)) ** 2)
+        elif objective == "dpo":  # label smoothing keeps ln 2 at the reference
+            expected = np.full(3, math.log(2))
+        elif objective == "orpo":
+            log_odds = (pc - pr) - (np.log1p(-np.exp(pc)) - np.log1p(-np.exp(pr)))
+            expected = -pc + 0.2 * np.log1p(np.exp(-log_odds))
+        else:
+            expected = np.log1p(np.exp(-(2.0 * (pc - pr) - 0.3)))
+        np.testing.assert_allclose(out["loss"], expected, rtol=1e-4, atol=1e-5)
+    assert not any("ref_chosen" in f for f in preference.prepare(table, tok, validate(_raw(tiny_llama, tmp_path, path, objective="simpo")), [])[0])
+
+
+def test_metrics():
+    outputs = {"chosen_reward": np.array([1.0, -1.0, 2.0]), "rejected_reward": np.array([0.0, 0.0, 1.0]),
+               "loss": np.array([0.1, 0.2, 0.3]), "chosen_logps": np.array([-1.0, -2.0, -3.0]),
+               "rejected_logps": np.array([-4.0, -5.0, -6.0])}
+    m = preference.compute_metrics(outputs, [])
+    assert list(m)[:5] == list(preference.METRICS)
+    assert m["reward_accuracy"] == pytest.approx(2 / 3) and m["reward_margin"] == pytest.approx(1 / 3)
+    assert m["chosen_logps"] == pytest.approx(-2.0) and m["loss"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_training_raises_the_chosen_answers_over_the_rejected(tiny_llama, tmp_path, strategy):
+    path = _jsonl(tmp_path / "d.jsonl", strings() * 4)
+    raw = _raw(tiny_llama, tmp_path, path)
+    raw["strategy"] = {"name": strategy, **({"r": 8, "alpha": 16, "dropout": 0.0} if strategy == "lora" else {})}
+    raw["train"].update({"lr": 1e-2, "epochs": 3} if strategy == "full" else {"lr": 5e-2, "epochs": 6})
+    result = train(raw, progress=False)
+    steps = [h for h in result.history if "loss" in h and "step" in h and "reward_accuracy" not in h]
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference
+    val = result.metrics["validation"]
+    assert val["loss"] < math.log(2) - 0.05 and val["reward_margin"] > 0 and val["reward_accuracy"] >= 2 / 3
+    assert result.metrics["validation"]["chosen_logps"] > result.metrics["validation"]["rejected_logps"] - 10
+    assert json.loads((result.output_dir / "data.json").read_text())
+    assert (result.output_dir / "validation_samples.jsonl").read_text().count("chosen_reward") == len(strings() * 4)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _config(tmp_path, raw) -> str:
+    import yaml
+
+    path = tmp_path / "cfg" / "p.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_missing_columns_exit_2_naming_the_file(tiny_llama, tmp_path, capsys):
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": "hi", "chosen": "yes ."}])
+    (line,) = expect_error(capsys, tmp_path, "train", _config(tmp_path, _raw(tiny_llama, tmp_path, path)))
+    assert str(path) in line and "rejected" in line
+
+
+def test_a_bad_row_exits_2_naming_its_line(tiny_llama, tmp_path, capsys):
+    rows = conversational() + [{"prompt": [{"role": "robot", "content": "hi"}], "chosen": "a", "rejected": "b"}]
+    path = _jsonl(tmp_path / "d.jsonl", rows)
+    (line,) = expect_error(capsys, tmp_path, "train", _config(tmp_path, _raw(tiny_llama, tmp_path, path)))
+    assert f"{path}:4: prompt: message 1" in line
+
+
+def test_an_encoder_model_exits_2(tiny_bert, tmp_path, capsys):
+    path = _jsonl(tmp_path / "d.jsonl", strings())
+    (line,) = expect_error(capsys, tmp_path, "train", _config(tmp_path, _raw(tiny_bert, tmp_path, path)))
+    assert line.startswith("model:") and "not a decoder" in line
+
+
+def test_bad_objective_keys_exit_2(tiny_llama, tmp_path, capsys):
+    path = _jsonl(tmp_path / "d.jsonl", strings())
+    raw = _raw(tiny_llama, tmp_path, path, objective="kto", bta=0.2)
+    problems = expect_error(capsys, tmp_path, "train", _config(tmp_path, raw))
+    assert any(p.startswith("preference.objective") for p in problems)
+    assert any(p.startswith("preference.bta") and "beta" in p for p in problems)
