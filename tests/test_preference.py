@@ -248,3 +248,29 @@ def test_bad_objective_keys_exit_2(tiny_llama, tmp_path, capsys):
     problems = expect_error(capsys, tmp_path, "train", _config(tmp_path, raw))
     assert any(p.startswith("preference.objective") for p in problems)
     assert any(p.startswith("preference.bta") and "beta" in p for p in problems)
+
+
+def test_log_probabilities_match_trl_dpo_trainer(tiny_llama, tmp_path):
+    """Per pair, the summed log-probabilities of the chosen and rejected answers are TRL's (DPOTrainer's
+    own tokenization, collation and per-token log-probabilities) on the same conversational rows."""
+    pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    rows = conversational() * 2
+    tok = load_tokenizer(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], per_device_eval_batch_size=len(rows),
+                     use_cpu=True, max_length=None, save_strategy="no", logging_strategy="no",
+                     bf16=False)  # (TRL's default autocasts to bf16, 1e-3 off on these sums)
+    trainer = DPOTrainer(model=model, args=args, processing_class=tok, train_dataset=datasets.Dataset.from_list(rows),
+                         eval_dataset=datasets.Dataset.from_list(rows))
+    batch = next(iter(trainer.get_eval_dataloader()))
+    trainer.model.eval()
+    trl_chosen, trl_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+
+    cfg, features, _, _ = _prepared(tiny_llama, tmp_path, rows)
+    out = _eval(load_pretrained("AutoModelForCausalLM", tiny_llama), features, tok, cfg)
+    np.testing.assert_allclose(out["chosen_logps"].numpy(), trl_chosen.float().cpu().numpy(), atol=1e-4)
+    np.testing.assert_allclose(out["rejected_logps"].numpy(), trl_rejected.float().cpu().numpy(), atol=1e-4)

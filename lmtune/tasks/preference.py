@@ -404,8 +404,7 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Any =
 
 GENERATIVE = True
 bare_labels = causal_lm.bare_labels
-bare_data = causal_lm.bare_data
-prompt_text = prompt_text
+bare_data = causal_lm.bare_data  # (prompt_text, the model's chat prompt, is imported from .chat)
 
 
 def row_prompt(session: Any, row: dict[str, Any], where: str, template: str | None) -> tuple[str, str | None]:
