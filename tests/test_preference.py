@@ -211,6 +211,13 @@ def test_training_raises_the_chosen_answers_over_the_rejected(tiny_llama, tmp_pa
     assert (result.output_dir / "validation_samples.jsonl").read_text().count("chosen_reward") == len(strings() * 4)
 
 
+def test_data_preview_marks_the_chosen_answer(tiny_llama, tmp_path, capsys):
+    path = _jsonl(tmp_path / "d.jsonl", strings())
+    assert main(["data", "preview", _config(tmp_path, _raw(tiny_llama, tmp_path, path)), "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "data shape strings" in out and "assistant[[twelve euro please . <|im_end|>]]" in out
+
+
 # ---------------------------------------------------------------- bad input
 
 

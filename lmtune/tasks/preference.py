@@ -185,7 +185,9 @@ def load_data(cfg: Any) -> TaskData:
         reasons = ", ".join(f"{r} {sum(x['reason'] == r for x in dropped)}" for r in dict.fromkeys(x["reason"] for x in dropped))
         first = dropped[0]
         notes.append(f"dropped {len(dropped)} pairs ({reasons}; the first at {first['file']}:{first['line']}; each in dropped.jsonl)")
-    return TaskData(train, validation, test, [], notes, {}, dropped)
+    data = TaskData(train, validation, test, [], notes, {}, dropped)
+    data.shape = form  # type: ignore[attr-defined]  (lmtune data preview names it)
+    return data
 
 
 # ---------------------------------------------------------------- tokens
@@ -232,10 +234,11 @@ def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, st
     return percentile_length(lengths, cap, "training pairs")
 
 
-def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[list[dict[str, Any]], int]:
+def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], form: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """A feature per pair: the chosen sequence (input_ids, labels) and the rejected one
     (rejected_input_ids, rejected_labels), within data.max_length; with DPO and IPO on a strategy
-    other than lora, also the reference model's summed log-probabilities (ref_chosen, ref_rejected)."""
+    other than lora, also the reference model's summed log-probabilities (ref_chosen, ref_rejected).
+    (`form`, which lmtune data preview passes as a causal LM's shape, is the table's own anyway.)"""
     features, cuts = [], {"prompt": 0, "response": 0}
     for chosen, rejected in encode_pairs(table, tokenizer):
         ((c_ids, c_lab), (r_ids, r_lab)), cut = fit_pair(chosen, rejected, cfg.data.max_length)
