@@ -196,7 +196,7 @@ def test_metrics():
 
 
 @pytest.mark.parametrize("strategy", ["full", "lora"])
-def test_training_raises_the_chosen_answers_over_the_rejected(tiny_llama, tmp_path, strategy):
+def test_training_raises_the_chosen_answers_over_the_rejected(tiny_llama, tmp_path, strategy, capsys):
     path = _jsonl(tmp_path / "d.jsonl", strings() * 4)
     raw = _raw(tiny_llama, tmp_path, path)
     raw["strategy"] = {"name": strategy, **({"r": 8, "alpha": 16, "dropout": 0.0} if strategy == "lora" else {})}
@@ -209,6 +209,12 @@ def test_training_raises_the_chosen_answers_over_the_rejected(tiny_llama, tmp_pa
     assert result.metrics["validation"]["chosen_logps"] > result.metrics["validation"]["rejected_logps"] - 10
     assert json.loads((result.output_dir / "data.json").read_text())
     assert (result.output_dir / "validation_samples.jsonl").read_text().count("chosen_reward") == len(strings() * 4)
+    # lmtune eval on the pair file gives the run's own validation metrics (the same reference)
+    capsys.readouterr()
+    assert main(["eval", str(result.output_dir), str(path)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    for key in preference.METRICS:
+        assert scored[key] == pytest.approx(val[key], abs=1e-4), key
 
 
 def test_data_preview_marks_the_chosen_answer(tiny_llama, tmp_path, capsys):

@@ -438,13 +438,23 @@ predict = causal_lm.predict
 predict_rows = causal_lm.predict_rows
 
 
-def read_labelled(session: Any, path: Path, columns: list[str] | None) -> Any:
-    raise LmtuneError("lmtune eval does not score preference pairs yet: the run's metrics.json holds its validation "
-                      "reward accuracy; use lmtune generate or predict on prompts")
+def read_labelled(session: Any, path: Path, columns: list[str] | None) -> tuple[Table, list[dict[str, Any]]]:
+    """A pair file (any of the three forms), checked, and its dropped pairs."""
+    if columns is not None:
+        raise LmtuneError(f"--columns: {path} is read by its own column names (prompt/chosen/rejected or OpenAI's)")
+    if session.cfg is None:
+        raise LmtuneError("evaluating preference pairs needs the run folder (its objective and reference)")
+    table, dropped, _ = read_pairs(str(path), "auto")
+    return table, dropped
 
 
-def evaluate_labelled(session: Any, labelled: Any) -> dict[str, Any]:
-    raise LmtuneError("lmtune eval does not score preference pairs yet")
+def evaluate_labelled(session: Any, labelled: tuple[Table, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The run's metrics on the pairs: the reference is the run's initial model (scored here) or,
+    for a LoRA run, the model with its adapters disabled."""
+    table, dropped = labelled
+    metrics = session.evaluate_table(table)
+    metrics["dropped"] = len(dropped)
+    return metrics
 
 
 TASK = Task.of(sys.modules[__name__], name="preference", config=PreferenceConfig)
