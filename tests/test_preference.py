@@ -215,6 +215,10 @@ def test_training_raises_the_chosen_answers_over_the_rejected(tiny_llama, tmp_pa
     scored = json.loads(capsys.readouterr().out)
     for key in preference.METRICS:
         assert scored[key] == pytest.approx(val[key], abs=1e-4), key
+    if strategy == "full":  # the tuned model answers a pair file's prompts, its chosen answers the references
+        assert main(["predict", str(result.output_dir), str(path), "--max-new-tokens", "3"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert len(rows) == 12 and rows[0]["reference"] == PAIRS[0][1] and rows[0]["prompt"].endswith("assistant\n")
 
 
 def test_data_preview_marks_the_chosen_answer(tiny_llama, tmp_path, capsys):
