@@ -207,6 +207,7 @@ def test_training_raises_the_chosen_answers_over_the_rejected(tiny_llama, tmp_pa
     val = result.metrics["validation"]
     assert val["loss"] < math.log(2) - 0.05 and val["reward_margin"] > 0 and val["reward_accuracy"] >= 2 / 3
     assert result.metrics["validation"]["chosen_logps"] > result.metrics["validation"]["rejected_logps"] - 10
+    assert result.metrics["train"]["samples"] == raw["train"]["epochs"] * 12  # pairs, not sequences
     assert json.loads((result.output_dir / "data.json").read_text())
     assert (result.output_dir / "validation_samples.jsonl").read_text().count("chosen_reward") == len(strings() * 4)
     # lmtune eval on the pair file gives the run's own validation metrics (the same reference)

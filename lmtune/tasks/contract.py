@@ -46,6 +46,7 @@ class Task:
     # the training loss of a collated batch: (model, batch, cfg) -> a scalar tensor; None: the model's
     # own (`model(**batch).loss`), as for every task whose head computes its loss from the batch's labels
     training_loss: Callable[..., Any] | None = None
+    sequences_per_example: int = 1  # rows of a collated batch per example (preference: the chosen and the rejected)
     # how many items (examples, labelled tokens) a collated batch's training loss is the mean of
     loss_items: Callable[[dict[str, Any]], int]
     # per-example tensors for the metrics, of the same width in every batch

@@ -457,4 +457,4 @@ def evaluate_labelled(session: Any, labelled: tuple[Table, list[dict[str, Any]]]
     return metrics
 
 
-TASK = Task.of(sys.modules[__name__], name="preference", config=PreferenceConfig)
+TASK = Task.of(sys.modules[__name__], name="preference", config=PreferenceConfig, sequences_per_example=2)

@@ -151,11 +151,12 @@ class MemoryPlan:
         return {"micro_batch_size": self.micro_batch, "estimated_peak_mb": round(self.estimate.total / 2**20, 1)}
 
 
-def plan_memory(t: Any, model: Any, accelerator: Any, attention: str, length: int) -> MemoryPlan:
+def plan_memory(t: Any, model: Any, accelerator: Any, attention: str, length: int, sequences: int = 1) -> MemoryPlan:
     """train.micro_batch_size (auto: the largest of the batch, its half, quarter, ... whose estimated
     peak fits the budget) and the estimate of the step's peak. The estimate counts the model as it
     trains: its parameters' bytes, fp32 gradients and AdamW's two states for the trainable ones (over
-    the processes with FSDP), and the activations of a micro-batch of inputs `length` tokens long."""
+    the processes with FSDP), and the activations of a micro-batch of inputs `length` tokens long
+    (`sequences` of them per example: a preference pair is two)."""
     shape = memory.Shape.of(model.config)
     params = list(model.parameters())
     share = accelerator.num_processes if t.distributed == "fsdp" else 1
@@ -164,7 +165,8 @@ def plan_memory(t: Any, model: Any, accelerator: Any, attention: str, length: in
     flags = {"adapters": models.is_adapter(model), "eager": attention == "eager", "half": accelerator.mixed_precision != "no"}
 
     def estimate_for(micro: int, checkpointing: bool) -> memory.Estimate:
-        return memory.training_estimate(shape, weights, trainable, micro, length, checkpointing=checkpointing, **flags)
+        return memory.training_estimate(shape, weights, trainable, micro * sequences, length, checkpointing=checkpointing,
+                                        **flags)
 
     def estimate(micro: int) -> memory.Estimate:
         return estimate_for(micro, t.gradient_checkpointing)
@@ -471,7 +473,7 @@ def check_memory(s: RunState) -> None:
     """Plan the micro-batches and estimate the peak; refuse a run that cannot fit the memory free now
     (before anything trains: nothing is lost; a run folder made for it is removed)."""
     t, accelerator, main = s.cfg.train, s.accelerator, s.accelerator.is_main_process
-    s.memory = plan_memory(t, s.model, accelerator, s.attention, max(s.lengths["train"]))
+    s.memory = plan_memory(t, s.model, accelerator, s.attention, max(s.lengths["train"]), s.task.sequences_per_example)
     for note in s.memory.notes:
         log(note)
     problem = memory_problem(s.memory, t, accelerator) if main and t.memory_guard else None
@@ -786,7 +788,7 @@ def weigh_parts(task: Any, parts: list[dict[str, Any]]) -> tuple[list[dict[str, 
     """The micro-batches of one batch that have something to learn, each with its share of the
     batch's loss items (their weighted losses add up to the whole batch's mean loss, and so do their
     gradients); and the batch's examples and real tokens."""
-    examples = sum(int(p["input_ids"].shape[0]) for p in parts)
+    examples = sum(int(p["input_ids"].shape[0]) for p in parts) // task.sequences_per_example
     tokens = sum(int(p.pop("num_tokens")) if "num_tokens" in p else int(p["attention_mask"].sum()) for p in parts)
     if len(parts) == 1:
         return parts, [1.0], examples, tokens
