@@ -292,3 +292,27 @@ def test_log_probabilities_match_trl_dpo_trainer(tiny_llama, tmp_path):
     out = _eval(load_pretrained("AutoModelForCausalLM", tiny_llama), features, tok, cfg)
     np.testing.assert_allclose(out["chosen_logps"].numpy(), trl_chosen.float().cpu().numpy(), atol=1e-4)
     np.testing.assert_allclose(out["rejected_logps"].numpy(), trl_rejected.float().cpu().numpy(), atol=1e-4)
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(tiny_llama, tmp_path):
+    from safetensors.torch import load_file
+
+    from .test_resume import Killed, _kill_at
+
+    path = _jsonl(tmp_path / "d.jsonl", strings() * 4)
+
+    def cfg(name):
+        raw = _raw(tiny_llama, tmp_path, path)
+        raw["output_dir"] = str(tmp_path / name)
+        raw["train"].update(eval_steps=3, dropout=0.1)  # (dropout: the restored RNG state matters too)
+        return raw
+
+    whole = train(cfg("whole"), progress=False)
+    with pytest.raises(Killed):  # after the checkpoint of step 3
+        train(cfg("broken"), progress=False, on_evaluate=_kill_at(6))
+    resumed = train(cfg("broken"), progress=False, resume=True)
+    a, b = (load_file(str(r.output_dir / "checkpoints" / "last" / "model.safetensors")) for r in (whole, resumed))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert resumed.metrics["validation"]["loss"] == pytest.approx(whole.metrics["validation"]["loss"], abs=1e-6)
