@@ -316,3 +316,26 @@ def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(tiny_llama, tmp_
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
     assert resumed.metrics["validation"]["loss"] == pytest.approx(whole.metrics["validation"]["loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_two_processes_give_the_metrics_of_one(tiny_llama, tmp_path, strategy):
+    """`--nproc 2` on CPU: each process scores the reference (full) or switches its adapters off
+    (lora, under DDP); the gathered validation metrics are those of the final model on one process."""
+    import lmtune
+
+    from .test_distributed_tasks import _run
+
+    path = _jsonl(tmp_path / "d.jsonl", strings() * 4)
+    raw = _raw(tiny_llama, tmp_path, path)
+    raw["train"].update(epochs=2)
+    if strategy == "lora":
+        raw["strategy"] = {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
+    proc = _run(raw, tmp_path, "--nproc", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training on 2 x cpu" in proc.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]
+    alone = lmtune.load(tmp_path / "run").evaluate_file(path)
+    for key in preference.METRICS:
+        assert alone[key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-5), key
