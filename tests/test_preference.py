@@ -294,6 +294,37 @@ def test_log_probabilities_match_trl_dpo_trainer(tiny_llama, tmp_path):
     np.testing.assert_allclose(out["rejected_logps"].numpy(), trl_rejected.float().cpu().numpy(), atol=1e-4)
 
 
+def test_one_optimizer_step_gives_trl_dpo_trainers_loss(tiny_llama, tmp_path):
+    """Policy and reference equal: both losses are ln 2; after one AdamW step with the same settings
+    (8 pairs in one batch, lr 1e-3 constant, no decay, fp32) the held loss of the two trained models
+    on the same pairs agrees within 1e-3, and both fell."""
+    pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    rows = (conversational() * 3)[:8]
+    path = _jsonl(tmp_path / "d.jsonl", rows)
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], per_device_train_batch_size=8,
+                     per_device_eval_batch_size=8, max_steps=1, learning_rate=1e-3, lr_scheduler_type="constant",
+                     warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=0.1, use_cpu=True, max_length=None,
+                     save_strategy="no", logging_strategy="no", bf16=False, seed=0)
+    data = datasets.Dataset.from_list(rows)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), args=args,
+                         processing_class=load_tokenizer(tiny_llama), train_dataset=data, eval_dataset=data)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    trainer.train()
+    trl_loss = trainer.evaluate()["eval_loss"]
+
+    raw = _raw(tiny_llama, tmp_path, path)
+    raw["train"] = {"max_steps": 1, "batch_size": 8, "lr": 1e-3, "scheduler": "constant", "warmup_ratio": 0.0,
+                    "weight_decay": 0.0, "max_grad_norm": 1.0, "precision": "fp32"}
+    raw["eval"] = {"train_sample": 0}
+    ours = train(raw, progress=False).metrics["validation"]["loss"]
+    assert ours < math.log(2) - 0.01 and trl_loss < math.log(2) - 0.01
+    assert ours == pytest.approx(trl_loss, abs=1e-3)
+
+
 def test_a_resumed_run_ends_with_the_weights_of_an_unbroken_one(tiny_llama, tmp_path):
     from safetensors.torch import load_file
 

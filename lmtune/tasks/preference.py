@@ -18,8 +18,11 @@ need no reference. The objective's keys are in the run config's `preference:` se
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +32,8 @@ from pydantic import Field
 from ..core.config import DataConfig, EvalConfig, RunConfig, Section
 from ..core.errors import LmtuneError
 from ..core.models import describe, load_pretrained, resolve
+from ..core.rundir import write_json_atomic
+from ..core.runtime import first_process, log
 from ..data.readers import Table, read_table
 from . import causal_lm
 from .causal_lm import IGNORE, Truncated, encode_chat
@@ -247,6 +252,9 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], form: str
         features.append({"input_ids": c_ids, "labels": c_lab, "rejected_input_ids": r_ids, "rejected_labels": r_lab})
     if needs_reference(cfg) and cfg.strategy.name != "lora":
         add_reference(features, tokenizer, cfg)
+    elif needs_reference(cfg) and cfg.output_dir not in _SAID:
+        _SAID.add(cfg.output_dir)
+        log("reference: the model with its LoRA adapters disabled (no second copy)")
     return features, Truncated(cuts["prompt"], cuts["response"])
 
 
@@ -254,24 +262,68 @@ def needs_reference(cfg: Any) -> bool:
     return cfg.preference.objective in ("dpo", "ipo")
 
 
+REFERENCE_FILE = "reference_logps.json"  # in the run folder: the reference's scores, by pair
+_SAID: set[Any] = set()  # the runs whose log names their LoRA reference already
+_SCORED: dict[str, dict[str, list[float]]] = {}  # the scores this process has, by reference model
+
+
+def _pair_key(feature: dict[str, Any]) -> str:
+    parts = (feature["input_ids"], feature["labels"], feature["rejected_input_ids"], feature["rejected_labels"])
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:20]
+
+
 def add_reference(features: list[dict[str, Any]], tokenizer: Any, cfg: Any, batch_size: int = 8) -> None:
-    """The initial model's summed log-probabilities of each pair's answers, in place (once, before
-    training: the reference of DPO and IPO without adapters to switch off)."""
+    """The initial model's summed log-probabilities of each pair's answers, in place: the reference
+    of DPO and IPO without adapters to switch off. Each pair is scored once, before training, and
+    kept in the run folder (REFERENCE_FILE), so a resumed run and the evaluations read them there
+    instead of holding a second, frozen copy of the model beside the one that trains."""
+    model_path = str(resolve(cfg.model))
+    cache_file = Path(cfg.output_dir) / REFERENCE_FILE if cfg.output_dir else None
+    scored = _SCORED.setdefault(model_path, {})
+    if cache_file is not None and cache_file.is_file():
+        try:
+            saved = json.loads(cache_file.read_text())
+            if saved.get("model") == model_path:
+                scored.update(saved["pairs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # an unreadable cache: its pairs are scored again
+    keys = [_pair_key(f) for f in features]
+    missing = sorted({k: i for i, k in enumerate(keys) if k not in scored}.values())
+    if missing:
+        started = time.perf_counter()
+        for i, pair in zip(missing, _score(model_path, [features[i] for i in missing], tokenizer, batch_size)):
+            scored[keys[i]] = pair
+        where = ""
+        if cache_file is not None and cache_file.parent.is_dir() and first_process():
+            try:
+                write_json_atomic(cache_file, {"model": model_path, "pairs": scored})
+                where = f"; kept in {cache_file}"
+            except OSError:
+                pass
+        log(f"reference: the initial model scored {len(missing)} pairs ({time.perf_counter() - started:.0f} s{where}), "
+            "so no second copy of it stays in memory")
+    for f, k in zip(features, keys):
+        f["ref_chosen"], f["ref_rejected"] = scored[k]
+
+
+def _score(model_path: str, features: list[dict[str, Any]], tokenizer: Any, batch_size: int) -> list[list[float]]:
+    """[chosen, rejected] summed log-probabilities of each pair under the model at `model_path`."""
     import torch
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
-    model = load_pretrained(AUTO_MODEL, resolve(cfg.model)).to(device).eval()
+    model = load_pretrained(AUTO_MODEL, model_path).to(device).eval()
     collate = Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out: list[list[float]] = [[0.0, 0.0] for _ in features]
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             part = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate([features[i] for i in part]).items()}
             sums, _ = sequence_logps(model, batch)
-            n = len(part)
             for j, i in enumerate(part):
-                features[i]["ref_chosen"], features[i]["ref_rejected"] = float(sums[j]), float(sums[n + j])
+                out[i] = [float(sums[j]), float(sums[len(part) + j])]
     del model
+    return out
 
 
 # ---------------------------------------------------------------- model, batches, loss
@@ -316,12 +368,30 @@ def loss_items(batch: dict[str, Any]) -> int:
     return int(batch["input_ids"].shape[0]) // 2
 
 
+LOGITS_BUDGET = 2**30  # bytes of fp32 logits that one forward without gradients may hold
+
+
 def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-    """Each row's summed log-probability of its labelled tokens, and how many there are."""
+    """Each row's summed log-probability of its labelled tokens, and how many there are. Without
+    gradients (evaluation, the reference) the rows go through the model a few at a time, so that
+    their logits stay within LOGITS_BUDGET whatever the batch: an evaluation batch of 64 pairs
+    of 256 tokens would otherwise hold 128 x 256 x 49,152 logits, several times over."""
+    import torch
+
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    if torch.is_grad_enabled():
+        return _row_logps(model, ids, mask, labels)
+    vocab = getattr(getattr(model, "module", model), "config").vocab_size
+    rows = max(1, LOGITS_BUDGET // (4 * vocab * ids.shape[1]))
+    parts = [_row_logps(model, ids[i : i + rows], mask[i : i + rows], labels[i : i + rows]) for i in range(0, len(ids), rows)]
+    return torch.cat([s for s, _ in parts]), torch.cat([c for _, c in parts])
+
+
+def _row_logps(model: Any, ids: Any, mask: Any, labels: Any) -> tuple[Any, Any]:
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    targets = labels[:, 1:]
     token_logps = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
     return token_logps.sum(1), (targets != IGNORE).sum(1)
 
