@@ -337,3 +337,65 @@ def test_any_history_gives_a_json_diagnosis(h, metric):
     json.dumps(d, allow_nan=False)
     assert d["verdict"] in diagnosis.VERDICTS
     assert all(isinstance(s, str) for s in lines(d))
+
+
+def pair_history(chosen: list[float], rejected: list[float], accuracy: list[float] | None = None) -> list[dict]:
+    """A preference run's evaluations (one an epoch): the chosen and rejected answers' mean summed
+    log-probabilities, the margin growing, reward accuracy by default rising."""
+    accuracy = accuracy or [0.6 + 0.1 * i for i in range(len(chosen))]
+    h = history(val=accuracy, val_loss=[0.69 - 0.1 * i for i in range(len(chosen))], metric="reward_accuracy",
+                train_loss=[0.69 - 0.12 * i for i in range(len(chosen))])
+    for record in (r for r in h if "eval" in r):
+        i = int(record["epoch"]) - 1
+        record["eval"].update(reward_margin=0.2 * (i + 1), chosen_logps=chosen[i], rejected_logps=rejected[i])
+    return h
+
+
+def pair_config(**preference: object) -> dict:
+    return {"task": "preference", "strategy": {"name": "full"}, "train": {"lr": 5e-6, "epochs": 3},
+            "preference": {"objective": "dpo", "beta": 0.1, **preference}}
+
+
+def test_chosen_answers_falling_with_the_rejected_is_named_with_its_numbers():
+    d = diagnose(pair_history(chosen=[-120.3, -150.0, -180.2], rejected=[-125.0, -190.0, -260.4]),
+                 "reward_accuracy", True, config=pair_config())
+    assert_json(d)
+    found = d["likelihood_displacement"]
+    assert found["fell"] is True and found["chosen_first"] == -120.3 and found["chosen_then"] == -180.2
+    assert found["first_step"] == 10 and found["step"] == 30
+    reason = next(r for r in d["reasons"] if "log-probability" in r)
+    assert reason == ("chosen answers' log-probability fell from -120.3 to -180.2 while the rejected fell from -125.0 "
+                      "to -260.4: both answers became less likely (a known DPO failure; the margin grew only because "
+                      "the rejected fell faster)")
+    advice = next(a for a in d["advice"] if "chosen answers" in a)
+    assert "lower train.lr (now 5e-06)" in advice and "raise preference.beta (now 0.1)" in advice
+    assert "preference.objective: ipo" in advice
+    assert "try preference.objective" not in next(a for a in diagnose(
+        pair_history([-120.3, -180.2], [-125.0, -260.4]), "reward_accuracy", True,
+        config=pair_config(objective="ipo"))["advice"] if "chosen answers" in a)
+    assert any("chosen answers' log-probability: -120.3 -> -180.2" in s for s in lines(d))
+
+
+def test_chosen_answers_rising_or_barely_moving_is_not_a_finding():
+    for chosen in ([-120.3, -110.0, -100.5], [-120.3, -121.0, -122.0]):  # rose; fell by less than 2% of 120
+        d = diagnose(pair_history(chosen=chosen, rejected=[-125.0, -140.0, -160.0]), "reward_accuracy", True,
+                     config=pair_config())
+        assert d["likelihood_displacement"]["fell"] is False
+        assert not any("log-probability" in r for r in d["reasons"])
+        assert not any("chosen answers" in a for a in d["advice"])
+    # short answers: a fall of more than 1 nat counts even though it is under 2% of nothing much
+    d = diagnose(pair_history(chosen=[-20.0, -21.5], rejected=[-20.0, -25.0]), "reward_accuracy", True)
+    assert d["likelihood_displacement"]["fell"] is True
+    assert next(a for a in d["advice"] if "chosen answers" in a).endswith(": lower train.lr")
+
+
+def test_the_best_evaluation_counts_where_only_it_fell():
+    # the chosen answers dipped at the best evaluation (the model kept) and came back by the end
+    h = pair_history(chosen=[-50.0, -60.0, -50.5], rejected=[-52.0, -70.0, -55.0], accuracy=[0.6, 0.9, 0.7])
+    d = diagnose(h, "reward_accuracy", True)
+    assert d["likelihood_displacement"]["fell"] is True and d["likelihood_displacement"]["step"] == 20
+
+
+def test_a_history_without_chosen_logps_has_no_displacement_finding():
+    assert "likelihood_displacement" not in diagnose(overfitting_history(), "accuracy", True, config=config())
+    assert "likelihood_displacement" not in diagnose(pair_history([-20.0], [-21.0]), "reward_accuracy", True)

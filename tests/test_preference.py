@@ -370,3 +370,20 @@ def test_two_processes_give_the_metrics_of_one(tiny_llama, tmp_path, strategy):
     alone = lmtune.load(tmp_path / "run").evaluate_file(path)
     for key in preference.METRICS:
         assert alone[key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-5), key
+
+
+def test_the_report_shows_reward_accuracy_and_the_chosen_beside_the_rejected(tiny_llama, tmp_path):
+    from lmtune.report import write_run_report
+
+    from .test_report import Page
+
+    path = _jsonl(tmp_path / "d.jsonl", strings() * 4)
+    result = train(_raw(tiny_llama, tmp_path, path), progress=False)
+    page = Page(write_run_report(result.output_dir).read_text(encoding="utf-8"))
+    assert {"Validation metrics", "Chosen vs rejected", "Validation pairs: chosen vs rejected"} <= set(page.headings)
+    assert {"reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps", "margin"} <= set(page.cells)
+    figures = {p.name for p in (result.output_dir / "report_files").glob("*.png")}
+    assert {"validation_metrics.png", "paired_metrics.png"} <= figures
+    # the final metrics' row shows the validation numbers as the report prints them
+    assert f"{result.metrics['validation']['chosen_logps']:.4g}" in page.cells
+    assert "likelihood_displacement" in result.metrics["diagnosis"]

@@ -67,6 +67,14 @@ TASKS: dict[str, dict[str, Any]] = {
         "validation": {"loss": 2.5, "perplexity": 12.2}, "samples": [],
         "headings": {"Perplexity", "Forgetting"},
     },
+    "preference": {
+        "data": {"train": "pairs.jsonl"}, "metric": "reward_accuracy", "labels": [],
+        "validation": {"reward_accuracy": 0.75, "reward_margin": 0.4, "loss": 0.55, "chosen_logps": -40.0,
+                       "rejected_logps": -52.0, "pairs": 4},
+        "samples": [{"line": 1, "chosen_logps": -30.0, "rejected_logps": -45.0, "chosen_reward": 0.5, "rejected_reward": -0.2},
+                    {"line": 2, "chosen_logps": -50.0, "rejected_logps": -41.0, "chosen_reward": -0.3, "rejected_reward": 0.1}],
+        "headings": {"Validation metrics", "Chosen vs rejected", "Validation pairs: chosen vs rejected"},
+    },
 }
 
 
@@ -186,6 +194,22 @@ def test_run_report_has_the_task_sections(task, reports):
     assert "overfitting" in page.text and "lower train.lr" in page.text
     assert "stopped improving epoch" in page.cells and "Details" in page.headings
     assert "validation" in page.cells and "train sample" in page.cells
+
+
+def test_paired_metrics_get_a_figure_of_their_own_and_the_wrongly_ranked_pair_comes_first(reports):
+    run = reports["preference"]
+    figures = {p.name for p in (run / "report_files").glob("*.png")}
+    assert {"validation_metrics.png", "paired_metrics.png"} <= figures
+    from lmtune.report import plots
+    from lmtune.report.read import read_run
+
+    assert plots.metric_pairs(["reward_accuracy", "chosen_logps", "rejected_logps", "chosen_x"]) == [
+        ("chosen_logps", "rejected_logps")]
+    drawn = plots.validation_metrics(read_run(run)).axes[0].get_legend_handles_labels()[1]
+    assert drawn == ["reward_accuracy", "reward_margin"]  # the log-probabilities are drawn beside each other instead
+    page = Page((run / "report.html").read_text(encoding="utf-8"))
+    table = page.cells[page.cells.index("margin") + 1:]
+    assert table[:6] == ["2", "-50", "-41", "-0.3", "0.1", "-0.4"]  # rejected ahead: shown first
 
 
 def test_classification_lists_labels_and_most_confident_error_first(reports):

@@ -14,6 +14,10 @@ from matplotlib.figure import Figure
 from .read import Run, task_metrics
 
 CURVE_SKIP = ("loss", "perplexity")  # drawn in figures of their own
+# Two sides of one measurement (preference pairs: chosen_logps and rejected_logps), drawn together in
+# a figure of their own: their scale (summed log-probabilities, tens to hundreds of nats) would
+# flatten the shares beside them, and what matters is how they move against each other.
+PAIRED = (("chosen_", "rejected_"),)
 
 
 def _figure(width: float = 9.0, height: float = 3.6, panels: int = 1) -> tuple[Figure, Any]:
@@ -59,9 +63,26 @@ def loss(run: Run) -> Figure | None:
     return fig
 
 
+def metric_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The (chosen_X, rejected_X) pairs among metric names (PAIRED), in the names' order."""
+    pairs = []
+    for name in names:
+        for left, right in PAIRED:
+            twin = right + name[len(left):]
+            if name.startswith(left) and twin in names:
+                pairs.append((name, twin))
+    return pairs
+
+
+def _paired_names(run: Run) -> list[tuple[str, str]]:
+    return metric_pairs(list(dict.fromkeys([*task_metrics(run.task), *_eval_keys(run)])))
+
+
 def validation_metrics(run: Run) -> Figure | None:
-    """Every validation metric of the task (loss and perplexity aside) at each evaluation."""
-    names = [m for m in task_metrics(run.task) or _eval_keys(run) if m not in CURVE_SKIP]
+    """Every validation metric of the task (loss, perplexity and paired metrics aside, the tuned
+    metric always) at each evaluation."""
+    paired = {m for pair in _paired_names(run) for m in pair} - {run.metric}
+    names = [m for m in task_metrics(run.task) or _eval_keys(run) if m not in CURVE_SKIP and m not in paired]
     curves = [(m, *series(run.evals, "eval", m)) for m in names]
     curves = [c for c in curves if c[1]]
     if not curves:
@@ -72,6 +93,26 @@ def validation_metrics(run: Run) -> Figure | None:
     ax.set_xlabel("step")
     ax.set_ylabel("validation")
     ax.legend(fontsize="small", ncol=2)
+    return fig
+
+
+def paired_metrics(run: Run) -> Figure | None:
+    """Each pair of metrics (chosen_logps beside rejected_logps) on a panel of its own at each
+    evaluation: validation solid, the training sample dashed where it was scored."""
+    pairs = [p for p in _paired_names(run) if series(run.evals, "eval", p[0])[0] or series(run.evals, "eval", p[1])[0]]
+    if not pairs:
+        return None
+    fig, axes = _figure(width=min(4.5 * len(pairs), 13.5) if len(pairs) > 1 else 9.0, panels=len(pairs))
+    for ax, pair in zip(np.atleast_1d(axes), pairs):
+        for name, colour in zip(pair, ("tab:green", "tab:red")):
+            for source, style, label in (("eval", "o-", name), ("train_eval", "s--", f"{name} (training sample)")):
+                xs, ys = series(run.evals, source, name)
+                if xs:
+                    ax.plot(xs, ys, style, color=colour, label=label, markersize=4,
+                            alpha=1.0 if source == "eval" else 0.5)
+        ax.set_xlabel("step")
+        ax.set_ylabel(" / ".join(pair))
+        ax.legend(fontsize="small")
     return fig
 
 

@@ -2,7 +2,7 @@
 rows each task writes: tasks/*.py validation_samples) and the per-class metrics. A section is drawn
 from the rows' shape: {label, predicted, confidence} rows (classification), {tokens, gold,
 predicted} (tagging), {question, answers, predicted} (question answering), {prompt, reference,
-generated} (generation)."""
+generated} (generation), {chosen_logps, rejected_logps, ...} (preference pairs)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ CONFIDENT_ERRORS = 10
 SENTENCES = 8
 ANSWERS = 12
 GENERATIONS = 10
+PAIRS = 15
+PAIR_TEXTS = ("line", "prompt", "chosen", "rejected")  # the columns that say which pair a row is, where present
 TEXT_CHARS = 400  # a longer text is cut in the tables (the whole row is in validation_samples.jsonl)
 
 
@@ -172,7 +174,38 @@ def generations(run: Run) -> Section | None:
     return Section("Generations vs references", body, "generations")
 
 
+def _pair_margin(row: dict[str, Any]) -> float:
+    """How far the chosen answer is ahead of the rejected: by reward where the row has rewards, else
+    by log-probability."""
+    side = "reward" if "chosen_reward" in row and "rejected_reward" in row else "logps"
+    a, b = row.get(f"chosen_{side}"), row.get(f"rejected_{side}")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return float(a) - float(b) if numbers else float("nan")
+
+
+def pairs(run: Run) -> Section | None:
+    """Validation pairs with the chosen and rejected answers' log-probabilities (and rewards): those
+    the model ranks the wrong way round first, the worst first."""
+    rows = _rows(run, "chosen_logps", "rejected_logps")
+    if not rows:
+        return None
+    texts = [k for k in PAIR_TEXTS if any(k in r for r in rows)]
+    numbers = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in texts
+               and any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows)]
+    ranked = sorted(rows, key=lambda r: (not _pair_margin(r) <= 0, _pair_margin(r)))  # NaN margins last
+    wrong = sum(_pair_margin(r) <= 0 for r in rows)
+    shown = ranked[:PAIRS]
+    by = "reward" if any("chosen_reward" in r for r in rows) else "log-probability"
+    body = (f"<p>{len(rows):,} validation pairs, {wrong:,} with the rejected answer's {by} at or above the chosen's; "
+            f"{len(shown)} shown, those first (the smallest margin first).</p>"
+            + table([*texts, *numbers, "margin"],
+                    [[_cut(r.get(k)) if isinstance(r.get(k), str) else r.get(k) for k in texts]
+                     + [r.get(k) for k in numbers] + [_pair_margin(r)] for r in shown], css="answers"))
+    return Section("Validation pairs: chosen vs rejected", body, "pairs")
+
+
 def sections(run: Run, figs: Figures) -> list[Section]:
     """Every sample section the run has data for, in the order shown."""
-    found = [per_class(run), confusion(run, figs), confident_errors(run), sentences(run), answers(run), generations(run)]
+    found = [per_class(run), confusion(run, figs), confident_errors(run), sentences(run), answers(run), generations(run),
+             pairs(run)]
     return [s for s in found if s is not None]

@@ -110,14 +110,18 @@ def final_metrics(run: Run) -> Section | None:
 
 
 def curves(run: Run, figs: Figures) -> list[Section]:
-    """The history's figures: loss, validation metrics, training sample vs validation, learning rates,
-    throughput, forgetting, perplexity; each only where the history has its numbers."""
+    """The history's figures: loss, validation metrics, chosen vs rejected, training sample vs
+    validation, learning rates, throughput, forgetting, perplexity; each only where the history has
+    its numbers."""
     from . import plots
 
     out = []
     for name, draw, title, note in (
         ("loss", plots.loss, "Loss", "training loss (mean of each logged window) and validation loss, by step and by epoch"),
         ("validation_metrics", plots.validation_metrics, "Validation metrics", "each evaluation; the tuned metric drawn thicker"),
+        ("paired_metrics", plots.paired_metrics, "Chosen vs rejected",
+         "each chosen_ metric beside its rejected_ twin at each evaluation (the training sample dashed): the chosen "
+         "should rise above the rejected; both falling means both answers became less likely"),
         ("train_vs_validation", plots.train_vs_validation, "Training sample vs validation",
          f"{run.metric} on a seeded sample of the training split and on validation; the gap grows when the model overfits"),
         ("learning_rates", plots.learning_rates, "Learning rate per parameter group",

@@ -14,6 +14,12 @@ The verdict, by the first rule that applies:
    have paid.
 5. healthy.
 
+Beside the verdict, two findings where the history measured what they need: forgetting (general-text
+perplexity against the base model's) and, where the evaluations report the chosen and rejected
+answers' log-probabilities (chosen_logps, rejected_logps), likelihood displacement: the chosen
+answers became less likely over the run, so that the margin grew only because the rejected answers
+fell faster (a known failure of DPO and its relatives).
+
 The gap is the train-sample metric (train_eval, written when eval.train_sample > 0) minus the
 validation metric, signed so that positive means better on training; where no train_eval was
 written, the validation loss minus the training loss, that from train_eval or else the mean loss of
@@ -54,6 +60,14 @@ CHANCE_MARGIN = 0.02
 # Perplexity of general text up by more than 20% of the base model's: the tuning has cost the model
 # a noticeable part of what it knew (below that, a change of domain alone moves it).
 FORGETTING_LIMIT = 0.20
+# The chosen answers' mean summed log-probability lower than at the first evaluation by more than
+# both: 1 nat (the chosen answers less than e^-1, 37%, as likely as they were) and 2% of its size (a
+# long answer's sum moves by a nat on a change of a few thousandths of a nat per token). The
+# validation pairs and the model's evaluation are fixed, so a change between evaluations is the
+# training's, not sampling noise.
+CHOSEN_FALL_NATS = 1.0
+CHOSEN_FALL_SHARE = 0.02
+CHOSEN, REJECTED = "chosen_logps", "rejected_logps"
 
 # Strategies that leave part of the model frozen (for the whole run, or, gradual, for its start).
 FROZEN_STRATEGIES = ("partial", "lora", "gradual")
@@ -147,6 +161,7 @@ def diagnose(
     else:
         _judge(result, scored, best, last, bool(after), at_chance, config)
     _forgetting_advice(result, scored, greater, config)
+    _displacement_finding(result, evals, best, config)
     return result
 
 
@@ -233,6 +248,11 @@ def lines(diagnosis: dict) -> list[str]:
     if isinstance(f, dict) and _num(f.get("change")) is not None:
         out.append(f"  forgetting: general text perplexity {_fmt(_num(f.get('base_perplexity')))} -> "
                    f"{_fmt(_num(f.get('perplexity')))} ({_num(f.get('change')):+.0%})")
+    d = diagnosis.get("likelihood_displacement")
+    if isinstance(d, dict) and _num(d.get("chosen_first")) is not None:
+        out.append(f"  chosen answers' log-probability: {_fmt(_num(d.get('chosen_first')))} -> "
+                   f"{_fmt(_num(d.get('chosen_then')))} (step {d.get('first_step', '?')} -> {d.get('step', '?')}), rejected "
+                   f"{_fmt(_num(d.get('rejected_first')))} -> {_fmt(_num(d.get('rejected_then')))}")
     out.extend(f"  advice: {a}" for a in diagnosis.get("advice") or [])
     return out
 
@@ -562,6 +582,72 @@ def _forgetting_advice(result: dict, scored: list[Evaluation], greater: bool, co
              else "strategy.name: lora, fewer train.epochs or a lower train.lr")
     result["reasons"].append(f"general text perplexity rose {change:.0%}{numbers}, more than {FORGETTING_LIMIT:.0%}")
     result["advice"].append(f"{lead}general text perplexity rose {change:.0%}{numbers}: consider {fixes}")
+
+
+def _chosen_fell(first: Evaluation, then: Evaluation) -> bool:
+    a, b = first.scores[CHOSEN], then.scores[CHOSEN]
+    return a - b > max(CHOSEN_FALL_NATS, CHOSEN_FALL_SHARE * abs(a))
+
+
+def _displacement(evals: list[Evaluation], best: Evaluation | None) -> dict[str, Any] | None:
+    """The chosen (and rejected) answers' log-probabilities at the first evaluation and at the last,
+    or at the best where only it fell (the model the run keeps); None where fewer than two
+    evaluations report chosen_logps."""
+    have = [e for e in evals if e.scores.get(CHOSEN) is not None]
+    if len(have) < 2:
+        return None
+    first = have[0]
+    later = [have[-1]] + [e for e in have[1:-1] if e is best]
+    then = next((e for e in later if _chosen_fell(first, e)), have[-1])
+    return {
+        "chosen_first": first.scores[CHOSEN],
+        "chosen_then": then.scores[CHOSEN],
+        "rejected_first": first.scores.get(REJECTED),
+        "rejected_then": then.scores.get(REJECTED),
+        "first_step": first.step,
+        "step": then.step,
+        "epoch": then.epoch,
+        "tolerance_nats": _round(max(CHOSEN_FALL_NATS, CHOSEN_FALL_SHARE * abs(first.scores[CHOSEN]))),
+        "fell": _chosen_fell(first, then),
+    }
+
+
+def _displacement_finding(result: dict, evals: list[Evaluation], best: Evaluation | None, config: dict) -> None:
+    """result["likelihood_displacement"] where measured; where the chosen answers fell, a reason
+    that says what was seen, with the numbers, and advice in config keys."""
+    d = _displacement(evals, best)
+    if d is None:
+        return
+    result["likelihood_displacement"] = d
+    if not d["fell"]:
+        return
+    r0, r1 = d["rejected_first"], d["rejected_then"]
+    seen = f"chosen answers' log-probability fell from {_fmt(d['chosen_first'])} to {_fmt(d['chosen_then'])}"
+    if r0 is None or r1 is None:
+        result["reasons"].append(f"{seen}: the chosen answers became less likely")
+    elif r1 < r0:
+        faster = "; the margin grew only because the rejected fell faster" if r0 - r1 > d["chosen_first"] - d["chosen_then"] else ""
+        result["reasons"].append(f"{seen} while the rejected fell from {_fmt(r0)} to {_fmt(r1)}: both answers became "
+                                 f"less likely (a known DPO failure{faster})")
+    else:
+        result["reasons"].append(f"{seen} while the rejected went from {_fmt(r0)} to {_fmt(r1)}: the chosen answers "
+                                 "became less likely")
+    result["advice"].append(_displacement_advice(config))
+
+
+def _displacement_advice(config: dict) -> str:
+    """Lower the learning rate; raise the objective's beta (the pull towards the reference) where the
+    run's config has one, naming its section and current value; IPO where the objective is DPO."""
+    lr = _num(_setting(config, "train", "lr"))
+    fixes = ["lower train.lr" + (f" (now {lr:g})" if lr is not None else "")]
+    section = next((name for name, part in config.items() if isinstance(part, dict) and "beta" in part), None)
+    if section is not None:
+        beta = _num(config[section].get("beta"))
+        fixes.append(f"raise {section}.beta" + (f" (now {beta:g})" if beta is not None else ""))
+        if config[section].get("objective") == "dpo":
+            fixes.append(f"try {section}.objective: ipo")
+    listed = ", ".join(fixes[:-1]) + (" or " if len(fixes) > 1 else "") + fixes[-1]
+    return f"the chosen answers lost probability as training went on: {listed}"
 
 
 # ---- formatting ----
