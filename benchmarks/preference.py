@@ -223,7 +223,8 @@ def run_trl(train: str, held: str, out: str, settings: dict) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="each seed: the split and both sides' training seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                   help="each seed: the split and both sides' training seed")
     p.add_argument("--pairs-train", type=int, default=240)
     p.add_argument("--pairs-held", type=int, default=44)
     p.add_argument("--epochs", type=int, default=None, help="default: lmtune's train.epochs")
