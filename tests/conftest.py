@@ -18,9 +18,10 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # Property tests: the `ci` profile (chosen by `make test` when CI is set) derives every example from
 # the test itself, so a CI run is the same every time; elsewhere each run explores with a fresh seed,
 # printed in the header (rerun it with --hypothesis-seed=N); a failure prints its falsifying example
-# and a blob for @reproduce_failure.
-settings.register_profile("ci", derandomize=True, print_blob=True, database=None)
-settings.register_profile("dev", print_blob=True)
+# and a blob for @reproduce_failure. No deadline: an example's time says how busy the machine is, not
+# whether the code is right (a first example that waits on the CPU failed as "flaky").
+settings.register_profile("ci", derandomize=True, print_blob=True, database=None, deadline=None)
+settings.register_profile("dev", print_blob=True, deadline=None)
 settings.load_profile(os.environ.get("LMTUNE_HYPOTHESIS_PROFILE", "dev"))
 
 
