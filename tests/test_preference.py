@@ -147,7 +147,8 @@ def test_dpo_loss_is_ln2_while_the_policy_is_the_reference(tiny_llama, tmp_path)
     lora_cfg = validate({**_raw(tiny_llama, tmp_path, tmp_path / "d.jsonl"), "strategy": {"name": "lora"}})
     table, _, _ = preference.read_pairs(str(tmp_path / "d.jsonl"), "auto")
     lora_features, _ = preference.prepare(table, tok, lora_cfg, [])
-    assert not any("ref_chosen" in f for f in lora_features)
+    assert [f["ref_chosen"] for f in lora_features] == [f["ref_chosen"] for f in features]  # the base scored once
+    lora_features = [{k: v for k, v in f.items() if not k.startswith("ref_")} for f in lora_features]
     model = get_peft_model(load_pretrained("AutoModelForCausalLM", tiny_llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     out = _eval(model, lora_features, tok, lora_cfg)
     assert torch.allclose(out["loss"], torch.full((3,), math.log(2)), atol=1e-5)
@@ -157,6 +158,19 @@ def test_dpo_loss_is_ln2_while_the_policy_is_the_reference(tiny_llama, tmp_path)
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     assert not torch.allclose(_eval(model, lora_features, tok, lora_cfg)["loss"], torch.full((3,), math.log(2)), atol=1e-3)
+
+
+def test_the_reference_scores_each_pair_once_and_keeps_them_in_the_run_folder(tiny_llama, tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    cfg, features, _, tok = _prepared(tiny_llama, tmp_path, strings())
+    kept = json.loads((tmp_path / "run" / preference.REFERENCE_FILE).read_text())
+    assert len(kept["pairs"]) >= 3 and kept["model"] == str(tiny_llama)
+    # a new process (a resumed run, lmtune eval) reads them there: the model is not loaded again
+    monkeypatch.setattr(preference, "_SCORED", {})
+    monkeypatch.setattr(preference, "_score", lambda *a: pytest.fail("scored again"))
+    again = [{k: v for k, v in f.items() if not k.startswith("ref_")} for f in features]
+    preference.add_reference(again, tok, cfg)
+    assert [f["ref_rejected"] for f in again] == [f["ref_rejected"] for f in features]
 
 
 def test_each_objective_has_its_loss(tiny_llama, tmp_path):

@@ -11,8 +11,9 @@ empty or identical teach nothing: they are dropped and counted (dropped.jsonl).
 
 A batch holds the chosen sequences, then the rejected ones (one forward for both). The policy's
 log-probability of an answer is the sum over its tokens (IPO, ORPO, SimPO: the mean). DPO and IPO
-compare it with a reference model's: with strategy lora the same model with its adapters disabled;
-otherwise the initial model, scored once per example before training (`prepare`). ORPO and SimPO
+compare it with a reference model's: the initial model (with strategy lora, that is the model with
+its adapters disabled), which scores each pair once, before training (`prepare`), and is then let go:
+no second copy of the model stays in memory, and no step pays a second forward pass. ORPO and SimPO
 need no reference. The objective's keys are in the run config's `preference:` section.
 """
 
@@ -33,7 +34,7 @@ from ..core.config import DataConfig, EvalConfig, RunConfig, Section
 from ..core.errors import LmtuneError
 from ..core.models import describe, load_pretrained, resolve
 from ..core.rundir import write_json_atomic
-from ..core.runtime import first_process, log
+from ..core.runtime import bf16_available, first_process, log
 from ..data.readers import Table, read_table
 from . import causal_lm
 from .causal_lm import IGNORE, Truncated, encode_chat
@@ -241,8 +242,8 @@ def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, st
 
 def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], form: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """A feature per pair: the chosen sequence (input_ids, labels) and the rejected one
-    (rejected_input_ids, rejected_labels), within data.max_length; with DPO and IPO on a strategy
-    other than lora, also the reference model's summed log-probabilities (ref_chosen, ref_rejected).
+    (rejected_input_ids, rejected_labels), within data.max_length; with DPO and IPO, also the
+    reference model's summed log-probabilities (ref_chosen, ref_rejected).
     (`form`, which lmtune data preview passes as a causal LM's shape, is the table's own anyway.)"""
     features, cuts = [], {"prompt": 0, "response": 0}
     for chosen, rejected in encode_pairs(table, tokenizer):
@@ -250,11 +251,8 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], form: str
         if cut:
             cuts[cut] += 1
         features.append({"input_ids": c_ids, "labels": c_lab, "rejected_input_ids": r_ids, "rejected_labels": r_lab})
-    if needs_reference(cfg) and cfg.strategy.name != "lora":
+    if needs_reference(cfg):
         add_reference(features, tokenizer, cfg)
-    elif needs_reference(cfg) and cfg.output_dir not in _SAID:
-        _SAID.add(cfg.output_dir)
-        log("reference: the model with its LoRA adapters disabled (no second copy)")
     return features, Truncated(cuts["prompt"], cuts["response"])
 
 
@@ -263,7 +261,6 @@ def needs_reference(cfg: Any) -> bool:
 
 
 REFERENCE_FILE = "reference_logps.json"  # in the run folder: the reference's scores, by pair
-_SAID: set[Any] = set()  # the runs whose log names their LoRA reference already
 _SCORED: dict[str, dict[str, list[float]]] = {}  # the scores this process has, by reference model
 
 
@@ -274,9 +271,11 @@ def _pair_key(feature: dict[str, Any]) -> str:
 
 def add_reference(features: list[dict[str, Any]], tokenizer: Any, cfg: Any, batch_size: int = 8) -> None:
     """The initial model's summed log-probabilities of each pair's answers, in place: the reference
-    of DPO and IPO without adapters to switch off. Each pair is scored once, before training, and
+    of DPO and IPO (with LoRA, the model with its adapters off, whose scores these are). Each pair is scored once, before training, and
     kept in the run folder (REFERENCE_FILE), so a resumed run and the evaluations read them there
-    instead of holding a second, frozen copy of the model beside the one that trains."""
+    instead of holding a second, frozen copy of the model beside the one that trains, or running
+    the model a second time, adapters off, at every step (three forward passes a pair in three
+    epochs, where scoring once makes one)."""
     model_path = str(resolve(cfg.model))
     cache_file = Path(cfg.output_dir) / REFERENCE_FILE if cfg.output_dir else None
     scored = _SCORED.setdefault(model_path, {})
@@ -291,7 +290,8 @@ def add_reference(features: list[dict[str, Any]], tokenizer: Any, cfg: Any, batc
     missing = sorted({k: i for i, k in enumerate(keys) if k not in scored}.values())
     if missing:
         started = time.perf_counter()
-        for i, pair in zip(missing, _score(model_path, [features[i] for i in missing], tokenizer, batch_size)):
+        half = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and bf16_available())
+        for i, pair in zip(missing, _score(model_path, [features[i] for i in missing], tokenizer, batch_size, half)):
             scored[keys[i]] = pair
         where = ""
         if cache_file is not None and cache_file.parent.is_dir() and first_process():
@@ -306,8 +306,10 @@ def add_reference(features: list[dict[str, Any]], tokenizer: Any, cfg: Any, batc
         f["ref_chosen"], f["ref_rejected"] = scored[k]
 
 
-def _score(model_path: str, features: list[dict[str, Any]], tokenizer: Any, batch_size: int) -> list[list[float]]:
-    """[chosen, rejected] summed log-probabilities of each pair under the model at `model_path`."""
+def _score(model_path: str, features: list[dict[str, Any]], tokenizer: Any, batch_size: int, half: bool) -> list[list[float]]:
+    """[chosen, rejected] summed log-probabilities of each pair under the model at `model_path`, in
+    the precision the run trains in (`half`: under bf16 autocast), so that a policy still equal to
+    its reference scores what it does (a DPO loss of ln 2 at the first step)."""
     import torch
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
@@ -315,7 +317,7 @@ def _score(model_path: str, features: list[dict[str, Any]], tokenizer: Any, batc
     collate = Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out: list[list[float]] = [[0.0, 0.0] for _ in features]
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=half):
         for start in range(0, len(order), batch_size):
             part = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate([features[i] for i in part]).items()}
@@ -397,8 +399,8 @@ def _row_logps(model: Any, ids: Any, mask: Any, labels: Any) -> tuple[Any, Any]:
 
 
 def reference_logps(model: Any, batch: dict[str, Any]) -> Any:
-    """The reference's summed log-probabilities: precomputed in the batch, or the model's own with
-    its adapters disabled (strategy lora)."""
+    """The reference's summed log-probabilities: precomputed in the batch (prepare), else the model's
+    own with its adapters disabled (strategy lora)."""
     import torch
 
     if "ref_logps" in batch:
@@ -519,8 +521,8 @@ def read_labelled(session: Any, path: Path, columns: list[str] | None) -> tuple[
 
 
 def evaluate_labelled(session: Any, labelled: tuple[Table, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The run's metrics on the pairs: the reference is the run's initial model (scored here) or,
-    for a LoRA run, the model with its adapters disabled."""
+    """The run's metrics on the pairs: the reference is the run's initial model (for a
+    LoRA run, the model with its adapters disabled), scored here."""
     table, dropped = labelled
     metrics = session.evaluate_table(table)
     metrics["dropped"] = len(dropped)
