@@ -261,6 +261,19 @@ def test_missing_columns_exit_2_naming_the_file(tiny_llama, tmp_path, capsys):
     assert str(path) in line and "rejected" in line
 
 
+def test_message_lists_for_a_model_without_a_chat_template_exit_2(tiny_llama, tmp_path, capsys):
+    import shutil
+
+    plain = tmp_path / "plain-llama"
+    shutil.copytree(tiny_llama, plain)
+    (plain / "chat_template.jinja").unlink()
+    path = _jsonl(tmp_path / "d.jsonl", openai())
+    (line,) = expect_error(capsys, tmp_path, "train", _config(tmp_path, _raw(plain, tmp_path, path)))
+    assert str(path) in line and "chat template" in line
+    _jsonl(path, strings())  # plain texts take the User/Assistant layout
+    assert main(["data", "preview", _config(tmp_path, _raw(plain, tmp_path, path))]) == 0
+
+
 def test_a_bad_row_exits_2_naming_its_line(tiny_llama, tmp_path, capsys):
     rows = conversational() + [{"prompt": [{"role": "robot", "content": "hi"}], "chosen": "a", "rejected": "b"}]
     path = _jsonl(tmp_path / "d.jsonl", rows)
