@@ -473,12 +473,22 @@ def compute_metrics(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any 
 
 def validation_samples(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any, features: Any,
                        table: Table) -> list[dict[str, Any]]:
-    """Each validation pair's log-probabilities and rewards (with the row's line)."""
+    """Each validation pair's log-probabilities and rewards, with the row's line and the start of
+    its prompt (the last message) and answers."""
+    form = getattr(table, "form", None) or detect_form(table)
     rows = []
     for i in range(min(len(table), len(outputs.get("loss", [])), 50)):
-        rows.append({"line": table.lines[i], **{k: round(float(outputs[k][i]), 4) for k in
-                                                 ("chosen_logps", "rejected_logps", "chosen_reward", "rejected_reward")}})
+        prompt, chosen, rejected = pair_of(table.rows[i], table.where(i), form)
+        texts = {"prompt": prompt[-1]["content"], "chosen": chosen, "rejected": rejected}
+        rows.append({"line": table.lines[i], **{k: _clip(v) for k, v in texts.items()},
+                     **{k: round(float(outputs[k][i]), 4) for k in
+                        ("chosen_logps", "rejected_logps", "chosen_reward", "rejected_reward")}})
     return rows
+
+
+def _clip(text: str, chars: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
 def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Any = None, progress: bool = False) -> dict[str, Any]:
