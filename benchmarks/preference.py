@@ -11,7 +11,9 @@ numbers) unless an option names them, and given to both sides: the LoRA rank, al
 target modules (lmtune's default: every linear layer of the blocks; TRL gets the same peft
 LoraConfig), DPO's sigmoid loss and beta, learning rate, weight decay, warmup, schedule, gradient
 clipping, batch size, epochs, max_length, and the precision rule (bf16 autocast where the CPU is
-fast in it, fp32 elsewhere). The reference is the model with its adapters disabled on both sides.
+fast in it, fp32 elsewhere). The reference is the base model on both sides: TRL (on its defaults)
+runs the model with its adapters disabled at every step; lmtune scores each pair with it once,
+before training (its whole-process time includes that, its loop speed does not).
 Both evaluate the held-out pairs after each epoch and end with the best evaluation's model (by
 reward accuracy: lmtune's train.metric; TRL with load_best_model_at_end), so the final figures are
 of the same choice. TRL's dropout is left on (disable_dropout=False: lmtune keeps the LoRA dropout)

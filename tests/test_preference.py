@@ -414,3 +414,29 @@ def test_the_report_shows_reward_accuracy_and_the_chosen_beside_the_rejected(tin
     # the final metrics' row shows the validation numbers as the report prints them
     assert f"{result.metrics['validation']['chosen_logps']:.4g}" in page.cells
     assert "likelihood_displacement" in result.metrics["diagnosis"]
+
+
+def test_compare_and_search_rank_preference_runs_by_reward_accuracy(tiny_llama, tmp_path):
+    """lmtune compare (full against lora) and lmtune search (two trials of train.lr) on preference
+    pairs: each run is scored by the task's metric, reward accuracy, and the best is the highest."""
+    import csv
+
+    from lmtune.tune import search
+    from lmtune.tune.compare import compare
+
+    path = _jsonl(tmp_path / "d.jsonl", strings() * 4)
+    raw = _raw(tiny_llama, tmp_path, path)
+    raw["train"].update(epochs=1, report=False)
+    raw["output_dir"] = str(tmp_path / "cmp")
+    compare(_config(tmp_path, raw), strategies="full,lora", isolate=False, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "cmp" / "compare.csv", encoding="utf-8")))
+    assert [r["strategy"] for r in rows] == ["full", "lora"]
+    for row in rows:
+        metrics = json.loads((tmp_path / "cmp" / row["strategy"] / "metrics.json").read_text())
+        assert float(row["validation_reward_accuracy"]) == pytest.approx(metrics["validation"]["reward_accuracy"])
+    raw["output_dir"] = str(tmp_path / "s")
+    raw["search"] = {"space": {"train.lr": {"loguniform": [1e-3, 1e-1]}}, "trials": 2, "pruner": "none"}
+    result = search.run(raw)
+    values = [json.loads((tmp_path / "s" / "trials" / f"{i:04d}" / "metrics.json").read_text())["validation"]["reward_accuracy"]
+              for i in range(2)]
+    assert result.best_value == max(values)
