@@ -162,9 +162,14 @@ def test_dpo_loss_is_ln2_while_the_policy_is_the_reference(tiny_llama, tmp_path)
 
 def test_the_reference_scores_each_pair_once_and_keeps_them_in_the_run_folder(tiny_llama, tmp_path, monkeypatch):
     (tmp_path / "run").mkdir()
+    monkeypatch.setattr(preference, "_SCORED", {})  # (pairs scored by other tests in this process)
     cfg, features, _, tok = _prepared(tiny_llama, tmp_path, strings())
     kept = json.loads((tmp_path / "run" / preference.REFERENCE_FILE).read_text())
-    assert len(kept["pairs"]) >= 3 and kept["model"] == str(tiny_llama)
+    assert len(kept["pairs"]) == 3 and kept["model"] == str(tiny_llama)
+    # a run folder gets its pairs' scores even where this process had them already
+    (tmp_path / "run" / preference.REFERENCE_FILE).unlink()
+    preference.add_reference([{k: v for k, v in f.items() if not k.startswith("ref_")} for f in features], tok, cfg)
+    assert json.loads((tmp_path / "run" / preference.REFERENCE_FILE).read_text()) == kept
     # a new process (a resumed run, lmtune eval) reads them there: the model is not loaded again
     monkeypatch.setattr(preference, "_SCORED", {})
     monkeypatch.setattr(preference, "_score", lambda *a: pytest.fail("scored again"))

@@ -270,7 +270,7 @@ def needs_reference(cfg: Any) -> bool:
 
 
 REFERENCE_FILE = "reference_logps.json"  # in the run folder: the reference's scores, by pair
-_SCORED: dict[str, dict[str, list[float]]] = {}  # the scores this process has, by reference model
+_SCORED: dict[str, dict[str, list[float]]] = {}  # the scores this process has, by reference model and precision
 
 
 def _pair_key(feature: dict[str, Any]) -> str:
@@ -287,28 +287,30 @@ def add_reference(features: list[dict[str, Any]], tokenizer: Any, cfg: Any, batc
     epochs, where scoring once makes one)."""
     model_path = str(resolve(cfg.model))
     cache_file = Path(cfg.output_dir) / REFERENCE_FILE if cfg.output_dir else None
-    scored = _SCORED.setdefault(model_path, {})
+    half = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and bf16_available())
+    scored = _SCORED.setdefault(f"{model_path} {half}", {})  # (scores in bf16 and in fp32 differ a little)
+    on_file: dict[str, list[float]] = {}
     if cache_file is not None and cache_file.is_file():
         try:
             saved = json.loads(cache_file.read_text())
-            if saved.get("model") == model_path:
-                scored.update(saved["pairs"])
+            on_file = dict(saved["pairs"]) if (saved.get("model"), saved.get("bf16")) == (model_path, half) else {}
         except (OSError, ValueError, KeyError, TypeError):
             pass  # an unreadable cache: its pairs are scored again
+        scored.update(on_file)
     keys = [_pair_key(f) for f in features]
     missing = sorted({k: i for i, k in enumerate(keys) if k not in scored}.values())
+    started = time.perf_counter()
     if missing:
-        started = time.perf_counter()
-        half = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and bf16_available())
         for i, pair in zip(missing, _score(model_path, [features[i] for i in missing], tokenizer, batch_size, half)):
             scored[keys[i]] = pair
-        where = ""
-        if cache_file is not None and cache_file.parent.is_dir() and first_process():
-            try:
-                write_json_atomic(cache_file, {"model": model_path, "pairs": scored})
-                where = f"; kept in {cache_file}"
-            except OSError:
-                pass
+    where = ""
+    if cache_file is not None and cache_file.parent.is_dir() and first_process() and not set(keys) <= set(on_file):
+        try:
+            write_json_atomic(cache_file, {"model": model_path, "bf16": half, "pairs": {**on_file, **{k: scored[k] for k in keys}}})
+            where = f"; kept in {cache_file}"
+        except OSError:
+            pass
+    if missing:
         log(f"reference: the initial model scored {len(missing)} pairs ({time.perf_counter() - started:.0f} s{where}), "
             "so no second copy of it stays in memory")
     for f, k in zip(features, keys):
