@@ -193,8 +193,12 @@ def run_trl(train: str, held: str, out: str, settings: dict) -> dict:
     peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                              target_modules=lora_targets(model, lora["target_modules"]), task_type="CAUSAL_LM")
     steps = s["epochs"] * -(-s["train_pairs"] // s["batch_size"])
+    assert s["batch_size"] % s["trl_micro"] == 0, "--trl-micro must divide the batch size"
     args = DPOConfig(
-        output_dir=out, per_device_train_batch_size=s["batch_size"], per_device_eval_batch_size=s["eval_batch_size"],
+        # TRL's batch in micro-batches of --trl-micro pairs with gradient accumulation, as a TRL user fits
+        # memory (a whole batch of 32 pairs of 256 tokens in one forward was killed for memory at 23 GiB)
+        output_dir=out, per_device_train_batch_size=s["trl_micro"],
+        gradient_accumulation_steps=s["batch_size"] // s["trl_micro"], per_device_eval_batch_size=s["trl_eval_batch"],
         num_train_epochs=s["epochs"], learning_rate=s["lr"], weight_decay=s["weight_decay"],
         warmup_steps=round(s["warmup_ratio"] * steps),
         lr_scheduler_type="constant_with_warmup" if s["scheduler"] == "constant" else s["scheduler"],
@@ -233,6 +237,8 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=None, help="default: lmtune's data.max_length: auto, resolved")
     p.add_argument("--batch-size", type=int, default=None, help="default: lmtune's train.batch_size")
     p.add_argument("--lr", type=float, default=None, help="default: lmtune's train.lr for strategy lora")
+    p.add_argument("--trl-micro", type=int, default=4,
+                   help="TRL's pairs per forward (per_device_train_batch_size; the batch by gradient accumulation)")
     p.add_argument("--sides", nargs="+", choices=["trl", "lmtune"], default=["trl", "lmtune"],
                    help="run only these (the table then shows what ran)")
     p.add_argument("--child", nargs=5, metavar=("SIDE", "TRAIN", "HELD", "OUT", "SETTINGS"), help=argparse.SUPPRESS)
@@ -259,6 +265,8 @@ def main() -> int:
             config_path = f"{tmp}/lmtune-{seed}.yaml"
             Path(config_path).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             settings["config"] = config_path
+            settings["trl_micro"] = args.trl_micro
+            settings["trl_eval_batch"] = max(d for d in range(1, args.trl_micro + 1) if args.pairs_held % d == 0)
             settings_path = f"{tmp}/settings-{seed}.json"
             Path(settings_path).write_text(json.dumps(settings), encoding="utf-8")
             print(f"seed {seed}: {settings['train_pairs']} training pairs, {settings['held_pairs']} held out; epochs "
