@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from . import models
+from . import memory, models
 from .errors import LmtuneError
 
 
@@ -137,6 +137,51 @@ def _micro_batch(value: Any) -> int | str:
 
 MicroBatch = Annotated[Union[int, Literal["auto"]], PlainValidator(_micro_batch)]
 
+AUTO_BATCH = 32  # train.batch_size: auto
+
+
+def _batch(value: Any) -> int:
+    # auto is the default batch itself: the step's arithmetic does not depend on the machine; what
+    # fits the memory is the micro-batch's business (train.micro_batch_size: auto)
+    if value == "auto":
+        return AUTO_BATCH
+    if type(value) is int and value >= 1:
+        return value
+    raise PydanticCustomError("batch_size", "expected auto or a whole number of examples, at least 1")
+
+
+BatchSize = Annotated[Union[int, Literal["auto"]], PlainValidator(_batch)]
+
+
+def _eval_batch(value: Any) -> int | str:
+    if value is None or value == "auto":
+        return "auto"
+    if type(value) is int and value >= 1:
+        return value
+    raise PydanticCustomError("eval_batch_size", "expected auto or a whole number of examples, at least 1")
+
+
+EvalBatch = Annotated[Union[int, Literal["auto"]], PlainValidator(_eval_batch)]
+
+
+def _checkpointing(value: Any) -> bool | str:
+    if value == "auto" or type(value) is bool:
+        return value
+    raise PydanticCustomError("gradient_checkpointing", "expected auto, true or false")
+
+
+Checkpointing = Annotated[Union[bool, Literal["auto"]], PlainValidator(_checkpointing)]
+
+
+def _memory_limit(value: Any) -> str:
+    try:
+        return memory.parse_limit(value).setting
+    except ValueError:
+        raise PydanticCustomError("memory_limit", f"expected {memory.LIMIT_FORMS}") from None
+
+
+MemoryLimit = Annotated[str, PlainValidator(_memory_limit)]
+
 
 class DataConfig(Section):
     """Where the examples are and which columns hold what. Relative paths are relative to the
@@ -251,14 +296,23 @@ class TrainConfig(Section):
 
     epochs: int = Field(3, ge=1, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (instead of epochs)")
-    batch_size: int = Field(32, ge=1, description="examples per step and device, before accumulation")
-    eval_batch_size: int | None = Field(None, ge=1, description="defaults to 2 x batch_size")
+    batch_size: BatchSize = Field(32, description="examples per step and device, before accumulation (auto: 32; "
+                                  "the memory decides the micro-batch, train.micro_batch_size, never the step)")
+    eval_batch_size: EvalBatch = Field(
+        "auto", description="examples per evaluation batch; auto: 2 x batch_size, halved until its estimated peak "
+        "fits train.memory_limit (a causal LM's logits over its vocabulary are the large part)"
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="batches per optimizer step (each of train.batch_size)")
     micro_batch_size: MicroBatch = Field(
         "auto", description="examples in one forward and backward pass: a batch is split into micro-batches whose "
         "gradients add up to the batch's (the loss weighted by each part's share), so only the memory changes; "
-        "auto: train.batch_size where the estimated peak of a step fits the budget (10 GiB on CPU, 80% of a GPU), "
-        "else the largest half, quarter, ... of it that does"
+        "auto: train.batch_size where the estimated peak of a step fits train.memory_limit, else the largest half, "
+        "quarter, ... of it that does"
+    )
+    memory_limit: MemoryLimit = Field(
+        "auto", description="the memory a run plans for (micro-batch, evaluation batch, gradient checkpointing): a size "
+        "(12GiB, 12 GB, 800MiB) or a share of the memory free at the start (60%); auto: 70% of the free memory, at most 10 GiB, "
+        "on CPU (out of swap; larger micro-batches are no faster there), 85% of a GPU's free memory (docs/memory.md)"
     )
     lr: float | None = Field(
         None, gt=0, le=1, description="peak learning rate; null: the strategy's default (lora 2e-4, the others 5e-5)"
@@ -280,8 +334,9 @@ class TrainConfig(Section):
         True, description="stop before training when the estimated peak memory of a step is more than the memory "
         "free (the estimate is within about 25% of measured peaks); false: train anyway"
     )
-    gradient_checkpointing: bool = Field(
-        False, description="recompute each layer's activations in the backward pass: far less memory, about 30% more time"
+    gradient_checkpointing: Checkpointing = Field(
+        "auto", description="recompute each layer's activations in the backward pass: far less memory, about 30% more "
+        "time; auto: on only where a micro-batch of one would not fit train.memory_limit without it"
     )
     compile: bool | Literal["auto"] = Field(
         "auto", description="compile the transformer block with torch.compile, once for all blocks: causal-LM steps "
@@ -543,7 +598,7 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any], root: type[RunConfig
         return f"{key}: expected a mapping of keys, got {err.get('input')!r}"
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict) else ""
-    return f"{key}: {err['msg'].lower()}{shown}"
+    return f"{key}: {err['msg'][:1].lower()}{err['msg'][1:]}{shown}"
 
 
 def schema_problems(root: type[RunConfig], raw: dict[str, Any]) -> tuple[RunConfig | None, list[str]]:

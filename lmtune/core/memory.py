@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+# (no torch at import: the config reads train.memory_limit with parse_limit before torch is loaded)
 
 
 def resident_bytes() -> int | None:
@@ -27,6 +27,8 @@ class PeakMemory:
     """`with PeakMemory(device) as peak: ...` then `peak.megabytes` (None where it is not known)."""
 
     def __init__(self, device: Any, interval: float = 0.2) -> None:
+        import torch
+
         self.cuda = torch.device(device).type == "cuda"
         self.device = device
         self.interval = interval
@@ -43,6 +45,8 @@ class PeakMemory:
                 return
 
     def __enter__(self) -> "PeakMemory":
+        import torch
+
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         elif resident_bytes() is not None:
@@ -51,6 +55,8 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        import torch
+
         if self.cuda:
             self.peak = torch.cuda.max_memory_allocated(self.device)
         elif self._thread is not None:
@@ -65,11 +71,18 @@ class PeakMemory:
 # ---------------------------------------------------------------- the estimate of a training step
 
 GIB = 2**30
-# On CPU a step's micro-batch is chosen so that the whole estimate stays within this: a 16 GB
-# machine runs a default run, a 24 GB one keeps more than half of itself free. The same on every CPU machine
-# (a run's arithmetic does not depend on the free memory of the moment).
-CPU_BUDGET = 10 * GIB
-GPU_BUDGET_SHARE = 0.8  # on a GPU, of its whole memory
+# train.memory_limit: auto. The budget is a share of the memory free when the run starts (what the
+# process holds already, the model, counted as free: it is the run's). The estimate is within about
+# 15% of measured peaks (docs/memory.md), so a run planned to 70% of the free memory peaks below
+# about 80% of it, and the rest stays for the page cache, the tokenizer's buffers and the machine's
+# other processes: a CPU run is kept out of swap. A GPU holds nothing else, but torch's caching
+# allocator loses some of it to fragmentation: 85%.
+CPU_SHARE = 0.70
+GPU_SHARE = 0.85
+# On CPU, auto plans for no more than this either: a larger micro-batch trains no faster there (two
+# SmolLM2 LoRA steps took 46 s in micro-batches of 8 against 70 s in micro-batches of 16), so memory
+# past it is better left to the machine. Also the budget where the free memory cannot be read.
+CPU_CAP = 10 * GIB
 RUNTIME = GIB // 2  # the process itself: Python, torch, transformers, the tokenizer, the data
 # The measured peak of a step's activations over the sum of the saved tensors counted below
 # (SmolLM2-135M, LoRA and full, fp32, micro-batches of 8 and 16 on CPU): the backward pass holds
@@ -131,6 +144,9 @@ def activation_bytes(shape: Shape, tokens: int, length: int, *, adapters: bool, 
     return int(tokens * shape.layers * per_layer * 4 * factor)
 
 
+PARTS = ("weights", "gradients", "optimizer", "activations", "runtime")
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A training step's peak memory, in bytes, by part."""
@@ -146,7 +162,7 @@ class Estimate:
         return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
 
     def describe(self) -> str:
-        parts = ", ".join(f"{name} {gib(getattr(self, name))}" for name in ("weights", "gradients", "optimizer", "activations", "runtime"))
+        parts = ", ".join(f"{name} {gib(getattr(self, name))}" for name in PARTS)
         return f"about {gib(self.total)} GiB at the peak ({parts})"
 
 
@@ -190,3 +206,71 @@ def available_bytes() -> int | None:
     except (OSError, ValueError):
         pass
     return free
+
+
+# ---------------------------------------------------------------- evaluation, generation, the limit
+
+# A forward pass without gradients keeps no activations for a backward pass: its peak is about one
+# layer's working tensors (the residual stream, the attention and feed-forward outputs, the attention
+# probabilities where eager), and the output head's logits with their float copy for the loss.
+EVAL_PER_TOKEN_WIDTHS = 8  # of the hidden width, plus two of the feed-forward width
+
+
+def evaluation_bytes(shape: Shape, rows: int, length: int, outputs: int, *, eager: bool, half: bool) -> int:
+    """The activations of an evaluation batch of `rows` inputs of `length` tokens whose head gives
+    `outputs` values per token (the vocabulary for a language model; a few labels otherwise)."""
+    tokens = rows * length
+    layer = (EVAL_PER_TOKEN_WIDTHS * shape.hidden + 2 * shape.intermediate + (shape.heads * length if eager else 0)) * 4
+    head = outputs * ((2 if half else 4) + 4)  # the logits, and their float copy for the softmax
+    return int(tokens * (layer + head) * (HALF_FACTOR if half else 1.0))
+
+
+def kv_cache_bytes(shape: Shape, rows: int, tokens: int, *, half: bool) -> int:
+    """Keys and values of every layer for `rows` sequences of `tokens` tokens (greedy generation)."""
+    return 2 * shape.layers * shape.kv_hidden * tokens * rows * (2 if half else 4)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """train.memory_limit as written: auto, a size, or a share of the free memory."""
+
+    setting: str
+    size: int | None = None  # bytes
+    share: float | None = None  # of the free memory
+
+
+LIMIT_FORMS = "auto, a size such as 12GiB, 12 GB or 800MiB, or a share of the free memory such as 60%"
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_limit(value: Any) -> Limit:
+    """A Limit from `auto`, `12GiB`, `12 GB`, `800MiB`, `60%`; ValueError (naming the accepted forms)
+    for anything else."""
+    import re
+
+    text = str(value).strip()
+    if text.lower() == "auto":
+        return Limit("auto")
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(%|[a-zA-Z]+)", text)
+    if match:
+        number, unit = float(match.group(1)), match.group(2).lower()
+        if unit == "%" and 0 < number <= 100:
+            return Limit(text, share=number / 100)
+        if unit in _UNITS and number * _UNITS[unit] >= 2**20:
+            return Limit(text, size=int(number * _UNITS[unit]))
+    raise ValueError(f"{text!r} is not a memory limit; expected {LIMIT_FORMS}")
+
+
+def budget(limit: Limit, free: int | None, *, gpu: bool) -> tuple[int, str]:
+    """The bytes a run may plan for under `limit`, given the memory free to it (None: unknown), and
+    how they were reached (for the log)."""
+    if limit.size is not None:
+        return limit.size, f"train.memory_limit: {limit.setting}"
+    share = limit.share if limit.share is not None else (GPU_SHARE if gpu else CPU_SHARE)
+    if free is None:
+        return CPU_CAP, f"train.memory_limit: {limit.setting}: {gib(CPU_CAP)} GiB, the free memory cannot be read here"
+    rule = f"train.memory_limit: {limit.setting}, {share:.0%} of the {'GPU memory' if gpu else 'memory'} free"
+    if limit.share is None and not gpu and share * free > CPU_CAP:
+        return CPU_CAP, f"train.memory_limit: auto, at most {gib(CPU_CAP)} GiB on CPU"
+    return int(share * free), rule

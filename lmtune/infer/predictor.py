@@ -57,7 +57,8 @@ class Predictor:
         # data to size inputs by: windows and blocks of 256 tokens, single texts up to 512)
         self.data: DataConfig = cfg.data if cfg else self.task.data_section(train="", max_length=256, **self.task.bare_data(self.labels))
         self.max_length: int = cfg.data.max_length if cfg else 512
-        self.batch_size: int = (cfg.train.eval_batch_size or 2 * cfg.train.batch_size) if cfg else 64
+        evaluation = cfg.train.eval_batch_size if cfg else 64
+        self.batch_size: int = evaluation if isinstance(evaluation, int) else 2 * cfg.train.batch_size
         self.accelerator = make_accelerator(cfg.train.precision if cfg else "auto")
         first_token.use(model)  # (a classifier that reads the first position: its last layer computes that one)
         self.model = self.accelerator.prepare(model)

@@ -3,6 +3,7 @@ truncation counts, a model with a label head."""
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,11 @@ class TaskData:
     notes: list[str] = field(default_factory=list)  # what was done to the data, for the log and run folder
     prep: dict[str, Any] = field(default_factory=dict)  # summaries of the data steps (cleaning), for data.json
     dropped: list[dict[str, Any]] = field(default_factory=list)  # rows left out, each with line and reason
+
+
+# Set while `lmtune plan` tokenizes: a task that scores its examples with the model before training
+# (preference's reference) leaves that to the run, and fills in placeholders of the same shape.
+PLANNING: contextvars.ContextVar[bool] = contextvars.ContextVar("planning", default=False)
 
 
 # data.max_length: auto. The length rule: a training batch of train.batch_size inputs of the chosen

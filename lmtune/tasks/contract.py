@@ -47,6 +47,9 @@ class Task:
     # own (`model(**batch).loss`), as for every task whose head computes its loss from the batch's labels
     training_loss: Callable[..., Any] | None = None
     sequences_per_example: int = 1  # rows of a collated batch per example (preference: the chosen and the rejected)
+    # whether `prepare` runs the model over every example before training (preference's reference
+    # scores): the plan counts that time; (cfg) -> bool
+    scores_before_training: Callable[[Any], bool] = lambda cfg: False
     # how many items (examples, labelled tokens) a collated batch's training loss is the mean of
     loss_items: Callable[[dict[str, Any]], int]
     # per-example tensors for the metrics, of the same width in every batch

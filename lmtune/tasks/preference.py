@@ -39,7 +39,7 @@ from ..data.readers import Table, read_table
 from . import causal_lm
 from .causal_lm import IGNORE, Truncated, encode_chat
 from .chat import prompt_text
-from .common import LengthChoice, TaskData, percentile_length
+from .common import PLANNING, LengthChoice, TaskData, percentile_length
 from .contract import Task
 from .decoding import turn_end_ids
 
@@ -260,7 +260,10 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str], form: str
         if cut:
             cuts[cut] += 1
         features.append({"input_ids": c_ids, "labels": c_lab, "rejected_input_ids": r_ids, "rejected_labels": r_lab})
-    if needs_reference(cfg):
+    if needs_reference(cfg) and PLANNING.get():  # (lmtune plan times the scoring; it does not score)
+        for f in features:
+            f["ref_chosen"] = f["ref_rejected"] = 0.0
+    elif needs_reference(cfg):
         add_reference(features, tokenizer, cfg)
     return features, Truncated(cuts["prompt"], cuts["response"])
 
@@ -551,4 +554,5 @@ def evaluate_labelled(session: Any, labelled: tuple[Table, list[dict[str, Any]]]
     return metrics
 
 
-TASK = Task.of(sys.modules[__name__], name="preference", config=PreferenceConfig, sequences_per_example=2)
+TASK = Task.of(sys.modules[__name__], name="preference", config=PreferenceConfig, sequences_per_example=2,
+               scores_before_training=needs_reference)

@@ -35,7 +35,7 @@ from ..core.runtime import busy_cpu_note, cpu_threads, fp32_reason, log, make_ac
 from ..data.batching import EpochBatchSampler, examples_seen
 from ..tasks import get_task
 from ..tasks.run_config import as_config
-from . import adapter_checkpoint, sharding, strategies
+from . import adapter_checkpoint, memory_plan, sharding, strategies
 from .cpu import SpeedUps, speed_ups
 from .diagnosis import diagnose, lines
 from .evaluation import Evaluation, brief, evaluate, general_text_features, is_better
@@ -93,6 +93,16 @@ def choose_attention(setting: str, device_type: str, lengths: list[int], eager_m
     return "sdpa"
 
 
+# An evaluation's forward pass costs about a third of a training pass (forward and backward) per
+# position: the ETA's guess for an evaluation before the first has been timed.
+EVAL_COST_RATIO = 3
+
+
+def eta_text(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 COMPILE_MIN_STEPS = 20  # train.compile: auto: below this, compiling (seconds) would not pay for itself
 
 
@@ -136,87 +146,6 @@ class MicroBatches:
             return [self.collate(features)]
         ordered = sorted(features, key=lambda f: -len(f["input_ids"]))
         return [self.collate(ordered[i:i + self.size]) for i in range(0, len(ordered), self.size)]
-
-
-@dataclass
-class MemoryPlan:
-    """A step's micro-batch and the estimate of its peak memory."""
-
-    micro_batch: int
-    estimate: memory.Estimate
-    notes: list[str]
-    estimate_for: Callable[[int, bool], memory.Estimate]  # (micro-batch, gradient checkpointing) -> estimate
-
-    def record(self) -> dict[str, Any]:
-        return {"micro_batch_size": self.micro_batch, "estimated_peak_mb": round(self.estimate.total / 2**20, 1)}
-
-
-def plan_memory(t: Any, model: Any, accelerator: Any, attention: str, length: int, sequences: int = 1) -> MemoryPlan:
-    """train.micro_batch_size (auto: the largest of the batch, its half, quarter, ... whose estimated
-    peak fits the budget) and the estimate of the step's peak. The estimate counts the model as it
-    trains: its parameters' bytes, fp32 gradients and AdamW's two states for the trainable ones (over
-    the processes with FSDP), and the activations of a micro-batch of inputs `length` tokens long
-    (`sequences` of them per example: a preference pair is two)."""
-    shape = memory.Shape.of(model.config)
-    params = list(model.parameters())
-    share = accelerator.num_processes if t.distributed == "fsdp" else 1
-    weights = sum(p.numel() * p.element_size() for p in params) // share
-    trainable = sum(p.numel() for p in params if p.requires_grad) // share
-    flags = {"adapters": models.is_adapter(model), "eager": attention == "eager", "half": accelerator.mixed_precision != "no"}
-
-    def estimate_for(micro: int, checkpointing: bool) -> memory.Estimate:
-        return memory.training_estimate(shape, weights, trainable, micro * sequences, length, checkpointing=checkpointing,
-                                        **flags)
-
-    def estimate(micro: int) -> memory.Estimate:
-        return estimate_for(micro, t.gradient_checkpointing)
-
-    if t.micro_batch_size != "auto":
-        return MemoryPlan(t.micro_batch_size, estimate(t.micro_batch_size), [], estimate_for)
-    if accelerator.device.type == "cuda":
-        budget = int(memory.GPU_BUDGET_SHARE * torch.cuda.get_device_properties(accelerator.device).total_memory)
-    else:
-        budget = memory.CPU_BUDGET
-    micro, notes = memory.micro_batch_for(budget, t.batch_size, estimate), []
-    if micro < t.batch_size:
-        parts = -(-t.batch_size // micro)
-        notes.append(f"train.micro_batch_size: auto -> {micro}: each batch of {t.batch_size} in {parts} micro-batches; "
-                     f"a whole batch of inputs up to {length} tokens would need about {memory.gib(estimate(t.batch_size).total)} GiB, "
-                     f"over the budget of {memory.gib(budget)} GiB")
-    return MemoryPlan(micro, estimate(micro), notes, estimate_for)
-
-
-def memory_problem(plan: MemoryPlan, t: Any, accelerator: Any) -> str | None:
-    """Why the run cannot fit the memory free now (with what would), or None. On CPU the processes of
-    this machine share its memory; what the process holds already (the model) counts as the run's."""
-    if accelerator.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(accelerator.device)
-        have = free + torch.cuda.memory_allocated(accelerator.device)
-        need, where = plan.estimate.total - plan.estimate.runtime, "this GPU has"
-    else:
-        free = memory.available_bytes()
-        if free is None:
-            return None
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        held = memory.resident_bytes() or 0
-        have, need = free + held * local, plan.estimate.total * local
-        where = "this machine has" if local == 1 else f"{local} processes on this machine share"
-    if need <= have:
-        return None
-    scale = need / plan.estimate.total  # (the processes that share the machine)
-    options = []
-    micro = plan.micro_batch
-    while micro > 1:
-        micro = -(-micro // 2)
-        smaller = plan.estimate_for(micro, t.gradient_checkpointing)
-        if smaller.total * scale <= have:
-            options.append(f"train.micro_batch_size: {micro} (about {memory.gib(smaller.total)} GiB)")
-            break
-    if not t.gradient_checkpointing:
-        options.append(f"train.gradient_checkpointing: true (about {memory.gib(plan.estimate_for(plan.micro_batch, True).total)} GiB)")
-    options.append("a shorter data.max_length")
-    return (f"memory: the run needs {plan.estimate.describe()}, and {where} {memory.gib(have)} GiB free; "
-            f"set {', or '.join(options)} (train.memory_guard: false trains anyway)")
 
 
 def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tuple[RunConfig, dict[str, Any], list[str]]:
@@ -329,7 +258,7 @@ class RunState:
     model: Any = None
     strategy: strategies.Plan | None = None
     speed: SpeedUps | None = None
-    memory: MemoryPlan | None = None  # check_memory
+    memory: memory_plan.MemoryPlan | None = None  # check_memory
     # build_optimizer_and_loaders
     optimizer: Any = None
     clip: Callable[[float], Any] | None = None
@@ -453,11 +382,8 @@ def build_model(s: RunState) -> None:
     cfg, t = s.cfg, s.cfg.train
     s.attention = choose_attention(t.attention, s.accelerator.device.type, s.lengths["train"], s.task.EAGER_MAX_LENGTH)
     model = s.task.build_model(s.model_path, cfg, s.data.labels, attn_implementation=s.attention)
-    if t.gradient_checkpointing:
-        if not getattr(model, "supports_gradient_checkpointing", False):
-            raise LmtuneError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
-        # non-reentrant: also right for frozen embeddings (partial, LoRA) and under DDP
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if t.gradient_checkpointing is True:
+        enable_checkpointing(model)
     s.strategy = strategies.apply(model, cfg.strategy, t.lr, t.weight_decay)
     s.model = s.strategy.model
     s.speed = speed_ups(s.model, s.accelerator)
@@ -469,19 +395,33 @@ def build_model(s: RunState) -> None:
     log(f"model {cfg.model}; strategy {cfg.strategy.name}: {strategies.describe(s.model, s.strategy.groups)}")
 
 
+def enable_checkpointing(model: Any) -> None:
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise LmtuneError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
+    # non-reentrant: also right for frozen embeddings (partial, LoRA) and under DDP
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def check_memory(s: RunState) -> None:
-    """Plan the micro-batches and estimate the peak; refuse a run that cannot fit the memory free now
-    (before anything trains: nothing is lost; a run folder made for it is removed)."""
+    """The memory plan (lmtune/training/memory_plan.py): the micro-batch, the evaluation batch and
+    gradient checkpointing that fit train.memory_limit, logged with the estimate by part; a run that
+    cannot fit stops here (before anything trains: nothing is lost; a run folder made for it is
+    removed)."""
     t, accelerator, main = s.cfg.train, s.accelerator, s.accelerator.is_main_process
-    s.memory = plan_memory(t, s.model, accelerator, s.attention, max(s.lengths["train"]), s.task.sequences_per_example)
+    s.memory = memory_plan.plan_memory(s.cfg, s.model, accelerator, s.attention, max(s.lengths["train"]),
+                                       s.task.sequences_per_example)
     for note in s.memory.notes:
         log(note)
-    problem = memory_problem(s.memory, t, accelerator) if main and t.memory_guard else None
-    if collectives.main_decides(accelerator, problem is not None):
+    problem = memory_plan.memory_problem(s.memory, t) if main else None
+    refuse = problem is not None and (t.memory_guard or problem.startswith("train.memory_limit"))
+    if collectives.main_decides(accelerator, refuse):
         if main and s.new_folder and not s.resume:
             shutil.rmtree(s.run.path, ignore_errors=True)
         raise LmtuneError(problem or "memory: the run does not fit this machine (the first process says why)")
-    log(f"memory: {s.memory.estimate.describe()}, micro-batches of {s.memory.micro_batch}")
+    if s.memory.checkpointing and t.gradient_checkpointing == "auto":
+        enable_checkpointing(accelerator.unwrap_model(s.model))
+    for line in s.memory.lines():
+        log(line)
 
 
 def build_optimizer_and_loaders(s: RunState) -> None:
@@ -506,7 +446,7 @@ def build_optimizer_and_loaders(s: RunState) -> None:
     def eval_loader(features: list[dict[str, Any]]) -> torch.utils.data.DataLoader:
         # (sharded: every process must run every forward, so a process without examples repeats one)
         lengths = [len(f["input_ids"]) for f in features]
-        sampler = EpochBatchSampler(lengths, t.eval_batch_size or 2 * t.batch_size, seed=t.seed, shuffle=False,
+        sampler = EpochBatchSampler(lengths, s.memory.eval_batch, seed=t.seed, shuffle=False,
                                     pad_empty=s.fsdp, **shard)
         return _loader(features, sampler, collate)
 
@@ -687,10 +627,15 @@ class StepMeter:
 
         self.s, self.progress = s, progress
         self.main = s.accelerator.is_main_process
+        # tqdm's own "remaining" counts steps only; the postfix's ETA counts the evaluations too
         self.bar = tqdm(total=s.total_steps, initial=s.loop.step, disable=not (self.main and progress), unit="step",
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         self.restart_window()
         self.tick = self.now = self.window_start
+        self.first_step = s.loop.step + 1  # (its time holds compiling and warming up: not a typical step)
+        self.step_time, self.steps_timed, self.step_tokens = 0.0, 0, 0
+        self.eval_time, self.evals = 0.0, 0
+        self.eta_logged = False
 
     def restart_window(self) -> None:
         self.loss, self.batches, self.samples, self.tokens = 0.0, 0, 0, 0
@@ -709,8 +654,38 @@ class StepMeter:
         """An optimizer step done: its time counts as training."""
         self.now = time.perf_counter()
         self.s.loop.train_seconds += self.now - self.tick
+        if self.s.loop.step > self.first_step:
+            self.step_time += self.now - self.tick
+            self.steps_timed += 1
         self.tick = self.now
+        eta = self.eta()
+        if eta is not None:
+            self.bar.set_postfix_str(f"ETA {eta_text(eta[0])} with {eta[1]} evaluation{'s' if eta[1] != 1 else ''}", refresh=False)
+            if not self.eta_logged and self.steps_timed >= 2 and self.main:
+                self.eta_logged = True
+                step = self.step_time / self.steps_timed
+                log(f"time: about {eta_text(eta[0])} to go: {self.s.total_steps - self.s.loop.step} steps of about "
+                    f"{step:.1f} s and {eta[1]} evaluation{'s' if eta[1] != 1 else ''} (measured on the steps so far)")
         self.bar.update(1)
+
+    def eta(self) -> tuple[float, int] | None:
+        """Seconds to the end of the run (the steps left at the mean time of those timed, the evaluations
+        left at the mean time of those done, or before the first at a third of a training pass per
+        position, and the final evaluation), and the evaluations left; None before two steps are timed."""
+        s, t = self.s, self.s.cfg.train
+        if self.steps_timed < 1:
+            return None
+        step = self.step_time / self.steps_timed
+        left = s.total_steps - s.loop.step
+        every = t.eval_steps or s.steps_per_epoch or 1
+        evals = sum(1 for k in range(s.loop.step + 1, s.total_steps + 1) if k % every == 0 or k == s.total_steps)
+        if self.evals:
+            one_eval = self.eval_time / self.evals
+        else:
+            positions = sum(s.lengths.get("validation", [])) + sum(s.lengths.get("train_sample", []))
+            trained = max(1, s.loop.train_tokens)
+            one_eval = s.loop.train_seconds / trained * positions / EVAL_COST_RATIO
+        return left * step + (evals + 1) * one_eval, evals
 
     def record(self, record: dict[str, Any]) -> None:
         """A line of the history (and the trackers'), from the first process."""
@@ -739,6 +714,8 @@ class StepMeter:
 
     def paused(self) -> None:
         """Evaluation and saving since the step are not training time."""
+        self.eval_time += time.perf_counter() - self.now
+        self.evals += 1
         self.s.loop.eval_seconds += time.perf_counter() - self.now
         self.tick = time.perf_counter()
         self.window_start = self.tick
