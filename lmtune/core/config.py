@@ -258,7 +258,8 @@ class TrainConfig(Section):
         "auto", description="examples in one forward and backward pass: a batch is split into micro-batches whose "
         "gradients add up to the batch's (the loss weighted by each part's share), so only the memory changes; "
         "auto: train.batch_size where the estimated peak of a step fits the budget (10 GiB on CPU, 80% of a GPU), "
-        "else the largest half, quarter, ... of it that does"
+        "else the largest half, quarter, ... of it that does; on a GPU, an out-of-memory error in a step halves it and "
+        "the step is redone"
     )
     lr: float | None = Field(
         None, gt=0, le=1, description="peak learning rate; null: the strategy's default (lora 2e-4, the others 5e-5)"
