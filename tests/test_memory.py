@@ -1,7 +1,7 @@
 """The memory estimate of a training step, the micro-batches it picks, and the guard that refuses a run
 that cannot fit: micro-batches give the whole batch's gradients, a run too large for the free memory
-stops before it trains with one line, and the default runs of the real SmolLM2 stay well within a
-24 GB machine."""
+stops before it trains with one line, a step that runs out of GPU memory is redone in halved
+micro-batches, and the default runs of the real SmolLM2 stay well within a 24 GB machine."""
 
 from __future__ import annotations
 
@@ -117,6 +117,65 @@ def test_micro_batches_weigh_causal_tokens_not_rows(tiny_llama, tmp_path):
     la = [h["loss"] for h in runs["whole"].history if "loss" in h]
     lb = [h["loss"] for h in runs["split"].history if "loss" in h]
     assert la == pytest.approx(lb, abs=1e-5)
+
+
+def _forward_fails_over(monkeypatch: pytest.MonkeyPatch, rows: int, after_calls: int = 0) -> None:
+    """A GPU's out-of-memory error, on CPU: a training forward of more than `rows` rows raises it (from
+    the `after_calls`-th training forward on), before it computes anything."""
+    from transformers import BertForSequenceClassification
+
+    forward = BertForSequenceClassification.forward
+    calls = [0]
+
+    def failing(self, *args, **kwargs):
+        if self.training:
+            calls[0] += 1
+            if calls[0] > after_calls and kwargs["input_ids"].shape[0] > rows:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", failing)
+
+
+def test_out_of_memory_halves_the_micro_batch_and_redoes_the_step(tiny_bert, toy_data, tmp_path, monkeypatch, capsys):
+    """Micro-batches of 8 and of 4 run out of memory in the first step: it is redone in micro-batches of
+    2, and the run trains the same weights as one given micro-batches of 2 from the start."""
+    by_hand = tiny_config(tiny_bert, toy_data, tmp_path / "by_hand", epochs=1, dropout=0.0, report=False, report_to=[],
+                          micro_batch_size=2)
+    a = lmtune.train(by_hand, progress=False)
+    _forward_fails_over(monkeypatch, rows=2)
+    halved = tiny_config(tiny_bert, toy_data, tmp_path / "halved", epochs=1, dropout=0.0, report=False, report_to=[],
+                         micro_batch_size=8)
+    b = lmtune.train(halved, progress=False)
+    err = capsys.readouterr().err
+    assert ("step 1: out of memory with micro-batches of 8; going on from the same step with micro-batches of 4 "
+            "(each batch of 8 in 2)") in err
+    assert ("step 1: out of memory with micro-batches of 4; going on from the same step with micro-batches of 2 "
+            "(each batch of 8 in 4)") in err
+    assert b.metrics["train"]["micro_batch_size"] == 2
+    assert b.metrics["train"]["estimated_peak_mb"] == a.metrics["train"]["estimated_peak_mb"]
+    assert b.metrics["train"]["samples"] == a.metrics["train"]["samples"] == 96
+    assert b.metrics["train"]["steps"] == a.metrics["train"]["steps"]
+    wa, wb = _weights(tmp_path / "by_hand"), _weights(tmp_path / "halved")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize(("micro", "accumulate", "after_calls", "message"), [
+    (1, 1, 0, "step 1: out of memory with micro-batches of 1 example; set train.gradient_checkpointing: true, "
+              "or a shorter data.max_length"),
+    (8, 2, 1, "step 1: out of memory in batch 2 of the 2 accumulated for the step; set train.micro_batch_size: 4, "
+              "or train.gradient_checkpointing: true, or a shorter data.max_length"),
+])
+def test_out_of_memory_that_halving_cannot_mend_stops_with_one_line(tiny_bert, toy_data, tmp_path, monkeypatch,
+                                                                     micro, accumulate, after_calls, message):
+    _forward_fails_over(monkeypatch, rows=0, after_calls=after_calls)
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=1, report=False, report_to=[],
+                      micro_batch_size=micro, gradient_accumulation_steps=accumulate)
+    with pytest.raises(LmtuneError) as e:
+        lmtune.train(cfg, progress=False)
+    assert str(e.value) == message
 
 
 def test_auto_splits_a_batch_over_the_budget_and_says_so(tiny_bert, toy_data, tmp_path, monkeypatch, capsys):

@@ -307,7 +307,7 @@ class TrainConfig(Section):
         "auto", description="examples in one forward and backward pass: a batch is split into micro-batches whose "
         "gradients add up to the batch's (the loss weighted by each part's share), so only the memory changes; "
         "auto: train.batch_size where the estimated peak of a step fits train.memory_limit, else the largest half, "
-        "quarter, ... of it that does"
+        "quarter, ... of it that does; on a GPU, an out-of-memory error in a step halves it and the step is redone"
     )
     memory_limit: MemoryLimit = Field(
         "auto", description="the memory a run plans for (micro-batch, evaluation batch, gradient checkpointing): a size "

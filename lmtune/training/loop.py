@@ -136,12 +136,21 @@ def _loader(features: list[dict[str, Any]], sampler: EpochBatchSampler, collate:
 
 class MicroBatches:
     """Collates a batch as micro-batches of at most `size` examples, the longest first (each padded to
-    its own width); a batch no larger than `size` as one, exactly as `collate` would."""
+    its own width); a batch no larger than `size` as one, exactly as `collate` would. It keeps the
+    batch it collated last, so that a step that ran out of memory can split it again, smaller."""
 
     def __init__(self, collate: Any, size: int) -> None:
         self.collate, self.size = collate, size
+        # The train loader has no worker processes (`_loader` leaves num_workers at 0) and fetches each
+        # batch only when the loop asks for it: this object is called in the loop's own process, and
+        # the batch kept here is the one the loop is training on.
+        self.last_features: list[dict[str, Any]] = []
 
     def __call__(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.last_features = features
+        return self.split(features)
+
+    def split(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(features) <= self.size:
             return [self.collate(features)]
         ordered = sorted(features, key=lambda f: -len(f["input_ids"]))
@@ -562,14 +571,22 @@ def fit(s: RunState, on_evaluate: EvalCallback | None = None, progress: bool = T
         meter.tick = time.perf_counter()
         for micro, parts in enumerate(loader, start=state.batches_in_epoch):
             sync = (micro + 1) % t.gradient_accumulation_steps == 0 or micro + 1 == n_micro
-            parts, weights, n, n_tokens = weigh_parts(s.task, [send_to_device(p, accelerator.device) for p in parts])
-            batch_loss = 0.0
-            for k, (part, weight) in enumerate(zip(parts, weights)):
-                with gradient_sync(s, sync and k == len(parts) - 1):
-                    with autocast():
-                        loss = s.task.training_loss(model, part, s.cfg) if s.task.training_loss else model(**part).loss
-                    accelerator.backward(loss * weight / t.gradient_accumulation_steps)
-                batch_loss += loss.item() * weight
+            while True:  # once; again in smaller micro-batches where the GPU ran out of memory
+                try:
+                    parts, weights, n, n_tokens = weigh_parts(s.task, [send_to_device(p, accelerator.device) for p in parts])
+                    batch_loss = 0.0
+                    for k, (part, weight) in enumerate(zip(parts, weights)):
+                        with gradient_sync(s, sync and k == len(parts) - 1):
+                            with autocast():
+                                loss = s.task.training_loss(model, part, s.cfg) if s.task.training_loss else model(**part).loss
+                            accelerator.backward(loss * weight / t.gradient_accumulation_steps)
+                        batch_loss += loss.item() * weight
+                    break
+                except torch.OutOfMemoryError:
+                    pass  # (handled below: out here, the exception and the failed pass's tensors it holds are gone)
+                # a loss whose backward failed still holds the whole pass's activations
+                loss = part = parts = None  # type: ignore[assignment]
+                parts = smaller_micro_batches(s, micro)
             meter.add(batch_loss, n * accelerator.num_processes, n_tokens * accelerator.num_processes)
             if not sync:
                 continue
@@ -598,6 +615,42 @@ def fit(s: RunState, on_evaluate: EvalCallback | None = None, progress: bool = T
         state.next_epoch(epoch)
     meter.close()
     return False
+
+
+def smaller_micro_batches(s: RunState, micro: int) -> list[dict[str, Any]]:
+    """After a forward or backward of batch `micro` ran out of GPU memory: the step's gradients so far
+    are dropped and the batch comes back split into micro-batches of half the size, which the rest of
+    the run keeps (metrics.json reports the size in use at the end). Where the step cannot be redone
+    so, one line says what to set instead."""
+    t, step = s.cfg.train, s.loop.step + 1
+    collate: MicroBatches = s.train_loader.collate_fn
+    current = min(collate.size, len(collate.last_features))
+    size = -(-current // 2)
+    settings = [f"train.micro_batch_size: {size}"] if current > 1 else []
+    if not t.gradient_checkpointing:
+        settings.append("train.gradient_checkpointing: true")
+    settings.append("a shorter data.max_length")
+    why = None
+    if s.accelerator.num_processes > 1:
+        # every process would have to split its batches alike at the same step, and none knows of the others' failure
+        why = f"in one of {s.accelerator.num_processes} processes"
+    elif current <= 1:
+        why = "with micro-batches of 1 example"
+    elif micro % t.gradient_accumulation_steps:
+        # the batches before it in this optimizer step have gone by: their gradients cannot be had again
+        why = (f"in batch {micro % t.gradient_accumulation_steps + 1} of the {t.gradient_accumulation_steps} "
+               f"accumulated for the step")
+    if why is not None:
+        raise LmtuneError(f"step {step}: out of memory {why}; set {', or '.join(settings)}")
+    s.optimizer.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():  # (what the failed pass held goes back to the GPU)
+        torch.cuda.empty_cache()
+    collate.size = size
+    s.memory.micro_batch = size
+    s.memory.estimate = s.memory.estimate_for(size, t.gradient_checkpointing)
+    log(f"step {step}: out of memory with micro-batches of {current}; going on from the same step with "
+        f"micro-batches of {size} (each batch of {t.batch_size} in {-(-t.batch_size // size)})")
+    return collate.split(collate.last_features)
 
 
 def epoch_batches(s: RunState, epoch: int) -> tuple[Any, int]:
