@@ -627,7 +627,7 @@ def smaller_micro_batches(s: RunState, micro: int) -> list[dict[str, Any]]:
     current = min(collate.size, len(collate.last_features))
     size = -(-current // 2)
     settings = [f"train.micro_batch_size: {size}"] if current > 1 else []
-    if not t.gradient_checkpointing:
+    if not s.memory.checkpointing:
         settings.append("train.gradient_checkpointing: true")
     settings.append("a shorter data.max_length")
     why = None
@@ -647,7 +647,7 @@ def smaller_micro_batches(s: RunState, micro: int) -> list[dict[str, Any]]:
         torch.cuda.empty_cache()
     collate.size = size
     s.memory.micro_batch = size
-    s.memory.estimate = s.memory.estimate_for(size, t.gradient_checkpointing)
+    s.memory.estimate = s.memory.estimate_for(size, s.memory.checkpointing)
     log(f"step {step}: out of memory with micro-batches of {current}; going on from the same step with "
         f"micro-batches of {size} (each batch of {t.batch_size} in {-(-t.batch_size // size)})")
     return collate.split(collate.last_features)
