@@ -251,4 +251,4 @@ def test_the_default_causal_run_of_smollm2_fits_a_24_gb_machine(strategy, tmp_pa
     peak_kb = int(proc.stdout.split("maxrss_kb")[-1])
     assert metrics["train"]["peak_memory_mb"] * 1024 <= peak_kb * 1.01
     assert peak_kb < BOUND_KB, f"peak {peak_kb / 2**20:.1f} GiB over {BOUND_KB / 2**20:.0f} GiB:\n{out[-2000:]}"
-    assert "memory: about " in out
+    assert "plan: a step's peak about " in out and "; fits" in out

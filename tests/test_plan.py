@@ -145,3 +145,14 @@ def test_a_plan_that_does_not_fit_names_the_changes_that_would(tiny_bert, toy_da
     captured = capsys.readouterr()
     assert "does NOT fit" in captured.out
     assert captured.err.startswith("lmtune: error: memory: the run needs about") and captured.err.count("\n") == 1
+
+
+def test_a_run_logs_its_plan_before_training_and_its_time_after_the_first_steps(tiny_bert, toy_data, tmp_path, capsys):
+    cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=2, batch_size=8, report=False, report_to=[])
+    lmtune.train(cfg, progress=False)
+    err = capsys.readouterr().err
+    plan_at, trained_at = err.index("plan: a step's peak about"), err.index("step 2/24")
+    assert plan_at < trained_at and "; fits" in err[:trained_at]
+    time_line = next(line for line in err.splitlines() if line.startswith("time: about"))
+    assert "to go: 21 steps of about" in time_line and "and 2 evaluations" in time_line
+    assert ", ETA " in next(line for line in err.splitlines() if line.startswith("step 4/24"))

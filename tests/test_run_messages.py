@@ -24,7 +24,8 @@ def test_no_progress_prints_the_step_lines_instead_of_a_bar(tiny_bert, toy_data,
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("step ") and ": loss " in line]
     assert [line.split(":")[0] for line in lines] == ["step 2/4", "step 4/4"]  # every train.log_steps (2)
-    assert all(", lr " in line and " samples/s, " in line and line.endswith(" tokens/s") for line in lines)
+    assert all(", lr " in line and " samples/s, " in line and " tokens/s" in line for line in lines)
+    assert ", ETA " in lines[0] and lines[-1].endswith(" tokens/s")  # the time to the end, evaluations included
     assert "it/s" not in err and "step/s" not in err  # no bar
 
 

@@ -27,12 +27,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise LmtuneError("lmtune plan needs a config file (lmtune plan config.yaml) or the config as key=value overrides")
     if args.probe < 0:
         raise LmtuneError(f"--probe: {args.probe} is negative; expected a number of steps, 0 for none")
+    import time
+
+    from ..training.plan import process_seconds
+
+    # the run's command starts as this one did: its start-up (Python, imports) is part of its time
+    started = time.perf_counter() - (process_seconds() or 0.0)
     cfg = load_config(args.config, args.overrides)
     data = get_task(cfg.task).load_data(cfg)
     from ..training.memory_plan import memory_problem
     from ..training.plan import plan
 
-    result = plan(cfg, probe_steps=args.probe, data=data)
+    result = plan(cfg, probe_steps=args.probe, data=data, started=started)
     if args.json:
         print_json(result.record())
     else:

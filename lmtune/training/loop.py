@@ -762,7 +762,8 @@ class StepMeter:
         self.record(record)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{record['samples_per_second']:.1f}")
         if not self.progress:  # no bar: the same numbers as a line
-            log(step_line(record, s.total_steps))
+            eta = self.eta()
+            log(step_line(record, s.total_steps) + (f", ETA {eta_text(eta[0])}" if eta and s.loop.step < s.total_steps else ""))
         self.restart_window()
 
     def paused(self) -> None:

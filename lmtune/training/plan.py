@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,22 @@ from . import memory_plan, strategies
 from .cpu import speed_ups
 from .loop import (COMPILE_MIN_STEPS, MicroBatches, choose_attention, compile_blocks, enable_checkpointing,
                    resolve_defaults, weigh_parts)
+
+
+SAVE_BYTES_PER_SECOND = 200e6  # writing the model folder (safetensors) at the end, and its checkpoint
+
+
+def process_seconds() -> float | None:
+    """How long this process has run (Linux /proc): a command's start-up before the plan began
+    (Python, torch and transformers imported) counts in the run's wall time too."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass
@@ -92,15 +109,17 @@ def padded_tokens(lengths: list[int], batches: list[list[int]], micro: int, sequ
     return total * sequences
 
 
-def plan(config: RunConfig | str | dict[str, Any], *, probe_steps: int = 3, data: Any = None) -> RunPlan:
-    """The plan of a run of `config` (memory always; time when probe_steps > 0 and the run fits)."""
+def plan(config: RunConfig | str | dict[str, Any], *, probe_steps: int = 3, data: Any = None,
+         started: float | None = None) -> RunPlan:
+    """The plan of a run of `config` (memory always; time when probe_steps > 0 and the run fits).
+    `started`: the time.perf_counter() at which the command started, whose start-up (reading the data
+    before the call) counts; by default now."""
     cfg = as_config(config)
     with cpu_threads(cfg.train.threads):
-        return _plan(cfg, probe_steps, data)
+        return _plan(cfg, probe_steps, data, time.perf_counter() if started is None else started)
 
 
-def _plan(cfg: RunConfig, probe_steps: int, data: Any) -> RunPlan:
-    started = time.perf_counter()
+def _plan(cfg: RunConfig, probe_steps: int, data: Any, started: float) -> RunPlan:
     task = get_task(cfg.task)
     data = task.load_data(cfg) if data is None else data
     model_path = models.resolve(cfg.model)
@@ -196,7 +215,8 @@ def probe(cfg: RunConfig, task: Any, model: Any, strategy: Any, accelerator: Any
     scoring = 0.0
     if task.scores_before_training(cfg):  # one forward pass of every example before training
         scoring = eval_per_token * sum(eval_tokens(name) for name in ("train", "validation", "test"))
-    final = eval_per_token * (eval_tokens("validation") + eval_tokens("test")) + setup * 0.1
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    final = eval_per_token * (eval_tokens("validation") + eval_tokens("test")) + weights / SAVE_BYTES_PER_SECOND
     return TimeEstimate(setup=setup + scoring, train=train_seconds, evaluation=one_eval, evaluations=evaluations,
                         final=final, compile=compile_extra, steps=total_steps,
                         step_seconds=train_seconds / max(1, total_steps), probe_steps=steps)
