@@ -192,16 +192,7 @@ def plan_memory(cfg: Any, model: Any, accelerator: Any, attention: str, length: 
         acts = memory.evaluation_bytes(shape, batch * sequences, length, outputs, **flags)
         return memory.Estimate(weights=weights, gradients=0, optimizer=0, activations=acts, runtime=runtime)
 
-    if t.eval_batch_size == "auto":
-        eval_batch = 2 * t.batch_size
-        while eval_batch > 1 and eval_estimate(eval_batch).total > budget:
-            eval_batch = -(-eval_batch // 2)
-        if eval_batch < 2 * t.batch_size:
-            notes.append(f"train.eval_batch_size: auto -> {eval_batch}: an evaluation batch of {2 * t.batch_size} inputs up to "
-                         f"{length} tokens would need about {memory.gib(eval_estimate(2 * t.batch_size).total)} GiB")
-    else:
-        eval_batch = t.eval_batch_size
-
+    eval_batch = choose_eval_batch(t, budget, eval_estimate, length, notes)
     alternatives = {f"gradient checkpointing {'off' if checkpointing else 'on'}": estimate_for(micro, not checkpointing)}
     if not adapters:
         alternatives[f"LoRA (r {LORA_RANK})"] = estimate_for(micro, checkpointing, lora=True, trained=lora_trainable(model))
@@ -211,6 +202,20 @@ def plan_memory(cfg: Any, model: Any, accelerator: Any, attention: str, length: 
     if not plan.fits or (limit.size is not None and estimate_for(1, checkpointing).total > budget):
         plan.fixes = fixes(plan, model, adapters, estimate_for, target=budget if limit.size is not None else free)
     return plan
+
+
+def choose_eval_batch(t: Any, budget: int, estimate: Callable[[int], memory.Estimate], length: int,
+                      notes: list[str]) -> int:
+    """train.eval_batch_size (auto: twice the training batch, halved until its estimate fits)."""
+    if t.eval_batch_size != "auto":
+        return t.eval_batch_size
+    batch = 2 * t.batch_size
+    while batch > 1 and estimate(batch).total > budget:
+        batch = -(-batch // 2)
+    if batch < 2 * t.batch_size:
+        notes.append(f"train.eval_batch_size: auto -> {batch}: an evaluation batch of {2 * t.batch_size} inputs up to "
+                     f"{length} tokens would need about {memory.gib(estimate(2 * t.batch_size).total)} GiB")
+    return batch
 
 
 def fixes(plan: MemoryPlan, model: Any, adapters: bool, estimate_for: Callable[..., memory.Estimate],
