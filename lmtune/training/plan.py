@@ -29,7 +29,8 @@ from .loop import (COMPILE_MIN_STEPS, MicroBatches, choose_attention, compile_bl
                    resolve_defaults, weigh_parts)
 
 
-SAVE_BYTES_PER_SECOND = 200e6  # writing the model folder (safetensors) at the end, and its checkpoint
+REPORT_SECONDS = 1.5  # report.html at the end (measured: about a second for a short run)
+SAVE_BYTES_PER_SECOND = 400e6  # writing a checkpoint and the model folder (safetensors) at each evaluation
 
 
 def process_seconds() -> float | None:
@@ -51,9 +52,9 @@ class TimeEstimate:
 
     setup: float  # reading, tokenizing, loading the model (measured), and scoring before training
     train: float  # every training step
-    evaluation: float  # one evaluation (validation and the training sample)
+    evaluation: float  # one evaluation (validation and the training sample) and its checkpoint
     evaluations: int
-    final: float  # the final evaluation (validation and test) and saving
+    final: float  # the final evaluation (test) and report.html
     compile: float = 0.0  # the first step's extra (compiling the blocks, warming up)
     steps: int = 0
     step_seconds: float = 0.0  # a step of average length
@@ -72,8 +73,8 @@ class TimeEstimate:
     def lines(self) -> list[str]:
         return [f"time: about {duration(self.total)} in all: start-up {duration(self.setup + self.compile)}, "
                 f"{self.steps} steps of about {self.step_seconds:.1f} s ({duration(self.train)}), {self.evaluations} "
-                f"evaluation{'s' if self.evaluations != 1 else ''} of about {duration(self.evaluation)}, the final "
-                f"evaluation and saving {duration(self.final)} (measured on {self.probe_steps} steps)"]
+                f"evaluation{'s' if self.evaluations != 1 else ''} of about {duration(self.evaluation)} with its checkpoint, "
+                f"the end {duration(self.final)} (measured on {self.probe_steps} steps)"]
 
 
 def duration(seconds: float) -> str:
@@ -215,8 +216,14 @@ def probe(cfg: RunConfig, task: Any, model: Any, strategy: Any, accelerator: Any
     scoring = 0.0
     if task.scores_before_training(cfg):  # one forward pass of every example before training
         scoring = eval_per_token * sum(eval_tokens(name) for name in ("train", "validation", "test"))
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    final = eval_per_token * (eval_tokens("validation") + eval_tokens("test")) + weights / SAVE_BYTES_PER_SECOND
+    # each evaluation also writes the checkpoint (what trains, and AdamW's two fp32 states of it) and,
+    # where it improved, the model folder (the whole model; of LoRA, its adapter)
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    whole = sum(p.numel() * p.element_size() for p in model.parameters()) if not models.is_adapter(model) else trained
+    one_eval += (trained + 8 * mem.trainable + whole) / SAVE_BYTES_PER_SECOND
+    # the final evaluation: the test split (validation's outputs are the best evaluation's, kept
+    # where it was the last, as it mostly is)
+    final = eval_per_token * eval_tokens("test") + (REPORT_SECONDS if t.report else 0.0)
     return TimeEstimate(setup=setup + scoring, train=train_seconds, evaluation=one_eval, evaluations=evaluations,
                         final=final, compile=compile_extra, steps=total_steps,
                         step_seconds=train_seconds / max(1, total_steps), probe_steps=steps)
