@@ -76,11 +76,14 @@ def test_batch_size_auto_under_a_small_limit_trains_as_the_same_micro_batches_by
 
 
 def test_the_evaluation_batch_is_halved_to_fit_the_limit(tiny_bert, toy_data, tmp_path):
-    base = tiny_config(tiny_bert, toy_data, tmp_path / "run", batch_size=8)
+    base = tiny_config(tiny_bert, toy_data, tmp_path / "run", batch_size=32)
     p = plan(base, probe_steps=0).memory
-    assert p.eval_batch == 16  # 2 x batch_size where it fits
-    below = {**base, "train": {**base["train"], "memory_limit": f"{p.eval_estimate.total - 1}B"}}
-    assert plan(below, probe_steps=0).memory.eval_batch == 8
+    assert p.eval_batch == 64  # 2 x batch_size where it fits
+    limit = max(p.estimate_for(1, False).total, p.eval_estimate_for(32).total) + 1  # a step fits, an evaluation of 64 not
+    assert limit < p.eval_estimate.total
+    below = {**base, "train": {**base["train"], "memory_limit": f"{limit}B", "micro_batch_size": 1}}
+    tight = plan(below, probe_steps=0)
+    assert tight.memory.length == p.length and tight.memory.eval_batch == 32
 
 
 def test_checkpointing_auto_turns_on_only_where_it_is_needed(tiny_llama, tmp_path):
@@ -156,3 +159,25 @@ def test_a_run_logs_its_plan_before_training_and_its_time_after_the_first_steps(
     time_line = next(line for line in err.splitlines() if line.startswith("time: about"))
     assert "to go: 21 steps of about" in time_line and "and 2 evaluations" in time_line
     assert ", ETA " in next(line for line in err.splitlines() if line.startswith("step 4/24"))
+
+
+def test_max_length_auto_stays_within_what_a_micro_batch_of_one_fits(tiny_llama, tmp_path, monkeypatch, capsys):
+    """With activations of 1 MiB a token and a limit that leaves 100 MiB for them, auto takes 96
+    tokens (a multiple of 8) where the inputs and the length rule would allow more."""
+    monkeypatch.setattr(memory, "activation_bytes", lambda shape, tokens, length, **flags: tokens * 2**20)
+    weights = sum(f.stat().st_size for f in tiny_llama.glob("*.safetensors"))
+    limit = memory.RUNTIME + 4 * weights + 100 * 2**20
+    rows = [{"messages": [{"role": "user", "content": "hello what does a bike cost " * 16},
+                          {"role": "assistant", "content": "twelve euro on tuesday " * 16}]}] * 8
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"model": str(tiny_llama), "task": "causal_lm", "output_dir": str(tmp_path / "run"),
+           "data": {"train": str(data), "validation": str(data)},
+           "train": {"epochs": 1, "batch_size": 4, "precision": "fp32", "report": False, "report_to": [], "compile": False,
+                     "memory_guard": False, "memory_limit": f"{limit}B"},
+           "eval": {"generate_rows": 0}}
+    p = plan(cfg, probe_steps=0)
+    assert p.cfg.data.max_length == 96
+    assert any(n.startswith("data.max_length: auto -> 96") and "a micro-batch of one within" in n for n in p.notes)
+    cfg["train"]["memory_limit"] = "auto"
+    assert plan(cfg, probe_steps=0).cfg.data.max_length > 96  # (the inputs' own length: nothing to fit)

@@ -203,7 +203,8 @@ class DataConfig(Section):
     max_length: MaxLength = Field(
         "auto", description="tokens per input (longer ones are cut, counted) or per block/window; auto: the 99th "
         "percentile of the training inputs rounded up to a multiple of 8, at most the model's positions and "
-        "8192 / train.batch_size (the length rule: a batch holds at most 8192 tokens; micro-batches keep its memory within the budget); blocks (masked_lm, "
+        "8192 / train.batch_size (the length rule: a batch holds at most 8192 tokens; micro-batches keep its memory within the budget) "
+        "and the longest at which a micro-batch of one fits train.memory_limit; blocks (masked_lm, "
         "causal_lm text): 256, capped the same way; question_answering windows: the percentile, at most 384",
     )
     # token_classification

@@ -182,6 +182,7 @@ def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tu
     if d.max_length == "auto":
         # (from the plain folder: a GGUF file's config is read from the whole file)
         cap = length_cap(models.describe(str(models.resolve(cfg.model))).max_positions, t.batch_size)
+        cap = memory_plan.length_within_memory(cfg, task, cap)
         choice = task.choose_max_length(data.train, tokenizer, cfg, cap)
         data_update["max_length"] = choice.value
         record["max_length"] = {"setting": "auto", **choice.record()}

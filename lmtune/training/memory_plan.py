@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -40,6 +41,7 @@ class MemoryPlan:
     notes: list[str] = field(default_factory=list)
     alternatives: dict[str, memory.Estimate] = field(default_factory=dict)  # a row of the plan each
     estimate_for: Callable[[int, bool], memory.Estimate] | None = None  # (micro-batch, checkpointing) -> estimate
+    eval_estimate_for: Callable[[int], memory.Estimate] | None = None  # (evaluation batch) -> estimate
     fixes: list[str] = field(default_factory=list)  # where it does not fit: what would, smallest first
 
     @property
@@ -198,7 +200,7 @@ def plan_memory(cfg: Any, model: Any, accelerator: Any, attention: str, length: 
         alternatives[f"LoRA (r {LORA_RANK})"] = estimate_for(micro, checkpointing, lora=True, trained=lora_trainable(model))
     plan = MemoryPlan(parameters, trainable, t.batch_size, micro, length, checkpointing, estimate, budget, rule, free,
                       eval_batch, eval_estimate(eval_batch), generation, "bf16 autocast" if half else "fp32", notes,
-                      alternatives, estimate_for)
+                      alternatives, estimate_for, eval_estimate)
     if not plan.fits or (limit.size is not None and estimate_for(1, checkpointing).total > budget):
         plan.fixes = fixes(plan, model, adapters, estimate_for, target=budget if limit.size is not None else free)
     return plan
@@ -216,6 +218,41 @@ def choose_eval_batch(t: Any, budget: int, estimate: Callable[[int], memory.Esti
         notes.append(f"train.eval_batch_size: auto -> {batch}: an evaluation batch of {2 * t.batch_size} inputs up to "
                      f"{length} tokens would need about {memory.gib(estimate(2 * t.batch_size).total)} GiB")
     return batch
+
+
+def length_within_memory(cfg: Any, task: Any, cap: tuple[int, str]) -> tuple[int, str]:
+    """data.max_length: auto's cap lowered, where needed, to the longest length (a multiple of 8) at
+    which a micro-batch of one fits train.memory_limit, with gradient checkpointing unless it is
+    off (the model read from its config and the size of its weight files, before it is loaded; a
+    full run's gradients and AdamW states counted, LoRA's left out). Beside it the length rule
+    (tasks/common.py) bounds the time of a batch, which on CPU binds first."""
+    from transformers import AutoConfig
+
+    t = cfg.train
+    try:
+        folder = Path(models.resolve(cfg.model))
+        shape = memory.Shape.of(AutoConfig.from_pretrained(folder))
+        weights = sum(f.stat().st_size for f in folder.glob("*.safetensors")) or sum(f.stat().st_size for f in folder.glob("*.bin"))
+    except Exception:  # (transformers raises many types) a model not read so: the plan still checks the run
+        return cap
+    gpu = torch.cuda.is_available()
+    free = free_bytes(torch.device("cuda", 0) if gpu else torch.device("cpu"))
+    budget, _ = memory.budget(memory.parse_limit(t.memory_limit), free, gpu=gpu)
+    lora = cfg.strategy.name == "lora"
+    fixed = weights + (0 if lora else 3 * weights) + (0 if gpu else memory.RUNTIME)
+
+    def fits(length: int) -> bool:
+        acts = memory.activation_bytes(shape, length * task.sequences_per_example, length, adapters=lora,
+                                       checkpointing=t.gradient_checkpointing is not False, eager=False, half=False)
+        return fixed + acts <= budget
+
+    if fits(cap[0]):
+        return cap
+    low, high = 1, cap[0] // 8  # in steps of 8 tokens: the longest that fits (8 where none does)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(8 * mid) else (low, mid - 1)
+    return 8 * low, f"a micro-batch of one within {memory.gib(budget)} GiB (train.memory_limit)"
 
 
 def fixes(plan: MemoryPlan, model: Any, adapters: bool, estimate_for: Callable[..., memory.Estimate],
