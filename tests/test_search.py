@@ -308,7 +308,7 @@ def test_bad_search_configs_are_reported_at_once_and_nothing_is_written(tiny_ber
 
     # once the space is right: a value a trial could not take, then an existing folder
     raw["search"] = {"space": {"train.batch_size": {"uniform": [4, 8]}}}
-    with pytest.raises(LmtuneError, match="train.batch_size: input should be a valid integer"):
+    with pytest.raises(LmtuneError, match="train.batch_size: expected auto or a whole number of examples"):
         search.prepare(raw)
     folder.mkdir()
     (folder / "search.yaml").write_text("x: 1\n")
