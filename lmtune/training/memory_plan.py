@@ -15,7 +15,6 @@ from typing import Any, Callable
 import torch
 
 from ..core import memory, models
-from ..core.errors import LmtuneError
 
 LORA_RANK = 8  # the LoRA row of the plan (a full run's alternative): the default rank
 
@@ -98,9 +97,6 @@ class MemoryPlan:
         if self.fixes:
             out.append("plan: would fit with " + "; or ".join(self.fixes))
         return out
-
-    def describe(self) -> str:
-        return self.estimate.describe()
 
 
 def free_bytes(device: Any) -> int | None:
@@ -304,9 +300,3 @@ def memory_problem(plan: MemoryPlan, t: Any) -> str | None:
     return (f"memory: the run needs {plan.estimate.describe()}, and this machine has {memory.gib(plan.free or 0)} GiB free"
             f"{change} (train.memory_guard: false trains anyway)")
 
-
-def check(plan: MemoryPlan, t: Any) -> None:
-    """Raise the one-line error of a plan that does not fit (where the guard is on)."""
-    problem = memory_problem(plan, t)
-    if problem and (t.memory_guard or problem.startswith("train.memory_limit")):
-        raise LmtuneError(problem)
