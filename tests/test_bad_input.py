@@ -258,7 +258,7 @@ def test_existing_run_folder_needs_resume_or_overwrite(ws, capsys, existing, men
 def test_the_python_api_names_keyword_arguments_where_the_command_line_names_flags(ws, capsys):
     import lmtune
     from lmtune.core.errors import LmtuneError, command_line, option
-    from lmtune.infer.predict import export
+    from lmtune.export.run import export
 
     out = ws / "out"
     out.mkdir()

@@ -178,7 +178,7 @@ def test_lora_changes_only_adapters_and_merges_to_the_same_logits(tiny_llama, tm
     from transformers import AutoModelForCausalLM
 
     from lmtune.infer.generation import Generator
-    from lmtune.infer.predict import export
+    from lmtune.export.run import export
 
     train = _jsonl(tmp_path / "chat.jsonl", CHATS * 4)
     cfg = _cfg(tiny_llama, tmp_path, train)

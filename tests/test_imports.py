@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "lmtune"
-LAYERS = ["core", "data", "tasks", "training", "infer", "report", "tune", "serve", "cli"]
+LAYERS = ["core", "data", "tasks", "training", "infer", "export", "report", "tune", "serve", "cli"]
 ROOT_MODULES = {"lmtune", "lmtune.__main__"}  # the package root: the top layer
 
 # Third-party packages that take a noticeable time to import (or load data when imported): an import of
@@ -26,7 +26,7 @@ ROOT_MODULES = {"lmtune", "lmtune.__main__"}  # the package root: the top layer
 # package root, ROOT_MODULES), where every module a command needs is imported when the command runs.
 HEAVY = {"torch", "transformers", "accelerate", "peft", "captum", "matplotlib", "optuna", "fastapi", "uvicorn",
          "sklearn", "numpy", "seqeval", "sacrebleu", "rouge_score", "tensorboard", "ftfy", "vaderSentiment", "gguf",
-         "safetensors", "tqdm"}
+         "safetensors", "tqdm", "onnx", "onnxruntime", "onnxscript"}
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,8 @@ def test_lora_target_that_matches_nothing_is_a_config_error(tiny_bert, toy_data,
 def test_lora_run_saves_an_adapter_that_predicts_and_merges(tiny_bert, toy_data, tmp_path):
     import numpy as np
 
-    from lmtune.infer.predict import Predictor, export
+    from lmtune.export.run import export
+    from lmtune.infer.predict import Predictor
 
     cfg = tiny_config(tiny_bert, toy_data, tmp_path / "run", epochs=2, lr=1e-2)
     cfg["strategy"] = {"name": "lora", "r": 4}

@@ -248,7 +248,7 @@ def test_a_lora_run_names_its_base_as_given_and_writes_readable_files(tiny_bert,
     import stat
 
     from lmtune.core import models
-    from lmtune.infer.predict import export
+    from lmtune.export.run import export
 
     # "tiny-base" stands for a bundled name whose folder is machine-specific (a GGUF file's cache)
     real = models.source_of

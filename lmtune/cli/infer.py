@@ -39,10 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=cmd_generate)
     _add_serve(sub)
     _add_explain(sub)
-    x = sub.add_parser("export", help="write a run's model as a plain transformers folder")
+    x = sub.add_parser("export", help="write a run's model for where it will run: a transformers folder, GGUF "
+                       "(llama.cpp, Ollama) or ONNX (ONNX Runtime)")
     x.add_argument("run_dir")
-    x.add_argument("-o", "--output", required=True, help="folder to write")
-    x.add_argument("--merge", action="store_true", help="merge LoRA adapters into the base weights")
+    x.add_argument("-o", "--output", help="folder to write (default: RUN_DIR/export/FORMAT)")
+    x.add_argument("--format", default="hf", choices=["hf", "gguf", "onnx"],
+                   help="hf: a transformers folder; gguf: a causal LM for llama.cpp and Ollama, with a Modelfile; "
+                   "onnx: a classification, token classification or QA model with its tokenizer (default: hf)")
+    x.add_argument("--type", choices=["f32", "f16", "q8_0"], help="GGUF: the weights' type (default: f16)")
+    x.add_argument("--merge", action="store_true", help="hf: merge LoRA adapters into the base weights "
+                   "(GGUF and ONNX always merge)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     x.set_defaults(func=cmd_export)
 
@@ -273,8 +279,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     read_run(args.run_dir)  # a wrong folder is said before torch is imported
-    from ..infer.predict import export
+    from ..export.run import export
 
-    out = export(args.run_dir, args.output, merge=args.merge, overwrite=args.overwrite)
-    print(f"wrote a plain transformers model to {out}", file=sys.stderr)
+    out = export(args.run_dir, args.output, format=args.format, type=args.type, merge=args.merge,
+                 overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr))
+    what = {"hf": "a plain transformers model", "gguf": "a GGUF model and its Ollama Modelfile",
+            "onnx": "an ONNX model and its tokenizer"}[args.format]
+    print(f"wrote {what} to {out}", file=sys.stderr)
     return 0

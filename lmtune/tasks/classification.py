@@ -272,6 +272,7 @@ def validation_samples(outputs: dict[str, np.ndarray], labels: list[str], cfg: A
 # ------------------------------------------------------------ inference (see tasks/contract.py)
 
 GENERATIVE = False
+onnx_outputs = ("logits",)  # lmtune export --format onnx
 
 
 def bare_labels(model: Any) -> list[str]:

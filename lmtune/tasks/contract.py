@@ -36,6 +36,9 @@ class Task:
     few_examples: int = 1_000  # strategy: auto counts fewer training examples than this as few
     explain: Literal["label", "words"] | None = None  # what lmtune explain attributes: the label, or each word's tag
     per_class_title: str = "Per class"  # the report's per-label table
+    # lmtune export --format onnx: the head's outputs by name (("logits",), or QA's start and end
+    # logits); empty: the task's models are not exported to ONNX
+    onnx_outputs: tuple[str, ...] = ()
 
     # ---- training (the loop knows no task)
     load_data: Callable[[Any], Any]  # TaskData: read, check, split and describe the examples

@@ -520,6 +520,7 @@ def extra_metrics(model: Any, tokenizer: Any, data: Any, cfg: Any, *, log: Any =
 # ------------------------------------------------------------ inference (see tasks/contract.py)
 
 GENERATIVE = False
+onnx_outputs = ("start_logits", "end_logits")  # lmtune export --format onnx
 
 
 def bare_labels(model: Any) -> list[str]:

@@ -555,6 +555,7 @@ def decode(
 # ------------------------------------------------------------ inference (see tasks/contract.py)
 
 GENERATIVE = False
+onnx_outputs = ("logits",)  # lmtune export --format onnx
 
 
 def bare_labels(model: Any) -> list[str]:
