@@ -178,6 +178,39 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+def build_tiny_bpe_llama(path: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """A 2-layer, width-64 Llama with a byte-level BPE tokenizer (GPT-2 style, as SmolLM2's), trained
+    here on the LM words, and a ChatML chat template: a model that GGUF export and llama.cpp take."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator([" ".join(LM_WORDS[i:] + LM_WORDS[:i]) for i in range(len(LM_WORDS))], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<|endoftext|>", eos_token="<|im_end|>",
+                                        pad_token="<|im_end|>", bos_token="<|im_start|>")
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=backend.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=2, eos_token_id=2,
+        bos_token_id=1, tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bpe_llama(tmp_path_factory.mktemp("tiny-bpe-llama"))
+
+
 def tensorboard_events(folder: Path):
     """TensorBoard's own reader over the event files in `folder`, every scalar kept."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

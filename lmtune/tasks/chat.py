@@ -9,6 +9,16 @@ from typing import Any
 from ..core.errors import LmtuneError
 
 
+# render_chat's plain layout as a Jinja chat template, for where a template must be written down (a
+# GGUF file's metadata) for a model that has none; tests/test_export_gguf.py checks that they agree
+PLAIN_CHAT_TEMPLATE = (  # (every literal an expression: chat templates drop a newline after a block tag)
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ '### System:\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### User:\\n' }}{% else %}{{ '### Assistant:\\n' }}{% endif %}"
+    "{{ message['content'] }}{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
+)
+
+
 def render_chat(messages: list[dict[str, str]], tokenizer: Any) -> tuple[str, list[tuple[int, int]]]:
     """The conversation as text, with the character spans of the assistant turns (to train on).
     With a chat template, each assistant turn is the text that its message adds after the
