@@ -105,7 +105,7 @@ def test_metadata_carries_the_tokenizer_its_special_tokens_and_the_chat_template
     tok = gen.tokenizer
     _, _, reader = _read_back(out)
     assert _field(reader, "general.architecture") == "llama"
-    assert _field(reader, "tokenizer.ggml.model") == "gpt2" and _field(reader, "tokenizer.ggml.pre") == "gpt2"
+    assert _field(reader, "tokenizer.ggml.model") == "gpt2" and _field(reader, "tokenizer.ggml.pre") == "gpt-2"
     tokens = _field(reader, "tokenizer.ggml.tokens")
     assert len(tokens) == gen.model.config.vocab_size and tokens[tok.eos_token_id] == "<|im_end|>"
     types = _field(reader, "tokenizer.ggml.token_type")
