@@ -115,7 +115,25 @@ def assert_same_outputs(run: Path, texts: list[str], pairs: list[str] | None = N
             assert theirs[name].shape == getattr(ours, name).shape
             assert float((theirs[name] - getattr(ours, name)).abs().max()) <= TOLERANCE, name
     assert len({s[0] for s in shapes}) == 3 and len({s[1] for s in shapes}) >= 2, shapes
+    onnx = onnx_predictor(read_run(run), log=lambda line: None)
+    assert_close(onnx.predict(texts, pairs), predictor.predict(texts, pairs))
     return out
+
+
+def assert_close(theirs, ours, where: str = "") -> None:
+    """The same predictions: equal labels, texts and offsets, scores within TOLERANCE."""
+    if isinstance(ours, float):
+        assert abs(theirs - ours) <= TOLERANCE, where
+    elif isinstance(ours, dict):
+        assert theirs.keys() == ours.keys(), where
+        for key in ours:
+            assert_close(theirs[key], ours[key], f"{where}.{key}")
+    elif isinstance(ours, (list, tuple)):
+        assert len(theirs) == len(ours), where
+        for i, (t, o) in enumerate(zip(theirs, ours)):
+            assert_close(t, o, f"{where}[{i}]")
+    else:
+        assert theirs == ours, where
 
 
 SENTIMENT = ["the movie was great", "awful boring plot really bad bad", "a film", "it was very good and fun",
