@@ -254,16 +254,20 @@ def test_a_causal_lm_run_is_refused(tiny_llama, tmp_path):
 
 def test_an_existing_output_and_an_unfinished_run_are_refused(cls_run, tmp_path):
     out = tmp_path / "onnx"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    done = lmtune_cli("export", str(cls_run), "--format", "onnx", "-o", str(out))
+    assert done.returncode == 0 and "largest difference from torch" in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"wrote an ONNX model and its tokenizer to {out}"
+    written = (out / "model.onnx").stat().st_mtime_ns
     expect_one_line(lmtune_cli("export", str(cls_run), "--format", "onnx", "-o", str(out)), str(out), "--overwrite")
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "model.onnx").stat().st_mtime_ns == written
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     shutil.copy(cls_run / "config.yaml", unfinished / "config.yaml")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the movie was great\n")
     expect_one_line(lmtune_cli("export", str(unfinished), "--format", "onnx"), "no model/ yet")
-    expect_one_line(lmtune_cli("predict", str(unfinished), str(out / "keep.txt"), "--backend", "onnx"), "no model/ yet")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx", "unfinished"]
+    expect_one_line(lmtune_cli("predict", str(unfinished), str(texts), "--backend", "onnx"), "no model/ yet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx", "texts.txt", "unfinished"]
     assert [p.name for p in unfinished.iterdir()] == ["config.yaml"]
 
 
