@@ -11,12 +11,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..core.errors import LmtuneError
 from ..core.rundir import check_output, write_text_atomic
 from ..infer.preflight import check_run_and_file
-from ..infer.saved_run import read_for_inference, read_run
+from ..infer.saved_run import SavedRun, read_for_inference, read_run
 from ..serve.options import ServeOptions
 from ..serve.server import serve
 from ..tasks import get_task
@@ -70,6 +70,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     _generation_flags(pr)
     pr.add_argument("--batch-size", type=int, default=None,
                     help="inputs per batch (default: the run's evaluation batch, 64 for a model folder; generation 16)")
+    _backend_flag(pr)
     pr.set_defaults(func=cmd_predict)
 
 
@@ -85,6 +86,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--max-inputs", type=int, default=256, help="inputs (or prompts x n) per request; more: 413")
     sv.add_argument("--max-body-bytes", type=int, default=1_000_000, help="longest request body; longer: 413")
     sv.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask (422 above)")
+    _backend_flag(sv)
     sv.set_defaults(func=cmd_serve)
 
 
@@ -110,6 +112,29 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
                     help="the map's layer: last (default: the one the head reads), mean (over layers) or a number from 0")
     column_flags(ex, run=True, labels=False)
     ex.set_defaults(func=cmd_explain)
+
+
+def _backend_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="torch (default), or onnx: ONNX Runtime on the CPU in fp32, for a classification, token "
+                   "classification or QA run (uses RUN_DIR/export/onnx, exported there first if missing)")
+
+
+def _check_backend(backend: str, saved: SavedRun) -> None:
+    if backend == "onnx" and not get_task(saved.task).onnx_outputs:
+        raise LmtuneError(f"--backend onnx: {saved.folder} is a {saved.task} model, which has no ONNX export "
+                          "(classification, token classification and QA models have); use --backend torch")
+
+
+def _load(saved: SavedRun, backend: str) -> Any:
+    """The Predictor (or Generator) of a checked run, on the backend asked for."""
+    if backend == "onnx":
+        from ..export.onnx_backend import onnx_predictor
+
+        return onnx_predictor(saved, log=lambda line: print(line, file=sys.stderr))
+    from ..infer.predictor import load
+
+    return load(saved)
 
 
 def _generation_flags(p: argparse.ArgumentParser) -> None:
@@ -207,9 +232,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                  template=template)
     if args.raw and not get_task(checked.saved.task).GENERATIVE:
         raise LmtuneError(f"--raw: only for a generative run; {args.run_dir} is a {checked.saved.task} one")
-    from ..infer.predictor import load
-
-    model = load(checked.saved)
+    _check_backend(args.backend, checked.saved)
+    model = _load(checked.saved, args.backend)
     model.data, model.settings, model.progress = checked.data, settings, True
     if args.batch_size is not None:
         model.batch_size = args.batch_size
@@ -225,10 +249,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
         max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
     ).check()
-    read_for_inference(args.target)  # a wrong target is said before the server's imports
+    saved = read_for_inference(args.target)  # a wrong target is said before the server's imports
+    _check_backend(args.backend, saved)
     from ..serve.app import create_app
 
-    app = create_app(args.target, options)
+    app = create_app(args.target if args.backend == "torch" else _load(saved, args.backend), options)
     serve(app, options, announce=f"{args.target} ")
     return 0
 

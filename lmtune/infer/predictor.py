@@ -40,7 +40,10 @@ class Predictor:
     torch.inference_mode() on the run's device, in bf16 where the hardware is fast in it
     (train.precision: auto), and come back in input order."""
 
-    def __init__(self, saved: SavedRun | str | Path, cfg: RunConfig | None = None) -> None:
+    def __init__(self, saved: SavedRun | str | Path, cfg: RunConfig | None = None, *, model: Any = None) -> None:
+        """`model`: a stand-in for the run's torch model, called as it is (in fp32, without the
+        torch-only speed-ups) with a batch's tensors as keyword arguments, returning the outputs by
+        name: an ONNX Runtime session (lmtune.export.onnx_backend). None: the run's model."""
         if not isinstance(saved, SavedRun):
             saved = read_run(saved)
         if cfg is not None:
@@ -51,7 +54,9 @@ class Predictor:
         self.task_name = saved.task
         self.task = get_task(saved.task)
         self.tokenizer = models.load_tokenizer(saved.model_dir)
-        model = load_model(saved, self.task)
+        self.runs_torch = model is None
+        if model is None:
+            model = load_model(saved, self.task)
         self.labels: list[str] = saved.labels if saved.labels is not None else self.task.bare_labels(model)
         cfg = self.cfg
         # the run's data settings, or the defaults for a bare model folder (which has no training
@@ -60,10 +65,13 @@ class Predictor:
         self.max_length: int = cfg.data.max_length if cfg else 512
         evaluation = cfg.train.eval_batch_size if cfg else 64
         self.batch_size: int = evaluation if isinstance(evaluation, int) else 2 * cfg.train.batch_size
-        self.accelerator = make_accelerator(cfg.train.precision if cfg else "auto")
-        first_token.use(model)  # (a classifier that reads the first position: its last layer computes that one)
-        self.model = self.accelerator.prepare(model)
-        self.model.eval()
+        precision = (cfg.train.precision if cfg else "auto") if self.runs_torch else "fp32"
+        self.accelerator = make_accelerator(precision)
+        if self.runs_torch:
+            first_token.use(model)  # (a classifier that reads the first position: its last layer computes that one)
+            model = self.accelerator.prepare(model)
+            model.eval()
+        self.model = model
         self.settings = GenerationSettings()  # for generative tasks: what predict_rows generates with
         self.progress = False  # a progress bar on stderr for long inputs (lmtune predict and eval set it)
 
@@ -100,7 +108,7 @@ class Predictor:
         (training/cpu/heap.py): `lmtune eval` of a SmolLM2 run on 23 blocks of 256 tokens, 3.0 s
         against 3.3 s (Xeon with AMX, bf16). Not for generation, whose tensors are small: 1.78 s
         against 1.74 s for 128 new tokens."""
-        return kept_in_heap(self.accelerator.device.type == "cpu")
+        return kept_in_heap(self.accelerator.device.type == "cpu" and self.runs_torch)
 
     def evaluate_table(self, table: Table) -> dict[str, Any]:
         """Task metrics on examples that the task prepares as for its validation set (its eval_step
