@@ -75,9 +75,9 @@ def lmtune_side(run: Path, new_tokens: int) -> tuple[list[dict], dict]:
 def llamacpp_side(path: Path, rows: list[dict], new_tokens: int) -> tuple[dict, dict]:
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=os.cpu_count(), verbose=False)
+    llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=os.cpu_count(), verbose=False, logits_all=True)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    same_prompt, same_tokens, all_tokens, same_stop, same_chat, ended = 0, 0, 0, 0, 0, 0
+    same_prompt, same_tokens, all_tokens, same_stop, same_chat, ended, forced = 0, 0, 0, 0, 0, 0, 0
     first, total, tokens = [], 0.0, 0
     for row in rows:
         ids = llm.tokenize(row["prompt"].encode(), add_bos=False, special=True)
@@ -101,12 +101,26 @@ def llamacpp_side(path: Path, rows: list[dict], new_tokens: int) -> tuple[dict, 
         all_tokens += width
         same_stop += stopped == (row["finish"] == "stop") and (not stopped or len(out) == len(ours))
         ended += stopped
+        forced += teacher_forced(llm, ids, ours)
         messages = [{"role": "user", "content": PROMPTS[rows.index(row)]}]
         chat = llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1, max_tokens=new_tokens)
         same_chat += chat["choices"][0]["message"]["content"].strip() == row["text"].strip()
     checks = {"same prompt tokens": f"{same_prompt}/{len(rows)}", "same generated tokens": f"{same_tokens / all_tokens:.1%}",
+              "next token = lmtune's, given lmtune's tokens so far": f"{forced / sum(len(r['ids']) for r in rows):.1%}",
               "stops where lmtune stops": f"{same_stop}/{len(rows)} ({ended} at an end-of-turn)", "chat completion = lmtune's answer": f"{same_chat}/{len(rows)}"}
     return checks, {"ttft": statistics.median(first), "tokens_per_s": tokens / total}
+
+
+def teacher_forced(llm, prompt: list[int], ours: list[int]) -> int:
+    """How many of lmtune's generated tokens llama.cpp also ranks first when it reads lmtune's tokens
+    before each (free-running generation parts for good at the first different token; this counts
+    each position on its own)."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt + ours)
+    logits = np.asarray(llm.scores[len(prompt) - 1 : len(prompt) - 1 + len(ours)])
+    return int((logits.argmax(-1) == np.asarray(ours)).sum())
 
 
 def stream_once(port: int, model: str, prompt: str, new_tokens: int) -> tuple[float, int, float]:

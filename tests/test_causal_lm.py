@@ -191,7 +191,12 @@ def test_lora_changes_only_adapters_and_merges_to_the_same_logits(tiny_llama, tm
     assert adapter and all("lora_" in k for k in adapter)
     assert any(float(v.abs().sum()) > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero
     gen = Generator.load(str(result.output_dir))
-    trained_base = {k: v for k, v in gen.model.get_base_model().state_dict().items() if "lora_" not in k}
+    assert all(m.merged for m in gen.model.modules() if hasattr(m, "lora_A"))  # inference folds the adapters in
+    from lmtune.infer.saved_run import load_model, read_run
+    from lmtune.tasks import get_task
+
+    saved = load_model(read_run(result.output_dir), get_task("causal_lm"))  # the adapter on its base, as saved
+    trained_base = {k: v for k, v in saved.get_base_model().state_dict().items() if "lora_" not in k}
     original = load_file(str(tiny_llama / "model.safetensors"))
     for name, weight in original.items():  # the base weights did not move
         key = name.replace(".weight", ".base_layer.weight") if name.replace(".weight", ".base_layer.weight") in trained_base else name
