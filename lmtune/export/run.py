@@ -29,6 +29,8 @@ def check(run_dir: str | Path, out: Path, *, format: str, type: str | None, over
     """The request's problems, each one line, before anything is loaded."""
     if format not in FORMATS:
         raise LmtuneError(f"--format: unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
+        raise LmtuneError(f"{out} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
     saved = read_run(run_dir)
     task = get_task(saved.task)
     if type is not None and format != "gguf":
@@ -43,8 +45,6 @@ def check(run_dir: str | Path, out: Path, *, format: str, type: str | None, over
         able = "an encoder task's" if task.GENERATIVE else "classification, token classification or QA"
         raise LmtuneError(f"{run_dir}: a {saved.task} model cannot be exported to ONNX (lmtune exports "
                           f"{able} models); use --format {'gguf' if task.GENERATIVE else 'hf'}")
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
-        raise LmtuneError(f"{out} exists; use {option('--overwrite', 'overwrite=True')} to replace it")
     return saved
 
 
