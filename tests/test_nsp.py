@@ -107,9 +107,13 @@ def test_pair_features_have_segments_and_fit(tiny_bert):
 
 def test_one_document_per_line_txt(tiny_bert, tmp_path):
     train = tmp_path / "lines.txt"
-    train.write_text("Good movie. Great actor.\nBad plot. Dull scene.\n\n\nSad story. Ugly film.\n")
-    data = masked_lm.load_data(validate(_cfg(tiny_bert, tmp_path / "r", train, seed=3)))
-    assert len(data.train) + len(data.validation) == 2  # blank lines separate the documents
+    train.write_text("\nGood movie. Great actor.\nBad plot. Dull scene.\n\n\nSad story. Ugly film.\n\n \nFine.\n")
+    cfg = _cfg(tiny_bert, tmp_path / "r", train)
+    cfg["data"]["validation"] = str(train)
+    data = masked_lm.load_data(validate(cfg))
+    # blank lines (any number, or only spaces) separate the documents; lines inside one are spaces
+    assert [r["text"] for r in data.train.rows] == [
+        "Good movie. Great actor.\nBad plot. Dull scene.", "Sad story. Ugly film.", "Fine."]
     one = tmp_path / "one.txt"
     one.write_text("Good movie. Great actor.\nBad plot. Dull scene.\nSad story. Ugly film.\n")
     cfg = _cfg(tiny_bert, tmp_path / "r", one)
@@ -209,7 +213,7 @@ def _cli_error(capsys, tmp_path, raw) -> str:
     code = main(["train", str(config)])
     out, err = capsys.readouterr()
     assert code == 2 and "Traceback" not in err and out == "", err
-    lines = err.splitlines()
+    lines = [line for line in err.splitlines() if not line.startswith("warning: other processes")]  # a busy CPU
     assert len(lines) == 1 and lines[0].startswith(PREFIX), err
     assert not (tmp_path / "out").exists()
     return lines[0][len(PREFIX):]
@@ -228,6 +232,7 @@ def test_nsp_on_a_model_family_without_an_nsp_head(tmp_path, capsys):
     config = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                            intermediate_size=32, max_position_embeddings=40)
     RobertaForMaskedLM(config).save_pretrained(folder)
+    capsys.readouterr()  # (its progress bar)
     train = _documents(tmp_path / "docs.txt")
     msg = _cli_error(capsys, tmp_path, _cfg(folder, tmp_path / "out", train))
     assert "of type roberta" in msg and "no next-sentence" in msg
@@ -273,3 +278,12 @@ def test_nsp_on_minilm(tmp_path, capsys):
     metrics = result.metrics["validation"]
     assert 0 <= metrics["nsp_accuracy"] <= 1 and metrics["perplexity"] > 1
     assert time.perf_counter() - started < 60
+
+
+def test_a_held_out_split_of_one_document_says_so(tiny_bert, tmp_path, capsys):
+    train = _documents(tmp_path / "docs.txt", n_docs=5)
+    cfg = _cfg(tiny_bert, tmp_path / "out", train)
+    cfg["data"]["validation_size"] = 0.2  # one document of five
+    msg = _cli_error(capsys, tmp_path, cfg)
+    assert msg.startswith(f"the validation split held out of {train}: data.nsp draws")
+    assert "found 1 document" in msg and msg.endswith("raise data.validation_size or give data.validation")

@@ -108,6 +108,12 @@ def _check_nsp(cfg: Any) -> None:
         raise LmtuneError(f"train.metric: {cfg.train.metric} is reported with data.nsp: true only")
 
 
+def _pairs(table: Table, cfg: Any) -> list[tuple[str, str, int]]:
+    d = cfg.data
+    held_out = getattr(table, "mask_once", False) and d.validation is None and str(table.path) == str(d.train)
+    return table_pairs(table, d.text_column, cfg.train.seed, held_out=held_out)
+
+
 def load_data(cfg: Any) -> TaskData:
     d = cfg.data
     _check_nsp(cfg)
@@ -127,7 +133,10 @@ def load_data(cfg: Any) -> TaskData:
         f"masking {d.mlm_probability:.0%} of tokens{' (whole words)' if d.whole_word_mask else ''}; "
         "validation masked once (seed train.seed)"
     )
-    if d.nsp:
+    if d.nsp:  # each split's pairs can be made (checked before anything is written)
+        for table in (train, validation, test):
+            if table is not None:
+                _pairs(table, cfg)
         notes.append("next-sentence prediction: sentence pairs, half true next sentences, half random ones of "
                      "another document (seed train.seed)")
     return TaskData(train, validation, test, [], notes)
@@ -268,7 +277,7 @@ def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[
     if tokenizer.mask_token_id is None:
         raise LmtuneError("masked_lm needs a tokenizer with a mask token (an encoder such as BERT or MiniLM)")
     if getattr(d, "nsp", False):
-        blocks = pair_features(table_pairs(table, d.text_column, cfg.train.seed), tokenizer, d.max_length)
+        blocks = pair_features(_pairs(table, cfg), tokenizer, d.max_length)
     else:
         blocks = make_blocks([r[d.text_column] for r in table.rows], tokenizer, d.max_length)
     if not blocks:

@@ -97,18 +97,23 @@ def build_pairs(documents: list[list[str]], seed: int) -> list[tuple[str, str, i
     return pairs
 
 
-def table_pairs(table: Table, column: str, seed: int) -> list[tuple[str, str, int]]:
-    """The pairs of a table's documents; LmtuneError where none can be made."""
+def table_pairs(table: Table, column: str, seed: int, held_out: bool = False) -> list[tuple[str, str, int]]:
+    """The pairs of a table's documents; LmtuneError where none can be made (`held_out`: the table
+    is the validation split held out of the training file)."""
     documents = [split_sentences(r[column]) for r in table.rows]
     documents = [d for d in documents if d]
     sentences = sum(len(d) for d in documents)
     found = f"found {len(documents)} document{'s' * (len(documents) != 1)} and {sentences} sentence{'s' * (sentences != 1)}"
+    where, hint = str(table.path), ""
+    if held_out:
+        where = f"the validation split held out of {table.path}"
+        hint = "; raise data.validation_size or give data.validation"
     if not any(len(d) > 1 for d in documents):
-        raise LmtuneError(f"{table.path}: data.nsp needs a document of two sentences or more to make a pair; "
-                          f"{found} ({SENTENCE_RULE}; {DOCUMENTS_RULE})")
+        raise LmtuneError(f"{where}: data.nsp needs a document of two sentences or more to make a pair; "
+                          f"{found} ({SENTENCE_RULE}; {DOCUMENTS_RULE}){hint}")
     if len(documents) < 2:
-        raise LmtuneError(f"{table.path}: data.nsp draws its random second sentences from other documents; "
-                          f"{found} ({DOCUMENTS_RULE})")
+        raise LmtuneError(f"{where}: data.nsp draws its random second sentences from other documents; "
+                          f"{found} ({DOCUMENTS_RULE}){hint}")
     return build_pairs(documents, seed)
 
 
