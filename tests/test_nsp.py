@@ -287,3 +287,26 @@ def test_a_held_out_split_of_one_document_says_so(tiny_bert, tmp_path, capsys):
     msg = _cli_error(capsys, tmp_path, cfg)
     assert msg.startswith(f"the validation split held out of {train}: data.nsp draws")
     assert "found 1 document" in msg and msg.endswith("raise data.validation_size or give data.validation")
+
+
+@pytest.mark.slow
+def test_nsp_on_two_processes(tiny_bert, tmp_path):
+    # every process builds the same pairs (seeded by train.seed alone): the gathered metrics are those
+    # of one process scoring the same weights
+    from .test_distributed_tasks import TRAIN, _run
+
+    train = _documents(tmp_path / "docs.txt", n_docs=30)
+    val = _documents(tmp_path / "val.txt", n_docs=8, seed=1)
+    cfg = _cfg(tiny_bert, tmp_path / "out", train)
+    cfg["data"]["validation"] = str(val)
+    cfg["train"] = TRAIN
+    proc = _run(cfg, tmp_path, "--nproc", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training on 2 x cpu" in proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["validation"]
+    tok = load_tokenizer(tiny_bert)
+    pairs = masked_lm.prepare(masked_lm.load_data(validate(cfg)).validation, tok, validate(cfg), [])[0]
+    assert metrics["nsp_pairs"] == len(pairs) and 0 <= metrics["nsp_accuracy"] <= 1
+    alone = Predictor.from_run(tmp_path / "out").evaluate_file(val)  # the masked LM alone: MLM metrics
+    for key in ("loss", "perplexity", "masked_tokens"):
+        assert alone[key] == pytest.approx(metrics[key], rel=1e-5), key
