@@ -184,3 +184,20 @@ def test_mlm_then_classification_chain(tiny_bert, tmp_path):
     assert [t["score"] for t in top] == pytest.approx(scores.tolist(), abs=2e-6)
     with pytest.raises(LmtuneError, match="no \\[MASK\\] token"):
         predictor.predict(["no mask here"])
+
+
+def test_lora_masked_lm_saves_and_loads(tiny_bert, tmp_path):
+    # the MLM head's bias is its decoder's: LoRA leaves the module holding the tied decoder out of
+    # modules_to_save (peft's copy would save one tensor under two names) and trains its dense layer
+    train, _ = _text(tmp_path / "t.txt")
+    raw = _cfg(tiny_bert, tmp_path, train)
+    raw["strategy"] = {"name": "lora", "r": 4}
+    raw["train"]["epochs"] = 1
+    lmtune.train(raw, progress=False)
+    import json
+
+    adapter = json.loads((tmp_path / "mlm" / "model" / "adapter_config.json").read_text())
+    assert "cls.predictions.transform.dense" in adapter["modules_to_save"]
+    assert "cls.predictions" not in adapter["modules_to_save"]
+    [[top]] = Predictor.from_run(tmp_path / "mlm").predict(["the movie was [MASK] ."])
+    assert len(top) == 5

@@ -253,9 +253,11 @@ def load_pretrained(
     *,
     dropout: float | None = None,
     attn_implementation: str | None = None,
+    missing: list[str] | None = None,
     **config_kwargs,
 ):
-    """Load a pretrained body with a (possibly new) task head from a plain Hugging Face folder."""
+    """Load a pretrained body with a (possibly new) task head from a plain Hugging Face folder. A
+    `missing` list is extended with the names of the weights the folder did not hold (initialised)."""
     import transformers
 
     quiet_transformers()
@@ -265,7 +267,12 @@ def load_pretrained(
             if hasattr(config, key):
                 setattr(config, key, dropout)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if missing is not None:
+        extra["output_loading_info"] = True
     model = getattr(transformers, auto_class).from_pretrained(path, config=config, **extra)
+    if missing is not None:
+        model, info = model
+        missing.extend(info.get("missing_keys", []))
     if getattr(model.config, "pad_token_id", None) is None:
         tokenizer = load_tokenizer(path)
         model.config.pad_token_id = tokenizer.pad_token_id

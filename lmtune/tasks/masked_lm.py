@@ -9,6 +9,11 @@ with data.whole_word_mask all subwords of a chosen word are masked together. The
 test sets are masked once, with train.seed, so their loss is comparable from one evaluation to the
 next. The saved model keeps the base weights under the usual names, so a classification or
 token_classification run can start from <run>/model (the MLM head is dropped there).
+
+With data.nsp: true the inputs are sentence pairs instead of blocks (tasks/sentence_pairs.py) and the
+model has transformers' pretraining heads (BertForPreTraining: the MLM head and a next-sentence
+classifier); the training loss is the MLM loss plus the NSP loss, and every evaluation reports
+nsp_accuracy and nsp_loss beside the MLM loss and perplexity.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pydantic import Field
 from ..core.config import DataConfig, EvalConfig, RunConfig
 from ..core.errors import LmtuneError
 from ..core.models import load_pretrained
+from ..core.runtime import log
 from ..data.readers import Table
 from ..data.split import random_holdout
 from .causal_lm import read_texts
@@ -32,6 +38,7 @@ from .contract import Task
 from .inputs import check_texts, column_names, no_template, text_chunks
 from .inputs import read_texts as read_input_texts
 from .sections import Forgetting, TextColumn
+from .sentence_pairs import documents_per_line, nsp_model_class, pair_features, table_pairs
 
 
 class MaskedLMData(TextColumn, DataConfig):
@@ -41,6 +48,10 @@ class MaskedLMData(TextColumn, DataConfig):
         0.15, gt=0, lt=1, description="masked_lm: share of tokens masked (80% [MASK], 10% random, 10% unchanged)"
     )
     whole_word_mask: bool = Field(False, description="masked_lm: mask all subwords of a chosen word together")
+    nsp: bool = Field(
+        False, description="masked_lm: next-sentence prediction beside masked LM (BERT's two objectives): the inputs "
+        "are sentence pairs of the documents, half true next sentences, half random ones of another document"
+    )
 
 
 class MaskedLMEval(Forgetting, EvalConfig):
@@ -52,9 +63,11 @@ class MaskedLMConfig(RunConfig):
     data: MaskedLMData
     eval: MaskedLMEval = Field(default_factory=MaskedLMEval)
 
-METRICS = ("loss", "perplexity")
-GREATER_IS_BETTER = {"loss": False, "perplexity": False}
+METRICS = ("loss", "perplexity", "nsp_accuracy", "nsp_loss")  # nsp_*: with data.nsp only
+GREATER_IS_BETTER = {"loss": False, "perplexity": False, "nsp_accuracy": True, "nsp_loss": False}
 AUTO_MODEL = "AutoModelForMaskedLM"
+NSP_MODEL = "AutoModelForPreTraining"  # data.nsp: the MLM head and the next-sentence classifier
+NSP_BLOCK = 128  # data.max_length: auto with data.nsp: each sentence pair is cut to this many tokens
 # on CPU, eager attention while 90% of the training inputs are at most this long (see choose_attention)
 EAGER_MAX_LENGTH = 160
 IGNORE = -100
@@ -74,6 +87,8 @@ def _check(table: Table, cfg: Any) -> None:
 def _read(path: str, cfg: Any, *, mask_once: bool) -> Table:
     table = read_texts(path, cfg.data.format)
     _check(table, cfg)
+    if getattr(cfg.data, "nsp", False):
+        table = documents_per_line(table)
     table.mask_once = mask_once  # type: ignore[attr-defined]
     return table
 
@@ -86,9 +101,25 @@ def read_table_to_mask(path: str | Path, data: Any) -> Table:
     return _read(str(path), SimpleNamespace(data=data.model_copy(update={"format": fmt})), mask_once=True)
 
 
+def _check_nsp(cfg: Any) -> None:
+    if cfg.data.nsp:
+        nsp_model_class(cfg.model)
+    elif cfg.train.metric in ("nsp_accuracy", "nsp_loss"):
+        raise LmtuneError(f"train.metric: {cfg.train.metric} is reported with data.nsp: true only")
+
+
+def _pairs(table: Table, cfg: Any) -> list[tuple[str, str, int]]:
+    d = cfg.data
+    held_out = getattr(table, "mask_once", False) and d.validation is None and str(table.path) == str(d.train)
+    return table_pairs(table, d.text_column, cfg.train.seed, held_out=held_out)
+
+
 def load_data(cfg: Any) -> TaskData:
     d = cfg.data
+    _check_nsp(cfg)
     train = _read(d.train, cfg, mask_once=False)
+    if d.nsp:  # the whole file's documents and sentences, before any is held out
+        table_pairs(train, d.text_column, cfg.train.seed)
     notes = []
     if d.validation:
         validation = _read(d.validation, cfg, mask_once=True)
@@ -102,6 +133,12 @@ def load_data(cfg: Any) -> TaskData:
         f"masking {d.mlm_probability:.0%} of tokens{' (whole words)' if d.whole_word_mask else ''}; "
         "validation masked once (seed train.seed)"
     )
+    if d.nsp:  # each split's pairs can be made (checked before anything is written)
+        for table in (train, validation, test):
+            if table is not None:
+                _pairs(table, cfg)
+        notes.append("next-sentence prediction: sentence pairs, half true next sentences, half random ones of "
+                     "another document (seed train.seed)")
     return TaskData(train, validation, test, [], notes)
 
 
@@ -182,8 +219,9 @@ def whole_word_mask(inputs: Any, word_ids: Any, probability: float, mask_id: int
 
 
 class Collator:
-    """Pads input ids, attention mask and labels. Features that carry labels (validation, masked
-    once) are only padded; the others are masked here, afresh for every batch."""
+    """Pads input ids, attention mask and labels (and a sentence pair's token_type_ids, with its
+    next_sentence_label). Features that carry labels (validation, masked once) are only padded; the
+    others are masked here, afresh for every batch."""
 
     def __init__(self, tokenizer: Any, probability: float, whole_word: bool, seed: int | None = None) -> None:
         import torch
@@ -216,22 +254,32 @@ class Collator:
             special = torch.tensor([pad(f["special_tokens_mask"], 1) for f in features])
             word_ids = torch.tensor([pad(f["word_ids"], -1) for f in features])
             input_ids, labels = self.mask(input_ids, special, word_ids)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if "token_type_ids" in features[0]:
+            batch["token_type_ids"] = torch.tensor([pad(f["token_type_ids"], 0) for f in features])
+            batch["next_sentence_label"] = torch.tensor([f["next_sentence_label"] for f in features])
+        return batch
 
 
 def choose_max_length(table: Table, tokenizer: Any, cfg: Any, cap: tuple[int, str]) -> LengthChoice:
     """data.max_length: auto: blocks of AUTO_BLOCK tokens (the documents are joined and cut into
-    full blocks, so no length of theirs is a fit)."""
+    full blocks, so no length of theirs is a fit); with data.nsp, sentence pairs cut to NSP_BLOCK tokens."""
+    if getattr(cfg.data, "nsp", False):
+        return fixed_length(NSP_BLOCK, cap, "sentence pairs")
     return fixed_length(AUTO_BLOCK, cap, "blocks")
 
 
 def prepare(table: Table, tokenizer: Any, cfg: Any, labels: list[str]) -> tuple[list[dict[str, Any]], int]:
-    """Blocks of max_length tokens (nothing is truncated). Tables marked `mask_once` (validation,
-    test) are masked here with train.seed: their features carry input ids and labels."""
+    """Blocks of max_length tokens (nothing is truncated), or with data.nsp sentence pairs cut to
+    max_length. Tables marked `mask_once` (validation, test) are masked here with train.seed: their
+    features carry input ids and labels."""
     d = cfg.data
     if tokenizer.mask_token_id is None:
         raise LmtuneError("masked_lm needs a tokenizer with a mask token (an encoder such as BERT or MiniLM)")
-    blocks = make_blocks([r[d.text_column] for r in table.rows], tokenizer, d.max_length)
+    if getattr(d, "nsp", False):
+        blocks = pair_features(_pairs(table, cfg), tokenizer, d.max_length)
+    else:
+        blocks = make_blocks([r[d.text_column] for r in table.rows], tokenizer, d.max_length)
     if not blocks:
         raise LmtuneError(f"{table.path}: no text to train on")
     if not getattr(table, "mask_once", False):
@@ -248,7 +296,8 @@ def mask_once(blocks: list[dict[str, Any]], tokenizer: Any, cfg: Any) -> list[di
     for b in blocks:
         ids, lab = collate.mask(torch.tensor([b["input_ids"]]), torch.tensor([b["special_tokens_mask"]]),
                                 torch.tensor([b["word_ids"]]))
-        out.append({"input_ids": ids[0].tolist(), "labels": lab[0].tolist()})
+        pair = {k: b[k] for k in ("token_type_ids", "next_sentence_label") if k in b}
+        out.append({"input_ids": ids[0].tolist(), "labels": lab[0].tolist(), **pair})
     return out
 
 
@@ -256,7 +305,22 @@ def mask_once(blocks: list[dict[str, Any]], tokenizer: Any, cfg: Any) -> list[di
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
-    return load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
+    if not getattr(cfg.data, "nsp", False):
+        return load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
+    nsp_model_class(path)
+    missing: list[str] = []
+    model = load_pretrained(NSP_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation,
+                            missing=missing)
+    new = [k for k in missing if "seq_relationship" in k]
+    if new:
+        log(f"data.nsp: {cfg.model} has no next-sentence classifier; a new one ({', '.join(new)}) starts at random")
+    return model
+
+
+def mlm_logits(outputs: Any) -> Any:
+    """The MLM head's logits of a masked LM's outputs or of a pretraining model's (data.nsp)."""
+    logits = getattr(outputs, "prediction_logits", None)
+    return outputs.logits if logits is None else logits
 
 
 def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
@@ -268,15 +332,22 @@ def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:
 loss_items = labelled_tokens  # the loss is the mean over masked tokens
 
 def eval_step(model: Any, batch: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
-    """Summed loss over the masked tokens and their count, per block."""
+    """Summed loss over the masked tokens and their count, per block; for sentence pairs scored by a
+    model with a next-sentence classifier also the NSP loss and whether it was right, per pair."""
     import torch
     import torch.nn.functional as F
 
-    labels = batch["labels"]
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    labels, is_next = batch["labels"], batch.get("next_sentence_label")
+    outputs = model(**{k: v for k, v in batch.items() if k not in ("labels", "next_sentence_label")})
+    logits = mlm_logits(outputs)
     sums = [F.cross_entropy(logits[i].float(), labels[i], ignore_index=IGNORE, reduction="sum")
             for i in range(logits.shape[0])]
-    return {"loss_sum": torch.stack(sums), "tokens": (labels != IGNORE).sum(1)}
+    out = {"loss_sum": torch.stack(sums), "tokens": (labels != IGNORE).sum(1)}
+    nsp = getattr(outputs, "seq_relationship_logits", None)
+    if is_next is not None and nsp is not None:
+        out["nsp_loss"] = F.cross_entropy(nsp.float(), is_next, reduction="none")
+        out["nsp_correct"] = (nsp.argmax(-1) == is_next).long()
+    return out
 
 
 def compute_metrics(
@@ -284,7 +355,11 @@ def compute_metrics(
 ) -> dict[str, Any]:
     tokens = float(outputs["tokens"].sum())
     loss = float(outputs["loss_sum"].sum()) / max(tokens, 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "masked_tokens": int(tokens)}
+    metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "masked_tokens": int(tokens)}
+    if "nsp_correct" in outputs:
+        metrics.update(nsp_accuracy=float(outputs["nsp_correct"].mean()), nsp_loss=float(outputs["nsp_loss"].mean()),
+                       nsp_pairs=int(outputs["nsp_correct"].size))
+    return metrics
 
 
 def validation_samples(outputs: dict[str, np.ndarray], labels: list[str], cfg: Any, features: Any,
@@ -344,7 +419,7 @@ def _fill(session: Any, texts: list[str]) -> tuple[list[list[list[dict[str, Any]
     features = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
     def step(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        probs, ids = torch.softmax(model(**batch).logits.float(), -1).topk(TOP_K, dim=-1)
+        probs, ids = torch.softmax(mlm_logits(model(**batch)).float(), -1).topk(TOP_K, dim=-1)
         return {"probs": probs, "ids": ids}
 
     out = []

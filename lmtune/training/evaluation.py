@@ -180,5 +180,6 @@ def general_text_features(task: Any, tokenizer: Any, cfg: RunConfig) -> list[dic
     passages = forgetting.read_passages(path)
     table = Table(path, [column], [{column: p} for p in passages], list(range(1, len(passages) + 1)))
     table.mask_once = True  # type: ignore[attr-defined]
-    as_text = cfg.model_copy(update={"data": cfg.data.model_copy(update={"shape": "text", "packing": False})})
+    # (plain blocks for every task: no sentence pairs of a masked LM with data.nsp either)
+    as_text = cfg.model_copy(update={"data": cfg.data.model_copy(update={"shape": "text", "packing": False, "nsp": False})})
     return task.prepare(table, tokenizer, as_text, [])[0]

@@ -161,14 +161,20 @@ def gradual(model: nn.Module, cfg: GradualStrategy, lr: float, weight_decay: flo
 
 def head_modules(model: nn.Module) -> list[str]:
     """Names of the task-head modules outside the transformer body (classifier, score, pooler),
-    which a new head must train in full; norms and an LM head tied to the embeddings are left out."""
+    which a new head must train in full; norms and an LM head tied to the embeddings are left out,
+    and so is a module that holds such a head (a masked LM's cls.predictions, whose bias is the
+    decoder's: peft's copy of it would save one tensor under two names; its other parts are listed)."""
     lay = layout(model)
     tied = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    holds = [n for n, m in model.named_modules() if m is output and getattr(output, "weight", None) is tied]
     names = []
     for name, param in lay.head:
         if param is tied or "norm" in name.lower():
             continue
         module = name.rsplit(".", 1)[0]
+        if any(h.startswith(module + ".") for h in holds):
+            continue
         if module not in names:
             names.append(module)
     return names
