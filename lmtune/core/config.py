@@ -432,9 +432,13 @@ class RunConfig(Section):
     """One fine-tuning run: the sections every task has. A task's run config (in its module under
     lmtune/tasks/) is a subclass with the task's name and its own data and eval sections."""
 
-    model: str = Field(description="short name (lmtune models), a Hugging Face folder or a .gguf file")
+    model: str = Field(description="short name (lmtune models), a Hugging Face folder, a .gguf file or an "
+                       "earlier run's folder (runs/NAME)")
     task: str = Field(description="what to fine-tune for (token_classification: named entities, tags per word)")
     output_dir: str | None = Field(None, description="run folder; default runs/<config name>")
+    model_chain: list[str] | None = Field(
+        None, description="written by lmtune when model is an earlier run's folder: that run, the run its model "
+        "came from, and so on down to the base model (a value given is replaced)")
     data: DataConfig
     strategy: Strategy = Field(default_factory=FullStrategy)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -444,8 +448,9 @@ class RunConfig(Section):
     def to_yaml(self) -> str:
         """The resolved config: every key of this task, defaults filled."""
         raw = self.model_dump(mode="json")
-        if raw.get("search") is None:
-            raw.pop("search", None)
+        for optional in ("search", "model_chain"):
+            if raw.get(optional) is None:
+                raw.pop(optional, None)
         return yaml.safe_dump(raw, sort_keys=False)
 
 
