@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..core import collectives, memory, models, tracking
-from ..core.config import STRATEGY_CLASSES, RunConfig
+from ..core.config import STRATEGY_CLASSES, RunConfig, data_files
 from ..core.errors import LmtuneError
 from ..core.memory import PeakMemory
 from ..core.rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
@@ -199,7 +199,7 @@ def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tu
 
 
 def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int], resolved: dict[str, Any]) -> dict[str, Any]:
-    files = {k: getattr(cfg.data, k) for k in ("train", "validation", "test") if getattr(cfg.data, k)}
+    files = data_files(cfg.data)
     parts = {name: n.parts() for name, n in truncated.items() if hasattr(n, "parts")}
     return {
         "files": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in files.items()},
