@@ -718,7 +718,7 @@ def config_rows(root: type[RunConfig]) -> list[tuple[str, str, str, str]]:
                 continue
             if name == "name" and cls in STRATEGY_CLASSES.values():
                 continue
-            kind = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            kind = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(__name__ + ".", "")
             default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
             rows.append((key, kind, default, f.description or ""))
             # an optional section (data.clean, data.augment): null by default, its own keys below it
