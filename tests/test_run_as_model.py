@@ -65,7 +65,7 @@ def test_a_run_folder_is_a_model_with_its_weights_and_the_chain(tiny_bert, tmp_p
     assert "model_chain" not in yaml.safe_load((mlm / "config.yaml").read_text())
 
 
-def test_a_lora_run_folder_means_its_adapter_merged_into_its_base(tiny_llama, tmp_path, monkeypatch):
+def test_a_lora_run_folder_means_its_adapter_merged_into_its_base(tiny_llama, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LMTUNE_CACHE", str(tmp_path / "cache"))
     rng = random.Random(1)
     text = tmp_path / "lm.txt"
@@ -82,6 +82,8 @@ def test_a_lora_run_folder_means_its_adapter_merged_into_its_base(tiny_llama, tm
     lmtune.train({**run, "model": str(tmp_path / "lora"), "output_dir": str(tmp_path / "next"),
                   "strategy": {"name": "partial", "freeze_layers": 1}}, progress=False)
     assert torch.equal(_weights(tmp_path / "next" / "model")[key], _weights(merged)[key])
+    assert f"its LoRA adapter merged into its base model {tiny_llama} ({merged}): this run starts from the merged " \
+           "weights" in capsys.readouterr().err
     config = yaml.safe_load((tmp_path / "next" / "config.yaml").read_text())
     assert config["model_chain"] == [str(tmp_path / "lora"), str(tiny_llama)]
 

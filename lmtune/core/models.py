@@ -241,9 +241,10 @@ def source_note(name_or_path: str) -> str | None:
     if not trail:
         return None
     source = source_of(name_or_path)
-    how = (f"its LoRA adapter merged into its base model {adapter_base_name(source)} ({merged_dir(source)})"
-           if (source / "adapter_config.json").is_file() else f"its weights ({source})")
-    return f"model {name_or_path}: the model of an earlier run, {how}; from {' <- '.join(trail[1:])}"
+    how = (f"its LoRA adapter merged into its base model {adapter_base_name(source)} ({merged_dir(source)}): "
+           "this run starts from the merged weights" if (source / "adapter_config.json").is_file()
+           else f"this run starts from its weights and tokenizer ({source})")
+    return f"model {name_or_path}: the model of an earlier run (from {' <- '.join(trail[1:])}); {how}"
 
 
 def merged_dir(adapter: Path) -> Path:
