@@ -97,3 +97,16 @@ def test_an_unfinished_run_as_model_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and len(err) == 1 and "runs/half" in err[0] and "no model/ yet" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lora_classifier_run_merges_with_its_trained_head(tiny_bert, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("LMTUNE_CACHE", str(tmp_path / "cache"))
+    cfg = _cls_cfg(tiny_bert, tmp_path, "lora_cls")
+    lmtune.train({**cfg, "strategy": {"name": "lora", "r": 4}}, progress=False)
+    adapter = load_file(str(tmp_path / "lora_cls" / "model" / "adapter_model.safetensors"))
+    head = next(v for k, v in adapter.items() if "classifier" in k and k.endswith("weight"))
+    merged = models.resolve(str(tmp_path / "lora_cls"))
+    assert torch.equal(load_file(str(merged / "model.safetensors"))["classifier.weight"], head)
+    assert models.describe(str(tmp_path / "lora_cls")).num_layers == models.describe(str(tiny_bert)).num_layers
