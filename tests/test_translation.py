@@ -138,3 +138,5 @@ def test_bad_translation_input_is_one_line_each(ws, tiny_llama, capsys):
     assert line == "data.train.target: file not found: missing.de"
     line = _error(capsys, ws, model, "data.train=train.en", "data.validation={source: train.en, target: train.de}")
     assert line.startswith("data.validation: {source, target} files need translation pairs in data.train too")
+    line = _error(capsys, ws, model, "data.train={source: train.en, target: train.de}", "data.validation=train.en")
+    assert line.startswith("data.validation: train.en is one file, and data.train is {source, target} files")

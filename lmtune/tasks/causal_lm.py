@@ -83,9 +83,14 @@ class CausalLMData(GroupColumn, TextColumn, DataConfig):
             given, other = ("source_column", "target_column") if self.target_column is None else ("target_column", "source_column")
             problems.append(f"data.{other}: needed with data.{given} (the two columns of translation pairs)")
         for key in ("validation", "test"):
-            if isinstance(getattr(self, key), ParallelFiles) and not self.is_translation():
+            value = getattr(self, key)
+            if isinstance(value, ParallelFiles) and not self.is_translation():
                 problems.append(f"data.{key}: {{source, target}} files need translation pairs in data.train too "
                                 f"({{source, target}} files, or data.source_column and data.target_column)")
+            if isinstance(value, str) and isinstance(self.train, ParallelFiles) and self.source_column is None:
+                problems.append(f"data.{key}: {value} is one file, and data.train is {{source, target}} files: give "
+                                f"{key} as {{source: FILE, target: FILE}} too (or a file's two columns with "
+                                f"data.source_column and data.target_column)")
         if self.is_translation() and self.shape not in ("auto", "instruction"):
             problems.append(f"data.shape: translation pairs are instruction rows, not {self.shape}; leave it at auto")
         return problems
