@@ -489,10 +489,13 @@ def test_generation_metrics_are_shares():
     import sacrebleu
     from rouge_score import rouge_scorer
 
-    same = causal_lm.text_scores(["the bike shop opens at nine on tuesday ."], ["the bike shop opens at nine on tuesday ."])
+    def numbers(scores):  # (beside them, sacreBLEU's signatures: checked in test_translation.py)
+        return {k: v for k, v in scores.items() if not k.endswith("_signature")}
+
+    same = numbers(causal_lm.text_scores(["the bike shop opens at nine on tuesday ."], ["the bike shop opens at nine on tuesday ."]))
     assert same == pytest.approx({"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0, "bleu": 1.0, "chrf": 1.0})
     preds, refs = ["the shop opens at nine", "a red bike"], ["the bike shop opens at nine on tuesday", "the bike is red"]
-    scores = causal_lm.text_scores(preds, refs)
+    scores = numbers(causal_lm.text_scores(preds, refs))
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     assert scores["rougeL"] == pytest.approx(np.mean([scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)]))
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score / 100)

@@ -211,6 +211,27 @@ class DataConfig(Section):
     # question_answering
 
 
+class ParallelFiles(Section):
+    """Two line-aligned files, one sentence a line (Moses format: Multi30k's train.en and train.de,
+    WMT, OPUS): line n of target translates line n of source. Their extensions name the languages."""
+
+    source: str = Field(description="the source-language file, e.g. train.en")
+    target: str = Field(description="the target-language file, e.g. train.de")
+
+
+def data_files(data: DataConfig) -> dict[str, str]:
+    """The data files of a config by key: train, validation, test; for two line-aligned files,
+    train.source and train.target (and so on)."""
+    files: dict[str, str] = {}
+    for key in ("train", "validation", "test"):
+        value = getattr(data, key)
+        if isinstance(value, ParallelFiles):
+            files.update({f"{key}.source": value.source, f"{key}.target": value.target})
+        elif value is not None:
+            files[key] = value
+    return files
+
+
 class EvalConfig(Section):
     """What every evaluation measures besides validation: the same metrics on a sample of the training
     split (the train-validation gap shows overfitting), the perplexity of general text (forgetting),
@@ -432,9 +453,13 @@ class RunConfig(Section):
     """One fine-tuning run: the sections every task has. A task's run config (in its module under
     lmtune/tasks/) is a subclass with the task's name and its own data and eval sections."""
 
-    model: str = Field(description="short name (lmtune models), a Hugging Face folder or a .gguf file")
+    model: str = Field(description="short name (lmtune models), a Hugging Face folder, a .gguf file or an "
+                       "earlier run's folder (runs/NAME)")
     task: str = Field(description="what to fine-tune for (token_classification: named entities, tags per word)")
     output_dir: str | None = Field(None, description="run folder; default runs/<config name>")
+    model_chain: list[str] | None = Field(
+        None, description="written by lmtune when model is an earlier run's folder: that run, the run its model "
+        "came from, and so on down to the base model (a value given is replaced)")
     data: DataConfig
     strategy: Strategy = Field(default_factory=FullStrategy)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -444,8 +469,9 @@ class RunConfig(Section):
     def to_yaml(self) -> str:
         """The resolved config: every key of this task, defaults filled."""
         raw = self.model_dump(mode="json")
-        if raw.get("search") is None:
-            raw.pop("search", None)
+        for optional in ("search", "model_chain"):
+            if raw.get(optional) is None:
+                raw.pop(optional, None)
         return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -557,6 +583,8 @@ def _section_class(loc: tuple[Any, ...], raw: dict[str, Any], root: type[RunConf
         if field is None:
             return None
         sub = field.annotation
+        if ParallelFiles in getattr(sub, "__args__", ()):  # a file or {source, target} files
+            sub = ParallelFiles
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             cls = sub
             node = node.get(part, {}) if isinstance(node, dict) else {}
@@ -602,13 +630,35 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any], root: type[RunConfig
     return f"{key}: {err['msg'][:1].lower()}{err['msg'][1:]}{shown}"
 
 
+def _file_or_files(errors: list[Any]) -> list[Any]:
+    """The errors of a key that takes a file or {source, target} files (data.train), as of the form
+    given (pydantic reports both forms' complaints): a mapping's own problems, else the file name's."""
+    unions = {tuple(e["loc"][:i]) for e in errors for i, p in enumerate(e["loc"]) if p == "ParallelFiles"}
+    out = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        at = next((u for u in unions if len(loc) > len(u) and loc[:len(u)] == u), None)
+        if at is None or loc[len(at)] not in ("str", "ParallelFiles"):
+            out.append(err)
+            continue
+        member = loc[len(at)]
+        if member == "str" and isinstance(err["input"], dict):
+            continue  # a mapping: its own problems are reported
+        if member == "ParallelFiles" and len(loc) == len(at) + 1 and err["type"] == "model_type":
+            continue  # not a mapping: the file name's problem is reported
+        if member == "str":
+            err = {**err, "msg": "Expected a file name or {source: FILE, target: FILE}"}
+        out.append({**err, "loc": at + loc[len(at) + 1:]})
+    return out
+
+
 def schema_problems(root: type[RunConfig], raw: dict[str, Any]) -> tuple[RunConfig | None, list[str]]:
     """The raw mapping validated against a run config class: the config, or None and a line per
     problem with its key path."""
     try:
         return root.model_validate(raw), []
     except ValidationError as e:
-        problems = [_format_error(err, raw, root) for err in e.errors()]
+        problems = [_format_error(err, raw, root) for err in _file_or_files(e.errors())]
     # `modle:` is reported once, as a typo for model, not also as a missing `model`.
     suggested = {p.split("did you mean '")[1].split("'")[0] for p in problems if "did you mean '" in p}
     return None, [p for p in problems if not (p.endswith("required key is missing") and p.split(":")[0] in suggested)]
@@ -619,9 +669,8 @@ def shared_problems(cfg: RunConfig, *, check_files: bool = True) -> list[str]:
     strategy's fit; then each section's own rules (Section.problems)."""
     problems = []
     if check_files:
-        for key in ("train", "validation", "test"):
-            path = getattr(cfg.data, key)
-            if path is not None and not Path(path).is_file():
+        for key, path in data_files(cfg.data).items():
+            if not Path(path).is_file():
                 problems.append(f"data.{key}: file not found: {path}")
     if cfg.train.distributed == "fsdp" and cfg.strategy.name == "lora":
         problems.append("train.distributed: fsdp is not offered with strategy lora (its frozen base model is what "
@@ -669,7 +718,7 @@ def config_rows(root: type[RunConfig]) -> list[tuple[str, str, str, str]]:
                 continue
             if name == "name" and cls in STRATEGY_CLASSES.values():
                 continue
-            kind = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            kind = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(__name__ + ".", "")
             default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
             rows.append((key, kind, default, f.description or ""))
             # an optional section (data.clean, data.augment): null by default, its own keys below it

@@ -88,6 +88,9 @@ def source_of(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return path
+    run_model = run_model_dir(path)
+    if run_model is not None:
+        return run_model
     if path.is_dir() and (path / "config.json").is_file():
         return path
     if path.is_dir() and (path / "adapter_config.json").is_file():
@@ -99,11 +102,65 @@ def source_of(name_or_path: str) -> Path:
     )
 
 
+def run_model_dir(path: Path) -> Path | None:
+    """The model/ folder of a run folder given as a model (runs/NAME), or None where `path` is not a
+    run folder. A run that has no model/ yet (unfinished) is an error."""
+    if not path.is_dir() or not (path / "config.yaml").is_file() or (path / "config.json").is_file():
+        return None
+    model = path / "model"
+    if (model / "config.json").is_file() or (model / "adapter_config.json").is_file():
+        return model
+    raise LmtuneError(f"{path}: the run has no model/ yet (unfinished?); finish or resume it before "
+                      f"training from it")
+
+
+def _run_folder(name_or_path: str) -> Path | None:
+    """The run folder that `name_or_path` names (runs/NAME, or its model/), else None."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path in BUNDLED or not path.is_dir():
+        return None
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        return path
+    if path.name == "model" and (path.parent / "config.yaml").is_file():
+        return path.parent
+    return None
+
+
+def chain(name_or_path: str) -> list[str]:
+    """Where a model came from when it is an earlier run's: that run, the run its model came from,
+    and so on down to the base model (from each run's config.yaml); [] for any other model."""
+    run = _run_folder(name_or_path)
+    if run is None:
+        return []
+    import yaml
+
+    try:
+        raw = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        raw = None
+    raw = raw if isinstance(raw, dict) else {}
+    earlier = raw.get("model_chain") or ([raw["model"]] if isinstance(raw.get("model"), str) else [])
+    return [name_or_path, *earlier]
+
+
+def adapter_base_name(folder: Path) -> str:
+    """The base model that a PEFT adapter folder names (adapter_config.json)."""
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        base = None
+    if not base:
+        raise LmtuneError(f"{folder / 'adapter_config.json'}: names no base model (base_model_name_or_path)")
+    return str(base)
+
+
 def describe(name_or_path: str) -> ModelInfo:
     """Architecture facts needed to validate a config, read without loading weights (from the
     folder's config.json where it says them all: transformers, seconds to import, is not needed to
-    check a config)."""
+    check a config). An adapter (a LoRA run's model) has its base model's architecture."""
     source = source_of(name_or_path)
+    if (source / "adapter_config.json").is_file():
+        return describe(adapter_base_name(source))
     plain = _described_in_json(source)
     if plain is not None:
         return plain
@@ -144,6 +201,8 @@ def _meta_model(name_or_path: str):
     from transformers import AutoConfig, AutoModel
 
     source = source_of(name_or_path)
+    if (source / "adapter_config.json").is_file():
+        return _meta_model(adapter_base_name(source))
     if source.suffix == ".gguf":
         config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
     else:
@@ -165,11 +224,88 @@ def parameter_count(name_or_path: str) -> int:
 
 
 def resolve(name_or_path: str) -> Path:
-    """A plain Hugging Face folder for the model, importing a GGUF file into the cache if needed."""
+    """A plain Hugging Face folder for the model, importing a GGUF file into the cache if needed. An
+    earlier run's folder means its model/; a LoRA run's adapter is merged into its base, once, into
+    the cache (a later run trains the merged weights: its own LoRA, or all of them, on top)."""
     source = source_of(name_or_path)
+    if (source / "adapter_config.json").is_file():
+        return merge_adapter(source)
     if source.suffix != ".gguf":
         return source
     return import_gguf(source)
+
+
+def source_note(name_or_path: str) -> str | None:
+    """A line for the run log where the model is an earlier run's (None for any other model)."""
+    trail = chain(name_or_path)
+    if not trail:
+        return None
+    source = source_of(name_or_path)
+    how = (f"its LoRA adapter merged into its base model {adapter_base_name(source)} ({merged_dir(source)}): "
+           "this run starts from the merged weights" if (source / "adapter_config.json").is_file()
+           else f"this run starts from its weights and tokenizer ({source})")
+    return f"model {name_or_path}: the model of an earlier run (from {' <- '.join(trail[1:])}); {how}"
+
+
+def merged_dir(adapter: Path) -> Path:
+    """cache/merged/<run>-<fingerprint of the adapter's weights>/: where an adapter merged into its base goes."""
+    weights = sorted(adapter.glob("adapter_model.*")) or [adapter / "adapter_config.json"]
+    name = adapter.parent.name if adapter.name == "model" else adapter.name
+    return cache_dir() / "merged" / f"{name}-{_fingerprint(weights[0])}"
+
+
+# peft's task types (adapters from elsewhere); lmtune's runs write the class to model/lmtune.json
+PEFT_AUTO_CLASSES = {
+    "CAUSAL_LM": "AutoModelForCausalLM", "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering",
+}
+
+
+def _adapter_model_class(adapter: Path, base: Path) -> tuple[str, dict]:
+    """The transformers class (and num_labels) to load an adapter's base with, so that its weights
+    (task head included) fit: model/lmtune.json's, peft's task type, else the base's architecture."""
+    try:
+        info = json.loads((adapter / "lmtune.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    task_type = json.loads((adapter / "adapter_config.json").read_text()).get("task_type")
+    auto = info.get("auto_model") or PEFT_AUTO_CLASSES.get(task_type)
+    if auto is None:
+        architectures = json.loads((base / "config.json").read_text()).get("architectures") or []
+        auto = architectures[0] if architectures else "AutoModel"
+    labels = info.get("labels") or []
+    return auto, ({"num_labels": len(labels)} if labels and "Classification" in auto else {})
+
+
+def merge_adapter(adapter: Path, *, log=print) -> Path:
+    """A PEFT adapter (a LoRA run's model/) merged into its base model, saved once with the run's
+    tokenizer into `merged_dir(adapter)`; return that folder."""
+    target = merged_dir(adapter)
+    if (target / "config.json").is_file():
+        return target
+    import transformers
+    from peft import PeftModel
+
+    base_name = adapter_base_name(adapter)
+    base = resolve(base_name)
+    auto, extra = _adapter_model_class(adapter, base)
+    log(f"merging the LoRA adapter {adapter} into its base model {base_name}, into {target} (once)")
+    quiet_transformers()
+    body = getattr(transformers, auto).from_pretrained(base, **extra)
+    with wrapping_adapters():
+        merged = PeftModel.from_pretrained(body, adapter).merge_and_unload()
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else base).save_pretrained(tmp)
+    (tmp / "lmtune_source.json").write_text(json.dumps({"adapter": str(adapter.resolve()), "base": base_name}) + "\n")
+    as_new_files(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process merged it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _fingerprint(path: Path) -> str:

@@ -19,10 +19,11 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import Field
 
-from ..core.config import DataConfig, EvalConfig, RunConfig
+from ..core.config import DataConfig, EvalConfig, ParallelFiles, RunConfig
 from ..core.errors import LmtuneError, option
 from ..core.models import load_pretrained
 from ..core.runtime import log
+from ..data.parallel import dropped_note, language_code, language_name, read_columns, read_parallel
 from ..data.readers import Table, read_table
 from ..data.split import grouped_holdout, random_holdout
 from ..data.table import _text
@@ -37,6 +38,28 @@ from .sections import Forgetting, GroupColumn, TextColumn
 class CausalLMData(GroupColumn, TextColumn, DataConfig):
     """data: keys of causal_lm runs."""
 
+    train: str | ParallelFiles = Field(
+        description="training file (.csv, .tsv, .jsonl, .json list of objects; .txt for text), or translation "
+        "pairs as two line-aligned files: {source: train.en, target: train.de}"
+    )
+    validation: str | ParallelFiles | None = Field(
+        None, description="validation file (or {source, target} files); when omitted, a seeded split of train"
+    )
+    test: str | ParallelFiles | None = Field(
+        None, description="optional test file (or {source, target} files), evaluated once with the best model"
+    )
+    source_column: str | None = Field(
+        None, description="translation pairs in one CSV/TSV/JSONL file: the source text's column (with data.target_column)"
+    )
+    target_column: str | None = Field(None, description="translation pairs in one file: the target text's column")
+    source_lang: str | None = Field(
+        None, description="translation: the source language for the prompt, a name or an ISO 639-1 code (en: "
+        "English); default: the source file's extension (train.en) or column name"
+    )
+    target_lang: str | None = Field(
+        None, description="translation: the target language, as data.source_lang (default: from train.de, or the column)"
+    )
+
     shape: Literal["auto", "text", "instruction", "chat"] = Field(
         "auto", description="causal_lm data: plain text, instruction rows or chats; auto looks at the columns"
     )
@@ -49,6 +72,28 @@ class CausalLMData(GroupColumn, TextColumn, DataConfig):
     )
     train_on_prompt: bool = Field(False, description="also train on prompt tokens (default: responses only)")
     packing: bool = Field(False, description="pack examples into full rows without cross-attention")
+
+    def is_translation(self) -> bool:
+        """Translation pairs: {source, target} files, or the source and target columns of one file."""
+        return isinstance(self.train, ParallelFiles) or self.source_column is not None
+
+    def problems(self, check_files: bool = True) -> list[str]:
+        problems = super().problems(check_files)
+        if (self.source_column is None) != (self.target_column is None):
+            given, other = ("source_column", "target_column") if self.target_column is None else ("target_column", "source_column")
+            problems.append(f"data.{other}: needed with data.{given} (the two columns of translation pairs)")
+        for key in ("validation", "test"):
+            value = getattr(self, key)
+            if isinstance(value, ParallelFiles) and not self.is_translation():
+                problems.append(f"data.{key}: {{source, target}} files need translation pairs in data.train too "
+                                f"({{source, target}} files, or data.source_column and data.target_column)")
+            if isinstance(value, str) and isinstance(self.train, ParallelFiles) and self.source_column is None:
+                problems.append(f"data.{key}: {value} is one file, and data.train is {{source, target}} files: give "
+                                f"{key} as {{source: FILE, target: FILE}} too (or a file's two columns with "
+                                f"data.source_column and data.target_column)")
+        if self.is_translation() and self.shape not in ("auto", "instruction"):
+            problems.append(f"data.shape: translation pairs are instruction rows, not {self.shape}; leave it at auto")
+        return problems
 
 
 class CausalLMEval(Forgetting, EvalConfig):
@@ -240,20 +285,67 @@ def _check_table(table: Table, shape: str, cfg: Any) -> None:
         conversation(row, table.where(i), shape, cfg)
 
 
+TRANSLATION_TEMPLATE = "Translate {source_lang} to {target_lang}:\n{source}"
+
+
+def _language(given: str | None, named: str | None) -> str | None:
+    """A language's name for the prompt: data.<side>_lang, else the code a file or column name carries."""
+    if given is not None:
+        return language_name(given)
+    code = language_code(named) if named else None
+    return language_name(code) if code else None
+
+
+def translation_setup(cfg: Any) -> str:
+    """Translation pairs are instruction rows {source, target}: data.prompt_template gets the languages'
+    names filled in (default TRANSLATION_TEMPLATE) and data.response_column becomes target, so that
+    config.yaml holds the prompt the model learnt. Returns the note for the log."""
+    d = cfg.data
+    pair = d.train if isinstance(d.train, ParallelFiles) else None
+    langs = {"source_lang": _language(d.source_lang, pair.source if pair else d.source_column),
+             "target_lang": _language(d.target_lang, pair.target if pair else d.target_column)}
+    template = d.prompt_template
+    if template is None:
+        template = TRANSLATION_TEMPLATE if all(langs.values()) else (
+            "Translate to {target_lang}:\n{source}" if langs["target_lang"] else "Translate:\n{source}")
+    for field, name in langs.items():
+        if "{" + field + "}" in template:
+            if name is None:
+                named = (pair.source if field == "source_lang" else pair.target) if pair else "the column's name"
+                raise LmtuneError(f"data.{field}: data.prompt_template names {{{field}}}, and {named} says no "
+                                  f"language (no code such as .en); set data.{field} (a name, or a code such as en)")
+            template = template.replace("{" + field + "}", name)
+    d.prompt_template, d.response_column = template, "target"
+    d.source_lang, d.target_lang = langs["source_lang"], langs["target_lang"]
+    return f"translation pairs: {langs['source_lang'] or '?'} -> {langs['target_lang'] or '?'}; prompt {template!r}"
+
+
+def _read_split(value: Any, key: str, cfg: Any) -> tuple[Table, list[dict[str, Any]]]:
+    """A split's examples and (translation pairs) the pairs left out for an empty side."""
+    d = cfg.data
+    if isinstance(value, ParallelFiles):
+        return read_parallel(value.source, value.target, key)
+    if d.source_column is not None:
+        return read_columns(value, d.format, d.source_column, d.target_column, key)
+    return read_texts(value, d.format), []
+
+
 def load_data(cfg: Any) -> TaskData:
     d = cfg.data
-    train = read_texts(d.train, d.format)
+    notes = [translation_setup(cfg)] if d.is_translation() else []
+    train, dropped = _read_split(d.train, "train", cfg)
     shape = detect_shape(train, cfg)
     _check_table(train, shape, cfg)
-    notes = [f"data shape: {shape}"]
+    notes.append(f"data shape: {shape}")
     if d.validation:
-        validation = read_texts(d.validation, d.format)
+        validation, more = _read_split(d.validation, "validation", cfg)
+        dropped += more
         _check_table(validation, shape, cfg)
     else:
         if d.group_column:  # the rows of a conversation, a document, ... stay on one side
             kept, held = grouped_holdout(train, d.group_column, d.validation_size, cfg.train.seed)
         else:
-            kept, held = random_holdout(len(train), d.validation_size, cfg.train.seed, source=str(d.train), unit="examples")
+            kept, held = random_holdout(len(train), d.validation_size, cfg.train.seed, source=str(train.path), unit="examples")
         train, validation = train.subset(kept), train.subset(held)
         notes.append(
             f"no validation file: held out {len(held)} of {len(held) + len(kept)} training examples "
@@ -261,9 +353,12 @@ def load_data(cfg: Any) -> TaskData:
         )
     test = None
     if d.test:
-        test = read_texts(d.test, d.format)
+        test, more = _read_split(d.test, "test", cfg)
+        dropped += more
         _check_table(test, shape, cfg)
-    data = TaskData(train, validation, test, [], notes)
+    if dropped:
+        notes.append(dropped_note(dropped))
+    data = TaskData(train, validation, test, [], notes, {}, dropped)
     data.shape = shape  # type: ignore[attr-defined]
     return data
 
@@ -575,15 +670,19 @@ def validation_samples(outputs: dict[str, np.ndarray], labels: list[str], cfg: A
 
 def text_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """ROUGE-1/2/L F1 (rouge-score, stemmed) and corpus BLEU and chrF (sacrebleu), all as shares
-    (0-1) like every other metric (sacrebleu reports 0-100)."""
+    (0-1) like every other metric (sacrebleu reports 0-100), and sacreBLEU's signatures of the two."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
     out = {k: float(np.mean([s[k].fmeasure for s in scores])) for k in ("rouge1", "rouge2", "rougeL")}
-    out["bleu"] = float(sacrebleu.corpus_bleu(predictions, [references]).score) / 100
-    out["chrf"] = float(sacrebleu.corpus_chrf(predictions, [references]).score) / 100
+    # the metric objects, for their signatures (tokenizer, smoothing, version: what makes scores comparable)
+    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
+    out["bleu"] = float(bleu.corpus_score(predictions, [references]).score) / 100
+    out["chrf"] = float(chrf.corpus_score(predictions, [references]).score) / 100
+    out["bleu_signature"] = str(bleu.get_signature())
+    out["chrf_signature"] = str(chrf.get_signature())
     return out
 
 

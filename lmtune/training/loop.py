@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..core import collectives, memory, models, tracking
-from ..core.config import STRATEGY_CLASSES, RunConfig
+from ..core.config import STRATEGY_CLASSES, RunConfig, data_files
 from ..core.errors import LmtuneError
 from ..core.memory import PeakMemory
 from ..core.rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
@@ -199,7 +199,7 @@ def resolve_defaults(cfg: RunConfig, task: Any, data: Any, tokenizer: Any) -> tu
 
 
 def _data_record(cfg: RunConfig, data: Any, truncated: dict[str, int], resolved: dict[str, Any]) -> dict[str, Any]:
-    files = {k: getattr(cfg.data, k) for k in ("train", "validation", "test") if getattr(cfg.data, k)}
+    files = data_files(cfg.data)
     parts = {name: n.parts() for name, n in truncated.items() if hasattr(n, "parts")}
     return {
         "files": {k: {"path": str(Path(v).resolve()), "sha256": file_sha256(v)} for k, v in files.items()},
@@ -323,6 +323,7 @@ def open_run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool) -> Run
     model_path = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(model_path)
     cfg, resolved, resolved_notes = resolve_defaults(cfg, task, data, tokenizer)  # before config.yaml is written
+    cfg.model_chain = models.chain(cfg.model) or None  # an earlier run's model: where it came from
     t = cfg.train
     accelerator = make_accelerator(t.precision, **tracking.accelerator_options(t.report_to, run.path))
     new_folder = False
@@ -330,8 +331,9 @@ def open_run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool) -> Run
         new_folder = overwrite or not (run.path.is_dir() and any(run.path.iterdir()))
         resume = run.start(cfg.to_yaml(), resume=resume, overwrite=overwrite)
     resume = collectives.main_decides(accelerator, resume)  # the run folder's answer, for every process
-    for note in resolved_notes:  # (only now: a refused run folder prints its error alone)
-        log(note)
+    for note in [models.source_note(cfg.model), *resolved_notes]:  # (only now: a refused run folder prints its error alone)
+        if note:
+            log(note)
     if t.precision == "auto" and accelerator.mixed_precision == "no":
         log(f"train.precision: auto -> fp32: {fp32_reason()}")
     if accelerator.device.type == "cpu" and accelerator.is_main_process:
@@ -959,7 +961,8 @@ def write_final_model(cfg: RunConfig, data: Any, run: RunDir, accelerator: Any, 
         # the attention kernel too: eval and predict load the model with it, to give the run's own numbers
         attention = accelerator.unwrap_model(model).config._attn_implementation
         write_json_atomic(run.model / "lmtune.json", {"task": cfg.task, "labels": data.labels, "model": cfg.model,
-                                                      "attention": attention})
+                                                      "attention": attention,
+                                                      "auto_model": get_task(cfg.task).AUTO_MODEL})
 
 
 def final_metrics(cfg: RunConfig, task: Any, data: Any, accelerator: Any, model: Any, loaders: dict[str, Any],
