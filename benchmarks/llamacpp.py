@@ -56,20 +56,20 @@ def lmtune_side(run: Path, new_tokens: int) -> tuple[list[dict], dict]:
     gen = Generator.load(str(run))
     prompts = [gen.prompt(p) for p in PROMPTS]
     gen.generate_batch(prompts[:1], GenerationSettings(max_new_tokens=4), raw=True)  # warm-up
-    rows, first, total, tokens = [], [], 0.0, 0
+    rows, first, answers, tokens = [], [], [], 0
     for p in prompts:
         start = time.perf_counter()
         gen.generate_batch([p], GenerationSettings(max_new_tokens=1), raw=True, batch_size=1)
         first.append(time.perf_counter() - start)
         start = time.perf_counter()
         g = gen.generate_batch([p], GenerationSettings(max_new_tokens=new_tokens), raw=True, batch_size=1)[0]
-        total += time.perf_counter() - start
+        answers.append(time.perf_counter() - start)
         tokens += g.completion_tokens
         rows.append({"prompt": p, "prompt_ids": gen.tokenizer(p, add_special_tokens=False)["input_ids"],
                      "ids": g.token_ids, "text": g.text, "finish": g.finish_reason})
     dtype = str(next(gen.model.parameters()).dtype).replace("torch.", "")
     return rows, {"name": f"lmtune Generator, batch 1 ({dtype})", "ttft": statistics.median(first),
-                  "tokens_per_s": tokens / total}
+                  "answer": statistics.median(answers), "tokens_per_s": tokens / sum(answers)}
 
 
 def llamacpp_side(path: Path, rows: list[dict], new_tokens: int) -> tuple[dict, dict]:
@@ -78,7 +78,7 @@ def llamacpp_side(path: Path, rows: list[dict], new_tokens: int) -> tuple[dict, 
     llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=os.cpu_count(), verbose=False, logits_all=True)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     same_prompt, same_tokens, all_tokens, same_stop, same_chat, ended, forced = 0, 0, 0, 0, 0, 0, 0
-    first, total, tokens = [], 0.0, 0
+    first, answers, tokens = [], [], 0
     for row in rows:
         ids = llm.tokenize(row["prompt"].encode(), add_bos=False, special=True)
         same_prompt += ids == row["prompt_ids"]
@@ -93,7 +93,7 @@ def llamacpp_side(path: Path, rows: list[dict], new_tokens: int) -> tuple[dict, 
             out.append(token)
             if len(out) == new_tokens:
                 break
-        total += time.perf_counter() - start
+        answers.append(time.perf_counter() - start)
         tokens += len(out)
         ours = row["ids"]
         width = max(len(ours), len(out))
@@ -108,7 +108,8 @@ def llamacpp_side(path: Path, rows: list[dict], new_tokens: int) -> tuple[dict, 
     checks = {"same prompt tokens": f"{same_prompt}/{len(rows)}", "same generated tokens": f"{same_tokens / all_tokens:.1%}",
               "next token = lmtune's, given lmtune's tokens so far": f"{forced / sum(len(r['ids']) for r in rows):.1%}",
               "stops where lmtune stops": f"{same_stop}/{len(rows)} ({ended} at an end-of-turn)", "chat completion = lmtune's answer": f"{same_chat}/{len(rows)}"}
-    return checks, {"ttft": statistics.median(first), "tokens_per_s": tokens / total}
+    return checks, {"ttft": statistics.median(first), "answer": statistics.median(answers),
+                    "tokens_per_s": tokens / sum(answers)}
 
 
 def teacher_forced(llm, prompt: list[int], ours: list[int]) -> int:
@@ -123,14 +124,20 @@ def teacher_forced(llm, prompt: list[int], ours: list[int]) -> int:
     return int((logits.argmax(-1) == np.asarray(ours)).sum())
 
 
-def stream_once(port: int, model: str, prompt: str, new_tokens: int) -> tuple[float, int, float]:
-    """(time to the first content chunk, completion tokens, total seconds) of one streamed chat completion."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+def request_once(port: int, model: str, prompt: str, new_tokens: int, stream: bool) -> tuple[float, int, float]:
+    """(time to the first content chunk, or to the answer when not streamed; completion tokens; total
+    seconds) of one chat completion."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": new_tokens,
-                       "temperature": 0, "stream": True, "stream_options": {"include_usage": True}})
+                       "temperature": 0, "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})})
     start = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
     response = conn.getresponse()
+    if not stream:
+        used = json.loads(response.read())["usage"]["completion_tokens"]
+        conn.close()
+        total = time.perf_counter() - start
+        return total, used, total
     first, used = None, 0
     for line in response:
         line = line.strip()
@@ -145,7 +152,36 @@ def stream_once(port: int, model: str, prompt: str, new_tokens: int) -> tuple[fl
     return first or float("nan"), used, time.perf_counter() - start
 
 
+def load(port: int, model: str, clients: int, seconds: float, new_tokens: int, stream: bool) -> dict:
+    """`clients` threads sending one chat completion after another for `seconds`."""
+    firsts, totals, tokens, lock = [], [], [0], threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        i = k
+        while time.monotonic() < deadline:
+            first, used, total = request_once(port, model, PROMPTS[i % len(PROMPTS)], new_tokens, stream)
+            i += 1
+            with lock:
+                firsts.append(first)
+                totals.append(total)
+                tokens[0] += used
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    how = "streamed" if stream else "whole answers"
+    return {"name": f"lmtune serve, {clients} client{'s' if clients > 1 else ''}, {how}",
+            "ttft": statistics.median(firsts) if stream else float("nan"), "answer": statistics.median(totals),
+            "tokens_per_s": tokens[0] / (time.monotonic() - start)}
+
+
 def serve_side(run: Path, clients_list: list[int], seconds: float, new_tokens: int, tmp: Path) -> list[dict]:
+    """lmtune serve (micro-batches of up to 16): streamed requests (time to first token) and whole
+    answers (which the server batches), at each number of concurrent clients."""
     proc, port = start_server(str(run), 16, tmp / "serve.log")
     out = []
     try:
@@ -153,28 +189,9 @@ def serve_side(run: Path, clients_list: list[int], seconds: float, new_tokens: i
         conn.request("GET", "/v1/models")
         model = json.loads(conn.getresponse().read())["data"][0]["id"]
         conn.close()
-        stream_once(port, model, PROMPTS[0], 4)  # warm-up
-        for clients in clients_list:
-            firsts, tokens, lock = [], [0], threading.Lock()
-            deadline = time.monotonic() + seconds
-
-            def client(k: int) -> None:
-                i = k
-                while time.monotonic() < deadline:
-                    first, used, _ = stream_once(port, model, PROMPTS[i % len(PROMPTS)], new_tokens)
-                    i += 1
-                    with lock:
-                        firsts.append(first)
-                        tokens[0] += used
-
-            start = time.monotonic()
-            threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            out.append({"name": f"lmtune serve, {clients} client{'s' if clients > 1 else ''}",
-                        "ttft": statistics.median(firsts), "tokens_per_s": tokens[0] / (time.monotonic() - start)})
+        request_once(port, model, PROMPTS[0], 4, True)  # warm-up
+        for stream in (True, False):
+            out += [load(port, model, clients, seconds, new_tokens, stream) for clients in clients_list]
     finally:
         proc.terminate()
         proc.wait(30)
@@ -209,9 +226,10 @@ def main() -> int:
             if type != "f16":
                 table.append({"name": f"llama.cpp {type}, batch 1", **speed})
         table += serve_side(run, args.clients, args.seconds, args.new_tokens, tmp)
-    print(f"\n{'':36s} {'first token (ms)':>17s} {'new tokens/s':>13s}")
+    print(f"\n{'':44s} {'first token (ms)':>17s} {'answer (ms)':>12s} {'new tokens/s':>13s}")
     for r in table:
-        print(f"{r['name']:36s} {r['ttft'] * 1000:17.0f} {r['tokens_per_s']:13.1f}")
+        first = f"{r['ttft'] * 1000:17.0f}" if r["ttft"] == r["ttft"] else f"{'-':>17s}"
+        print(f"{r['name']:44s} {first} {r.get('answer', float('nan')) * 1000:12.0f} {r['tokens_per_s']:13.1f}")
     return 0
 
 
