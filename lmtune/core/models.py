@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import LmtuneError
 from .rundir import as_new_files
@@ -294,16 +295,24 @@ def merge_adapter(adapter: Path, *, log=print) -> Path:
     body = getattr(transformers, auto).from_pretrained(base, **extra)
     with wrapping_adapters():
         merged = PeftModel.from_pretrained(body, adapter).merge_and_unload()
+    tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else base)
+    return _cache_once(target, merged, tokenizer, {"adapter": str(adapter.resolve()), "base": base_name})
+
+
+def _cache_once(target: Path, model: Any, tokenizer: Any, source: dict[str, str]) -> Path:
+    """Write a model, its tokenizer and where they came from (lmtune_source.json) as the cache folder
+    `target`, through a temporary folder renamed into place; where another process wrote it first, its
+    folder stays."""
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else base).save_pretrained(tmp)
-    (tmp / "lmtune_source.json").write_text(json.dumps({"adapter": str(adapter.resolve()), "base": base_name}) + "\n")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "lmtune_source.json").write_text(json.dumps(source) + "\n")
     as_new_files(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(target)
-    except OSError:  # another process merged it first
+    except OSError:  # another process wrote it first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
@@ -335,19 +344,7 @@ def import_gguf(path: Path, *, log=print) -> Path:
     # Rebuild as a plain model: the GGUF loader leaves a quantizer attached that blocks training and saving.
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict(), strict=True)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "lmtune_source.json").write_text(json.dumps({"gguf": str(path.resolve())}) + "\n")
-
-    as_new_files(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process imported it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _cache_once(target, plain, tokenizer, {"gguf": str(path.resolve())})
 
 
 def listing() -> list[dict[str, str]]:
