@@ -99,10 +99,15 @@ def test_pair_features_have_segments_and_fit(tiny_bert):
     words = [w for w in f["word_ids"] if w >= 0]
     assert len(set(words)) == len(words)  # each word of both segments numbered apart
     assert [f["next_sentence_label"], g["next_sentence_label"]] == [IS_NEXT, RANDOM]
+    torch.manual_seed(0)  # (the masking draws from torch's generator)
     batch = masked_lm.collator(tok)([f, g])
     assert batch["token_type_ids"].shape == batch["input_ids"].shape
     assert batch["next_sentence_label"].tolist() == [IS_NEXT, RANDOM]
-    assert not (batch["labels"][batch["input_ids"] == tok.sep_token_id] != -100).any()
+    # the special tokens of the pair are never masked (a masked word may become any token, [SEP] too:
+    # the positions are the features' own)
+    for row, feature in enumerate([f, g]):
+        specials = [i for i, t in enumerate(feature["input_ids"]) if t in (tok.sep_token_id, tok.cls_token_id)]
+        assert len(specials) == 3 and all(batch["labels"][row, i] == -100 for i in specials)
 
 
 def test_one_document_per_line_txt(tiny_bert, tmp_path):
