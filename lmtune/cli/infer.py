@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from ..core.errors import LmtuneError
 from ..core.rundir import check_output, write_text_atomic
 from ..infer.preflight import check_run_and_file
+from ..export.run import check_onnx_backend, export
 from ..infer.saved_run import SavedRun, read_for_inference, read_run
 from ..serve.options import ServeOptions
 from ..serve.server import serve
@@ -121,9 +122,8 @@ def _backend_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _check_backend(backend: str, saved: SavedRun) -> None:
-    if backend == "onnx" and not get_task(saved.task).onnx_outputs:
-        raise LmtuneError(f"--backend onnx: {saved.folder} is a {saved.task} model, which has no ONNX export "
-                          "(classification, token classification and QA models have); use --backend torch")
+    if backend == "onnx":
+        check_onnx_backend(saved)
 
 
 def _load(saved: SavedRun, backend: str) -> Any:
@@ -304,8 +304,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     read_run(args.run_dir)  # a wrong folder is said before torch is imported
-    from ..export.run import export
-
     out = export(args.run_dir, args.output, format=args.format, type=args.type, merge=args.merge,
                  overwrite=args.overwrite, log=lambda line: print(line, file=sys.stderr))
     what = {"hf": "a plain transformers model", "gguf": "a GGUF model and its Ollama Modelfile",

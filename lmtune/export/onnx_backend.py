@@ -17,9 +17,8 @@ import torch
 from ..core.errors import LmtuneError
 from ..infer.predictor import Predictor
 from ..infer.saved_run import SavedRun
-from ..tasks import get_task
 from .onnx_model import INFO_FILE, MODEL_FILE, require, weights_fingerprint
-from .run import default_output, export
+from .run import check_onnx_backend, default_output, export
 
 
 class OnnxOutputs(dict):
@@ -79,10 +78,7 @@ def own_export(saved: SavedRun, folder: Path) -> bool:
 
 def onnx_predictor(saved: SavedRun, *, threads: int | None = None, log: Callable[[str], Any] = print) -> Predictor:
     """A Predictor of the run whose model is its ONNX export, run by ONNX Runtime."""
-    task = get_task(saved.task)
-    if not task.onnx_outputs:
-        raise LmtuneError(f"--backend onnx: a {saved.task} model has no ONNX export (classification, token "
-                          f"classification and QA models have); use --backend torch")
+    check_onnx_backend(saved)
     require(runtime_only=True)
     folder = default_output(saved.folder, "onnx", None)
     if not own_export(saved, folder):

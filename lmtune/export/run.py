@@ -48,6 +48,13 @@ def check(run_dir: str | Path, out: Path, *, format: str, type: str | None, over
     return saved
 
 
+def check_onnx_backend(saved: SavedRun) -> None:
+    """`--backend onnx` runs a run's ONNX export: one line where its task has none."""
+    if not get_task(saved.task).onnx_outputs:
+        raise LmtuneError(f"--backend onnx: {saved.folder} is a {saved.task} model, which has no ONNX export "
+                          "(classification, token classification and QA models have); use --backend torch")
+
+
 def merged_model(saved: SavedRun, *, merge: bool = True) -> Any:
     """The run's model in fp32 on the CPU, in eval mode, LoRA adapters folded into the weights."""
     model = load_model(saved, get_task(saved.task))
