@@ -32,14 +32,16 @@ def write_gguf(model: Any, tokenizer: Any, saved: SavedRun, folder: Path, *, typ
     path = folder / f"{saved.name}-{type}.gguf"
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     add_model_metadata(writer, config, saved, type)
-    template = add_tokenizer(writer, tokenizer, model, config.vocab_size, log=log)
+    ends = turn_end_ids(tokenizer, model)  # the tokens that end an answer: metadata and Modelfile stops
+    template = add_tokenizer(writer, tokenizer, ends, config.vocab_size, log=log)
     for name, data, qtype in gguf_tensors(model, config, type):
         writer.add_tensor(name, data, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    write_modelfile(folder / "Modelfile", path.name, tokenizer, template, stops=stop_texts(tokenizer, model), log=log)
+    write_modelfile(folder / "Modelfile", path.name, tokenizer, template,
+                    stops=[tokenizer.convert_ids_to_tokens(i) for i in ends], log=log)
     log(f"export: {path.name}, {path.stat().st_size / 2**20:.1f} MiB ({type}), and an Ollama Modelfile")
     return path
 
@@ -122,7 +124,7 @@ def encoded(data: np.ndarray, type: str) -> tuple[np.ndarray, Any]:
 # ------------------------------------------------------------ tokenizer
 
 
-def add_tokenizer(writer: Any, tokenizer: Any, model: Any, vocab_size: int, *, log=print) -> str:
+def add_tokenizer(writer: Any, tokenizer: Any, ends: list[int], vocab_size: int, *, log=print) -> str:
     """The vocabulary, merges, special tokens and chat template; returns the chat template written."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     kind = spec["model"]["type"]
@@ -140,9 +142,9 @@ def add_tokenizer(writer: Any, tokenizer: Any, model: Any, vocab_size: int, *, l
         token_id = getattr(tokenizer, f"{key}_token_id", None)
         if token_id is not None:
             add(token_id)
-    ends = [i for i in turn_end_ids(tokenizer, model) if i != tokenizer.eos_token_id]
-    if ends:
-        writer.add_eot_token_id(ends[0])
+    turn_ends = [i for i in ends if i != tokenizer.eos_token_id]
+    if turn_ends:
+        writer.add_eot_token_id(turn_ends[0])
     probe = tokenizer("a", add_special_tokens=True)["input_ids"]
     writer.add_add_bos_token(tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id])
     writer.add_add_eos_token(tokenizer.eos_token_id is not None and probe[-1:] == [tokenizer.eos_token_id])
@@ -195,8 +197,3 @@ def pre_tokenizer_name(spec: dict[str, Any], *, log=print) -> str:
     log(f"export: the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds))}) has no llama.cpp name known to "
         "lmtune; written as 'default', which llama.cpp splits as GPT-2 does")
     return "default"
-
-
-def stop_texts(tokenizer: Any, model: Any) -> list[str]:
-    """The texts of the tokens that end an answer (Ollama stops on them)."""
-    return [tokenizer.convert_ids_to_tokens(i) for i in turn_end_ids(tokenizer, model)]
