@@ -8,8 +8,11 @@ untuned model and by each tuned one, and scored with sacreBLEU's corpus BLEU and
 0-1, like lmtune's metrics.json; the signatures are printed once). The prompt is lmtune's default
 for translation pairs ("Translate English to German:\\n<sentence>", in the model's chat template).
 
+Both runs use lmtune's defaults (epochs, batch, learning rate, LoRA settings) unless an option
+replaces them.
+
     python benchmarks/translation.py [--train-rows 2000] [--val-rows 200] [--strategies full,lora]
-                                     [--epochs 1] [--max-steps N] [--seed 42]
+                                     [--epochs N] [--batch-size N] [--lr X] [--max-steps N] [--seed 42]
     python benchmarks/translation.py --train-rows 32 --val-rows 8 --max-steps 2   (a smoke run)
 """
 
@@ -27,8 +30,6 @@ from common import SHARED, cpu_kind  # noqa: E402
 
 MULTI30K = SHARED / "multi30k_en_de"
 TEMPLATE = "Translate English to German:\n{source}"
-LR = {"full": 5e-5, "lora": 5e-4}
-LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 
 
 def write_sample(tmp: Path, train_rows: int, val_rows: int, seed: int) -> tuple[dict, dict]:
@@ -74,12 +75,14 @@ def tuned(strategy: str, train: dict, val: dict, out: str, args: argparse.Namesp
     import lmtune
 
     start = time.perf_counter()
+    # lmtune's defaults (epochs, batch, learning rate, LoRA rank) unless an option replaces them
+    given = {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr}
     result = lmtune.train({
         "model": "smollm2-135m", "task": "causal_lm", "output_dir": out,
         "data": {"train": train, "validation": val},
-        "strategy": {"name": "lora", **LORA} if strategy == "lora" else {"name": "full"},
-        "train": {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": 8, "lr": LR[strategy],
-                  "weight_decay": 0.0, "seed": args.seed, "log_steps": 10, "keep_checkpoints": "none"},
+        "strategy": {"name": strategy},
+        "train": {**{k: v for k, v in given.items() if v is not None}, "seed": args.seed, "log_steps": 10,
+                  "keep_checkpoints": "none"},
         "eval": {"generate_rows": args.val_rows, "max_new_tokens": args.max_new_tokens},
     }, overwrite=True, progress=False)
     metrics = result.metrics["validation"]
@@ -91,7 +94,9 @@ def main() -> int:
     p.add_argument("--train-rows", type=int, default=2000, help="training pairs, a seeded sample of train.en/train.de")
     p.add_argument("--val-rows", type=int, default=200, help="validation pairs translated and scored (the first ones)")
     p.add_argument("--strategies", default="full,lora")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=None, help="default: lmtune's (train.epochs)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: lmtune's (train.batch_size)")
+    p.add_argument("--lr", type=float, default=None, help="default: lmtune's for the strategy (train.lr)")
     p.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=42, help="the sample's and the runs' seed")
