@@ -157,3 +157,164 @@ def test_validate_a_good_config_gives_its_resolved_yaml(client: TestClient, tiny
     answer = client.post("/api/validate", json={"config": tiny_config(tiny_bert, toy_data, tmp_path / "r")}).json()
     assert answer["ok"] is True and answer["problems"] == []
     assert yaml.safe_load(answer["yaml"])["train"]["weight_decay"] == 0.01  # defaults filled
+
+
+def test_api_key_by_header_or_query(runs_dir: Path) -> None:
+    with TestClient(create_studio_app(runs_dir, StudioOptions(api_key="s3cret"))) as c:
+        assert c.get("/api/runs").status_code == 401
+        assert c.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/runs", params={"key": "wrong"}).status_code == 401
+        assert c.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/api/runs", params={"key": "s3cret"}).status_code == 200
+        assert c.get("/health").json() == {"ok": True} and "lmtune studio" in c.get("/").text
+        assert "lmtune studio" in c.get("/static/index.html").text
+
+
+def test_a_runs_folder_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
+    cli = subprocess.run([sys.executable, "-m", "lmtune", "studio", "--runs", "missing"], capture_output=True,
+                         text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert cli.returncode == 2 and cli.stdout == ""
+    assert cli.stderr.count("\n") == 1 and cli.stderr.startswith("lmtune: error: --runs: missing does not exist")
+
+
+def _read_events(response: Any, wanted: int) -> list[tuple[str, Any]]:
+    events, kind = [], "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            kind = line[len("event: "):]
+        elif line.startswith("data: "):
+            events.append((kind, json.loads(line[len("data: "):])))
+            kind = "message"
+            if len(events) >= wanted:
+                break
+    return events
+
+
+def test_history_stream_of_a_finished_run_then_closed(runs_dir: Path) -> None:
+    records = [json.loads(line) for line in (runs_dir / "done" / "history.jsonl").read_text().splitlines()]
+    app = create_studio_app(runs_dir, StudioOptions(poll_seconds=0.05))
+    with running(app) as url, httpx.Client(timeout=30) as http:
+        with http.stream("GET", f"{url}/api/runs/done/events", params={"from": 1}) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = _read_events(response, len(records))  # records 1.. then the status
+        assert events == [("history", r) for r in records[1:]] + [("status", {"status": "finished"})]
+        with http.stream("GET", f"{url}/api/events") as response:
+            assert _read_events(response, 1) == [("message", {"type": "runs"})]
+        assert http.get(f"{url}/health").json() == {"ok": True}  # the server goes on after the clients left
+
+
+def _wait_until(client: TestClient, done: Any, what: str, timeout: float = 400) -> dict[str, Any]:
+    """Poll /api/runs until `done(listing)`; the deadline only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = client.get("/api/runs").json()
+        if done(listing):
+            return listing
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {listing}"
+        time.sleep(0.2)
+
+
+def test_launched_runs_run_one_at_a_time_to_finished(tiny_bert: Path, toy_data: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with TestClient(create_studio_app(runs)) as c:
+        bad = c.post("/api/runs", json={"config": {"model": "minilm-l6", "train": {"epochs": "many"}}})
+        assert bad.status_code == 422 and {p["key"] for p in bad.json()["problems"]} >= {"train.epochs"}
+        first = c.post("/api/runs", json={"config": tiny_config(tiny_bert, toy_data, Path("elsewhere/one"), max_steps=2)})
+        assert first.status_code == 201 and first.json() == {"name": "one", "state": "running"}
+        second = c.post("/api/runs", json={"config": tiny_config(tiny_bert, toy_data, Path("two"), max_steps=2)})
+        assert second.status_code == 201 and second.json() == {"name": "two", "state": "queued"}
+        again = c.post("/api/runs", json={"config": tiny_config(tiny_bert, toy_data, Path("two"), max_steps=2)})
+        assert again.status_code == 409
+        assert [j["name"] for j in c.get("/api/runs").json()["queue"]] == ["one", "two"]
+        listing = _wait_until(c, lambda l: not l["queue"] and len(l["runs"]) == 2, "both runs to end")
+        assert {r["name"]: r["status"] for r in listing["runs"]} == {"one": "finished", "two": "finished"}
+        assert json.loads((runs / ".studio" / "jobs.json").read_text()) == {"jobs": []}
+        assert "train labels: negative" in (runs / ".studio" / "logs" / "two.log").read_text()  # the child's output
+        assert c.post("/api/runs", json={"config": tiny_config(tiny_bert, toy_data, Path("one"))}).status_code == 409
+        assert c.post("/api/runs/one/resume").status_code == 409  # finished: nothing to resume
+
+
+def test_a_restart_forgets_dead_jobs_and_starts_queued_ones(tiny_bert: Path, toy_data: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    (runs / ".studio" / "configs").mkdir(parents=True)
+    config = tiny_config(tiny_bert, toy_data, runs / "next", max_steps=1)
+    (runs / ".studio" / "configs" / "next.yaml").write_text(yaml.safe_dump(config))
+    jobs = [{"name": "gone", "action": "train", "state": "running", "pid": 2**22 + 12345},
+            {"name": "next", "action": "train", "state": "queued", "pid": None}]
+    (runs / ".studio" / "jobs.json").write_text(json.dumps({"jobs": jobs}))
+    with TestClient(create_studio_app(runs)) as c:
+        assert c.get("/api/runs").json()["queue"] == [{"name": "next", "action": "train", "state": "running"}]
+        listing = _wait_until(c, lambda l: not l["queue"], "the run to end")
+        assert [(r["name"], r["status"]) for r in listing["runs"]] == [("next", "finished")]
+
+
+def test_stop_removes_a_queued_job_and_ends_a_running_one(tiny_bert: Path, toy_data: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with TestClient(create_studio_app(runs)) as c:
+        for name in ("first", "second"):
+            c.post("/api/runs", json={"config": tiny_config(tiny_bert, toy_data, Path(name), epochs=50)})
+        assert c.post("/api/runs/second/stop").status_code == 202
+        assert c.get("/api/runs").json()["queue"] == [{"name": "first", "action": "train", "state": "running"}]
+        assert c.post("/api/runs/first/stop").status_code == 202
+        listing = _wait_until(c, lambda l: not l["queue"], "the stopped run to end", timeout=120)
+        assert all(r["status"] != "finished" for r in listing["runs"])
+        assert c.post("/api/runs/nothing/stop").status_code == 404
+
+
+CHATS = [{"messages": [{"role": "user", "content": "what does a flat fix cost ?"},
+                       {"role": "assistant", "content": "twelve euro please ."}]}] * 8
+
+
+@pytest.fixture(scope="module")
+def lm_runs(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("studio-lm")
+    train = folder / "chat.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in CHATS))
+    runs = folder / "runs"
+    config = {"model": str(tiny_llama), "task": "causal_lm", "output_dir": str(runs / "chatty"),
+              "data": {"train": str(train), "validation": str(train), "max_length": 32},
+              "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "precision": "fp32", "report": False},
+              "eval": {"generate_rows": 0}}
+    lmtune.train(config, progress=False)
+    (folder / "config.json").write_text(json.dumps(config))
+    return runs
+
+
+def test_chat_streams_both_sides_of_a_causal_lm_run(lm_runs: Path) -> None:
+    with TestClient(create_studio_app(lm_runs)) as c:
+        assert c.get("/api/runs/chatty").json()["chat"] is True
+        body = {"messages": [{"role": "user", "content": "what does a flat fix cost ?"}], "max_new_tokens": 4,
+                "temperature": 0}
+        for side in ("base", "tuned"):
+            answer = c.post("/api/runs/chatty/chat", json={**body, "side": side})
+            assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+            events = [json.loads(line[len("data: "):]) for line in answer.text.splitlines() if line.startswith("data: ")]
+            *pieces, last = events
+            assert pieces and all(isinstance(p["text"], str) for p in pieces)
+            assert last["done"] is True and 1 <= last["tokens"] <= 4 and last["seconds"] >= 0
+        assert c.post("/api/runs/chatty/chat", json={**body, "side": "left"}).status_code == 400
+        assert c.post("/api/runs/chatty/chat", json={**body, "max_new_tokens": 0}).status_code == 400
+
+
+def test_preview_marks_the_trained_tokens(lm_runs: Path) -> None:
+    config = json.loads((lm_runs.parent / "config.json").read_text())
+    with TestClient(create_studio_app(lm_runs)) as c:
+        answer = c.post("/api/preview", json={"config": config, "rows": 2}).json()
+    assert answer["problems"] == [] and len(answer["rows"]) == 2
+    tokens = answer["rows"][0]["tokens"]
+    trained = "".join(t["text"] for t in tokens if t["trained"])
+    assert "twelve" in trained and "flat" not in trained and "flat" in answer["rows"][0]["text"]
+
+
+def test_preview_of_a_classifier_gives_text_and_label(client: TestClient, tiny_bert: Path,
+                                                      toy_data: dict[str, Path], tmp_path: Path) -> None:
+    answer = client.post("/api/preview", json={"config": tiny_config(tiny_bert, toy_data, tmp_path / "r"),
+                                               "rows": 3}).json()
+    first = toy_data["train"].read_text().splitlines()[1]
+    assert len(answer["rows"]) == 3 and answer["rows"][0]["tokens"] is None
+    assert first.startswith(answer["rows"][0]["text"]) and answer["rows"][0]["label"] in ("positive", "negative")

@@ -9,7 +9,10 @@ ones start. A background thread starts the next job when a running one ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -102,10 +105,18 @@ class Jobs:
                 self.jobs.remove(job)
                 self._write()
                 return True
-            running = pid_alive(job.pid) if job is not None else live_process(self.runs_dir / name) is not None
-            if running:
-                (self.runs_dir / name / "stop.request").write_text("stop\n", encoding="utf-8")
-            return running
+            folder = self.runs_dir / name
+            if live_process(folder) is not None:
+                (folder / "stop.request").write_text("stop\n", encoding="utf-8")
+                return True
+            if job is not None and not self._ended(job):
+                # not training yet (loading, checking): nothing to save, and a stop.request written now
+                # would be taken as a stale one when the run starts; SIGTERM, which the run also reads as a stop
+                if job.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(job.pid, signal.SIGTERM)
+                return True
+            return False
 
     # ------------------------------------------------------------ children
 
