@@ -216,7 +216,8 @@ def _event_routes(runs_dir: Path, jobs: Jobs, poll: float) -> APIRouter:
 
     @r.get("/runs/{name}/events")
     async def run_events(request: Request, name: str) -> EventStreamResponse:
-        folder = runs.folder_of(runs_dir, name)
+        # (a run just launched has its folder once its process has started)
+        folder = runs_dir / name if jobs.find(name) is not None else runs.folder_of(runs_dir, name)
         start = request.query_params.get("from", "0")
         if not start.isdigit():
             raise LmtuneError(f"from: expected the history line to start at (0, 1, ...), got {start!r}")
