@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 
 from ..tasks.run_config import load_config
-from ..core.errors import LmtuneError
+from ..core.errors import LmtuneError, RunStopped
 from ..core.rundir import RESUMABLE, RunDir
 from ..report import report_run
 from ..tasks import get_task
 from ..training.resume import resume_config
 from .common import print_json
+
+
+STOPPED = 3  # the exit status of a run stopped when asked (its checkpoint written: --resume goes on)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +64,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = get_task(cfg.task).load_data(cfg)
     from ..training.loop import brief, train
 
-    result = train(cfg, data=data, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        result = train(cfg, data=data, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    except RunStopped:  # asked to stop (stop.request, SIGTERM): the loop has said where and how to go on
+        return STOPPED
     report_run(result.output_dir, cfg.train.report)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {result.output_dir}", file=sys.stderr)
@@ -96,6 +102,8 @@ def _launch(args: argparse.Namespace) -> int:
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code = failure.exitcode
+        if code == STOPPED:  # every process stopped at the same step; the first has said so
+            return STOPPED
         if code != 2:  # exit 2: the process has said what was wrong in one line already
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             print(f"lmtune: error: process {rank} of {args.nproc} stopped ({how}); the others were stopped; "

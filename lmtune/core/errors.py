@@ -39,3 +39,21 @@ class LmtuneError(Exception):
     def __init__(self, *problems: str) -> None:
         self.problems = [p for p in problems if p]
         super().__init__("\n".join(self.problems))
+
+
+class RunStopped(Exception):
+    """A training run stopped cleanly when asked (its folder's stop.request, or SIGTERM): its last
+    checkpoint is at `step`, and `lmtune train RUN --resume` goes on from there. Not an error: the
+    command line exits with status 3."""
+
+    def __init__(self, message: str, step: int) -> None:
+        self.step = step
+        super().__init__(message)
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: an LmtuneError's problems, else the exception's type and first line."""
+    if isinstance(e, LmtuneError):
+        return "; ".join(e.problems)
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]

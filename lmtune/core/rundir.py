@@ -10,6 +10,12 @@
                      (once the run has finished, only the one that train.keep_checkpoints names is kept)
     model/           the final model: plain transformers format, with tokenizer and labels
     metrics.json     final validation/test metrics; its presence marks the run finished
+
+While it runs, and after it ends unfinished:
+    process.json     {pid, host, started, argv} of the training process, while it runs (a kill -9 leaves it)
+    stop.request     written by anyone (any content): the run stops cleanly after its next step
+    stopped.json     {step, total_steps, epoch, at}: the run stopped when asked; --resume goes on
+    failed.json      {error, at}: the run ended with this error (one line)
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +83,11 @@ def existing_dir(target: Path) -> Path | None:
     return old if old.is_dir() else None
 
 
+def now_iso() -> str:
+    """The time now, ISO 8601 with the UTC offset, to the second."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -108,6 +122,11 @@ class RunDir:
         self.model = self.path / "model"
         self.last = self.path / "checkpoints" / "last"
         self.best = self.path / "checkpoints" / "best"
+        # the run's state while it runs and after it ends unfinished (docs/run-folder.md)
+        self.process = self.path / "process.json"
+        self.stop_request = self.path / "stop.request"
+        self.stopped = self.path / "stopped.json"
+        self.failed = self.path / "failed.json"
 
     @property
     def finished(self) -> bool:
@@ -150,8 +169,26 @@ class RunDir:
                     + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed)
                 )
         p.mkdir(parents=True, exist_ok=True)
+        for done in (self.stopped, self.failed, self.stop_request):  # (how the last attempt ended; a stale request)
+            done.unlink(missing_ok=True)
         write_text_atomic(self.config, config_yaml)
         return busy and self.last_checkpoint() is not None
+
+    def write_process(self) -> None:
+        """process.json: which process trains the run, on which host, since when."""
+        write_json_atomic(self.process, {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso(),
+                                         "argv": list(sys.argv)})
+
+    def write_stopped(self, step: int, total_steps: int, epoch: float) -> None:
+        """stopped.json (the run stopped cleanly at `step`); the request it answered is removed."""
+        write_json_atomic(self.stopped, {"step": step, "total_steps": total_steps, "epoch": epoch, "at": now_iso()})
+        self.stop_request.unlink(missing_ok=True)
+
+    def write_failed(self, error: str) -> None:
+        """failed.json: the error (one line) that ended the run; nothing where the folder is gone
+        (a run refused for memory removes the folder it made)."""
+        if self.path.is_dir():
+            write_json_atomic(self.failed, {"error": error, "at": now_iso()})
 
     def prune_checkpoints(self, keep: Literal["last", "best", "none"]) -> None:
         """At the end of a finished run: remove the checkpoints other than `keep` (last, best or none),

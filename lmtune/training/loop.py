@@ -28,14 +28,14 @@ import torch
 
 from ..core import collectives, memory, models, tracking
 from ..core.config import STRATEGY_CLASSES, RunConfig, data_files
-from ..core.errors import LmtuneError
+from ..core.errors import LmtuneError, RunStopped
 from ..core.memory import PeakMemory
 from ..core.rundir import RunDir, file_sha256, replace_dir_atomic, write_json_atomic, write_text_atomic
 from ..core.runtime import busy_cpu_note, cpu_threads, fp32_reason, log, make_accelerator, other_cpu_load
 from ..data.batching import EpochBatchSampler, examples_seen
 from ..tasks import get_task
 from ..tasks.run_config import as_config
-from . import adapter_checkpoint, memory_plan, sharding, strategies
+from . import adapter_checkpoint, memory_plan, sharding, stopping, strategies
 from .cpu import SpeedUps, speed_ups
 from .diagnosis import diagnose, lines
 from .evaluation import Evaluation, brief, evaluate, general_text_features, is_better
@@ -233,15 +233,19 @@ def train(
     progress: bool = True,
     train_sample_rows: int = 0,
     data: Any = None,
+    stoppable: bool = True,
 ) -> RunResult:
     """Fine-tune as the config says; write the run folder; return the final metrics.
     `train_sample_rows`: also score the final model, like validation, on a seeded sample of at most
     this many training examples (metrics["train_sample"]: the gap to validation shows overfitting).
-    `data`: what the task's load_data read for this config, when the caller has read it already."""
+    `data`: what the task's load_data read for this config, when the caller has read it already.
+    `stoppable`: a stop.request in the run folder or SIGTERM stops the run cleanly at a checkpoint
+    and raises RunStopped (lmtune/training/stopping.py); False for the runs of a search or a
+    comparison, which are stopped as a whole."""
     cfg = as_config(config)
     with cpu_threads(cfg.train.threads):
         return _run(cfg, data, resume=resume, overwrite=overwrite, on_evaluate=on_evaluate, progress=progress,
-                    train_sample_rows=train_sample_rows)
+                    train_sample_rows=train_sample_rows, stoppable=stoppable)
 
 
 @dataclass
@@ -281,6 +285,7 @@ class RunState:
     steps_per_epoch: int = 0
     total_steps: int = 0
     checkpoint: Path | None = None  # the checkpoint a resumed run goes on from
+    stop: stopping.StopWatch | None = None  # whether the run has been asked to stop (stop.request, SIGTERM)
     compiled: bool = False
     scheduler: Any = None
 
@@ -290,25 +295,27 @@ class RunState:
 
 
 def _run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool, on_evaluate: EvalCallback | None,
-         progress: bool, train_sample_rows: int) -> RunResult:
-    """The run itself (see train): its phases, the loop, the final evaluation."""
+         progress: bool, train_sample_rows: int, stoppable: bool) -> RunResult:
+    """The run itself (see train): its phases, the loop, the final evaluation; process.json in the
+    folder meanwhile, failed.json if it fails (lmtune/training/stopping.py)."""
     started = time.perf_counter()
     s = open_run(cfg, data, resume=resume, overwrite=overwrite)
-    prepare_data(s, train_sample_rows)
-    build_model(s)
-    check_memory(s)
-    build_optimizer_and_loaders(s)
-    find_position(s)
-    build_schedule(s)
-    restore(s)
-    log_start(s)
-    setup_seconds = time.perf_counter() - started
-    with s.speed.heap():  # (no page faults for each step's large tensors)
-        with PeakMemory(s.accelerator.device) as peak:
-            stopped_early = fit(s, on_evaluate, progress)
-        return finish(s.cfg, s.task, s.data, s.run, s.accelerator, s.model, s.tokenizer, s.loaders, s.loop, stopped_early,
-                      peak.megabytes, progress=progress, evaluation=s.evaluation, setup_seconds=setup_seconds,
-                      memory_record=s.memory.record())
+    with stopping.running(s.run, s.accelerator, s.cfg.train.log_steps, stoppable) as s.stop:
+        prepare_data(s, train_sample_rows)
+        build_model(s)
+        check_memory(s)
+        build_optimizer_and_loaders(s)
+        find_position(s)
+        build_schedule(s)
+        restore(s)
+        log_start(s)
+        setup_seconds = time.perf_counter() - started
+        with s.speed.heap():  # (no page faults for each step's large tensors)
+            with PeakMemory(s.accelerator.device) as peak:
+                stopped_early = fit(s, on_evaluate, progress)
+            return finish(s.cfg, s.task, s.data, s.run, s.accelerator, s.model, s.tokenizer, s.loaders, s.loop,
+                          stopped_early, peak.megabytes, progress=progress, evaluation=s.evaluation,
+                          setup_seconds=setup_seconds, memory_record=s.memory.record())
 
 
 def open_run(cfg: RunConfig, data: Any, *, resume: bool, overwrite: bool) -> RunState:
@@ -558,7 +565,8 @@ def log_start(s: RunState) -> None:
 
 
 def fit(s: RunState, on_evaluate: EvalCallback | None = None, progress: bool = True) -> bool:
-    """The loop. Returns True when early stopping (or a callback) ended it."""
+    """The loop. Returns True when early stopping (or a callback) ended it; raises RunStopped when
+    the run was asked to stop (its checkpoint written at that step)."""
     from accelerate.utils import send_to_device
 
     t, state, model, accelerator = s.cfg.train, s.loop, s.model, s.accelerator
@@ -615,6 +623,9 @@ def fit(s: RunState, on_evaluate: EvalCallback | None = None, progress: bool = T
             if stop or last:
                 meter.close()
                 return stop
+            if s.stop is not None and s.stop.requested(state.step):
+                meter.close()
+                raise stop_here(s, position, saved=due)
         state.next_epoch(epoch)
     meter.close()
     return False
@@ -801,6 +812,19 @@ def evaluate_and_save(s: RunState, meter: StepMeter, position: float, on_evaluat
     save_checkpoint(s.accelerator, s.run, state, (s.model, s.optimizer) if s.fsdp else None)
     meter.paused()
     return stop
+
+
+def stop_here(s: RunState, position: float, saved: bool) -> RunStopped:
+    """A stop asked for after this step: the checkpoint at it (unless the step's evaluation has just
+    written it), stopped.json and the line that says how to go on; the exception to raise."""
+    state = s.loop
+    if not saved:
+        save_checkpoint(s.accelerator, s.run, state, (s.model, s.optimizer) if s.fsdp else None)
+    if s.accelerator.is_main_process:
+        s.run.write_stopped(state.step, s.total_steps, position)
+    message = f"stopped at step {state.step} of {s.total_steps}: continue with lmtune train {s.run.path} --resume"
+    log(message)
+    return RunStopped(message, state.step)
 
 
 def keep_if_best(s: RunState, metrics: dict[str, Any]) -> bool:

@@ -253,7 +253,7 @@ def train_one(cfg: RunConfig, progress: bool) -> tuple[dict[str, Any], float]:
     from ..training.loop import train
 
     start = time.perf_counter()
-    result = train(cfg, progress=progress, train_sample_rows=TRAIN_SAMPLE_ROWS)
+    result = train(cfg, progress=progress, train_sample_rows=TRAIN_SAMPLE_ROWS, stoppable=False)
     report_run(result.output_dir, cfg.train.report)
     return result.metrics, time.perf_counter() - start
 

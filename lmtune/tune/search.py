@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from ..core.config import RunConfig, SearchConfig, apply_overrides, read_yaml
-from ..core.errors import LmtuneError, option
+from ..core.errors import LmtuneError, one_line, option
 from ..core.rundir import flatten, write_text_atomic
 from ..report import report_run
 from ..tasks import get_task
@@ -231,13 +231,6 @@ def target_reached_by(s: Search, study: Any) -> Any:
 # ---------------------------------------------------------------- trials
 
 
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, LmtuneError):
-        return "; ".join(e.problems)
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
-
-
 def objective(s: Search, trial: Any) -> float:
     """One trial: draw its values, train its run folder, report every evaluation to the pruner."""
     import optuna
@@ -278,11 +271,11 @@ def objective(s: Search, trial: Any) -> float:
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(log, "w", encoding="utf-8") as out, contextlib.redirect_stderr(out):
-            result = train(raw, on_evaluate=on_evaluate, progress=False)
+            result = train(raw, on_evaluate=on_evaluate, progress=False, stoppable=False)
             report_run(result.output_dir, t.report)
     except Exception as e:
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
-        trial.set_user_attr("error", _one_line(e))
+        trial.set_user_attr("error", one_line(e))
         raise
     trained = result.metrics["train"]
     trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
@@ -525,7 +518,7 @@ def write_plots(s: Search, study: Any) -> list[str]:
         history_figure([(t.number, t.value) for t in complete], s.metric, s.direction).savefig(
             s.folder / "history.png", dpi=100)
     except Exception as e:  # noqa: BLE001 - a plot is a convenience, never a failed search
-        problems.append(f"history.png not drawn: {_one_line(e)}")
+        problems.append(f"history.png not drawn: {one_line(e)}")
     if len(complete) >= 4 and any(len({repr(t.params.get(k)) for t in complete}) > 1 for k in complete[0].params):
         try:
             with warnings.catch_warnings():
@@ -536,7 +529,7 @@ def write_plots(s: Search, study: Any) -> list[str]:
             fig.savefig(s.folder / "importances.png", dpi=100)
             plt.close(fig)
         except Exception as e:  # noqa: BLE001
-            problems.append(f"importances.png not drawn: {_one_line(e)}")
+            problems.append(f"importances.png not drawn: {one_line(e)}")
     return problems
 
 
