@@ -552,18 +552,21 @@ async function showRun(root, current, name) {
   if (!current.alive) return;
   if (!result.ok) throw new Error(refusal(result));
   const run = result.data;
-  const page = new RunPage(current, run);
+  const page = new RunPage(current, run, listing.data.queue.find((j) => j.name === name));
   root.append(page.element);
   page.follow(run.history.length);
+  page.followQueue();
 }
 
 /** A run's page: what GET /api/runs/NAME said, then kept current by the run's event stream. */
 class RunPage {
-  constructor(current, run) {
+  constructor(current, run, job) {
     this.current = current;
     this.run = run;
+    this.job = job ?? null; // the run's entry in the studio's queue (train or resume), while it has one
     this.charts = new RunCharts(current);
-    this.log = h("pre", {id: "log", text: run.log_tail ?? ""});
+    this.logText = run.log_tail ?? ""; // as written: progress bars redraw their line with \r
+    this.log = h("pre", {id: "log", text: screenText(this.logText)});
     this.stopButton = h("button", {id: "stop", type: "button", text: "Stop", onclick: () => this.act("stop")});
     this.resumeButton = h("button", {id: "resume", type: "button", text: "Resume", onclick: () => this.act("resume")});
     this.status = h("span", {id: "run-status"});
@@ -580,13 +583,27 @@ class RunPage {
       h("h2", {text: "Log"}), this.log,
       run.config_yaml ? h("div", {}, h("h2", {text: "Config"}), h("pre", {id: "config-yaml", text: run.config_yaml})) : null);
     run.history.forEach((record) => this.charts.add(record));
-    this.showStatus(run.status, run.resumable);
+    this.showStatus();
   }
 
-  showStatus(status, resumable) {
-    this.status.replaceChildren(badge(status));
-    this.stopButton.disabled = !["running", "queued", "starting"].includes(status);
-    this.resumeButton.disabled = !resumable || ["running", "queued", "starting"].includes(status);
+  /** The badge and the buttons: Stop while the run runs or waits in the queue, Resume once it can
+      resume and the queue holds nothing of it (a job ends a moment after its run's folder says so). */
+  showStatus() {
+    const {status, resumable} = this.run;
+    const waiting = this.job && this.job.state === "queued" ? badge(`${this.job.action} queued`) : null;
+    this.status.replaceChildren(badge(status), ...(waiting ? [" ", waiting] : []));
+    this.stopButton.disabled = !(["running", "starting"].includes(status) || this.job);
+    this.resumeButton.disabled = !resumable || status === "running" || Boolean(this.job);
+  }
+
+  /** The studio's queue, as it changes: the run's job enables and disables the buttons. */
+  followQueue() {
+    listen(this.current, "/api/events", {message: async () => {
+      const listing = await api("GET", "/api/runs");
+      if (!listing.ok || !this.current.alive) return;
+      this.job = listing.data.queue.find((j) => j.name === this.run.name) ?? null;
+      this.showStatus();
+    }});
   }
 
   /** The run's events from history record `from` on; a new status redraws the page from the server. */
@@ -606,19 +623,25 @@ class RunPage {
 
   appendLog(text) {
     const atBottom = this.log.scrollTop + this.log.clientHeight >= this.log.scrollHeight - 4;
-    this.log.textContent = (this.log.textContent + text).slice(-200_000);
+    this.logText = (this.logText + text).slice(-200_000);
+    this.log.textContent = screenText(this.logText);
     if (atBottom) this.log.scrollTop = this.log.scrollHeight;
   }
 
   async act(action) {
     this.stopButton.disabled = this.resumeButton.disabled = true;
     const result = await api("POST", runPath(this.run.name, `/${action}`));
-    if (!result.ok) { showError(refusal(result)); this.showStatus(this.run.status, this.run.resumable); }
+    if (!result.ok) { showError(refusal(result)); this.showStatus(); }
   }
 
   reload() {
     if (this.current.alive) route(); // the view again: the summary, metrics and diagnosis of the new status
   }
+}
+
+/** Text as a terminal shows it: of a line redrawn with carriage returns, its last drawing. */
+function screenText(text) {
+  return text.split("\n").map((line) => line.split("\r").filter((part) => part.trim()).pop() ?? "").join("\n");
 }
 
 function runSummary(run) {

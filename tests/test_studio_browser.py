@@ -1,0 +1,280 @@
+"""The page of `lmtune studio`, driven in a real headless Chromium (Playwright with the system's
+Chromium, as tests/test_playground.py drives the playground): a new run's form shows a wrong value
+beside its field, the run launched from it draws its loss curve while it trains, stops cleanly from
+its Stop button and resumes to the end from Resume, its Chat compare streams the base model's and the
+tuned model's answers side by side, and a second page open meanwhile shows the same runs and status.
+The pages log no JavaScript error. Skipped, with the reason, only where no Chromium is installed.
+
+With LMTUNE_SCREENSHOTS=1 it also writes the screenshots of docs/studio.md (docs/images/studio-*.png)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import LM_WORDS, build_tiny_llama
+from .test_playground import BROWSERS, _chromium
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "docs" / "images"
+VIEWPORT = {"width": 1280, "height": 800}
+RUN = "tiny-chat"
+MAX_STEPS = 3000  # a tiny model trains hundreds of steps a second: long enough to stop mid-way, short enough for a test
+TASK = "causal_lm"
+
+
+# ---------------------------------------------------------------- the server, the data, the browser
+
+
+class Studio:
+    """`lmtune studio` over a runs folder, in a thread of this process, on a free port."""
+
+    def __init__(self, runs: Path) -> None:
+        import uvicorn
+
+        from lmtune.serve.server import bind
+        from lmtune.studio.app import StudioOptions, create_studio_app
+
+        self.sock = bind("127.0.0.1", 0)  # listening before the server starts: nothing to race for
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        app = create_studio_app(runs, StudioOptions(poll_seconds=0.2))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60  # only a hung start hits this
+        while not self._healthy():
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the studio at {self.url} did not come up")
+            time.sleep(0.02)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def chat_rows(n: int) -> list[dict]:
+    """Short chats in the tiny Llama's words: a question and its answer."""
+    pairs = [("what does the shop do ?", "we fix bikes ."),
+             ("how much does a flat tire fix cost ?", "the price is twelve euro ."),
+             ("do you rent bikes ?", "yes we rent bikes ."),
+             ("when is the shop closed ?", "closed on sunday .")]
+    assert all(w in LM_WORDS or w in "?.," for q, a in pairs for w in f"{q} {a}".split())
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in (pairs[i % len(pairs)] for i in range(n))]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, monkeypatch_module):
+    root = tmp_path_factory.mktemp("studio")
+    model = build_tiny_llama(root / "llama")
+    data = root / "chats.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in chat_rows(32)))
+    (root / "runs").mkdir()
+    server = Studio(root / "runs")
+    server.model, server.data, server.runs = model, data, root / "runs"
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    """The run's child processes load nothing from the network (the model is a local folder)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    path = _chromium()
+    if path is None:
+        pytest.skip(f"no Chromium to drive: none of {', '.join(BROWSERS)} is on PATH "
+                    "(`make install` as root installs Debian's chromium; or `playwright install chromium`)")
+    with sync_playwright() as p:
+        # --no-sandbox: Chromium refuses to sandbox itself when running as root (as in containers)
+        browser = p.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url: str):
+    """A page in a context of its own, its console errors and uncaught exceptions in `page.errors`."""
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    page.set_default_timeout(30_000)
+    page.errors = []
+    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
+    page.on("pageerror", lambda error: page.errors.append(f"uncaught: {error}"))
+    page.goto(url)
+    return page
+
+
+def screenshot(page, name: str) -> None:
+    if os.environ.get("LMTUNE_SCREENSHOTS") == "1":
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(IMAGES / f"studio-{name}.png"))
+
+
+def field(page, key: str):
+    return page.locator(f'.field[data-key="{key}"]').locator("input, select, textarea")
+
+
+LOSS_POINTS = """() => {
+    const box = document.querySelector('#chart-loss');
+    return box && box.uplot ? box.uplot.data[1].filter((v) => v !== null).length : 0;
+}"""
+
+
+def loss_points(page) -> int:
+    """The training losses the loss chart's uPlot instance holds (0 before it is drawn)."""
+    return page.evaluate(LOSS_POINTS)
+
+
+def wait_for_points(page, more_than: int, timeout: float = 90_000) -> int:
+    """Wait (in the page, with a deadline) until the loss chart holds more than `more_than` points."""
+    page.wait_for_function(f"(n) => ({LOSS_POINTS})() > n", arg=more_than, timeout=timeout)
+    return loss_points(page)
+
+
+# ---------------------------------------------------------------- the scenario, step by step
+
+
+def fill_the_form(page, studio: Studio) -> None:
+    """The new-run form for the tiny Llama, with one wrong value shown beside its field, then fixed."""
+    from playwright.sync_api import expect
+
+    page.click("#top nav a[data-route=new]")
+    page.select_option("#task", TASK)
+    expect(page.locator('.field[data-key="train.lr"]')).to_be_visible()
+    values = {"model": str(studio.model), "output_dir": RUN, "data.train": str(studio.data),
+              "data.validation": str(studio.data), "data.max_length": "48", "train.max_steps": str(MAX_STEPS),
+              "train.batch_size": "2", "train.log_steps": "1", "train.eval_steps": "1000", "train.precision": "fp32",
+              "eval.generate_rows": "1", "eval.max_new_tokens": "4", "train.lr": "-1"}
+    for key, value in values.items():
+        target = field(page, key)
+        if target.evaluate("el => el.tagName") == "SELECT":
+            target.select_option(value)
+        else:
+            target.fill(value)
+    problem = page.locator('.field[data-key="train.lr"] .problem')
+    expect(problem).to_be_visible()  # the debounced validation answered
+    assert problem.text_content().startswith("train.lr")
+    assert page.locator("#problems li").count() >= 1
+    expect(page.locator('.field[data-key="train.lr"]')).to_have_class("field invalid")
+    screenshot(page, "new-run")
+
+    field(page, "train.lr").fill("0.01")
+    expect(problem).to_be_hidden()
+    expect(page.locator("#problems")).to_have_class("ok")
+    assert f"max_steps: {MAX_STEPS}" in page.locator("#yaml").text_content()
+    assert page.locator("#download-yaml").get_attribute("href").startswith("blob:")
+
+
+def launch(page) -> None:
+    """Launch: the page goes to the run's page; what it sent is only the keys the user set."""
+    from playwright.sync_api import expect
+
+    with page.expect_request("**/api/runs") as sent:
+        page.click("#launch")
+    config = sent.value.post_data_json["config"]
+    assert config["task"] == TASK and config["train"]["lr"] == 0.01 and config["train"]["max_steps"] == MAX_STEPS
+    assert "strategy" not in config and "epochs" not in config["train"]  # left at their defaults: not sent
+    page.wait_for_url(f"**#/run/{RUN}")
+    expect(page.locator("#run-status .badge")).to_have_text("running", timeout=60_000)
+
+
+def watch_it_train_then_stop(page, other) -> int:
+    """The loss curve gains points as the run trains; Stop stops it mid-way, both pages say so."""
+    from playwright.sync_api import expect
+
+    first = wait_for_points(page, 2)  # drawn...
+    wait_for_points(page, first)  # ...and growing as the run logs its steps
+    expect(other.locator(f'#runs tr[data-name="{RUN}"] .badge')).to_have_text("running")
+    screenshot(page, "run")
+
+    assert page.locator("#resume").is_disabled()
+    page.click("#stop")
+    expect(page.locator("#run-status .badge")).to_have_text("stopped", timeout=60_000)
+    expect(other.locator(f'#runs tr[data-name="{RUN}"] .badge')).to_have_text("stopped")
+    expect(page.locator("#resume")).to_be_enabled()
+    assert page.locator("#stop").is_disabled()
+    return loss_points(page)
+
+
+def resume_to_the_end(page, other, studio: Studio, stopped_at: int) -> None:
+    from playwright.sync_api import expect
+
+    page.click("#resume")
+    expect(page.locator("#run-status .badge")).to_have_text("finished", timeout=120_000)
+    expect(other.locator(f'#runs tr[data-name="{RUN}"] .badge')).to_have_text("finished")
+    run = studio.get(f"/api/runs/{RUN}")
+    steps = [r["step"] for r in run["history"] if "loss" in r]
+    assert stopped_at < MAX_STEPS and steps[-1] == MAX_STEPS
+    page.wait_for_function(f"(n) => ({LOSS_POINTS})() === n", arg=len(steps))  # every logged step drawn
+    assert page.locator("#diagnosis .verdict").text_content().strip()
+    log = page.locator("#log").text_content()  # the log's tail, each progress bar at its last drawing
+    assert "diagnosis:" in log and "\r" not in log
+
+
+def chat_compare(page) -> None:
+    from playwright.sync_api import expect
+
+    page.click("#chat-link")
+    page.wait_for_url(f"**#/chat/{RUN}")
+    page.fill("#prompt", "when is the shop closed ?")
+    page.fill("#max-new-tokens", "6")
+    page.fill("#temperature", "0")
+    with page.expect_request(f"**/api/runs/{RUN}/chat") as sent:
+        page.click("#send")
+    assert sent.value.post_data_json["max_new_tokens"] == 6
+    for side in ("base", "tuned"):
+        answer = page.locator(f"#answer-{side}")
+        expect(answer).to_have_attribute("data-state", "done", timeout=60_000)
+        assert answer.locator(".text").text_content().strip()
+        assert "tokens in" in answer.locator(".stats").text_content()
+    screenshot(page, "chat")
+
+
+# ---------------------------------------------------------------- the test
+
+
+def test_a_run_from_the_form_to_chat_compare(browser, studio):
+    from playwright.sync_api import expect
+
+    page = open_page(browser, studio.url + "/")
+    other = open_page(browser, studio.url + "/")  # a second page, on the runs list all along
+    expect(page.locator("#runs")).to_contain_text("no runs")
+
+    fill_the_form(page, studio)
+    launch(page)
+    expect(other.locator(f'#runs tr[data-name="{RUN}"]')).to_be_visible()
+    stopped_at = watch_it_train_then_stop(page, other)
+    resume_to_the_end(page, other, studio, stopped_at)
+    chat_compare(page)
+
+    page.click("#top nav a[data-route=runs]")
+    row = page.locator(f'#runs tr[data-name="{RUN}"]')
+    expect(row.locator(".badge")).to_have_text("finished")
+    assert row.text_content() == other.locator(f'#runs tr[data-name="{RUN}"]').text_content()
+    screenshot(page, "runs")
+    assert page.errors == [] and other.errors == []
