@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "lmtune"
-LAYERS = ["core", "data", "tasks", "training", "infer", "export", "report", "tune", "serve", "cli"]
+LAYERS = ["core", "data", "tasks", "training", "infer", "export", "report", "tune", "serve", "studio", "cli"]
 ROOT_MODULES = {"lmtune", "lmtune.__main__"}  # the package root: the top layer
 
 # Third-party packages that take a noticeable time to import (or load data when imported): an import of

@@ -78,3 +78,15 @@ def test_optional_extras_are_imported_only_where_needed_and_installed_for_the_te
     assert top & optional == set(), "an optional extra imported at a module's top: every command would need it"
     dev = {_canonical(re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0]) for r in extras["dev"]}
     assert optional <= dev, "the tests (make test installs dev) need the optional extras too"
+
+
+def test_every_file_of_the_package_that_is_not_python_is_package_data():
+    """The served pages (lmtune/serve/playground.html, lmtune/studio/static/) and the resources are
+    installed with the package: each is matched by a [tool.setuptools.package-data] pattern."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {path for package, patterns in data.items() for pattern in patterns
+               for path in (ROOT / package.replace(".", "/")).glob(pattern) if path.is_file()}
+    files = {p for p in (ROOT / "lmtune").rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
+             and "__pycache__" not in p.parts}
+    assert (ROOT / "lmtune" / "studio" / "static" / "index.html") in files
+    assert sorted(map(str, files - shipped)) == []

@@ -1,4 +1,4 @@
-"""The `lmtune` command: train | plan | search | compare | eval | predict | generate | serve | explain | export | report | data | models | keys.
+"""The `lmtune` command: train | plan | search | compare | eval | predict | generate | serve | explain | export | report | studio | data | models | keys.
 
 Each command group is a module of its own that registers its commands (register(sub)) and holds
 them; this one builds the parser from the groups and runs a command, turning its errors into one
@@ -13,11 +13,11 @@ from pathlib import Path
 
 from ..core import __version__
 from ..core.errors import LmtuneError, command_line
-from . import data, infer, plan, reference, report, train, tune
+from . import data, infer, plan, reference, report, studio, train, tune
 from .common import Parser
 
 # in the order `lmtune --help` lists their commands
-GROUPS = (train, plan, tune, infer, report, data, reference)
+GROUPS = (train, plan, tune, infer, report, studio, data, reference)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,17 +50,29 @@ def _label_order(run: Run, rows: list[dict[str, Any]]) -> list[str]:
     return list(known) + sorted(seen - set(known))
 
 
-def confusion(run: Run, figs: Figures) -> Section | None:
+def confusion_counts(run: Run) -> tuple[list[str], list[list[int]]] | None:
+    """The labels and the validation confusion matrix (rows gold, columns predicted) of a run whose
+    samples are {label, predicted, confidence} rows; None for other runs."""
     rows = _rows(run, "label", "predicted", "confidence")
     if not rows:
         return None
-    from . import plots
-
     labels = _label_order(run, rows)
     index = {label: i for i, label in enumerate(labels)}
-    counts = np.zeros((len(labels), len(labels)), dtype=int)
+    counts = [[0] * len(labels) for _ in labels]
     for r in rows:
-        counts[index[str(r["label"])], index[str(r["predicted"])]] += 1
+        counts[index[str(r["label"])]][index[str(r["predicted"])]] += 1
+    return labels, counts
+
+
+def confusion(run: Run, figs: Figures) -> Section | None:
+    found = confusion_counts(run)
+    if found is None:
+        return None
+    from . import plots
+
+    labels, matrix = found
+    rows = _rows(run, "label", "predicted", "confidence")
+    counts = np.array(matrix, dtype=int)
     image = figs.add("confusion_matrix", plots.confusion(labels, counts), "Confusion matrix (validation)")
     grid = table(["gold \\ predicted", *labels], [[label, *map(int, counts[i])] for i, label in enumerate(labels)],
                  css="confusion")

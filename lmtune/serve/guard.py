@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from .errors import error_body
 
@@ -30,10 +31,15 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 class Guard:
-    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int, protected: str = "/v1",
+                 query_key: bool = False) -> None:
+        """`protected`: the path (and those below it) that needs the key; `query_key`: the key may
+        also come as ?key=KEY (a browser's EventSource cannot set headers)."""
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_body_bytes = max_body_bytes
+        self.protected = protected
+        self.query_key = query_key
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -64,14 +70,18 @@ class Guard:
             access_log.info("%s %s %s %d %.1fms", client, scope["method"], scope["path"], status or 500, ms)
 
     def _refusal(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
-        """401 for /v1/* without the key; 413 for a declared body over the limit."""
+        """401 for the protected paths without the key; 413 for a declared body over the limit."""
         path = scope["path"]
-        if self.api_key is not None and (path == "/v1" or path.startswith("/v1/")):
+        if self.api_key is not None and (path == self.protected or path.startswith(self.protected + "/")):
             given = _header(scope, b"authorization")
             scheme, _, key = given.partition(b" ")
+            if self.query_key and not given:
+                given = key = _query_value(scope, "key").encode()
+                scheme = b"bearer"
             if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.api_key):
                 why = "missing" if not given else "wrong"
-                return 401, f"{why} API key: send the header Authorization: Bearer KEY", {"WWW-Authenticate": "Bearer"}
+                how = "the header Authorization: Bearer KEY" + (" or ?key=KEY" if self.query_key else "")
+                return 401, f"{why} API key: send {how}", {"WWW-Authenticate": "Bearer"}
         length = _header(scope, b"content-length")
         if length:
             if not length.isdigit():
@@ -112,6 +122,11 @@ def _header(scope: Scope, name: bytes) -> bytes:
         if key.lower() == name:
             return value
     return b""
+
+
+def _query_value(scope: Scope, name: str) -> str:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[-1] if values else ""
 
 
 def _replay(body: bytes, receive: Any) -> Any:

@@ -31,16 +31,18 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: Any, options: ServeOptions, *, announce: str = "") -> None:
-    """Serve until interrupted (Ctrl-C), with lmtune's own access log instead of uvicorn's."""
+def serve(app: Any, options: ServeOptions, *, announce: str = "", name: str = "serve") -> None:
+    """Serve until interrupted (Ctrl-C), with lmtune's own access log instead of uvicorn's. `name`:
+    the command, as the lines it prints call it."""
     import uvicorn
 
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"lmtune serve: {announce}on http://{shown}:{port} (docs at /docs)", file=sys.stderr, flush=True)
+    print(f"lmtune {name}: {announce}on http://{shown}:{port} (docs at /docs)", file=sys.stderr, flush=True)
     if options.api_key is None and host not in LOOPBACK:
-        print(f"lmtune serve: warning: listening on {host} without --api-key: anyone who reaches it can use the model",
+        print(f"lmtune {name}: warning: listening on {host} without --api-key: anyone who reaches it can use "
+              f"{'the model' if name == 'serve' else 'it'}",
               file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

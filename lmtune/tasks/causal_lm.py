@@ -727,18 +727,24 @@ def decode(logits: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
     raise LmtuneError("causal_lm models generate text: use lmtune generate or lmtune predict")
 
 
-def show_mask(feature: dict[str, Any], tokenizer: Any, *, color: bool) -> str:
-    """The example's text with the trained tokens marked: green in a terminal, [[...]] otherwise."""
+def mask_spans(feature: dict[str, Any], tokenizer: Any, *, per_token: bool = False) -> list[tuple[str, bool]]:
+    """The example's text in pieces, each (text, trained): runs of tokens that are all in the loss or
+    all out of it (per_token: each token on its own)."""
     ids, labels = feature["input_ids"], feature["labels"]
     out, start = [], 0
     for i in range(1, len(ids) + 1):
-        if i == len(ids) or (labels[i] != IGNORE) != (labels[start] != IGNORE):
-            text = tokenizer.decode(ids[start:i])
-            if labels[start] != IGNORE:
-                text = f"\033[1;32m{text}\033[0m" if color else f"[[{text}]]"
-            out.append(text)
+        if i == len(ids) or per_token or (labels[i] != IGNORE) != (labels[start] != IGNORE):
+            out.append((tokenizer.decode(ids[start:i]), labels[start] != IGNORE))
             start = i
-    return "".join(out)
+    return out
+
+
+def show_mask(feature: dict[str, Any], tokenizer: Any, *, color: bool) -> str:
+    """The example's text with the trained tokens marked: green in a terminal, [[...]] otherwise."""
+    def mark(text: str) -> str:
+        return f"\033[1;32m{text}\033[0m" if color else f"[[{text}]]"
+
+    return "".join(mark(text) if trained else text for text, trained in mask_spans(feature, tokenizer))
 
 
 # ------------------------------------------------------------ inference (see tasks/contract.py)
