@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import LM_WORDS, build_tiny_llama
 from .test_playground import BROWSERS, _chromium
@@ -36,7 +37,7 @@ TASK = "causal_lm"
 class Studio:
     """`lmtune studio` over a runs folder, in a thread of this process, on a free port."""
 
-    def __init__(self, runs: Path) -> None:
+    def __init__(self, runs: Path, api_key: str | None = None) -> None:
         import uvicorn
 
         from lmtune.serve.server import bind
@@ -44,7 +45,7 @@ class Studio:
 
         self.sock = bind("127.0.0.1", 0)  # listening before the server starts: nothing to race for
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        app = create_studio_app(runs, StudioOptions(poll_seconds=0.2))
+        app = create_studio_app(runs, StudioOptions(api_key=api_key, poll_seconds=0.2))
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
@@ -118,15 +119,26 @@ def browser():
         browser.close()
 
 
-def open_page(browser, url: str):
-    """A page in a context of its own, its console errors and uncaught exceptions in `page.errors`."""
-    page = browser.new_context(viewport=VIEWPORT).new_page()
-    page.set_default_timeout(30_000)
-    page.errors = []
-    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
-    page.on("pageerror", lambda error: page.errors.append(f"uncaught: {error}"))
-    page.goto(url)
-    return page
+@pytest.fixture
+def open_page(browser):
+    """Opens a page in a context of its own, its console errors and uncaught exceptions collected in
+    `page.errors`; closes them all after the test (their event streams with them)."""
+    contexts = []
+
+    def open_page(url: str):
+        context = browser.new_context(viewport=VIEWPORT)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.errors = []
+        page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
+        page.on("pageerror", lambda error: page.errors.append(f"uncaught: {error}"))
+        page.goto(url)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
 
 
 def screenshot(page, name: str) -> None:
@@ -188,6 +200,15 @@ def fill_the_form(page, studio: Studio) -> None:
     expect(page.locator("#problems")).to_have_class("ok")
     assert f"max_steps: {MAX_STEPS}" in page.locator("#yaml").text_content()
     assert page.locator("#download-yaml").get_attribute("href").startswith("blob:")
+
+    page.click("#preview")  # the first rows as tokens: the answer trained, the rest masked
+    rows = page.locator("#preview .preview-row")
+    expect(rows).to_have_count(5)
+    trained = "".join(rows.first.locator(".trained").all_text_contents()).replace(" ", "")
+    masked = "".join(rows.first.locator(".masked").all_text_contents()).replace(" ", "")
+    assert "wefixbikes." in trained and "whatdoestheshopdo?" in masked and "what" not in trained
+    page.click("#plan")
+    expect(page.locator("#plan-text")).to_contain_text("plan:", timeout=60_000)  # (it times a few steps)
 
 
 def launch(page) -> None:
@@ -258,11 +279,11 @@ def chat_compare(page) -> None:
 # ---------------------------------------------------------------- the test
 
 
-def test_a_run_from_the_form_to_chat_compare(browser, studio):
+def test_a_run_from_the_form_to_chat_compare(open_page, studio):
     from playwright.sync_api import expect
 
-    page = open_page(browser, studio.url + "/")
-    other = open_page(browser, studio.url + "/")  # a second page, on the runs list all along
+    page = open_page(studio.url + "/")
+    other = open_page(studio.url + "/")  # a second page, on the runs list all along
     expect(page.locator("#runs")).to_contain_text("no runs")
 
     fill_the_form(page, studio)
@@ -275,6 +296,54 @@ def test_a_run_from_the_form_to_chat_compare(browser, studio):
     page.click("#top nav a[data-route=runs]")
     row = page.locator(f'#runs tr[data-name="{RUN}"]')
     expect(row.locator(".badge")).to_have_text("finished")
+    expect(page.locator("#queue")).to_contain_text("nothing queued or running", timeout=60_000)
     assert row.text_content() == other.locator(f'#runs tr[data-name="{RUN}"]').text_content()
     screenshot(page, "runs")
     assert page.errors == [] and other.errors == []
+
+
+def test_the_runs_list_sorts_filters_names_unreadable_folders_and_asks_for_the_key(open_page, tmp_path):
+    from playwright.sync_api import expect
+
+    runs = tmp_path / "runs"
+    for name, model in (("alpha", "model-b"), ("beta", "model-a")):  # configs only: status starting
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text(yaml.safe_dump({"model": model, "task": TASK}))
+    (runs / "broken").mkdir()
+    (runs / "broken" / "config.yaml").write_text("model: [unclosed\n")
+    server = Studio(runs, api_key="s3cret")
+    page = None
+    try:
+        page = open_page(server.url + "/")
+        expect(page.locator("#key-form")).to_be_visible()  # the listing was refused: the key is asked for
+        page.fill("#api-key", "s3cret")
+        page.press("#api-key", "Enter")
+        expect(page.locator("#key-form")).to_be_hidden()
+        names = page.locator("#runs tbody tr")
+        expect(names).to_have_count(3)
+        assert page.evaluate("sessionStorage.getItem('lmtune-studio-key')") == "s3cret"
+
+        broken = page.locator('#runs tr[data-name="broken"]')
+        assert broken.get_attribute("class") == "unreadable"
+        assert broken.locator(".badge").text_content() == "unreadable" and "not YAML" in broken.text_content()
+
+        order = lambda: [r.get_attribute("data-name") for r in names.all()]  # noqa: E731
+        page.click("th[data-key=name]")
+        assert order() == ["alpha", "beta", "broken"]
+        page.click("th[data-key=name]")
+        assert order() == ["broken", "beta", "alpha"]
+        page.click("th[data-key=model]")
+        assert order() == ["beta", "alpha", "broken"]  # model-a, model-b, then the folder with none
+        page.fill("#filter", "MODEL-A")
+        assert order() == ["beta"]
+        page.fill("#filter", "")
+
+        # the live list comes through the event stream, which carries the key in its URL
+        (runs / "gamma").mkdir()
+        (runs / "gamma" / "config.yaml").write_text(yaml.safe_dump({"model": "model-c", "task": TASK}))
+        expect(page.locator('#runs tr[data-name="gamma"] .badge')).to_have_text("starting")
+        assert page.errors and all("401" in e for e in page.errors)  # only the refused first request
+    finally:
+        if page is not None:
+            page.context.close()  # its event stream with it: the server's shutdown waits for open streams
+        server.close()

@@ -18,7 +18,9 @@ function h(tag, attrs = {}, ...children) {
     if (name === "text") el.textContent = value;
     else if (name === "class") el.className = value;
     else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
-    else if (name === "dataset") Object.assign(el.dataset, value);
+    else if (name === "dataset") {
+      for (const [key, v] of Object.entries(value)) if (v !== undefined && v !== null) el.dataset[key] = v;
+    }
     else el.setAttribute(name, value === true ? "" : value);
   }
   el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
@@ -128,7 +130,8 @@ async function api(method, path, body) {
 
 /** The message of a refused request, whatever shape the server gave it. */
 function refusal(result) {
-  const detail = result.data && (result.data.detail ?? result.data.error ?? result.data.message);
+  const data = result.data ?? {}; // the studio's errors: {"error": {"message"}}
+  const detail = data.error?.message ?? data.error ?? data.detail ?? data.message;
   const text = typeof detail === "string" ? detail : detail ? JSON.stringify(detail) : "";
   return `the studio answered ${result.status}${text ? `: ${text}` : ""}`;
 }
@@ -326,8 +329,9 @@ class RunForm {
   }
 
   async chooseTask(task) {
+    const asked = (this.asked = task); // a task chosen while another's schema loads wins
     const result = await api("GET", `/api/schema?task=${encodeURIComponent(task)}`);
-    if (!this.current.alive) return;
+    if (!this.current.alive || asked !== this.asked) return;
     if (!result.ok) { showError(refusal(result)); return; }
     this.taskSelect.value = task;
     this.fields = result.data.fields.filter((f) => f.key !== "task");
@@ -441,6 +445,7 @@ class RunForm {
   }
 
   async plan() {
+    this.output.replaceChildren(h("p", {class: "muted", text: "planning: loading the model and timing a few steps..."}));
     const result = await api("POST", "/api/plan", {config: this.config()});
     if (!this.current.alive) return;
     if (!result.ok) { showError(refusal(result)); return; }
@@ -450,6 +455,7 @@ class RunForm {
   }
 
   async preview() {
+    this.output.replaceChildren(h("p", {class: "muted", text: "reading the first rows..."}));
     const result = await api("POST", "/api/preview", {config: this.config(), rows: 5});
     if (!this.current.alive) return;
     if (!result.ok) { showError(refusal(result)); return; }
