@@ -193,6 +193,7 @@ def fill_the_form(page, studio: Studio) -> None:
     assert problem.text_content().startswith("train.lr")
     assert page.locator("#problems li").count() >= 1
     expect(page.locator('.field[data-key="train.lr"]')).to_have_class("field invalid")
+    page.locator('.field[data-key="train.lr"]').evaluate("el => el.scrollIntoView({block: 'center'})")
     screenshot(page, "new-run")
 
     field(page, "train.lr").fill("0.01")
@@ -231,7 +232,6 @@ def watch_it_train_then_stop(page, other) -> int:
     first = wait_for_points(page, 2)  # drawn...
     wait_for_points(page, first)  # ...and growing as the run logs its steps
     expect(other.locator(f'#runs tr[data-name="{RUN}"] .badge')).to_have_text("running")
-    screenshot(page, "run")
 
     assert page.locator("#resume").is_disabled()
     page.click("#stop")
@@ -255,6 +255,7 @@ def resume_to_the_end(page, other, studio: Studio, stopped_at: int) -> None:
     assert page.locator("#diagnosis .verdict").text_content().strip()
     log = page.locator("#log").text_content()  # the log's tail, each progress bar at its last drawing
     assert "diagnosis:" in log and "\r" not in log
+    screenshot(page, "run")
 
 
 def chat_compare(page) -> None:

@@ -598,7 +598,8 @@ class RunPage {
     const {status, resumable} = this.run;
     const waiting = this.job && this.job.state === "queued" ? badge(`${this.job.action} queued`) : null;
     this.status.replaceChildren(badge(status), ...(waiting ? [" ", waiting] : []));
-    this.stopButton.disabled = !(["running", "starting"].includes(status) || this.job);
+    // (a job whose run says finished is a process writing its report: nothing left to stop)
+    this.stopButton.disabled = !(["running", "starting"].includes(status) || (this.job && status !== "finished"));
     this.resumeButton.disabled = !resumable || status === "running" || Boolean(this.job);
   }
 
@@ -689,7 +690,7 @@ class RunCharts {
   constructor(current) {
     this.element = h("div", {class: "charts", id: "charts"});
     this.charts = {
-      loss: new Chart(this.element, "loss", "Loss"),
+      loss: new Chart(this.element, "loss", "Loss", {log: true}),
       metrics: new Chart(this.element, "metrics", "Validation metrics"),
       lr: new Chart(this.element, "lr", "Learning rate"),
       throughput: new Chart(this.element, "throughput", "Throughput (per second)"),
@@ -726,11 +727,13 @@ class RunCharts {
   }
 }
 
-/** One uPlot chart over steps, its series added as records name them. Drawn once it has a point. */
+/** One uPlot chart over steps, its series added as records name them. Drawn once it has a point.
+    A log chart (losses: they fall by orders of magnitude) turns linear if a value is not above 0. */
 class Chart {
-  constructor(parent, id, title) {
+  constructor(parent, id, title, {log = false} = {}) {
     this.box = h("div", {class: "chart hidden", id: `chart-${id}`}, h("h3", {text: title}));
     parent.append(this.box);
+    this.log = log;
     this.names = []; // the series, in the order first seen
     this.data = [[]]; // uPlot's columns: steps, then one array per series (null where a step lacks it)
     this.plot = null;
@@ -746,6 +749,10 @@ class Chart {
       row += 1;
     }
     for (const [name, value] of Object.entries(values)) {
+      if (this.log && !(value > 0)) { // (0 has no logarithm)
+        this.log = false;
+        this.rebuild();
+      }
       let index = this.names.indexOf(name);
       if (index < 0) index = this.addSeries(name);
       this.data[index + 1][row] = value;
@@ -756,11 +763,13 @@ class Chart {
   addSeries(name) {
     this.names.push(name);
     this.data.push(new Array(this.data[0].length).fill(null));
-    if (this.plot) { // a series the chart did not have yet: built again with it
-      this.plot.destroy();
-      this.plot = null;
-    }
+    this.rebuild(); // a series the chart did not have yet: built again with it
     return this.names.length - 1;
+  }
+
+  rebuild() {
+    if (this.plot) this.plot.destroy();
+    this.plot = null;
   }
 
   width() {
@@ -788,10 +797,10 @@ class Chart {
       points: {show: label.startsWith("validation") || this.box.id === "chart-metrics"},
       value: (u, v) => fmt(v),
     }));
-    const axes = [{label: "step"}, {scale: "y", values: (u, ticks) => ticks.map(fmt)}];
-    if (rate) axes.push({scale: "tokens", side: 1, grid: {show: false}, values: (u, ticks) => ticks.map(fmt)});
-    return {width: this.width(), height: 220, series: [{label: "step"}, ...series], axes,
-      scales: {x: {time: false}}, legend: {live: true}};
+    const axes = [{label: "step"}, {scale: "y", size: 60, values: this.log ? undefined : tickLabels}];
+    if (rate) axes.push({scale: "tokens", side: 1, size: 60, grid: {show: false}, values: tickLabels});
+    const scales = {x: {time: false}, ...(this.log ? {y: {distr: 3}} : {})};
+    return {width: this.width(), height: 220, series: [{label: "step"}, ...series], axes, scales};
   }
 
   resize() {
@@ -801,6 +810,13 @@ class Chart {
   destroy() {
     if (this.plot) this.plot.destroy();
   }
+}
+
+/** A linear axis's tick labels with as many decimals as the step between ticks needs (uPlot's own
+    stop at three: perplexities near 1 would all read "1"). */
+function tickLabels(u, ticks, axis, space, step) {
+  const decimals = Math.max(0, Math.min(12, -Math.floor(Math.log10(step))));
+  return ticks.map((v) => v.toFixed(decimals));
 }
 
 // ================================================================ 4d. #/chat/NAME chat compare
