@@ -142,9 +142,16 @@ def open_page(browser):
 
 
 def screenshot(page, name: str) -> None:
-    if os.environ.get("LMTUNE_SCREENSHOTS") == "1":
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(IMAGES / f"studio-{name}.png"))
+    """docs/images/studio-NAME.png, in 256 colours (a third of the size; the page has few), only when
+    LMTUNE_SCREENSHOTS=1: the suite does not rewrite tracked files."""
+    if os.environ.get("LMTUNE_SCREENSHOTS") != "1":
+        return
+    from PIL import Image
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    path = IMAGES / f"studio-{name}.png"
+    page.screenshot(path=str(path))
+    Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
 
 
 def field(page, key: str):
