@@ -11,6 +11,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 import lmtune
+from lmtune.cli import main
 from lmtune.serve.server import bind
 from lmtune.studio.app import StudioOptions, create_studio_app
 
@@ -83,6 +85,13 @@ def runs_dir(tiny_bert: Path, toy_data: dict[str, Path], tmp_path_factory: pytes
     (runs / "badyaml").mkdir()
     (runs / "badyaml" / "config.yaml").write_text("model: [unclosed\n")
     (runs / "just-a-folder").mkdir()
+    search, compare = runs / "sweep", runs / "strategies"
+    shutil.copytree(runs / "done", search / "trials" / "0000")
+    shutil.copytree(runs / "broke", search / "trials" / "0001")
+    (search / "search.yaml").write_text(yaml.safe_dump({**config, "search": {"space": {}, "trials": 2}}))
+    (search / "trials.csv").write_text("trial,state,value\n0,complete,0.5\n1,fail,\n")
+    shutil.copytree(runs / "done", compare / "full")
+    (compare / "compare.json").write_text(json.dumps({"metric": "accuracy", "runs": [{"output_dir": str(compare / "full")}]}))
     return runs
 
 
@@ -98,7 +107,7 @@ def test_runs_list_every_status_and_never_crashes(client: TestClient) -> None:
     assert listing["queue"] == [] and "just-a-folder" not in by_name
     assert {n: r["status"] for n, r in by_name.items()} == {
         "done": "finished", "live": "running", "paused": "stopped", "broke": "failed", "killed": "interrupted",
-        "garbled": "unreadable", "badyaml": "unreadable"}
+        "garbled": "unreadable", "badyaml": "unreadable", "sweep": "finished", "strategies": "finished"}
     assert {n for n, r in by_name.items() if r["resumable"]} == {"paused", "killed"}
     assert by_name["broke"]["error"] == "data.train: no such file"
     assert "metrics.json" in by_name["garbled"]["error"] and "config.yaml" in by_name["badyaml"]["error"]
@@ -107,6 +116,15 @@ def test_runs_list_every_status_and_never_crashes(client: TestClient) -> None:
     assert done["metric"]["name"] == "accuracy" and done["metric"]["greater_is_better"] is True
     assert 0 <= done["metric"]["value"] <= 1 and done["seconds"] > 0 and done["verdict"]
     assert by_name["live"]["started"] == "2026-01-01T00:00:00"
+    for group, kind in (("sweep", "search"), ("strategies", "compare")):
+        assert by_name[group] == {**by_name[group], "kind": kind, "task": "classification", "metric": done["metric"]}
+
+
+def test_search_and_compare_details_list_their_runs(client: TestClient) -> None:
+    sweep = client.get("/api/runs/sweep").json()
+    assert [row["state"] for row in sweep["trials"]] == ["complete", "fail"] and sweep["comparison"] is None
+    strategies = client.get("/api/runs/strategies").json()
+    assert [(r["name"], r["status"]) for r in strategies["comparison"]] == [("full", "finished")]
 
 
 def test_run_details_of_a_finished_classifier(client: TestClient, runs_dir: Path) -> None:
@@ -318,3 +336,16 @@ def test_preview_of_a_classifier_gives_text_and_label(client: TestClient, tiny_b
     first = toy_data["train"].read_text().splitlines()[1]
     assert len(answer["rows"]) == 3 and answer["rows"][0]["tokens"] is None
     assert first.startswith(answer["rows"][0]["text"]) and answer["rows"][0]["label"] in ("positive", "negative")
+
+
+def test_plan_gives_the_lines_of_lmtune_plan(client: TestClient, tiny_bert: Path, toy_data: dict[str, Path],
+                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tiny_config(tiny_bert, toy_data, tmp_path / "r")
+    answer = client.post("/api/plan", json={"config": config, "probe": 0}).json()
+    assert answer["ok"] is True and answer["problems"] == []
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["plan", str(tmp_path / "c.yaml"), "--probe", "0"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert answer["text"].splitlines()[:3] == printed[:3] and "GiB" in answer["text"]
+    bad = client.post("/api/plan", json={"config": {**config, "train": {"lr": -1}}}).json()
+    assert bad["ok"] is False and bad["problems"][0]["key"] == "train.lr"

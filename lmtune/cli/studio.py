@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ..core.errors import LmtuneError
+from ..infer.saved_run import did_you_mean
 from ..serve.options import ServeOptions
 from ..serve.server import serve
 
@@ -28,7 +29,8 @@ def cmd_studio(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs)
     if not runs_dir.is_dir():
         what = "is a file" if runs_dir.exists() else "does not exist"
-        raise LmtuneError(f"--runs: {runs_dir} {what}; expected the folder that holds your run folders")
+        raise LmtuneError(f"--runs: {runs_dir} {what} (expected the folder that holds your run folders)"
+                          f"{did_you_mean(runs_dir)}")
     if args.parallel < 1:
         raise LmtuneError(f"--parallel: must be at least 1, got {args.parallel}")
     options = ServeOptions(host=args.host, port=args.port,
@@ -36,5 +38,5 @@ def cmd_studio(args: argparse.Namespace) -> int:
     from ..studio.app import StudioOptions, create_studio_app
 
     app = create_studio_app(runs_dir, StudioOptions(api_key=options.api_key, parallel=args.parallel))
-    serve(app, options, announce=f"studio over {runs_dir}/ ", name="studio")
+    serve(app, options, announce=f"{runs_dir}/ ", name="studio")
     return 0

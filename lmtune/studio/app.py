@@ -66,8 +66,7 @@ def create_studio_app(runs_dir: str | Path, options: StudioOptions | None = None
 
     @app.exception_handler(LmtuneError)
     async def lmtune_error(request: Request, e: LmtuneError) -> JSONResponse:
-        status = 404 if any(p.endswith(f"no such run in {runs_dir}") or "not a run name" in p for p in e.problems) else 400
-        return error_response(status, "; ".join(e.problems))
+        return error_response(404 if isinstance(e, runs.NoSuchRun) else 400, "; ".join(e.problems))
 
     @app.get("/health")
     async def health() -> dict[str, bool]:
@@ -216,10 +215,13 @@ def _event_routes(runs_dir: Path, jobs: Jobs, poll: float) -> APIRouter:
         return EventStreamResponse(_until_disconnected(request, poll, step), on_close=lambda: None)
 
     @r.get("/runs/{name}/events")
-    async def run_events(request: Request, name: str, start: int = 0) -> EventStreamResponse:
-        folder = runs.folder_of(runs_dir, name)
-        start = int(request.query_params.get("from", start) or 0)
-        state: dict[str, Any] = {"line": max(0, start), "status": None, "log": _log_size(runs_dir, name)}
+    async def run_events(request: Request, name: str) -> EventStreamResponse:
+        # (a run just launched has its folder once its process has started)
+        folder = runs_dir / name if jobs.find(name) is not None else runs.folder_of(runs_dir, name)
+        start = request.query_params.get("from", "0")
+        if not start.isdigit():
+            raise LmtuneError(f"from: expected the history line to start at (0, 1, ...), got {start!r}")
+        state: dict[str, Any] = {"line": int(start), "status": None, "log": _log_size(runs_dir, name)}
 
         def step() -> list[str]:
             return _run_step(runs_dir, name, folder, state)

@@ -30,6 +30,10 @@ LOG_TAIL = 8000  # characters of a child's log in a run's details
 ORDER = ("running", "starting", "stopped", "failed", "interrupted", "unknown", "finished", "unreadable")
 
 
+class NoSuchRun(LmtuneError):
+    """A run name that is not a folder of the runs folder (the API answers 404)."""
+
+
 def pid_alive(pid: Any) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -148,15 +152,14 @@ def _members(folder: Path, kind: str) -> list[tuple[Path, str, str | None]]:
 
 def group_summary(folder: Path, name: str, kind: str) -> dict[str, Any]:
     """A search or compare folder: its best member's metric; running while one of its runs is."""
-    if kind == "search":
-        config = read_config_file(folder / "search.yaml")
-    else:
-        runs = _read_json(folder / "compare.json").get("runs") or []
-        config = dict(runs[0]) if runs and isinstance(runs[0], dict) else {}
-        config.pop("strategy", None)
-    summary = _base(name, kind, config)
-    summary["started"] = _started(folder)
     members = [run_summary(path, label) for path, label, _ in _members(folder, kind)]
+    if kind == "search":
+        config = _yaml_mapping(folder / "search.yaml")
+    else:
+        _read_json(folder / "compare.json")  # (unreadable when it does not parse)
+        config = {"task": members[0]["task"], "model": members[0]["model"]} if members else {}
+    summary = _base(name, kind, {k: v for k, v in config.items() if k != "strategy"})
+    summary["started"] = _started(folder)
     statuses = {m["status"] for m in members}
     summary["status"] = ("running" if "running" in statuses or live_process(folder) else
                          "finished" if statuses == {"finished"} else
@@ -166,10 +169,6 @@ def group_summary(folder: Path, name: str, kind: str) -> dict[str, Any]:
         greater = scored[0]["greater_is_better"]
         summary["metric"] = (max if greater else min)(scored, key=lambda m: m["value"])
     return summary
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    return read_config(path.parent) if path.name == "config.yaml" else _yaml_mapping(path)
 
 
 def _yaml_mapping(path: Path) -> dict[str, Any]:
@@ -211,10 +210,10 @@ def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
 def folder_of(runs_dir: Path, name: str) -> Path:
     """The folder of a run by name; LmtuneError for a name that is not one folder of the runs folder."""
     if not name or name.startswith(".") or "/" in name or "\\" in name or name in ("..",):
-        raise LmtuneError(f"{name!r}: not a run name")
+        raise NoSuchRun(f"{name!r}: not a run name")
     folder = runs_dir / name
     if not folder.is_dir() or kind_of(folder) is None:
-        raise LmtuneError(f"{name}: no such run in {runs_dir}")
+        raise NoSuchRun(f"{name}: no such run in {runs_dir}")
     return folder
 
 
