@@ -185,6 +185,12 @@ def fill_the_form(page, studio: Studio) -> None:
     page.click("#top nav a[data-route=new]")
     page.select_option("#task", TASK)
     expect(page.locator('.field[data-key="train.lr"]')).to_be_visible()
+    lora_rank = page.locator('.field[data-key="strategy.r"]')  # a strategy's keys: shown for it only
+    expect(lora_rank).to_be_hidden()
+    field(page, "strategy.name").select_option("lora")
+    expect(lora_rank).to_be_visible()
+    field(page, "strategy.name").select_option("")  # back to the default (full): not sent
+    expect(lora_rank).to_be_hidden()
     values = {"model": str(studio.model), "output_dir": RUN, "data.train": str(studio.data),
               "data.validation": str(studio.data), "data.max_length": "48", "train.max_steps": str(MAX_STEPS),
               "train.batch_size": "2", "train.log_steps": "1", "train.eval_steps": "1000", "train.precision": "fp32",

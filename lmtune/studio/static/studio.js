@@ -297,6 +297,7 @@ class RunForm {
     this.fields = []; // the schema's fields for the chosen task
     this.inputs = new Map(); // key -> its input element
     this.values = new Map(); // key -> what the user typed (kept when the task changes)
+    this.everyField = false; // problems beside the fields the user changed; beside all once asked to validate
     this.checks = 0; // validation requests sent: only the latest answer is shown
     this.timer = null;
     current.onLeave(() => clearTimeout(this.timer));
@@ -319,7 +320,7 @@ class RunForm {
           this.sections),
         h("div", {class: "side"},
           h("div", {class: "actions"},
-            button("validate", "Validate", () => this.validate()),
+            button("validate", "Validate", () => { this.everyField = true; this.validate(); }),
             button("plan", "Plan", () => this.plan()),
             button("preview", "Preview", () => this.preview()),
             button("launch", "Launch", () => this.launch(), true)),
@@ -429,6 +430,7 @@ class RunForm {
     for (const problem of problems) {
       const row = problem.key && this.sections.querySelector(`.field[data-key="${CSS.escape(problem.key)}"]`);
       if (!row) continue; // a problem of no single field: in the list only
+      if (!this.everyField && !this.values.has(problem.key)) continue; // not touched yet: in the list only
       row.classList.add("invalid");
       const slot = $(".problem", row);
       slot.hidden = false;
@@ -464,6 +466,7 @@ class RunForm {
   }
 
   async launch() {
+    this.everyField = true;
     const result = await api("POST", "/api/runs", {config: this.config()});
     if (!this.current.alive) return;
     if (result.status === 422) {
@@ -587,7 +590,8 @@ class RunPage {
       run.trials && run.trials.length ? h("div", {}, h("h2", {text: "Trials"}), objectTable(run.trials, "trials")) : null,
       run.comparison && run.comparison.length ? h("div", {}, h("h2", {text: "Comparison"}), objectTable(run.comparison, "comparison")) : null,
       h("h2", {text: "Log"}), this.log,
-      run.config_yaml ? h("div", {}, h("h2", {text: "Config"}), h("pre", {id: "config-yaml", text: run.config_yaml})) : null);
+      run.config_yaml ? h("details", {}, h("summary", {}, h("h2", {text: "Config"})),
+        h("pre", {id: "config-yaml", text: run.config_yaml})) : null);
     run.history.forEach((record) => this.charts.add(record));
     this.showStatus();
   }
