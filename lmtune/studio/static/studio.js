@@ -210,17 +210,20 @@ async function showRuns(root, current) {
     queue.replaceChildren(queueList(state.queue));
   };
 
-  let loading = null; // one refresh at a time; a change during it asks for one more
+  let loading = false; // one refresh at a time; a change during it asks for one more
   let again = false;
   const refresh = async () => {
     if (loading) { again = true; return; }
-    loading = api("GET", "/api/runs");
-    const result = await loading;
-    loading = null;
-    if (!current.alive) return;
-    if (!result.ok) showError(refusal(result));
-    else ({runs: state.runs, queue: state.queue} = result.data);
-    draw();
+    loading = true;
+    try {
+      const result = await api("GET", "/api/runs");
+      if (!current.alive) return;
+      if (!result.ok) showError(refusal(result));
+      else ({runs: state.runs, queue: state.queue} = result.data);
+      draw();
+    } finally {
+      loading = false;
+    }
     if (again) { again = false; refresh(); }
   };
   await refresh(); // before the stream: a refused key is asked for by a request that can see the 401
@@ -453,7 +456,7 @@ class RunForm {
     if (!result.ok) { showError(refusal(result)); return; }
     this.showProblems(result.data.problems ?? []);
     this.output.replaceChildren(h("div", {class: "card"}, h("h2", {text: "Plan"}),
-      h("pre", {id: "plan-text", text: result.data.text ?? ""})));
+      h("pre", {id: "plan-text", text: result.data.text || "no plan: the config has problems (listed above)"})));
   }
 
   async preview() {
@@ -531,6 +534,7 @@ function previewCard(rows) {
   const hasTokens = rows.some((row) => row.tokens);
   return h("div", {class: "card", id: "preview"},
     h("h2", {text: "Preview"}),
+    rows.length ? null : h("p", {class: "muted", text: "no rows: the config has problems (listed above)"}),
     hasTokens ? h("div", {class: "legend tokens"},
       h("span", {class: "trained", text: "trained (in the loss)"}),
       h("span", {class: "masked", text: "masked (not in the loss)"})) : null,
