@@ -142,6 +142,7 @@ def _run_routes(runs_dir: Path, jobs: Jobs) -> APIRouter:
     @r.post("/runs/{name}/resume", status_code=202)
     def resume(name: str) -> Any:
         folder = runs.folder_of(runs_dir, name)
+        jobs.tick()  # (a run that has just stopped leaves the queue first)
         status, resumable, _ = runs.run_status(folder)
         if jobs.find(name) is not None or not resumable:
             return error_response(409, f"{name} is {status}: nothing to resume" if jobs.find(name) is None

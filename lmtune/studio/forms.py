@@ -86,12 +86,17 @@ def _fields_of(cls: type[BaseModel], prefix: str, strategy: str | None) -> list[
     return out
 
 
+# keys a run config holds that the form does not ask for: model_chain is written by lmtune, search is
+# read by `lmtune search` (the studio launches `lmtune train`)
+NOT_IN_FORM = ("model_chain", "search")
+
+
 def schema(task: str | None) -> dict[str, Any]:
     """GET /api/schema: the tasks, the bundled models and every key of `task`'s runs (default: the
     default task), strategy keys tagged with their strategy."""
     name = task or DEFAULT_TASK
     cls = get_task(name).config  # (an unknown task: LmtuneError naming the known ones)
-    fields = _fields_of(cls, "", None)
+    fields = [f for f in _fields_of(cls, "", None) if f["key"].split(".")[0] not in NOT_IN_FORM]
     for i, f in enumerate(fields):
         if f["key"] == "task":
             fields[i] = {**f, "type": "choice", "choices": list(TASKS), "default": name, "required": False,
