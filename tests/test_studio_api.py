@@ -14,10 +14,8 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,34 +26,12 @@ from fastapi.testclient import TestClient
 
 import lmtune
 from lmtune.cli import main
-from lmtune.serve.server import bind
 from lmtune.studio.app import StudioOptions, create_studio_app
 
 from .conftest import tiny_config
+from .test_serve import running
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@contextmanager
-def running(app: Any) -> Iterator[str]:
-    """The app under uvicorn on a free loopback port, in a thread; yields its base URL."""
-    import uvicorn
-
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "the server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        assert not thread.is_alive(), "the server did not stop"
 
 
 def _fake(folder: Path, config: dict[str, Any], files: dict[str, str]) -> Path:

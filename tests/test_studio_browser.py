@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from .conftest import LM_WORDS, build_tiny_llama
-from .test_playground import BROWSERS, _chromium
+from .test_playground import browser  # noqa: F401  (the module's Chromium, a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "images"
@@ -102,21 +102,6 @@ def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
         yield patch
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    path = _chromium()
-    if path is None:
-        pytest.skip(f"no Chromium to drive: none of {', '.join(BROWSERS)} is on PATH "
-                    "(`make install` as root installs Debian's chromium; or `playwright install chromium`)")
-    with sync_playwright() as p:
-        # --no-sandbox: Chromium refuses to sandbox itself when running as root (as in containers)
-        browser = p.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

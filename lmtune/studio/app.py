@@ -96,6 +96,13 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+def _count(body: dict[str, Any], key: str, default: int, least: int, what: str) -> int:
+    value = body.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise LmtuneError(f"{key}: expected {what}, at least {least}, got {value!r}")
+    return value
+
+
 def _listing(runs_dir: Path, jobs: Jobs) -> dict[str, Any]:
     return {"runs": runs.list_runs(runs_dir), "queue": jobs.queue()}
 
@@ -166,17 +173,13 @@ def _form_routes() -> APIRouter:
     @r.post("/plan")
     async def plan(request: Request) -> dict[str, Any]:
         body = await _body(request)
-        probe = body.get("probe", 3)
-        if not isinstance(probe, int) or probe < 0:
-            raise LmtuneError(f"probe: expected a number of steps, 0 or more, got {probe!r}")
+        probe = _count(body, "probe", 3, 0, "a number of steps")
         return await run_in_threadpool(forms.plan_text, body.get("config"), probe)
 
     @r.post("/preview")
     async def preview(request: Request) -> dict[str, Any]:
         body = await _body(request)
-        rows = body.get("rows", 5)
-        if not isinstance(rows, int) or rows < 1:
-            raise LmtuneError(f"rows: expected a number of rows, at least 1, got {rows!r}")
+        rows = _count(body, "rows", 5, 1, "a number of rows")
         return await run_in_threadpool(forms.preview, body.get("config"), rows)
 
     return r
