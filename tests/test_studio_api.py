@@ -199,6 +199,49 @@ def test_history_stream_of_a_finished_run_then_closed(runs_dir: Path) -> None:
         assert http.get(f"{url}/health").json() == {"ok": True}  # the server goes on after the clients left
 
 
+def _next_event(lines: Iterator[str]) -> Any:
+    return next(json.loads(line[len("data: "):]) for line in lines if line.startswith("data: "))
+
+
+def test_a_search_and_a_compare_as_their_trials_and_runs_come_in(runs_dir: Path, tmp_path: Path) -> None:
+    done = runs_dir / "done"
+    config = yaml.safe_load((done / "config.yaml").read_text())
+    step = json.dumps({"step": 1, "epoch": 0.1, "loss": 0.7, "lr": 1e-3}) + "\n"
+    live = {"history.jsonl": step, "process.json": json.dumps({"pid": os.getpid(), "host": os.uname().nodename})}
+    runs = tmp_path / "runs"
+    search = runs / "sweep"
+    shutil.copytree(done, search / "trials" / "0000")
+    _fake(search / "trials" / "0001", config, live)
+    (search / "search.yaml").write_text(yaml.safe_dump({**config, "search": {"space": {}, "direction": "minimize"}}))
+    shutil.copytree(done, runs / "strategies" / "full")  # a compare before its compare.json: its runs so far
+    _fake(runs / "strategies" / "lora", {**config, "strategy": {"name": "lora"}}, live)
+    _fake(runs / "loose" / "mine", config, {"history.jsonl": step})  # a folder of runs, not named as a compare's
+    accuracy = json.loads((done / "metrics.json").read_text())["validation"]["accuracy"]
+    app = create_studio_app(runs, StudioOptions(poll_seconds=0.05))
+    with running(app) as url, httpx.Client(timeout=30) as http:
+        listing = {r["name"]: r for r in http.get(f"{url}/api/runs").json()["runs"]}
+        assert {n: (r["kind"], r["status"]) for n, r in listing.items()} == {
+            "sweep": ("search", "running"), "strategies": ("compare", "running")}
+        compare = http.get(f"{url}/api/runs/strategies").json()
+        assert [(r["name"], r["status"]) for r in compare["comparison"]] == [("full", "finished"), ("lora", "running")]
+        chart = http.get(f"{url}/api/runs/sweep").json()["search"]  # (no trials.csv yet: the trials' folders)
+        assert chart == {"metric": "accuracy", "greater_is_better": False, "points": [
+            {"trial": 0, "state": "complete", "value": accuracy}, {"trial": 1, "state": "running", "value": None}]}
+        with http.stream("GET", f"{url}/api/events") as response:
+            lines = response.iter_lines()
+            assert _next_event(lines) == {"type": "runs"}  # (the first says the stream is open)
+            (search / "trials.csv").write_text("trial,state,accuracy\n0,complete,0.5\n")
+            assert _next_event(lines) == {"type": "runs"}
+            with open(search / "trials.csv", "a") as f:  # (in place: the folder itself does not change)
+                f.write("1,pruned,0.25\n2,complete,0.75\n")
+            assert _next_event(lines) == {"type": "runs"}
+        details = http.get(f"{url}/api/runs/sweep").json()
+        assert [r["trial"] for r in details["trials"]] == ["0", "1", "2"]
+        assert details["search"]["points"] == [{"trial": 0, "state": "complete", "value": 0.5},
+                                               {"trial": 1, "state": "pruned", "value": 0.25},
+                                               {"trial": 2, "state": "complete", "value": 0.75}]
+
+
 def _wait_until(client: TestClient, done: Any, what: str, timeout: float = 400) -> dict[str, Any]:
     """Poll /api/runs until `done(listing)`; the deadline only guards against a hang."""
     deadline = time.monotonic() + timeout

@@ -186,13 +186,15 @@ def _form_routes() -> APIRouter:
 
 
 def _fingerprint(runs_dir: Path, jobs: Jobs) -> tuple[Any, ...]:
-    """What changes when the list of runs or the queue does: cheap to read twice a second."""
+    """What changes when the list of runs or the queue does, or a search's or compare's details (a new
+    trial, a row of trials.csv, one of its runs' status): cheap to read twice a second."""
     seen: list[Any] = [jobs.changes]
     for folder in sorted(runs_dir.iterdir()):
         if folder.is_dir() and not folder.name.startswith("."):
-            history = folder / "history.jsonl"
-            seen.append((folder.name, folder.stat().st_mtime_ns, history.stat().st_size if history.is_file() else -1,
-                         runs.live_process(folder) is not None))
+            try:
+                seen.append(runs.change_mark(folder))
+            except OSError:  # (a folder removed while read)
+                seen.append((folder.name, None))
     return tuple(seen)
 
 

@@ -91,9 +91,42 @@ def kind_of(folder: Path) -> str | None:
         return "run"
     if (folder / "search.yaml").is_file():
         return "search"
-    if (folder / "compare.json").is_file():
+    if (folder / "compare.json").is_file() or _compare_in_progress(folder):
         return "compare"
     return None
+
+
+def _compare_in_progress(folder: Path) -> bool:
+    """A compare before its compare.json: a folder of runs each named as `lmtune compare` names them
+    (the strategy, or STRATEGY-seedN) and nothing else of lmtune's."""
+    runs = [p for p in folder.iterdir() if (p / "config.yaml").is_file()] if folder.is_dir() else []
+    for run in runs:
+        try:
+            config = read_config(run)
+        except (LmtuneError, OSError):
+            return False
+        strategy, train = config.get("strategy"), config.get("train")
+        name = strategy.get("name") if isinstance(strategy, dict) else None
+        seed = train.get("seed") if isinstance(train, dict) else None
+        if not name or run.name not in (name, f"{name}-seed{seed}"):
+            return False
+    return bool(runs)
+
+
+def change_mark(folder: Path) -> tuple[Any, ...]:
+    """What changes when a folder's summary or details may: its entries, its history's length, a live
+    process; for a search or compare also trials.csv and each of its runs'. Cheap to read twice a second."""
+    def mark(path: Path) -> tuple[Any, ...]:
+        history = path / "history.jsonl"
+        return (path.name, path.stat().st_mtime_ns, history.stat().st_size if history.is_file() else -1,
+                live_process(path) is not None)
+
+    if (folder / "config.yaml").is_file():
+        return mark(folder)
+    trials = folder / "trials.csv"
+    members = [p for p in (*sorted((folder / "trials").glob("*")), *sorted(folder.iterdir())) if p.is_dir()]
+    return (mark(folder), (trials.stat().st_size, trials.stat().st_mtime_ns) if trials.is_file() else None,
+            *(mark(p) for p in members if (p / "config.yaml").is_file()))
 
 
 def _iso(seconds: float) -> str:
@@ -156,7 +189,7 @@ def group_summary(folder: Path, name: str, kind: str) -> dict[str, Any]:
     if kind == "search":
         config = _yaml_mapping(folder / "search.yaml")
     else:
-        _read_json(folder / "compare.json")  # (unreadable when it does not parse)
+        _read_json(folder / "compare.json")  # (unreadable when it does not parse; {} while it is not written)
         config = {"task": members[0]["task"], "model": members[0]["model"]} if members else {}
     summary = _base(name, kind, {k: v for k, v in config.items() if k != "strategy"})
     summary["started"] = _started(folder)
@@ -164,6 +197,10 @@ def group_summary(folder: Path, name: str, kind: str) -> dict[str, Any]:
     summary["status"] = ("running" if "running" in statuses or live_process(folder) else
                          "finished" if statuses == {"finished"} else
                          next((s for s in ORDER if s in statuses), "starting"))
+    if kind == "compare" and not (folder / "compare.json").is_file():
+        # (its runs so far: one trains, or has only its config.yaml yet, else the compare ended without its table)
+        started = [run_status(p)[0] for p in folder.iterdir() if (p / "config.yaml").is_file()]
+        summary["status"] = next((s for s in ("running", "starting") if s in started), "interrupted")
     scored = [m["metric"] for m in members if m["metric"] is not None]
     if scored:
         greater = scored[0]["greater_is_better"]
@@ -256,19 +293,65 @@ def _run_details(folder: Path, name: str) -> dict[str, Any]:
         "diagnosis": (metrics or {}).get("diagnosis") if isinstance((metrics or {}).get("diagnosis"), dict) else None,
         "confusion": {"labels": found[0], "matrix": found[1]} if found else None,
         "samples": run.samples[:SAMPLES] if run is not None and run.samples else None,
-        "trials": None, "comparison": None,
+        "trials": None, "search": None, "comparison": None,
         "chat": bool(generative and metrics is not None and (folder / "model").is_dir()),
     }
 
 
+def _search_goal(config: dict[str, Any]) -> tuple[str, bool]:
+    """The metric a search's trials are scored by and whether greater is better, as `lmtune search`
+    reads them from its config (search.metric, search.direction)."""
+    search = config.get("search") if isinstance(config.get("search"), dict) else {}
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    task = str(config.get("task") or DEFAULT_TASK)
+    try:
+        default = get_task(task).METRICS[0]
+    except LmtuneError:
+        default = "loss"
+    metric = str(search.get("metric") or train.get("metric") or default)
+    direction = search.get("direction")
+    greater = direction == "maximize" if direction in ("maximize", "minimize") else greater_is_better(task, metric)
+    return metric, greater
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # (not NaN)
+
+
+def search_points(config: dict[str, Any], rows: list[dict[str, Any]] | None,
+                  members: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """Each trial's number, state and value for the search's chart: from trials.csv once written, else
+    from the trials' folders (complete: a finished run with the metric)."""
+    metric, greater = _search_goal(config)
+    points = []
+    for row in rows or []:
+        if str(row.get("trial", "")).isdigit():
+            value = row.get(metric, row.get("value"))
+            points.append({"trial": int(row["trial"]), "state": row.get("state") or "", "value": _number(value)})
+    if rows is None:
+        for path, run in members:
+            value = (run["metric"] or {}).get("value") if (run["metric"] or {}).get("name") == metric else None
+            complete = run["status"] == "finished" and value is not None
+            points.append({"trial": int(path.name) if path.name.isdigit() else len(points),
+                           "state": "complete" if complete else run["status"], "value": value})
+    return {"metric": metric, "greater_is_better": greater, "points": sorted(points, key=lambda p: p["trial"])}
+
+
 def _group_details(folder: Path, name: str, kind: str) -> dict[str, Any]:
     config_file = folder / ("search.yaml" if kind == "search" else "compare.json")
-    config = _yaml_mapping(config_file)  # (JSON is YAML)
-    members = [run_summary(path, label) for path, label, _ in _members(folder, kind)]
+    config = _yaml_mapping(config_file) if config_file.is_file() else {}  # (JSON is YAML)
+    found = [(path, run_summary(path, label)) for path, label, _ in _members(folder, kind)]
+    members = [run for _, run in found]
+    rows = _csv_rows(folder / "trials.csv") if kind == "search" else None
     return {
-        "config": config, "config_yaml": config_file.read_text(encoding="utf-8"), "history": [], "metrics": None,
-        "diagnosis": None, "confusion": None, "samples": None,
-        "trials": (_csv_rows(folder / "trials.csv") or members) if kind == "search" else None,
+        "config": config, "config_yaml": config_file.read_text(encoding="utf-8") if config_file.is_file() else None,
+        "history": [], "metrics": None, "diagnosis": None, "confusion": None, "samples": None,
+        "trials": (rows or members) if kind == "search" else None,
+        "search": search_points(config, rows, found) if kind == "search" else None,
         "comparison": members if kind == "compare" else None, "chat": False,
     }
 
@@ -279,7 +362,7 @@ def run_details(runs_dir: Path, name: str) -> dict[str, Any]:
     out = summary(folder, name) or {}
     if out.get("status") == "unreadable":
         out.update(config={}, config_yaml=None, history=[], metrics=None, diagnosis=None, confusion=None,
-                   samples=None, trials=None, comparison=None, chat=False)
+                   samples=None, trials=None, search=None, comparison=None, chat=False)
     else:
         try:
             out.update(_run_details(folder, name) if out["kind"] == "run" else _group_details(folder, name, out["kind"]))
