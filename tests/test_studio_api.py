@@ -225,7 +225,7 @@ def test_a_search_and_a_compare_as_their_trials_and_runs_come_in(runs_dir: Path,
         compare = http.get(f"{url}/api/runs/strategies").json()
         assert [(r["name"], r["status"]) for r in compare["comparison"]] == [("full", "finished"), ("lora", "running")]
         chart = http.get(f"{url}/api/runs/sweep").json()["search"]  # (no trials.csv yet: the trials' folders)
-        assert chart == {"metric": "accuracy", "greater_is_better": False, "points": [
+        assert chart == {"metric": "accuracy", "greater_is_better": False, "source": "trials", "points": [
             {"trial": 0, "state": "complete", "value": accuracy}, {"trial": 1, "state": "running", "value": None}]}
         with http.stream("GET", f"{url}/api/events") as response:
             lines = response.iter_lines()
@@ -237,7 +237,7 @@ def test_a_search_and_a_compare_as_their_trials_and_runs_come_in(runs_dir: Path,
             assert _next_event(lines) == {"type": "runs"}
         details = http.get(f"{url}/api/runs/sweep").json()
         assert [r["trial"] for r in details["trials"]] == ["0", "1", "2"]
-        assert details["search"]["points"] == [{"trial": 0, "state": "complete", "value": 0.5},
+        assert details["search"]["source"] == "trials.csv" and details["search"]["points"] == [{"trial": 0, "state": "complete", "value": 0.5},
                                                {"trial": 1, "state": "pruned", "value": 0.25},
                                                {"trial": 2, "state": "complete", "value": 0.75}]
 

@@ -346,3 +346,47 @@ def test_the_runs_list_sorts_filters_names_unreadable_folders_and_asks_for_the_k
         if page is not None:
             page.context.close()  # its event stream with it: the server's shutdown waits for open streams
         server.close()
+
+
+def test_a_search_draws_its_trials_as_they_come_in(open_page, tmp_path):
+    """A search faked from its files (no training): the chart has a point per complete trial and the
+    best so far; a trial that finishes, then trials.csv, redraw it without a reload."""
+    from playwright.sync_api import expect
+
+    search = tmp_path / "runs" / "sweep"
+    config = {"model": "tiny", "task": TASK, "strategy": {"name": "full"}}
+    (search / "trials").mkdir(parents=True)
+    (search / "search.yaml").write_text(yaml.safe_dump({**config, "search": {"space": {}, "trials": 3}}))
+
+    def trial(number: int, files: dict[str, str]) -> Path:
+        folder = search / "trials" / f"{number:04d}"
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "history.jsonl").write_text(json.dumps({"step": 1, "loss": 3.0}) + "\n")
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        return folder
+
+    trial(0, {"metrics.json": json.dumps({"validation": {"loss": 2.5}})})
+    second = trial(1, {"process.json": json.dumps({"pid": os.getpid(), "host": os.uname().nodename})})
+    server = Studio(search.parent)
+    page = None
+    try:
+        page = open_page(f"{server.url}/#/run/sweep")
+        chart = page.locator("#chart-search")
+        expect(chart).to_have_attribute("data-points", "1")
+        expect(page.locator("#search-chart-note")).to_contain_text("trial 1 (running)")
+        assert "lower is better" in chart.locator("h3").text_content()
+
+        (second / "metrics.json").write_text(json.dumps({"validation": {"loss": 2.0}}))  # the trial finishes
+        expect(chart).to_have_attribute("data-points", "2")
+        (search / "trials.csv").write_text("trial,state,loss\n0,complete,2.5\n1,complete,2.0\n2,fail,\n")
+        expect(page.locator("#search-chart-note")).to_have_text("Not drawn: trial 2 (fail).")
+        expect(page.locator("#trials tbody tr")).to_have_count(3)
+        plotted = page.evaluate("document.querySelector('#chart-search').uplot.data")
+        assert plotted == [[0, 1], [2.5, 2.0], [2.5, 2.0]]  # the trials' values, the best so far (lower)
+        assert page.errors == []
+    finally:
+        if page is not None:
+            page.context.close()  # its event stream with it: the server's shutdown waits for open streams
+        server.close()

@@ -338,7 +338,8 @@ def search_points(config: dict[str, Any], rows: list[dict[str, Any]] | None,
             complete = run["status"] == "finished" and value is not None
             points.append({"trial": int(path.name) if path.name.isdigit() else len(points),
                            "state": "complete" if complete else run["status"], "value": value})
-    return {"metric": metric, "greater_is_better": greater, "points": sorted(points, key=lambda p: p["trial"])}
+    return {"metric": metric, "greater_is_better": greater, "source": "trials.csv" if rows is not None else "trials",
+            "points": sorted(points, key=lambda p: p["trial"])}
 
 
 def _group_details(folder: Path, name: str, kind: str) -> dict[str, Any]:

@@ -586,18 +586,33 @@ class RunPage {
     this.element = h("div", {dataset: {run: run.name}},
       h("h1", {}, h("span", {text: run.name}), this.status, this.stopButton, this.resumeButton,
         run.chat ? h("a", {id: "chat-link", class: "button", href: `#/chat/${encodeURIComponent(run.name)}`, text: "Chat compare"}) : null),
-      runSummary(run),
+      this.summary = runSummary(run),
       this.charts.element,
       runDiagnosis(run.diagnosis),
       run.confusion ? h("div", {}, h("h2", {text: "Confusion matrix"}), confusionTable(run.confusion)) : null,
       run.samples && run.samples.length ? h("div", {}, h("h2", {text: "Samples"}), objectTable(run.samples, "samples")) : null,
-      run.trials && run.trials.length ? h("div", {}, h("h2", {text: "Trials"}), objectTable(run.trials, "trials")) : null,
-      run.comparison && run.comparison.length ? h("div", {}, h("h2", {text: "Comparison"}), objectTable(run.comparison, "comparison")) : null,
+      this.group = h("div", {id: "group"}),
       h("h2", {text: "Log"}), this.log,
       run.config_yaml ? h("details", {}, h("summary", {}, h("h2", {text: "Config"})),
         h("pre", {id: "config-yaml", text: run.config_yaml})) : null);
     run.history.forEach((record) => this.charts.add(record));
     this.showStatus();
+    this.showGroup();
+    current.onLeave(() => this.searchChart && this.searchChart.destroy());
+  }
+
+  /** A search's chart and trials, a compare's comparison (empty for a run). */
+  showGroup() {
+    const {trials, comparison, search} = this.run;
+    if (this.searchChart) this.searchChart.destroy();
+    this.searchChart = search ? new SearchChart(search) : null;
+    this.group.replaceChildren(...[
+      this.searchChart ? this.searchChart.element : null,
+      trials && trials.length ? h("div", {}, h("h2", {text: "Trials"}), objectTable(trials, "trials")) : null,
+      comparison && comparison.length ? h("div", {}, h("h2", {text: "Comparison"}), objectTable(comparison, "comparison")) : null,
+    ].filter(Boolean));
+    const chart = this.searchChart; // drawn once on the page (its width is the page's)
+    if (chart) requestAnimationFrame(() => { if (chart === this.searchChart && this.current.alive) chart.draw(); });
   }
 
   /** The badge and the buttons: Stop while the run runs or waits in the queue, Resume once it can
@@ -623,7 +638,7 @@ class RunPage {
 
   /** The run's events from history record `from` on; a new status redraws the page from the server. */
   follow(from) {
-    if (this.run.kind && this.run.kind !== "run") return; // search and compare folders: nothing streams
+    if (this.run.kind && this.run.kind !== "run") return this.followGroup();
     let seen = from;
     const source = listen(this.current, runPath(this.run.name, `/events?from=${from}`), {
       history: (record) => { seen += 1; this.charts.add(record); },
@@ -634,6 +649,26 @@ class RunPage {
       source.close();
       if (this.current.alive) setTimeout(() => this.current.alive && this.follow(seen), 1000);
     };
+  }
+
+  /** A search or compare still running: its details again whenever the runs folder's change feed
+      (which sees new trials, rows of trials.csv and its runs' statuses) says something changed. */
+  followGroup() {
+    // (a search writes trials.csv after its last trial: till then its status is its trials' so far)
+    const search = this.run.search;
+    if (FINAL.has(this.run.status) && !(search && search.source !== "trials.csv")) return;
+    listen(this.current, "/api/events", {message: async () => { // (the first: what changed before it opened)
+      const result = await api("GET", runPath(this.run.name));
+      if (!result.ok || !this.current.alive) return;
+      const shown = ({status, trials, comparison, search}) => JSON.stringify([status, trials, comparison, search]);
+      const changed = shown(result.data) !== shown(this.run);
+      this.run = result.data;
+      if (changed) {
+        this.summary.replaceWith(this.summary = runSummary(this.run));
+        this.showStatus();
+        this.showGroup();
+      }
+    }});
   }
 
   appendLog(text) {
@@ -816,6 +851,52 @@ class Chart {
   }
 
   destroy() {
+    if (this.plot) this.plot.destroy();
+  }
+}
+
+const FINAL = new Set(["finished", "failed", "stopped", "interrupted", "unreadable"]);
+
+/** A search's trials: each complete trial's value of the search's metric by trial number, and the best
+    so far (greater or lower is better, as the search's direction says). Failed, pruned and running
+    trials are not drawn; a note under the chart names them. */
+class SearchChart {
+  constructor({metric, greater_is_better: greater, points}) {
+    const complete = points.filter((p) => p.state === "complete" && typeof p.value === "number");
+    const left = points.filter((p) => !complete.includes(p));
+    let best = null;
+    const bests = complete.map((p) => (best = best === null || (greater ? p.value > best : p.value < best) ? p.value : best));
+    this.data = [complete.map((p) => p.trial), complete.map((p) => p.value), bests];
+    this.metric = metric;
+    this.box = h("div", {class: "chart", id: "chart-search", dataset: {points: String(complete.length)}},
+      h("h3", {text: `Trials: validation ${metric} (${greater ? "higher" : "lower"} is better)`}));
+    const note = left.length ? `Not drawn: ${left.map((p) => `trial ${p.trial} (${p.state || "unknown"})`).join(", ")}.` : "";
+    this.element = h("div", {class: "charts", id: "search-chart"}, this.box,
+      complete.length ? null : h("p", {class: "muted", text: "No complete trial yet."}),
+      note ? h("p", {class: "muted", id: "search-chart-note", text: note}) : null);
+    this.plot = null;
+    this.resize = () => this.plot && this.plot.setSize({width: this.width(), height: 220});
+    window.addEventListener("resize", this.resize);
+  }
+
+  width() {
+    return Math.max(300, this.box.clientWidth - 16);
+  }
+
+  draw() {
+    if (!this.data[0].length) return this.box.classList.add("hidden");
+    const series = [{label: "trial"},
+      {label: `validation ${this.metric}`, stroke: COLORS[0], width: 0, points: {show: true, size: 7, fill: COLORS[0]},
+        value: (u, v) => fmt(v)},
+      {label: "best so far", stroke: COLORS[1], width: 1.5, paths: uPlot.paths.stepped({align: 1}), points: {show: false},
+        value: (u, v) => fmt(v)}];
+    const axes = [{label: "trial", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]}, {size: 60, values: tickLabels}];
+    this.plot = new uPlot({width: this.width(), height: 220, series, axes, scales: {x: {time: false}}}, this.data, this.box);
+    this.box.uplot = this.plot; // for whoever inspects the page
+  }
+
+  destroy() {
+    window.removeEventListener("resize", this.resize);
     if (this.plot) this.plot.destroy();
   }
 }
