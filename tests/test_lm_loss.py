@@ -77,3 +77,40 @@ def test_evaluation_and_generation_use_the_models_own_forward(tiny_llama):
     with torch.no_grad():
         assert model(input_ids=ids).logits.shape == (1, 6, model.config.vocab_size)
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 9)
+
+
+@pytest.mark.parametrize("head", ["linear, frozen", "linear", "other module"])
+def test_losses_per_position_with_gradients_match_the_logits(tiny_llama, head):
+    """Preference pairs weigh each position's loss (by its answer's share of the DPO gradient): the
+    chunked losses and their gradients equal those from the model's own logits."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    ids = torch.randint(4, 60, (3, 10))
+    keep = torch.rand(3, 10) < 0.6
+    keep[:, -1] = False
+    targets = ids[:, 1:][keep[:, :-1]]
+    weights = torch.randn(int(keep.sum()))
+
+    def losses_and_grads(chunked: bool):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="eager")
+        model.lm_head.requires_grad_(head != "linear, frozen")
+        if head == "other module":
+            model.lm_head.__class__ = _WrappedHead
+        if chunked:
+            assert use_chunked_loss(model, chunk=3)
+            losses = model(input_ids=ids, logits_to_keep=keep, shift_labels=targets, per_position=True).loss
+        else:
+            logits = model(input_ids=ids).logits[keep]
+            losses = F.cross_entropy(logits, targets, reduction="none")
+        (losses * weights).sum().backward()
+        return losses.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    losses, grads = losses_and_grads(False)
+    chunked, chunked_grads = losses_and_grads(True)
+    assert losses.shape == chunked.shape and losses.numel() > 6
+    assert torch.allclose(losses, chunked, atol=1e-5)
+    assert grads.keys() == chunked_grads.keys() and len(grads) > 5
+    for name in grads:
+        assert torch.allclose(grads[name], chunked_grads[name], atol=1e-5), name

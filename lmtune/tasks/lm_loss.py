@@ -17,8 +17,10 @@ nn.Linear is checkpointed instead.
 
 `use_chunked_loss(model)` replaces the forward of one model instance (a transformers *ForCausalLM
 with `get_decoder()` and an LM head) when it is given `shift_labels` and a `logits_to_keep` mask:
-with gradients it returns the mean loss; without (evaluation), the loss of each kept position, so
-that evaluation too never holds all logits at once. Generation and plain calls go through the
+with gradients it returns the mean loss; without (evaluation), or with `per_position=True`, the
+loss of each kept position, so that evaluation too never holds all logits at once. Preference
+pairs need the per-position losses with gradients (each answer's summed log-probability): for a
+frozen head (LoRA's) the input's gradient is again computed in the forward pass. Generation and plain calls go through the
 model's own forward unchanged.
 """
 
@@ -78,6 +80,51 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 None, None)
 
 
+class _LinearTokenLosses(torch.autograd.Function):
+    """Cross-entropy of each position of hidden @ weight.T (+ bias) against its target, for a frozen
+    head: the gradient of a position's loss with respect to its logits (softmax - one-hot) is known
+    in the forward pass, so the input's gradient is computed there chunk by chunk and the backward
+    pass scales each position's row by the gradient that reaches its loss."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for i in range(0, hidden.shape[0], chunk):
+            wanted = targets[i : i + chunk, None]
+            logits = F.linear(hidden[i : i + chunk], weight, bias)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            losses[i : i + chunk] = -log_probs.take_along_dim(wanted, 1)[:, 0]
+            if grad_hidden is not None:
+                grad = log_probs.exp_().scatter_add_(1, wanted, log_probs.new_full(wanted.shape, -1.0))
+                grad_hidden[i : i + chunk] = grad.to(logits.dtype) @ weight.to(logits.dtype)
+            del logits, log_probs
+        ctx.save_for_backward(grad_hidden)
+        return losses
+
+    @staticmethod
+    def backward(ctx: Any, grad_losses: torch.Tensor) -> tuple[Any, ...]:
+        (grad_hidden,) = ctx.saved_tensors
+        return (None if grad_hidden is None else grad_hidden * grad_losses[:, None].to(grad_hidden.dtype),
+                None, None, None, None)
+
+
+def _chunk_token_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def chunked_token_losses_with_grad(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                                   chunk: int = CHUNK) -> torch.Tensor:
+    """Cross-entropy of each position [N] of head(hidden) against targets, chunk by chunk, with
+    gradients: a frozen plain linear head computes them in the forward pass, another head (or one
+    that trains, whose weight gradient needs each position's upstream gradient) is checkpointed."""
+    if type(head) is torch.nn.Linear and not head.weight.requires_grad and (head.bias is None or not head.bias.requires_grad):
+        return _LinearTokenLosses.apply(hidden, head.weight, head.bias, targets, chunk)
+    return torch.cat([checkpoint(_chunk_token_losses, head, hidden[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
+                      for i in range(0, hidden.shape[0], chunk)])
+
+
 def chunked_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
     """Mean cross-entropy of head(hidden) [N, vocab] against targets [N], chunk by chunk."""
     if type(head) is torch.nn.Linear:
@@ -103,7 +150,8 @@ def use_chunked_loss(model: Any, chunk: int = CHUNK) -> bool:
         return False
     original = model.forward
 
-    def forward(self: Any, *args: Any, shift_labels: Any = None, logits_to_keep: Any = 0, **kwargs: Any) -> Any:
+    def forward(self: Any, *args: Any, shift_labels: Any = None, logits_to_keep: Any = 0, per_position: bool = False,
+                **kwargs: Any) -> Any:
         if shift_labels is None or not isinstance(logits_to_keep, torch.Tensor):
             return original(*args, shift_labels=shift_labels, logits_to_keep=logits_to_keep, **kwargs)
         from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -111,6 +159,8 @@ def use_chunked_loss(model: Any, chunk: int = CHUNK) -> bool:
         kwargs.pop("labels", None)  # shift_labels are the targets at the kept positions
         hidden = self.get_decoder()(*args, **kwargs).last_hidden_state[logits_to_keep]
         head = self.get_output_embeddings()
+        if torch.is_grad_enabled() and per_position:  # each position's loss, with gradients (preference pairs)
+            return CausalLMOutputWithPast(loss=chunked_token_losses_with_grad(head, hidden, shift_labels, chunk))
         if torch.is_grad_enabled():
             return CausalLMOutputWithPast(loss=chunked_cross_entropy(head, hidden, shift_labels, chunk))
         # evaluation: the loss of every kept position, for per-example sums

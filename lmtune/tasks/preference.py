@@ -327,7 +327,10 @@ def _score(model_path: str, features: list[dict[str, Any]], tokenizer: Any, batc
     import torch
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    from .lm_loss import use_chunked_loss
+
     model = load_pretrained(AUTO_MODEL, model_path).to(device).eval()
+    use_chunked_loss(model)
     collate = Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out: list[list[float]] = [[0.0, 0.0] for _ in features]
@@ -346,8 +349,11 @@ def _score(model_path: str, features: list[dict[str, Any]], tokenizer: Any, batc
 
 
 def build_model(path: Any, cfg: Any, labels: list[str], attn_implementation: str | None = None) -> Any:
+    from .lm_loss import use_chunked_loss
+
     model = load_pretrained(AUTO_MODEL, path, dropout=cfg.train.dropout, attn_implementation=attn_implementation)
     model.config.use_cache = False
+    use_chunked_loss(model)  # the LM head only where an answer's token is predicted, chunk by chunk
     return model
 
 
@@ -405,10 +411,24 @@ def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _row_logps(model: Any, ids: Any, mask: Any, labels: Any) -> tuple[Any, Any]:
+    """Each row's summed log-probability of its labelled tokens, and their count. With the chunked
+    LM head (lm_loss), the head runs only at the positions that predict an answer's token: on
+    SmolLM2-135M the head and its softmax over all positions of a batch of pairs cost about as much
+    as the blocks."""
+    import torch
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    from .lm_loss import has_chunked_loss
+
     targets = labels[:, 1:]
+    if has_chunked_loss(model):
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = targets != IGNORE
+        losses = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, shift_labels=targets[keep[:, :-1]],
+                       per_position=True).loss
+        sums = losses.new_zeros(ids.shape[0]).index_add(0, keep.nonzero()[:, 0], -losses)
+        return sums, keep.sum(1)
+    logits = model(input_ids=ids, attention_mask=mask).logits
     token_logps = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
     return token_logps.sum(1), (targets != IGNORE).sum(1)
 
@@ -554,5 +574,5 @@ def evaluate_labelled(session: Any, labelled: tuple[Table, list[dict[str, Any]]]
     return metrics
 
 
-TASK = Task.of(sys.modules[__name__], name="preference", config=PreferenceConfig, sequences_per_example=2,
+TASK = Task.of(sys.modules[__name__], name="preference", config=PreferenceConfig, sequences_per_example=2, compile_by_default=True,
                scores_before_training=needs_reference)

@@ -103,7 +103,15 @@ def eta_text(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-COMPILE_MIN_STEPS = 20  # train.compile: auto: below this, compiling (seconds) would not pay for itself
+COMPILE_MIN_PASSES = 20  # train.compile: auto: below this many forward passes, compiling (seconds) would not pay
+
+
+def compiles(t: Any, task: Any, total_steps: int, micro_batch: int, fsdp: bool = False) -> bool:
+    """Whether the run compiles its blocks: train.compile true, or auto for a task that compiles by
+    default and a run of at least COMPILE_MIN_PASSES forward passes (micro-batches: a preference
+    step of 32 pairs in micro-batches of 4 is 8 passes, each saving as much as a causal step)."""
+    passes = total_steps * t.gradient_accumulation_steps * math.ceil(t.batch_size / max(micro_batch, 1))
+    return t.compile is True or (t.compile == "auto" and task.compile_by_default and passes >= COMPILE_MIN_PASSES and not fsdp)
 
 
 def compile_blocks(model: Any) -> None:
@@ -517,7 +525,7 @@ def build_schedule(s: RunState) -> None:
     from transformers import get_scheduler
 
     t, fsdp, total_steps = s.cfg.train, s.fsdp, s.total_steps
-    s.compiled = t.compile is True or (t.compile == "auto" and s.task.compile_by_default and total_steps >= COMPILE_MIN_STEPS and not fsdp)
+    s.compiled = compiles(t, s.task, total_steps, s.memory.micro_batch, fsdp)
     if s.compiled:
         compile_blocks(s.accelerator.unwrap_model(s.model))
     s.scheduler = get_scheduler(

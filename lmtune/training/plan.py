@@ -25,7 +25,7 @@ from ..tasks.common import PLANNING
 from ..tasks.run_config import RunConfig, as_config
 from . import memory_plan, strategies
 from .cpu import speed_ups
-from .loop import (COMPILE_MIN_STEPS, MicroBatches, choose_attention, compile_blocks, enable_checkpointing,
+from .loop import (MicroBatches, choose_attention, compile_blocks, compiles, enable_checkpointing,
                    resolve_defaults, weigh_parts)
 
 
@@ -166,7 +166,7 @@ def probe(cfg: RunConfig, task: Any, model: Any, strategy: Any, accelerator: Any
     batches = sampler.batches()
     steps_per_epoch = math.ceil(len(batches) / t.gradient_accumulation_steps)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
-    if t.compile is True or (t.compile == "auto" and task.compile_by_default and total_steps >= COMPILE_MIN_STEPS):
+    if compiles(t, task, total_steps, mem.micro_batch):
         compile_blocks(model)
     collate = task.collator(tokenizer, cfg, model)
     split = MicroBatches(collate, mem.micro_batch)
