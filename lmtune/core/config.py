@@ -362,7 +362,7 @@ class TrainConfig(Section):
     )
     compile: bool | Literal["auto"] = Field(
         "auto", description="compile the transformer block with torch.compile, once for all blocks: causal-LM steps "
-        "about 1.4x faster on CPU and less memory, a few seconds to start; auto: causal_lm runs of 20 steps or more"
+        "about 1.4x faster on CPU and less memory, a few seconds to start; auto: causal_lm and preference runs of 20 forward passes (micro-batches) or more"
     )
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="several processes: ddp (a whole model on each) or fsdp (parameters, gradients and "

@@ -122,7 +122,7 @@ def compile_blocks(model: Any) -> None:
     rotary embeddings, activations) that compilation fuses; none on MiniLM, whose short steps are
     mostly matrix products (bf16 on AMX; and fp32 on a 2-core AVX2 CPU: median step 338 ms plain,
     335 ms compiled, stepping alternately on 60 batches of SST-2, after 88 s of compiling), so
-    train.compile: auto compiles causal LMs only."""
+    train.compile: auto compiles causal LMs only (causal_lm and preference runs)."""
     import torch._dynamo
 
     # A block may be compiled a few times over: training and evaluation (grad mode), a batch of one
