@@ -598,13 +598,20 @@ class Collator:
                 [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features]
             )
         if self.trained_logits_only:
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = labels[:, 1:] != IGNORE
-            batch["logits_to_keep"] = keep
-            batch["shift_labels"] = labels[:, 1:][keep[:, :-1]]
+            batch["logits_to_keep"], batch["shift_labels"] = trained_positions(labels)
         if self.no_cache:
             batch["use_cache"] = False
         return batch
+
+
+def trained_positions(labels: Any) -> tuple[Any, Any]:
+    """The positions that predict a labelled token (a boolean mask of the labels' shape: position t
+    predicts token t + 1) and those tokens, in the mask's order."""
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    return keep, labels[:, 1:][keep[:, :-1]]
 
 
 def collator(tokenizer: Any, cfg: Any = None, model: Any = None) -> Collator:

@@ -36,8 +36,21 @@ from torch.utils.checkpoint import checkpoint
 CHUNK = 1024  # positions per chunk: smaller chunks save little more memory and cost time
 
 
-def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction=reduction)
+
+
+def _linear_chunk(part: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, wanted: torch.Tensor,
+                  grad: bool) -> tuple[torch.dtype, torch.Tensor, torch.Tensor | None]:
+    """One chunk of a linear head: its logits' dtype (bf16 under autocast, as the head's own call),
+    each position's log-probability of its target, and (with `grad`) the gradient of each position's
+    loss with respect to its logits, softmax - one-hot, in fp32."""
+    logits = F.linear(part, weight, bias)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    picked = log_probs.take_along_dim(wanted[:, None], 1)[:, 0]
+    if not grad:
+        return logits.dtype, picked, None
+    return logits.dtype, picked, log_probs.exp_().scatter_add_(1, wanted[:, None], log_probs.new_full((len(wanted), 1), -1.0))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -53,20 +66,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None
         for i in range(0, hidden.shape[0], chunk):
-            part, wanted = hidden[i : i + chunk], targets[i : i + chunk]
-            logits = F.linear(part, weight, bias)  # (in bf16 under autocast, as the head's own call)
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
-            total -= log_probs.take_along_dim(wanted[:, None], 1).sum()
-            grad = log_probs.exp_()  # d(mean loss)/d(logits): (softmax - one-hot) / count
-            grad.scatter_add_(1, wanted[:, None], grad.new_full((len(wanted), 1), -1.0))
-            grad = grad.div_(count).to(logits.dtype)
+            part = hidden[i : i + chunk]
+            dtype, picked, grad = _linear_chunk(part, weight, bias, targets[i : i + chunk], grad=True)
+            total -= picked.sum()
+            grad = grad.div_(count).to(dtype)  # d(mean loss)/d(logits): (softmax - one-hot) / count
             if grad_hidden is not None:
                 grad_hidden[i : i + chunk] = grad @ weight.to(grad.dtype)
             if grad_weight is not None:
                 grad_weight += grad.t() @ part.to(grad.dtype)
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
-            del logits, log_probs, grad
+            del grad
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.weight_dtype = weight.dtype
         return total / count
@@ -92,14 +102,12 @@ class _LinearTokenLosses(torch.autograd.Function):
         losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for i in range(0, hidden.shape[0], chunk):
-            wanted = targets[i : i + chunk, None]
-            logits = F.linear(hidden[i : i + chunk], weight, bias)
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
-            losses[i : i + chunk] = -log_probs.take_along_dim(wanted, 1)[:, 0]
-            if grad_hidden is not None:
-                grad = log_probs.exp_().scatter_add_(1, wanted, log_probs.new_full(wanted.shape, -1.0))
-                grad_hidden[i : i + chunk] = grad.to(logits.dtype) @ weight.to(logits.dtype)
-            del logits, log_probs
+            dtype, picked, grad = _linear_chunk(hidden[i : i + chunk], weight, bias, targets[i : i + chunk],
+                                                grad=grad_hidden is not None)
+            losses[i : i + chunk] = -picked
+            if grad is not None:
+                grad_hidden[i : i + chunk] = grad.to(dtype) @ weight.to(dtype)
+            del grad
         ctx.save_for_backward(grad_hidden)
         return losses
 
@@ -110,10 +118,6 @@ class _LinearTokenLosses(torch.autograd.Function):
                 None, None, None, None)
 
 
-def _chunk_token_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
-
-
 def chunked_token_losses_with_grad(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
                                    chunk: int = CHUNK) -> torch.Tensor:
     """Cross-entropy of each position [N] of head(hidden) against targets, chunk by chunk, with
@@ -121,7 +125,7 @@ def chunked_token_losses_with_grad(head: torch.nn.Module, hidden: torch.Tensor, 
     that trains, whose weight gradient needs each position's upstream gradient) is checkpointed."""
     if type(head) is torch.nn.Linear and not head.weight.requires_grad and (head.bias is None or not head.bias.requires_grad):
         return _LinearTokenLosses.apply(hidden, head.weight, head.bias, targets, chunk)
-    return torch.cat([checkpoint(_chunk_token_losses, head, hidden[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
+    return torch.cat([checkpoint(_chunk_loss, head, hidden[i : i + chunk], targets[i : i + chunk], "none", use_reentrant=False)
                       for i in range(0, hidden.shape[0], chunk)])
 
 
@@ -138,10 +142,8 @@ def chunked_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: 
 def chunked_token_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
     """Cross-entropy of each position [N], without gradients (evaluation), chunk by chunk."""
     with torch.no_grad():
-        return torch.cat([
-            F.cross_entropy(head(hidden[i : i + chunk]).float(), targets[i : i + chunk], reduction="none")
-            for i in range(0, hidden.shape[0], chunk)
-        ])
+        return torch.cat([_chunk_loss(head, hidden[i : i + chunk], targets[i : i + chunk], "none")
+                          for i in range(0, hidden.shape[0], chunk)])
 
 
 def use_chunked_loss(model: Any, chunk: int = CHUNK) -> bool:

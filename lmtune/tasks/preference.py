@@ -326,9 +326,9 @@ def _score(model_path: str, features: list[dict[str, Any]], tokenizer: Any, batc
     its reference scores what it does (a DPO loss of ln 2 at the first step)."""
     import torch
 
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     from .lm_loss import use_chunked_loss
 
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     model = load_pretrained(AUTO_MODEL, model_path).to(device).eval()
     use_chunked_loss(model)
     collate = Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
@@ -415,20 +415,18 @@ def _row_logps(model: Any, ids: Any, mask: Any, labels: Any) -> tuple[Any, Any]:
     LM head (lm_loss), the head runs only at the positions that predict an answer's token: on
     SmolLM2-135M the head and its softmax over all positions of a batch of pairs cost about as much
     as the blocks."""
-    import torch
     import torch.nn.functional as F
 
     from .lm_loss import has_chunked_loss
 
-    targets = labels[:, 1:]
     if has_chunked_loss(model):
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = targets != IGNORE
-        losses = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, shift_labels=targets[keep[:, :-1]],
+        keep, kept_targets = causal_lm.trained_positions(labels)
+        losses = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, shift_labels=kept_targets,
                        per_position=True).loss
         sums = losses.new_zeros(ids.shape[0]).index_add(0, keep.nonzero()[:, 0], -losses)
         return sums, keep.sum(1)
     logits = model(input_ids=ids, attention_mask=mask).logits
+    targets = labels[:, 1:]
     token_logps = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
     return token_logps.sum(1), (targets != IGNORE).sum(1)
 
