@@ -89,3 +89,20 @@ def test_disabled_changes_nothing():
             out["inside"] = mapped(64)
     """)
     assert out == {"inside": True}
+
+
+def test_the_heap_is_handed_back_between_steps_only_above_the_limit():
+    out = run_fresh("""
+        with heap.kept_in_heap():
+            t = torch.ones(256 * MB // 4)
+            del t  # (freed: its pages stay in the heap, still resident)
+            held = heap.resident_bytes()
+            out["under"] = heap.trim_above(held + 64 * MB)
+            out["kept"] = heap.resident_bytes() > held - 64 * MB
+            out["over"] = heap.trim_above(held - 128 * MB)
+            out["given_back"] = held - heap.resident_bytes()
+        out["outside"] = heap.trim_above(0)  # (outside a run malloc gives memory back by itself)
+    """)
+    assert out["under"] is False and out["kept"] is True
+    assert out["over"] is True and out["given_back"] > 200 * 1024 * 1024
+    assert out["outside"] is False

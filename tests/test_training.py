@@ -307,3 +307,37 @@ def test_the_final_evaluation_reuses_the_latest_one_when_that_model_is_the_best(
     again = lmtune.load(run).evaluate_file(toy_data["validation"])
     assert again["accuracy"] == result.metrics["validation"]["accuracy"]
     assert again["loss"] == pytest.approx(result.metrics["validation"]["loss"], rel=1e-5)
+
+
+def test_the_logged_rate_leaves_out_evaluation_time(monkeypatch):
+    """samples_per_second in the history counts a logging window's training time only: an evaluation
+    inside the window neither counts as training time nor drops the samples trained before it."""
+    from types import SimpleNamespace
+
+    from lmtune.training import loop
+
+    clock = [0.0]
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    state = SimpleNamespace(step=0, train_samples=0, train_tokens=0, train_seconds=0.0, eval_seconds=0.0, history_lines=0)
+    scheduler = SimpleNamespace(get_last_lr=lambda: [1e-3])
+    s = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=False, num_processes=1), loop=state, total_steps=4,
+                        steps_per_epoch=2, lengths={}, scheduler=scheduler, optimizer=SimpleNamespace(param_groups=[{}]),
+                        cfg=SimpleNamespace(train=SimpleNamespace(eval_steps=None)))
+    meter = loop.StepMeter(s, progress=True)
+    records = []
+    meter.record = records.append
+    for pause in (0.0, 100.0):  # a step of 10 s and 32 samples, then an evaluation of `pause` s
+        state.step += 1
+        meter.add(0.5, 32, 1000)
+        clock[0] += 10.0
+        meter.stepped()
+        clock[0] += pause
+        if pause:
+            meter.paused()
+    state.step += 1
+    meter.add(0.5, 32, 1000)
+    clock[0] += 10.0
+    meter.stepped()
+    meter.log_step(1.5)
+    assert records[-1]["samples_per_second"] == pytest.approx(96 / 30)
+    assert state.eval_seconds == pytest.approx(100.0)

@@ -581,6 +581,7 @@ def fit(s: RunState, on_evaluate: EvalCallback | None = None, progress: bool = T
     # a model that accelerate prepared autocasts itself; an FSDP one (not prepared) is autocast here
     autocast = accelerator.autocast if s.fsdp else contextlib.nullcontext
     meter = StepMeter(s, progress)
+    trim_limit = max(s.memory.peak, s.memory.budget)  # the heap handed back between steps above the budget (cpu/heap.py)
     model.train()
     s.strategy.update(state.step, state.epoch)  # a resumed run: what trained at the checkpoint
     for epoch in range(state.epoch, t.epochs if not t.max_steps else 10**9):
@@ -614,6 +615,7 @@ def fit(s: RunState, on_evaluate: EvalCallback | None = None, progress: bool = T
             s.optimizer.step()
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
+            s.speed.trim_heap(trim_limit)
             state.step += 1
             state.batches_in_epoch = micro + 1
             meter.stepped()
@@ -794,7 +796,7 @@ class StepMeter:
         self.evals += 1
         self.s.loop.eval_seconds += time.perf_counter() - self.now
         self.tick = time.perf_counter()
-        self.window_start = self.tick
+        self.window_start += self.tick - self.now  # the window's rate counts training time only
 
     def close(self) -> None:
         self.bar.close()

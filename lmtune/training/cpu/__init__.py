@@ -52,6 +52,11 @@ class SpeedUps:
         """The block to train in: on CPU, large tensors served from the heap (heap.py)."""
         return heap.kept_in_heap(self.on_cpu)
 
+    def trim_heap(self, limit: int) -> bool:
+        """Between steps: the heap's free memory handed back once the process holds more than `limit`
+        bytes (heap.trim_above); nothing elsewhere than on CPU."""
+        return self.on_cpu and heap.trim_above(limit)
+
 
 def speed_ups(model: Any, accelerator: Any) -> SpeedUps:
     """Apply the speed-ups that change the model (the first token's last layer, packed dropout

@@ -66,3 +66,37 @@ def kept_in_heap(enabled: bool = True) -> Iterator[None]:
                 libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
                 libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
+
+
+def resident_bytes() -> int | None:
+    """The process's resident memory now (Linux), else None."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _page_size()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _page_size() -> int:
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def trim_above(limit: int) -> bool:
+    """Inside `kept_in_heap`, hand the heap's free memory back (malloc_trim) once the process holds
+    more than `limit` bytes; returns whether it did. Kept memory is reused, but batches of other
+    lengths leave holes that the next sizes do not fill: on a LoRA preference run (SmolLM2-135M,
+    batches grouped by length) the heap grew by about 0.3 GB a step, to 15.5 GB after 24 steps
+    where the memory plan expected a peak of 6.9. The loop calls it between steps with the run's
+    memory budget (train.memory_limit, or the plan's peak where that is larger) as the limit: that
+    run then peaked at 10.4 GB under a budget of 10 GiB, and only the step after a trim pays the
+    first touch of its pages again."""
+    if _depth == 0:
+        return False
+    held = resident_bytes()
+    libc = glibc()
+    if held is None or held <= limit or libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
