@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(LIBC is None or not hasattr(LIBC, "mallinfo2"), 
 PRELUDE = """
 import ctypes, json, resource
 import torch
+from lmtune.core import memory
 from lmtune.training.cpu import heap
 
 MB = 1024 * 1024
@@ -96,11 +97,11 @@ def test_the_heap_is_handed_back_between_steps_only_above_the_limit():
         with heap.kept_in_heap():
             t = torch.ones(256 * MB // 4)
             del t  # (freed: its pages stay in the heap, still resident)
-            held = heap.resident_bytes()
+            held = memory.resident_bytes()
             out["under"] = heap.trim_above(held + 64 * MB)
-            out["kept"] = heap.resident_bytes() > held - 64 * MB
+            out["kept"] = memory.resident_bytes() > held - 64 * MB
             out["over"] = heap.trim_above(held - 128 * MB)
-            out["given_back"] = held - heap.resident_bytes()
+            out["given_back"] = held - memory.resident_bytes()
         out["outside"] = heap.trim_above(0)  # (outside a run malloc gives memory back by itself)
     """)
     assert out["under"] is False and out["kept"] is True

@@ -24,6 +24,8 @@ import sys
 import threading
 from typing import Any, Iterator
 
+from ...core.memory import resident_bytes
+
 M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
 DEFAULT_TRIM_THRESHOLD = 128 * 1024  # glibc's defaults
@@ -68,21 +70,6 @@ def kept_in_heap(enabled: bool = True) -> Iterator[None]:
                 libc.malloc_trim(0)
 
 
-def resident_bytes() -> int | None:
-    """The process's resident memory now (Linux), else None."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _page_size()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _page_size() -> int:
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE")
-
-
 def trim_above(limit: int) -> bool:
     """Inside `kept_in_heap`, hand the heap's free memory back (malloc_trim) once the process holds
     more than `limit` bytes; returns whether it did. Kept memory is reused, but batches of other
@@ -95,8 +82,8 @@ def trim_above(limit: int) -> bool:
     if _depth == 0:
         return False
     held = resident_bytes()
-    libc = glibc()
-    if held is None or held <= limit or libc is None:
+    libc = glibc() if held is not None and held > limit else None
+    if libc is None:
         return False
     libc.malloc_trim(0)
     return True
